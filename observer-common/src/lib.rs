@@ -1,0 +1,184 @@
+//! Types shared by the kernel programs (`observer-ebpf`) and user space (`observer`).
+//!
+//! Every type is `#[repr(C)]` with explicit padding so that both sides agree on the layout
+//! byte for byte; each has a compile-time size assert.
+#![no_std]
+
+/// Upper bounds (in nanoseconds) of the syscall latency histogram buckets; a last, implicit
+/// bucket holds everything above the final bound. Few and wide on purpose: this histogram
+/// exists per cgroup and syscall, so every bucket multiplies the series count.
+pub const SYSCALL_BUCKETS_NS: [u64; 5] = [10_000, 100_000, 1_000_000, 10_000_000, 100_000_000];
+/// Number of syscall latency buckets, including the overflow bucket.
+pub const SYSCALL_NBUCKETS: usize = SYSCALL_BUCKETS_NS.len() + 1;
+
+/// Upper bounds (in microseconds) of the TCP smoothed-RTT histogram buckets, plus overflow.
+pub const RTT_BUCKETS_US: [u32; 7] = [100, 500, 1_000, 5_000, 20_000, 100_000, 500_000];
+/// Number of RTT buckets, including the overflow bucket.
+pub const RTT_NBUCKETS: usize = RTT_BUCKETS_US.len() + 1;
+
+/// Slots of the thread-indexed table of syscall entry timestamps (power of two).
+pub const SYSCALL_SLOTS: u32 = 1 << 16;
+
+/// Maximum number of cgroup subtrees the syscall probe can be restricted to.
+pub const MAX_CGROUP_FILTERS: u32 = 16;
+
+/// Key of the per-cgroup, per-syscall aggregation map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SyscallKey {
+    pub cgroup_id: u64,
+    pub nr: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SyscallKey>() == 16);
+
+/// Per-CPU value of the syscall aggregation map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallStats {
+    /// Completed calls.
+    pub count: u64,
+    /// Calls that returned a negative value (errno).
+    pub errors: u64,
+    /// Sum of latencies, nanoseconds.
+    pub sum_ns: u64,
+    /// Latency histogram (not cumulative), see [`SYSCALL_BUCKETS_NS`].
+    pub buckets: [u64; SYSCALL_NBUCKETS],
+}
+const _: () = assert!(core::mem::size_of::<SyscallStats>() == 8 * (3 + SYSCALL_NBUCKETS));
+
+/// Key of the per-cgroup, per-syscall, per-errno error map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SyscallErrKey {
+    pub cgroup_id: u64,
+    pub nr: u32,
+    pub errno: u32,
+}
+const _: () = assert!(core::mem::size_of::<SyscallErrKey>() == 16);
+
+/// Entry timestamp of an in-flight syscall, in a table indexed by `tid % SYSCALL_SLOTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallEntry {
+    pub ts_ns: u64,
+    pub tid: u32,
+    pub nr: u32,
+}
+const _: () = assert!(core::mem::size_of::<SyscallEntry>() == 16);
+
+/// A cgroup subtree the syscall probe is restricted to: the ancestor of the current cgroup at
+/// `level` must have id `cgroup_id`. `level == 0` marks an unused slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CgroupFilter {
+    pub cgroup_id: u64,
+    pub level: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<CgroupFilter>() == 16);
+
+/// Connect failure reasons, index into [`TcpStats::connect_failures`].
+pub const FAIL_REFUSED: usize = 0;
+pub const FAIL_TIMEOUT: usize = 1;
+pub const FAIL_RESET: usize = 2;
+pub const FAIL_UNREACHABLE: usize = 3;
+pub const FAIL_OTHER: usize = 4;
+pub const FAIL_REASONS: usize = 5;
+
+/// Per-CPU value of the per-cgroup TCP map (key: cgroup id, u64).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpStats {
+    /// Connections established by accept (index 0) and by connect (index 1).
+    pub opened: [u64; 2],
+    /// Openings that were entered in the connection table (the rest are counted as lost).
+    pub tracked: [u64; 2],
+    /// Closes of connections whose opening was seen, by the same direction index; the
+    /// connections open now are `tracked - closed_tracked`.
+    pub closed_tracked: [u64; 2],
+    /// All closes of established connections, including those opened before the observer.
+    pub closed: u64,
+    pub connect_failures: [u64; FAIL_REASONS],
+    pub retransmits: u64,
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub rtt_sum_us: u64,
+    pub rtt_count: u64,
+    pub rtt_buckets: [u64; RTT_NBUCKETS],
+}
+const _: () = assert!(core::mem::size_of::<TcpStats>() == 8 * (2 + 2 + 2 + 1 + FAIL_REASONS + 5 + RTT_NBUCKETS));
+
+/// Direction index for [`TcpStats::opened`].
+pub const DIR_INBOUND: usize = 0;
+pub const DIR_OUTBOUND: usize = 1;
+
+/// Per-socket state of the connection table (key: `struct sock *` as u64).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnInfo {
+    pub cgroup_id: u64,
+    /// Last time (ns, monotonic) an RTT sample was taken for this connection.
+    pub last_rtt_ns: u64,
+    /// [`DIR_INBOUND`] or [`DIR_OUTBOUND`]; `u32::MAX` while a connect is in progress.
+    pub direction: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 24);
+
+/// Indexes of the per-CPU counters of records the kernel side could not keep.
+pub const LOST_SYSCALL_MAP_FULL: u32 = 0;
+pub const LOST_SYSCALL_ERRNO_MAP_FULL: u32 = 1;
+pub const LOST_SYSCALL_SLOT_COLLISION: u32 = 2;
+pub const LOST_TCP_MAP_FULL: u32 = 3;
+pub const LOST_CONN_MAP_FULL: u32 = 4;
+pub const LOST_SOCK_READ: u32 = 5;
+pub const LOST_COUNTERS: u32 = 8;
+
+/// Kernel struct offsets located at start from BTF and handed to the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelOffsets {
+    /// `struct sock` -> `sk_cgrp_data` + `struct sock_cgroup_data` -> `cgroup`.
+    pub sock_cgroup: u32,
+    /// `struct cgroup` -> `kn`.
+    pub cgroup_kn: u32,
+    /// `struct kernfs_node` -> `id`.
+    pub kernfs_node_id: u32,
+    /// `struct sock` -> `__sk_common.skc_family`.
+    pub sock_family: u32,
+    /// `struct sock` -> `sk_protocol` (u16 since 5.6).
+    pub sock_protocol: u32,
+    /// `struct sock` -> `sk_err`.
+    pub sock_err: u32,
+    /// `struct tcp_sock` -> `srtt_us` (microseconds << 3).
+    pub tcp_srtt_us: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32);
+
+/// Offsets in the `sock:inet_sock_set_state` tracepoint record, from its format file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetStateOffsets {
+    pub skaddr: u32,
+    pub oldstate: u32,
+    pub newstate: u32,
+    pub protocol: u32,
+}
+const _: () = assert!(core::mem::size_of::<SetStateOffsets>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all these types are #[repr(C)], contain only integers and have no implicit padding.
+    unsafe impl aya::Pod for SyscallKey {}
+    unsafe impl aya::Pod for SyscallStats {}
+    unsafe impl aya::Pod for SyscallErrKey {}
+    unsafe impl aya::Pod for SyscallEntry {}
+    unsafe impl aya::Pod for CgroupFilter {}
+    unsafe impl aya::Pod for TcpStats {}
+    unsafe impl aya::Pod for ConnInfo {}
+    unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for SetStateOffsets {}
+}

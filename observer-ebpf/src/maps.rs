@@ -1,0 +1,81 @@
+//! Every map of the observer, with the default sizes; user space may resize them at load
+//! time (`EbpfLoader::set_max_entries`).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    Global,
+};
+use observer_common::{
+    CgroupFilter, ConnInfo, KernelOffsets, SetStateOffsets, SyscallEntry, SyscallErrKey,
+    SyscallKey, SyscallStats, TcpStats, LOST_COUNTERS, MAX_CGROUP_FILTERS, SYSCALL_SLOTS,
+};
+
+/// Kernel struct offsets, located from BTF by user space at load time.
+#[unsafe(no_mangle)]
+pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
+    sock_cgroup: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    sock_family: 0,
+    sock_protocol: 0,
+    sock_err: 0,
+    tcp_srtt_us: 0,
+    _pad: 0,
+});
+
+/// Field offsets of the `sock:inet_sock_set_state` record, from its tracefs format file.
+#[unsafe(no_mangle)]
+pub static SET_STATE: Global<SetStateOffsets> = Global::new(SetStateOffsets {
+    skaddr: 0,
+    oldstate: 0,
+    newstate: 0,
+    protocol: 0,
+});
+
+/// Number of used entries in [`CGROUP_FILTERS`]; 0 means "trace every cgroup".
+#[unsafe(no_mangle)]
+pub static CGROUP_FILTER_COUNT: Global<u32> = Global::new(0);
+
+/// Entry timestamp of the in-flight syscall of each thread, indexed by `tid % SYSCALL_SLOTS`.
+/// An array (not a hash) because array lookups are inlined by the verifier: no helper call
+/// and no hashing on the hottest path of the observer. Two threads whose ids collide in the
+/// table and are both inside a syscall at the same moment lose one latency sample, which is
+/// counted (`LOST_SYSCALL_SLOT_COLLISION`).
+#[map]
+pub static SYSCALL_ENTRY: Array<SyscallEntry> = Array::with_max_entries(SYSCALL_SLOTS, 0);
+
+/// Per cgroup and syscall: count, errors, latency histogram.
+#[map]
+pub static SYSCALL_STATS: PerCpuHashMap<SyscallKey, SyscallStats> =
+    PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Per cgroup, syscall and errno: failed calls.
+#[map]
+pub static SYSCALL_ERRORS: PerCpuHashMap<SyscallErrKey, u64> =
+    PerCpuHashMap::with_max_entries(8192, 0);
+
+/// Cgroup subtrees the syscall probe is restricted to (first `CGROUP_FILTER_COUNT` entries).
+#[map]
+pub static CGROUP_FILTERS: Array<CgroupFilter> = Array::with_max_entries(MAX_CGROUP_FILTERS, 0);
+
+/// Per cgroup (v2 id): TCP connection, byte, retransmit and RTT figures.
+#[map]
+pub static TCP_STATS: PerCpuHashMap<u64, TcpStats> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Established TCP connections, keyed by `struct sock *`: owner cgroup and direction.
+#[map]
+pub static CONNS: HashMap<u64, ConnInfo> = HashMap::with_max_entries(65536, 0);
+
+/// Records the kernel side could not keep, by `LOST_*` index.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_COUNTERS, 0);
+
+/// Counts one lost record of the given kind.
+#[inline(always)]
+pub fn count_lost(kind: u32) {
+    if let Some(p) = LOST.get_ptr_mut(kind) {
+        // SAFETY: per-CPU slot, pointer checked by the verifier.
+        unsafe { *p += 1 };
+    }
+}

@@ -1,0 +1,62 @@
+//! Reading `struct sock` fields at offsets located from BTF by user space (no kernel layout is
+//! compiled in). All reads go through `bpf_probe_read_kernel`, which works from every hook type.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+
+use crate::maps::OFFSETS;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+#[inline(always)]
+unsafe fn read_at<T: Copy>(base: u64, off: u32) -> Result<T, i64> {
+    // SAFETY: bpf_probe_read_kernel tolerates bad addresses (returns an error).
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).map_err(|e| e as i64) }
+}
+
+/// The cgroup v2 id of the cgroup owning the socket (`sk->sk_cgrp_data.cgroup->kn->id`): right
+/// even in softirq context, where the current task is unrelated to the socket.
+#[inline(always)]
+pub fn cgroup_id(sk: u64) -> Result<u64, i64> {
+    let o = OFFSETS.load();
+    unsafe {
+        let cgrp: u64 = read_at(sk, o.sock_cgroup)?;
+        if cgrp == 0 {
+            return Err(0);
+        }
+        let kn: u64 = read_at(cgrp, o.cgroup_kn)?;
+        if kn == 0 {
+            return Err(0);
+        }
+        read_at(kn, o.kernfs_node_id)
+    }
+}
+
+/// True for an IPv4 or IPv6 TCP socket.
+#[inline(always)]
+pub fn is_tcp(sk: u64) -> bool {
+    let o = OFFSETS.load();
+    let family: u16 = match unsafe { read_at(sk, o.sock_family) } {
+        Ok(f) => f,
+        Err(_) => return false,
+    };
+    if family != AF_INET && family != AF_INET6 {
+        return false;
+    }
+    matches!(unsafe { read_at::<u16>(sk, o.sock_protocol) }, Ok(IPPROTO_TCP))
+}
+
+/// `sk->sk_err`: the error that ended a connection attempt.
+#[inline(always)]
+pub fn error(sk: u64) -> i32 {
+    let o = OFFSETS.load();
+    unsafe { read_at(sk, o.sock_err) }.unwrap_or(0)
+}
+
+/// Smoothed RTT in microseconds (`tcp_sock->srtt_us >> 3`), 0 if not measured yet.
+#[inline(always)]
+pub fn srtt_us(sk: u64) -> u32 {
+    let o = OFFSETS.load();
+    unsafe { read_at::<u32>(sk, o.tcp_srtt_us) }.unwrap_or(0) >> 3
+}

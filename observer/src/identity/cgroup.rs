@@ -1,0 +1,229 @@
+//! The cgroup v2 hierarchy: where it is mounted, and which path a cgroup id (the inode number
+//! of its directory, as `bpf_get_current_cgroup_id()` returns) belongs to.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::{runtime, Identity};
+use crate::error::StartError;
+
+/// The mounted cgroup v2 hierarchy.
+#[derive(Debug, Clone)]
+pub struct CgroupFs {
+    root: PathBuf,
+}
+
+impl CgroupFs {
+    /// Finds the cgroup v2 mount in /proc/self/mountinfo (`/sys/fs/cgroup` on unified hosts,
+    /// `/sys/fs/cgroup/unified` on hybrid ones): never assumed.
+    pub fn discover() -> Result<Self, StartError> {
+        let info = fs::read_to_string("/proc/self/mountinfo").map_err(|_| StartError::NoCgroup2)?;
+        find_v2_mount(&info).map(|root| Self { root }).ok_or(StartError::NoCgroup2)
+    }
+
+    pub fn at(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// The mount point of the first cgroup2 filesystem in a mountinfo text.
+pub fn find_v2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let mount_point = pre.split_whitespace().nth(4)?;
+        Some(PathBuf::from(unescape_octal(mount_point)))
+    })
+}
+
+/// mountinfo escapes spaces and a few other bytes as `\NNN` octal.
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[derive(Debug)]
+struct Known {
+    identity: Arc<Identity>,
+    /// When a rescan first failed to find this cgroup.
+    gone_since: Option<Instant>,
+}
+
+/// Maps cgroup ids to identities, with a cache refreshed by walking the hierarchy.
+#[derive(Debug)]
+pub struct Resolver {
+    fs: CgroupFs,
+    known: HashMap<u64, Known>,
+    last_scan: Option<Instant>,
+    /// Minimum interval between two walks triggered by unknown ids.
+    min_rescan: Duration,
+}
+
+/// Directory depth below which the walk does not descend (pod containers sit at depth 4-6).
+const MAX_DEPTH: usize = 16;
+
+impl Resolver {
+    pub fn new(fs: CgroupFs) -> Self {
+        Self { fs, known: HashMap::new(), last_scan: None, min_rescan: Duration::from_millis(500) }
+    }
+
+    /// The identity of cgroup `id`. An unknown id triggers a walk of the hierarchy (rate
+    /// limited); an id that is not there any more (the cgroup was deleted before we saw it) gets
+    /// an identity naming the id, and is expired like any deleted cgroup.
+    pub fn identity(&mut self, id: u64) -> Arc<Identity> {
+        if let Some(k) = self.known.get(&id) {
+            return k.identity.clone();
+        }
+        let due = self.last_scan.is_none_or(|t| t.elapsed() >= self.min_rescan);
+        if due {
+            self.rescan();
+            if let Some(k) = self.known.get(&id) {
+                return k.identity.clone();
+            }
+        }
+        if !due {
+            // Not resolvable yet; don't cache, a later rescan may find it.
+            return Arc::new(Identity { service_name: format!("cgroup-{id}"), ..Default::default() });
+        }
+        let identity = Arc::new(Identity { service_name: format!("cgroup-{id}"), ..Default::default() });
+        self.known.insert(id, Known { identity: identity.clone(), gone_since: Some(Instant::now()) });
+        identity
+    }
+
+    /// Walks the hierarchy: new cgroups are resolved, missing ones are marked gone.
+    pub fn rescan(&mut self) {
+        let now = Instant::now();
+        self.last_scan = Some(now);
+        let mut seen = HashSet::new();
+        let root = self.fs.root.clone();
+        let mut stack = vec![(root.clone(), 0usize)];
+        while let Some((dir, depth)) = stack.pop() {
+            let Ok(meta) = fs::metadata(&dir) else { continue };
+            let id = meta.ino();
+            seen.insert(id);
+            match self.known.get_mut(&id) {
+                Some(k) => {
+                    k.gone_since = None;
+                    if k.identity.service_name.is_empty() {
+                        k.identity = Arc::new(resolve_path(&root, &dir));
+                    }
+                }
+                None => {
+                    let identity = Arc::new(resolve_path(&root, &dir));
+                    self.known.insert(id, Known { identity, gone_since: None });
+                }
+            }
+            if depth >= MAX_DEPTH {
+                continue;
+            }
+            if let Ok(entries) = fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push((e.path(), depth + 1));
+                    }
+                }
+            }
+        }
+        for (id, k) in self.known.iter_mut() {
+            if !seen.contains(id) && k.gone_since.is_none() {
+                k.gone_since = Some(now);
+            }
+        }
+    }
+
+    /// Cgroups gone for longer than `grace`.
+    pub fn expired(&self, grace: Duration) -> Vec<u64> {
+        self.known
+            .iter()
+            .filter(|(_, k)| k.gone_since.is_some_and(|t| t.elapsed() >= grace))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Forgets expired cgroups (after their figures were retired).
+    pub fn forget(&mut self, ids: &[u64]) {
+        for id in ids {
+            self.known.remove(id);
+        }
+    }
+
+    /// Identities of the cgroups still known (alive or within their grace period).
+    pub fn known_identities(&self) -> HashSet<Arc<Identity>> {
+        self.known.values().map(|k| k.identity.clone()).collect()
+    }
+
+    pub fn is_known(&self, id: u64) -> bool {
+        self.known.contains_key(&id)
+    }
+}
+
+/// Identity of the cgroup directory `dir` below the v2 mount `root`.
+fn resolve_path(root: &Path, dir: &Path) -> Identity {
+    let rel = dir.strip_prefix(root).unwrap_or(dir);
+    let path = format!("/{}", rel.to_string_lossy());
+    let kind = runtime::parse_cgroup_path(&path);
+    let process = match kind {
+        runtime::CgroupKind::Container { .. } | runtime::CgroupKind::Pod { .. } => process_name(dir),
+        _ => None,
+    };
+    Identity::from_kind(&kind, process.as_deref())
+}
+
+/// The command name of the first process of a cgroup (its main process, in a container).
+fn process_name(dir: &Path) -> Option<String> {
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    let pid = procs.lines().next()?.trim().parse::<i32>().ok()?;
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_hybrid_and_unified_mounts() {
+        let hybrid = "25 24 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:5 - cgroup2 cgroup2 rw,nsdelegate
+27 25 0:24 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd";
+        assert_eq!(find_v2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let unified = "35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot";
+        assert_eq!(find_v2_mount(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        let escaped = "35 24 0:30 / /mnt/my\\040cgroup rw - cgroup2 none rw";
+        assert_eq!(find_v2_mount(escaped), Some(PathBuf::from("/mnt/my cgroup")));
+        assert_eq!(find_v2_mount("garbage\n - \n1 2 3"), None);
+    }
+
+    #[test]
+    fn resolves_this_hosts_root() {
+        let Ok(fs) = CgroupFs::discover() else { return };
+        let id = fs::metadata(fs.root()).unwrap().ino();
+        let mut r = Resolver::new(fs);
+        assert_eq!(r.identity(id).service_name, "/");
+        assert!(r.expired(Duration::ZERO).is_empty());
+    }
+}

@@ -1,0 +1,116 @@
+//! The observer: eBPF programs (`ebpf`) → aggregation per identity (`pipeline`, asking
+//! `identity`) → exporters (`export`).
+
+pub mod config;
+pub mod ebpf;
+pub mod error;
+pub mod export;
+pub mod identity;
+pub mod pipeline;
+pub mod shutdown;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use prometheus_client::registry::Registry;
+
+use crate::{
+    config::Config,
+    error::StartError,
+    export::metrics::ObserverCollector,
+    identity::cgroup::{CgroupFs, Resolver},
+    pipeline::aggregate::{KernelMaps, Pipeline},
+};
+
+/// How often the cgroup hierarchy is walked for new and deleted cgroups.
+const GC_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Runs the observer until SIGTERM/SIGINT.
+pub async fn run(cfg: Config) -> Result<(), StartError> {
+    ebpf::privileges::check()?;
+    ebpf::privileges::raise_memlock();
+    let cgroups = CgroupFs::discover()?;
+    tracing::info!(mount = %cgroups.root().display(), "cgroup v2 hierarchy");
+    let listener = export::admin::bind(cfg.metrics_addr).await?;
+
+    let load_cfg = cfg.clone();
+    let load_cgroups = cgroups.clone();
+    let mut loaded = tokio::task::spawn_blocking(move || {
+        ebpf::load::load(&load_cfg, &load_cgroups, ebpf::EBPF_OBJECT)
+    })
+    .await
+    .map_err(|e| StartError::NoProbe(format!("loader panicked: {e}")))??;
+
+    let logger = match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::debug!("no kernel-side log: {e}");
+            None
+        }
+    };
+    let maps = KernelMaps::take(&mut loaded.ebpf, cfg.syscall_table_size, cfg.conn_table_size);
+    let mut resolver = Resolver::new(cgroups);
+    resolver.rescan();
+    let pipeline = Arc::new(Mutex::new(Pipeline::new(maps, resolver, cfg.cgroup_grace)));
+
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ObserverCollector::new(pipeline.clone(), loaded.probes.clone())));
+
+    let shutdown = shutdown::on_signals();
+    if let Some(logger) = logger {
+        tokio::spawn(forward_kernel_log(logger, shutdown.clone()));
+    }
+    let gc_pipeline = pipeline.clone();
+    let gc_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(GC_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = gc_shutdown.clone().wait() => return,
+            }
+            let p = gc_pipeline.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                p.lock().unwrap_or_else(|e| e.into_inner()).collect_garbage()
+            })
+            .await;
+        }
+    });
+
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.metrics_addr, source })?;
+    tracing::info!("serving http://{addr}/metrics (also /healthz, /readyz)");
+    println!("observer: serving http://{addr}/metrics");
+    export::admin::serve(listener, registry, true, shutdown).await;
+    // Dropping `loaded` detaches every program.
+    drop(loaded);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Forwards the kernel programs' aya-log records to the observer's own log.
+async fn forward_kernel_log(
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+    shutdown: shutdown::Shutdown,
+) {
+    // SAFETY: the logger owns its ring-buffer fd and lives inside the AsyncFd until this task
+    // ends, so the fd is never closed while registered.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let Ok(mut fd) = registered else {
+        tracing::warn!("cannot poll the kernel-side log");
+        return;
+    };
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let Ok(mut guard) = guard else { return };
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            _ = shutdown.clone().wait() => return,
+        }
+    }
+}

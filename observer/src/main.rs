@@ -1,0 +1,38 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use observer::config::{Args, Config};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log);
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("observer: invalid --log filter {:?}: {e}", args.log);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let cfg = match Config::try_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("observer: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("observer: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(observer::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("observer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Reads the in-kernel per-cgroup aggregates, sums them per identity, and keeps counters
+//! monotonic across cgroup churn: when a deleted cgroup's grace period ends, its last figures
+//! move into a retired total of its identity (so a restarted container's counters don't go
+//! back), its kernel entries are deleted, and an identity with no cgroup left is dropped.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use aya::maps::{HashMap as AyaHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use observer_common::{
+    ConnInfo, SyscallErrKey, SyscallKey, SyscallStats, TcpStats, LOST_COUNTERS,
+};
+
+use crate::identity::{cgroup::Resolver, Identity};
+
+/// The kernel maps the pipeline reads (each optional: absent when its probe is off).
+pub struct KernelMaps {
+    pub syscall_stats: Option<PerCpuHashMap<MapData, SyscallKey, SyscallStats>>,
+    pub syscall_errors: Option<PerCpuHashMap<MapData, SyscallErrKey, u64>>,
+    pub tcp_stats: Option<PerCpuHashMap<MapData, u64, TcpStats>>,
+    pub conns: Option<AyaHashMap<MapData, u64, ConnInfo>>,
+    pub lost: Option<PerCpuArray<MapData, u64>>,
+    pub syscall_capacity: u32,
+    pub conn_capacity: u32,
+}
+
+impl KernelMaps {
+    pub fn take(ebpf: &mut aya::Ebpf, syscall_capacity: u32, conn_capacity: u32) -> Self {
+        fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut aya::Ebpf, name: &str) -> Option<T> {
+            ebpf.take_map(name).and_then(|m| T::try_from(m).ok())
+        }
+        Self {
+            syscall_stats: take(ebpf, "SYSCALL_STATS"),
+            syscall_errors: take(ebpf, "SYSCALL_ERRORS"),
+            tcp_stats: take(ebpf, "TCP_STATS"),
+            conns: take(ebpf, "CONNS"),
+            lost: take(ebpf, "LOST"),
+            syscall_capacity,
+            conn_capacity,
+        }
+    }
+}
+
+fn sum_syscall(v: &PerCpuValues<SyscallStats>) -> SyscallStats {
+    let mut s = SyscallStats::default();
+    for c in v.iter() {
+        add_syscall(&mut s, c);
+    }
+    s
+}
+
+pub fn add_syscall(a: &mut SyscallStats, b: &SyscallStats) {
+    a.count += b.count;
+    a.errors += b.errors;
+    a.sum_ns += b.sum_ns;
+    for (x, y) in a.buckets.iter_mut().zip(b.buckets.iter()) {
+        *x += y;
+    }
+}
+
+pub fn add_tcp(a: &mut TcpStats, b: &TcpStats) {
+    for i in 0..2 {
+        a.opened[i] += b.opened[i];
+        a.tracked[i] += b.tracked[i];
+        a.closed_tracked[i] += b.closed_tracked[i];
+    }
+    a.closed += b.closed;
+    for (x, y) in a.connect_failures.iter_mut().zip(b.connect_failures.iter()) {
+        *x += y;
+    }
+    a.retransmits += b.retransmits;
+    a.sent_bytes += b.sent_bytes;
+    a.received_bytes += b.received_bytes;
+    a.rtt_sum_us += b.rtt_sum_us;
+    a.rtt_count += b.rtt_count;
+    for (x, y) in a.rtt_buckets.iter_mut().zip(b.rtt_buckets.iter()) {
+        *x += y;
+    }
+}
+
+/// Figures per identity (ordered, so the exposition is stable).
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    pub syscalls: BTreeMap<(Arc<Identity>, u32), SyscallStats>,
+    pub errors: BTreeMap<(Arc<Identity>, u32, u32), u64>,
+    pub tcp: BTreeMap<Arc<Identity>, TcpStats>,
+}
+
+/// Fill levels and loss counters of the kernel side.
+#[derive(Debug, Default, Clone)]
+pub struct KernelHealth {
+    /// Records lost, by `LOST_*` index.
+    pub lost: [u64; LOST_COUNTERS as usize],
+    /// (map, entries, capacity).
+    pub fill: Vec<(&'static str, u64, u64)>,
+}
+
+/// The aggregation state behind the metrics endpoint.
+pub struct Pipeline {
+    maps: KernelMaps,
+    resolver: Resolver,
+    retired: Totals,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("grace", &self.grace).finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    pub fn new(maps: KernelMaps, resolver: Resolver, grace: Duration) -> Self {
+        Self { maps, resolver, retired: Totals::default(), grace }
+    }
+
+    /// Current figures: retired totals plus every live kernel entry.
+    pub fn snapshot(&mut self) -> Totals {
+        let mut t = self.retired.clone();
+        if let Some(m) = &self.maps.syscall_stats {
+            for (k, v) in m.iter().flatten() {
+                let id = self.resolver.identity(k.cgroup_id);
+                add_syscall(t.syscalls.entry((id, k.nr)).or_default(), &sum_syscall(&v));
+            }
+        }
+        if let Some(m) = &self.maps.syscall_errors {
+            for (k, v) in m.iter().flatten() {
+                let id = self.resolver.identity(k.cgroup_id);
+                *t.errors.entry((id, k.nr, k.errno)).or_default() += v.iter().sum::<u64>();
+            }
+        }
+        if let Some(m) = &self.maps.tcp_stats {
+            for (k, v) in m.iter().flatten() {
+                let id = self.resolver.identity(k);
+                let e = t.tcp.entry(id).or_default();
+                for c in v.iter() {
+                    add_tcp(e, c);
+                }
+            }
+        }
+        t
+    }
+
+    pub fn health(&self) -> KernelHealth {
+        let mut h = KernelHealth::default();
+        if let Some(l) = &self.maps.lost {
+            for i in 0..LOST_COUNTERS {
+                if let Ok(v) = l.get(&i, 0) {
+                    h.lost[i as usize] = v.iter().sum();
+                }
+            }
+        }
+        if let Some(m) = &self.maps.syscall_stats {
+            h.fill.push(("SYSCALL_STATS", m.keys().count() as u64, self.maps.syscall_capacity as u64));
+        }
+        if let Some(m) = &self.maps.conns {
+            h.fill.push(("CONNS", m.keys().count() as u64, self.maps.conn_capacity as u64));
+        }
+        h
+    }
+
+    /// Walks the cgroup hierarchy and retires cgroups whose grace period is over.
+    pub fn collect_garbage(&mut self) {
+        self.resolver.rescan();
+        let expired = self.resolver.expired(self.grace);
+        if expired.is_empty() {
+            return;
+        }
+        let dead: HashSet<u64> = expired.iter().copied().collect();
+        let mut identities: HashMap<u64, Arc<Identity>> = HashMap::new();
+        for id in &expired {
+            identities.insert(*id, self.resolver.identity(*id));
+        }
+        if let Some(m) = &mut self.maps.syscall_stats {
+            let keys: Vec<_> = m.keys().flatten().filter(|k| dead.contains(&k.cgroup_id)).collect();
+            for k in keys {
+                if let Ok(v) = m.get(&k, 0) {
+                    let e = self.retired.syscalls.entry((identities[&k.cgroup_id].clone(), k.nr));
+                    add_syscall(e.or_default(), &sum_syscall(&v));
+                }
+                let _ = m.remove(&k);
+            }
+        }
+        if let Some(m) = &mut self.maps.syscall_errors {
+            let keys: Vec<_> = m.keys().flatten().filter(|k| dead.contains(&k.cgroup_id)).collect();
+            for k in keys {
+                if let Ok(v) = m.get(&k, 0) {
+                    let id = identities[&k.cgroup_id].clone();
+                    *self.retired.errors.entry((id, k.nr, k.errno)).or_default() += v.iter().sum::<u64>();
+                }
+                let _ = m.remove(&k);
+            }
+        }
+        if let Some(m) = &mut self.maps.tcp_stats {
+            let keys: Vec<_> = m.keys().flatten().filter(|k| dead.contains(k)).collect();
+            for k in keys {
+                if let Ok(v) = m.get(&k, 0) {
+                    let e = self.retired.tcp.entry(identities[&k].clone()).or_default();
+                    for c in v.iter() {
+                        add_tcp(e, c);
+                    }
+                }
+                let _ = m.remove(&k);
+            }
+        }
+        self.resolver.forget(&expired);
+        // An identity that no known cgroup has any more is gone for good: drop its series.
+        let alive = self.resolver.known_identities();
+        self.retired.syscalls.retain(|(id, _), _| alive.contains(id));
+        self.retired.errors.retain(|(id, _, _), _| alive.contains(id));
+        self.retired.tcp.retain(|id, _| alive.contains(id));
+        tracing::debug!(cgroups = expired.len(), "retired deleted cgroups");
+    }
+}

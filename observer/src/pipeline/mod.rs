@@ -1,0 +1,4 @@
+//! From kernel maps to figures per identity.
+
+pub mod aggregate;
+pub mod names;
