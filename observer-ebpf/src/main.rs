@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod empty;
 mod maps;
 mod sock;
 mod syscalls;

@@ -9,6 +9,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
+use aya_log_ebpf::warn;
 use observer_common::{
     ConnInfo, TcpStats, DIR_INBOUND, DIR_OUTBOUND, FAIL_OTHER, FAIL_REFUSED, FAIL_RESET,
     FAIL_TIMEOUT, FAIL_UNREACHABLE, LOST_CONN_MAP_FULL, LOST_SOCK_READ, LOST_TCP_MAP_FULL,
@@ -115,6 +116,8 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             Ok(()) => true,
             Err(_) => {
                 count_lost(LOST_CONN_MAP_FULL);
+                // Rare (the table is full): worth a line in the observer's log.
+                warn!(ctx, "connection table full: connection of cgroup {} not tracked", cgroup_id);
                 false
             }
         };

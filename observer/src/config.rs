@@ -63,6 +63,9 @@ pub enum ProbeKind {
     Syscalls,
     /// TCP connections, failures, retransmits, bytes and RTT (per cgroup).
     Tcp,
+    /// Empty programs on syscall entry and exit: the benchmark's cost floor.
+    #[value(hide = true)]
+    EmptyHooks,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -78,6 +81,7 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     pub syscalls: bool,
     pub tcp: bool,
+    pub empty_hooks: bool,
     pub syscalls_cgroups: Vec<PathBuf>,
     pub cgroup_grace: Duration,
     pub btf: PathBuf,
@@ -114,6 +118,7 @@ impl TryFrom<Args> for Config {
             metrics_addr: a.metrics_addr,
             syscalls: a.probes.contains(&ProbeKind::Syscalls),
             tcp: a.probes.contains(&ProbeKind::Tcp),
+            empty_hooks: a.probes.contains(&ProbeKind::EmptyHooks),
             syscalls_cgroups: a.syscalls_cgroups,
             cgroup_grace: a.cgroup_grace,
             btf: a.btf,

@@ -106,6 +106,12 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
     if cfg.syscalls {
         probes.push(status("syscalls", attach_pair(&mut ebpf, hooks, btf_ref, "sys_enter", "sys_exit")));
     }
+    if cfg.empty_hooks {
+        probes.push(status(
+            "empty_hooks",
+            attach_pair_named(&mut ebpf, HookPreference::Btf, btf_ref, ("empty_enter", "sys_enter"), ("empty_exit", "sys_exit")),
+        ));
+    }
     if cfg.tcp {
         let conn = match (&offsets, &set_state, &tracefs) {
             (Err(e), _, _) | (_, Err(e), _) => Err(clone_err(e)),
