@@ -153,7 +153,8 @@ pub struct KernelOffsets {
     pub sock_err: u32,
     /// `struct tcp_sock` -> `srtt_us` (microseconds << 3).
     pub tcp_srtt_us: u32,
-    pub _pad: u32,
+    /// `struct sock` -> `__sk_common.skc_state` (u8).
+    pub sock_state: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32);
 

@@ -21,7 +21,7 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     sock_protocol: 0,
     sock_err: 0,
     tcp_srtt_us: 0,
-    _pad: 0,
+    sock_state: 0,
 });
 
 /// Field offsets of the `sock:inet_sock_set_state` record, from its tracefs format file.

@@ -60,3 +60,10 @@ pub fn srtt_us(sk: u64) -> u32 {
     let o = OFFSETS.load();
     unsafe { read_at::<u32>(sk, o.tcp_srtt_us) }.unwrap_or(0) >> 3
 }
+
+/// TCP state of the socket (`sk->sk_state`), or 0 if unreadable.
+#[inline(always)]
+pub fn state(sk: u64) -> u8 {
+    let o = OFFSETS.load();
+    unsafe { read_at::<u8>(sk, o.sock_state) }.unwrap_or(0)
+}

@@ -44,6 +44,15 @@ const DIR_UNKNOWN: u32 = 2;
 /// Minimum interval between two RTT samples of one connection.
 const RTT_SAMPLE_INTERVAL_NS: u64 = 1_000_000_000;
 
+/// States of an established connection, each of which ends with a traced transition to CLOSE.
+#[inline(always)]
+fn is_open_state(state: i32) -> bool {
+    matches!(
+        state,
+        TCP_ESTABLISHED | TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING
+    )
+}
+
 /// Applies `f` to this CPU's `TcpStats` of `cgroup_id`, creating the entry if needed.
 #[inline(always)]
 fn with_stats(cgroup_id: u64, f: impl Fn(&mut TcpStats)) {
@@ -147,10 +156,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         with_stats(cgroup_id, |s| s.connect_failures[reason] += 1);
         return Ok(());
     }
-    if !matches!(
-        old,
-        TCP_ESTABLISHED | TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING
-    ) {
+    if !is_open_state(old) {
         return Ok(());
     }
     // A close of an established connection.
@@ -253,11 +259,20 @@ fn on_io(sk: u64, ret: i32, send: bool) {
                 count_lost(LOST_SOCK_READ);
                 return;
             };
-            let info = ConnInfo { cgroup_id, last_rtt_ns: now, direction: DIR_UNKNOWN, _pad: 0 };
-            if CONNS.insert(&sk, &info, BPF_NOEXIST).is_err() {
-                count_lost(LOST_CONN_MAP_FULL);
+            // Only a connection that will still pass through a traced close is entered (a
+            // socket the peer already closed is read from after its close transition).
+            // Its first RTT sample is taken when it is entered.
+            let mut rtt = 0;
+            if is_open_state(sock::state(sk) as i32) {
+                let info =
+                    ConnInfo { cgroup_id, last_rtt_ns: now, direction: DIR_UNKNOWN, _pad: 0 };
+                if CONNS.insert(&sk, &info, BPF_NOEXIST).is_err() {
+                    count_lost(LOST_CONN_MAP_FULL);
+                } else {
+                    rtt = sock::srtt_us(sk);
+                }
             }
-            (cgroup_id, sock::srtt_us(sk))
+            (cgroup_id, rtt)
         }
     };
     with_stats(cgroup_id, |s| {

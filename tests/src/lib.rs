@@ -1,1 +1,47 @@
+//! Harness for the privileged integration tests: simulated pods (a cgroup at a realistic
+//! kubepods path plus a network namespace with its own IP on a test bridge), the observer
+//! process, and a Prometheus text parser. Every guard cleans up on drop, also when a test
+//! panics.
 
+pub mod metrics;
+pub mod net;
+pub mod observer;
+pub mod pod;
+
+use std::process::Command;
+
+/// Runs a command, failing with its output when it fails.
+pub fn sh(cmd: &str) -> anyhow::Result<String> {
+    let out = Command::new("sh").arg("-c").arg(cmd).output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "`{cmd}` failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a command and ignores failures (cleanup paths).
+pub fn sh_quiet(cmd: &str) {
+    let _ = Command::new("sh").arg("-c").arg(cmd).output();
+}
+
+/// Fails unless running as root: these tests load eBPF programs and make namespaces.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the privileged tests must run as root (cargo xtask test does)");
+}
+
+/// A short random hex string (for unique names).
+pub fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n.div_ceil(2)];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut buf);
+    }
+    let s: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+    s[..n].to_string()
+}

@@ -145,7 +145,7 @@ pub fn tcp_offsets(btf: &KernelBtf) -> Result<KernelOffsets, ProbeError> {
         sock_protocol: btf.member_offset("sock", "sk_protocol")?,
         sock_err: btf.member_offset("sock", "sk_err")?,
         tcp_srtt_us: btf.member_offset("tcp_sock", "srtt_us")?,
-        _pad: 0,
+        sock_state: btf.path_offset("sock", &["__sk_common", "skc_state"])?,
     })
 }
 
