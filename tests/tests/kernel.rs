@@ -273,15 +273,19 @@ fn syscall_probe_can_be_restricted_to_a_cgroup_subtree() {
 fn host_units_are_identified_by_their_unit_name() {
     require_root();
     let unit = format!("observer-test-{}.service", random_hex(6));
-    let dir = cgroup2_root().join("system.slice").join(&unit);
+    let slice = cgroup2_root().join("system.slice");
+    let made_slice = !slice.exists();
+    let dir = slice.join(&unit);
     fs::create_dir_all(&dir).unwrap();
-    struct Rm(std::path::PathBuf);
+    struct Rm(Vec<std::path::PathBuf>);
     impl Drop for Rm {
         fn drop(&mut self) {
-            let _ = fs::remove_dir(&self.0);
+            for d in &self.0 {
+                let _ = fs::remove_dir(d);
+            }
         }
     }
-    let _rm = Rm(dir.clone());
+    let _rm = Rm(if made_slice { vec![dir.clone(), slice] } else { vec![dir.clone()] });
     let obs = Observer::start(&[]).unwrap();
     let script = format!("echo $$ > {}/cgroup.procs && exec python3 -c \"$0\" 9 0", dir.display());
     let out = std::process::Command::new("sh").arg("-c").arg(&script).arg(SYSCALLS).status().unwrap();

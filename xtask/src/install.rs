@@ -1,0 +1,83 @@
+//! Idempotent set-up of everything the build and the tests need on a fresh Debian 12 machine
+//! of this kind: the eBPF toolchain (Debian's rustc with a prebuilt `core` for
+//! bpfel-unknown-none, LLVM 22, bpf-linker) and the real servers, load generators and
+//! Prometheus tools the tests drive. Says what it installs; installs nothing already there.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages and why they are needed.
+const PACKAGES: &[(&str, &str)] = &[
+    ("rustc-web", "Debian rustc 1.96 that builds the kernel programs"),
+    ("libstd-rust-web-dev-bpf", "prebuilt core for bpfel-unknown-none"),
+    ("llvm-22-dev", "LLVM for bpf-linker"),
+    ("libzstd-dev", "bpf-linker link dependency"),
+    ("zlib1g-dev", "bpf-linker link dependency"),
+    ("iproute2", "network namespaces and veths of the simulated pods"),
+    ("util-linux", "setpriv for the unprivileged-start test"),
+    ("python3", "test servers and clients"),
+    ("curl", "HTTP client"),
+    ("nginx", "benchmark and test server"),
+    ("wrk", "load generator"),
+    ("hey", "load generator"),
+    ("prometheus", "Prometheus server and promtool for the exposition tests"),
+    ("bpftool", "BPF program statistics in the benchmark"),
+];
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Path of bpf-linker in cargo's bin directory.
+pub fn bpf_linker() -> PathBuf {
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo"));
+    home.join("bin/bpf-linker")
+}
+
+pub fn install() -> Result<()> {
+    let missing: Vec<&(&str, &str)> = PACKAGES.iter().filter(|(p, _)| !installed(p)).collect();
+    if missing.is_empty() {
+        println!("install: all {} Debian packages present", PACKAGES.len());
+    } else {
+        for (p, why) in &missing {
+            println!("install: apt-get install {p} ({why})");
+        }
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(missing.iter().map(|(p, _)| *p))
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let linker = bpf_linker();
+    let works = Command::new(&linker).arg("--version").output().is_ok_and(|o| o.status.success());
+    if works {
+        println!("install: bpf-linker present ({})", linker.display());
+    } else {
+        println!("install: cargo install bpf-linker 0.13 (against LLVM 22)");
+        let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", "0.13.0", "--no-default-features", "--features", "llvm-22"])
+            .env("PATH", path))?;
+    }
+    // Debian's nginx package starts a server on port 80 when installed; the tests start their
+    // own, so stop the packaged one if it runs (harmless when it does not).
+    if !missing.is_empty() && missing.iter().any(|(p, _)| *p == "nginx") {
+        let _ = Command::new("nginx").args(["-s", "stop"]).output();
+    }
+    Ok(())
+}
