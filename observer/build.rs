@@ -10,7 +10,11 @@ fn main() {
     let root = manifest.parent().unwrap().to_path_buf();
     let ebpf = root.join("observer-ebpf");
     let common = root.join("observer-common");
-    for p in [ebpf.join("src"), ebpf.join("Cargo.toml"), common.join("src")] {
+    for p in [
+        ebpf.join("src"),
+        ebpf.join("Cargo.toml"),
+        common.join("src"),
+    ] {
         println!("cargo:rerun-if-changed={}", p.display());
     }
     println!("cargo:rerun-if-env-changed=OBSERVER_BPF_RUSTC");
@@ -21,20 +25,31 @@ fn main() {
 
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&ebpf)
-        .args(["build", "--release", "--target", "bpfel-unknown-none", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "--target-dir",
+        ])
         .arg(&target_dir)
         .env("RUSTC", &rustc)
         // aya-ebpf uses unstable features; Debian's rustc is a stable build.
         .env("RUSTC_BOOTSTRAP", "1")
         // Cargo sets CARGO_ENCODED_RUSTFLAGS for build scripts, and it overrides RUSTFLAGS.
-        .env("CARGO_ENCODED_RUSTFLAGS", ["-C", "debuginfo=2", "-C", "link-arg=--btf"].join("\x1f"))
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            ["-C", "debuginfo=2", "-C", "link-arg=--btf"].join("\x1f"),
+        )
         .env_remove("RUSTFLAGS")
         .env_remove("RUSTC_WRAPPER")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_BUILD_TARGET");
     // Make bpf-linker findable when cargo was started without ~/.cargo/bin on PATH.
-    if let Ok(home) = env::var("CARGO_HOME").or_else(|_| env::var("HOME").map(|h| format!("{h}/.cargo"))) {
+    if let Ok(home) =
+        env::var("CARGO_HOME").or_else(|_| env::var("HOME").map(|h| format!("{h}/.cargo")))
+    {
         let path = env::var("PATH").unwrap_or_default();
         cmd.env("PATH", format!("{home}/bin:{path}"));
     }

@@ -107,7 +107,9 @@ pub struct TcpStats {
     pub rtt_count: u64,
     pub rtt_buckets: [u64; RTT_NBUCKETS],
 }
-const _: () = assert!(core::mem::size_of::<TcpStats>() == 8 * (2 + 2 + 2 + 1 + FAIL_REASONS + 5 + RTT_NBUCKETS));
+const _: () = assert!(
+    core::mem::size_of::<TcpStats>() == 8 * (2 + 2 + 2 + 1 + FAIL_REASONS + 5 + RTT_NBUCKETS)
+);
 
 /// Direction index for [`TcpStats::opened`].
 pub const DIR_INBOUND: usize = 0;

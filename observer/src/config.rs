@@ -28,7 +28,11 @@ pub struct Args {
 
     /// Restrict the syscall probe to these cgroup subtrees (paths under the cgroup v2 mount,
     /// e.g. kubepods.slice; comma-separated, at most 16). Default: every cgroup.
-    #[arg(long = "syscalls-cgroup", env = "OBSERVER_SYSCALLS_CGROUPS", value_delimiter = ',')]
+    #[arg(
+        long = "syscalls-cgroup",
+        env = "OBSERVER_SYSCALLS_CGROUPS",
+        value_delimiter = ','
+    )]
     pub syscalls_cgroups: Vec<PathBuf>,
 
     /// How long the series of a deleted cgroup stay before they are dropped (e.g. 30s, 5m).
@@ -149,13 +153,19 @@ mod tests {
 
     #[test]
     fn rejects_bad_values() {
-        assert!(parse(&["--probes", "syscalls,bogus"]).unwrap_err().contains("bogus"));
+        assert!(parse(&["--probes", "syscalls,bogus"])
+            .unwrap_err()
+            .contains("bogus"));
         assert!(parse(&["--metrics-addr", "nope"]).is_err());
         assert!(parse(&["--cgroup-grace", "5 parsecs"]).is_err());
-        assert!(parse(&["--conn-table-size", "1"]).unwrap_err().contains("between"));
+        assert!(parse(&["--conn-table-size", "1"])
+            .unwrap_err()
+            .contains("between"));
         let many: Vec<String> = (0..17).map(|i| format!("c{i}")).collect();
         let joined = many.join(",");
-        assert!(parse(&["--syscalls-cgroup", &joined]).unwrap_err().contains("at most 16"));
+        assert!(parse(&["--syscalls-cgroup", &joined])
+            .unwrap_err()
+            .contains("at most 16"));
     }
 
     #[test]

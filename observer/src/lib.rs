@@ -50,13 +50,20 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             None
         }
     };
-    let maps = KernelMaps::take(&mut loaded.ebpf, cfg.syscall_table_size, cfg.conn_table_size);
+    let maps = KernelMaps::take(
+        &mut loaded.ebpf,
+        cfg.syscall_table_size,
+        cfg.conn_table_size,
+    );
     let mut resolver = Resolver::new(cgroups);
     resolver.rescan();
     let pipeline = Arc::new(Mutex::new(Pipeline::new(maps, resolver, cfg.cgroup_grace)));
 
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(ObserverCollector::new(pipeline.clone(), loaded.probes.clone())));
+    registry.register_collector(Box::new(ObserverCollector::new(
+        pipeline.clone(),
+        loaded.probes.clone(),
+    )));
 
     let shutdown = shutdown::on_signals();
     if let Some(logger) = logger {
@@ -73,13 +80,18 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             }
             let p = gc_pipeline.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                p.lock().unwrap_or_else(|e| e.into_inner()).collect_garbage()
+                p.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .collect_garbage()
             })
             .await;
         }
     });
 
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: cfg.metrics_addr, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: cfg.metrics_addr,
+        source,
+    })?;
     tracing::info!("serving http://{addr}/metrics (also /healthz, /readyz)");
     println!("observer: serving http://{addr}/metrics");
     export::admin::serve(listener, registry, true, shutdown).await;

@@ -32,7 +32,11 @@ pub fn sh_quiet(cmd: &str) {
 /// Fails unless running as root: these tests load eBPF programs and make namespaces.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the privileged tests must run as root (cargo xtask test does)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the privileged tests must run as root (cargo xtask test does)"
+    );
 }
 
 /// A short random hex string (for unique names).

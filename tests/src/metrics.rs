@@ -28,7 +28,11 @@ pub fn parse(text: &str) -> Vec<Sample> {
             Some(i) => (&head[..i], parse_labels(&head[i + 1..head.len() - 1])),
             None => (head, BTreeMap::new()),
         };
-        out.push(Sample { name: name.to_string(), labels, value });
+        out.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
     }
     out
 }
@@ -75,7 +79,10 @@ pub fn matching<'a>(
     want: &'a [(&'a str, &'a str)],
 ) -> impl Iterator<Item = &'a Sample> + 'a {
     samples.iter().filter(move |s| {
-        s.name == name && want.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        s.name == name
+            && want
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
     })
 }
 

@@ -19,14 +19,22 @@ impl Bridge {
         let n = (std::process::id() + SUBNET.fetch_add(1, Ordering::SeqCst)) % 200 + 20;
         let name = format!("obr{}", random_hex(8));
         let prefix = format!("10.231.{n}");
-        let b = Bridge { name: name.clone(), prefix: prefix.clone(), next_host: AtomicU32::new(2) };
+        let b = Bridge {
+            name: name.clone(),
+            prefix: prefix.clone(),
+            next_host: AtomicU32::new(2),
+        };
         sh(&format!("ip link add {name} type bridge && ip addr add {prefix}.1/24 dev {name} && ip link set {name} up"))?;
         Ok(b)
     }
 
     /// The next free host address on this bridge.
     pub fn next_ip(&self) -> String {
-        format!("{}.{}", self.prefix, self.next_host.fetch_add(1, Ordering::SeqCst))
+        format!(
+            "{}.{}",
+            self.prefix,
+            self.next_host.fetch_add(1, Ordering::SeqCst)
+        )
     }
 }
 

@@ -67,12 +67,19 @@ impl Observer {
                 }
             }
         });
-        let mut obs = Observer { child, addr, stderr };
+        let mut obs = Observer {
+            child,
+            addr,
+            stderr,
+        };
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(()) => Ok(obs),
             Err(_) => {
                 let status = obs.child.try_wait()?;
-                anyhow::bail!("observer did not start ({status:?}): {}", obs.stderr.lock().unwrap())
+                anyhow::bail!(
+                    "observer did not start ({status:?}): {}",
+                    obs.stderr.lock().unwrap()
+                )
             }
         }
     }
@@ -138,21 +145,45 @@ impl Drop for Observer {
 }
 
 /// Minimal HTTP/1.1 GET (Connection: close).
-pub fn http_get(addr: &str, path: &str, accept: Option<&str>) -> anyhow::Result<(u16, String, String)> {
+pub fn http_get(
+    addr: &str,
+    path: &str,
+    accept: Option<&str>,
+) -> anyhow::Result<(u16, String, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n")?;
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let ct = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_string()))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type:")
+                .map(|v| v.trim().to_string())
+        })
         .unwrap_or_default();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     Ok((status, ct, body))
 }
 

@@ -44,7 +44,14 @@ pub struct Pod {
 
 fn uuid() -> String {
     let h = random_hex(32);
-    format!("{}-{}-4{}-8{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
 }
 
 impl Pod {
@@ -54,7 +61,10 @@ impl Pod {
         let container_id = format!("{}{}", random_hex(32), random_hex(32));
         let root = cgroup2_root();
         let slice = root.join("kubepods.slice/kubepods-burstable.slice");
-        let pod_dir = slice.join(format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_")));
+        let pod_dir = slice.join(format!(
+            "kubepods-burstable-pod{}.slice",
+            uid.replace('-', "_")
+        ));
         let cgroup = pod_dir.join(format!("cri-containerd-{container_id}.scope"));
         fs::create_dir_all(&cgroup)?;
         let tag = random_hex(8);
@@ -88,7 +98,8 @@ impl Pod {
         // The bridge port needs a moment to forward (no STP, but the link must be up).
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            let s = sh(&format!("cat /sys/class/net/{}/operstate", self.host_veth)).unwrap_or_default();
+            let s =
+                sh(&format!("cat /sys/class/net/{}/operstate", self.host_veth)).unwrap_or_default();
             if s.trim() == "up" {
                 return Ok(());
             }
@@ -118,7 +129,12 @@ impl Pod {
 
     /// Starts a long-running process inside the pod; killed when the pod is dropped.
     pub fn spawn(&mut self, program: &str, args: &[&str]) -> anyhow::Result<u32> {
-        let child = self.command(program, args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let child = self
+            .command(program, args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
         let pid = child.id();
         self.children.push(child);
         Ok(pid)
@@ -157,7 +173,11 @@ impl Pod {
     pub fn wait_listening(&self, port: u16) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            let out = sh(&format!("ip netns exec {} ss -Hltn sport = :{port}", self.netns)).unwrap_or_default();
+            let out = sh(&format!(
+                "ip netns exec {} ss -Hltn sport = :{port}",
+                self.netns
+            ))
+            .unwrap_or_default();
             if !out.trim().is_empty() {
                 return Ok(());
             }

@@ -23,7 +23,13 @@ fn bad_flags_fail_with_a_clear_error() {
 fn without_privileges_one_line_names_what_is_missing() {
     require_root();
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(binary())
         .args(["--metrics-addr", "127.0.0.1:0"])
         .output()
@@ -32,5 +38,8 @@ fn without_privileges_one_line_names_what_is_missing() {
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "{err}");
-    assert!(lines[0].contains("CAP_BPF") && lines[0].contains("CAP_PERFMON"), "{err}");
+    assert!(
+        lines[0].contains("CAP_BPF") && lines[0].contains("CAP_PERFMON"),
+        "{err}"
+    );
 }

@@ -116,19 +116,34 @@ fn syscalls_are_counted_exactly_per_pod() {
                 && pod_sum(s, "observer_syscalls_total", &b, &gp) >= 5.0
         })
         .unwrap();
-    assert_eq!(pod_sum(&s, "observer_syscalls_total", &a, &gp), 37.0);
+    let pods: std::collections::BTreeSet<_> =
+        s.iter().filter_map(|x| x.labels.get("k8s_pod_uid").cloned()).collect();
+    assert_eq!(pod_sum(&s, "observer_syscalls_total", &a, &gp), 37.0, "pod {} among {pods:?}", a.uid);
     assert_eq!(pod_sum(&s, "observer_syscalls_total", &b, &gp), 5.0);
     let sg = [("syscall", "sched_getscheduler")];
     assert_eq!(pod_sum(&s, "observer_syscalls_total", &a, &sg), 11.0);
     assert_eq!(
-        pod_sum(&s, "observer_syscall_errors_total", &a, &[("syscall", "sched_getscheduler"), ("errno", "ESRCH")]),
+        pod_sum(
+            &s,
+            "observer_syscall_errors_total",
+            &a,
+            &[("syscall", "sched_getscheduler"), ("errno", "ESRCH")]
+        ),
         11.0
     );
-    assert_eq!(pod_sum(&s, "observer_syscalls_total", &b, &sg), 0.0, "pod A's calls leaked to pod B");
+    assert_eq!(
+        pod_sum(&s, "observer_syscalls_total", &b, &sg),
+        0.0,
+        "pod A's calls leaked to pod B"
+    );
     assert_eq!(pod_sum(&s, "observer_syscall_errors_total", &a, &gp), 0.0);
-    // The latency histogram holds every call.
-    assert_eq!(pod_sum(&s, "observer_syscall_duration_seconds_count", &a, &gp), 37.0);
-    assert_eq!(pod_sum(&s, "observer_syscall_duration_seconds_bucket", &a, &[("syscall", "getpriority"), ("le", "+Inf")]), 37.0);
+    // The pod's latency histogram holds every call it made, of every syscall.
+    for pod in [&a, &b] {
+        let calls = pod_sum(&s, "observer_syscalls_total", pod, &[]);
+        assert_eq!(pod_sum(&s, "observer_syscall_duration_seconds_count", pod, &[]), calls);
+        let inf = [("le", "+Inf")];
+        assert_eq!(pod_sum(&s, "observer_syscall_duration_seconds_bucket", pod, &inf), calls);
+    }
     obs.stop().unwrap();
 }
 
@@ -141,16 +156,30 @@ fn tcp_connections_bytes_and_failures_are_exact_per_pod() {
     let sink = Pod::new(&bridge).unwrap();
     // The sink answers ARP for its address but can route nothing back to the client: SYNs to
     // it vanish (a blackholed address that is still one of this test's own hosts).
-    sh(&format!("ip netns exec {} ip route add blackhole {}/32", sink.netns, client.ip)).unwrap();
+    sh(&format!(
+        "ip netns exec {} ip route add blackhole {}/32",
+        sink.netns, client.ip
+    ))
+    .unwrap();
     server.spawn_python(SERVER, &["8080"]).unwrap();
     server.wait_listening(8080).unwrap();
     let obs = Observer::start(&[]).unwrap();
 
     let (n, m) = (20u64, 3000u64);
-    let got = client.python(CLIENT, &[&server.ip, "8080", &n.to_string(), &m.to_string()]).unwrap();
+    let got = client
+        .python(
+            CLIENT,
+            &[&server.ip, "8080", &n.to_string(), &m.to_string()],
+        )
+        .unwrap();
     assert_eq!(got.trim(), (n * 8).to_string());
-    let errs = client.python(FAILING_CLIENT, &[&server.ip, "8081", "4", &sink.ip, "2"]).unwrap();
-    assert_eq!(errs.trim(), "ECONNREFUSED ECONNREFUSED ECONNREFUSED ECONNREFUSED ETIMEDOUT ETIMEDOUT");
+    let errs = client
+        .python(FAILING_CLIENT, &[&server.ip, "8081", "4", &sink.ip, "2"])
+        .unwrap();
+    assert_eq!(
+        errs.trim(),
+        "ECONNREFUSED ECONNREFUSED ECONNREFUSED ECONNREFUSED ETIMEDOUT ETIMEDOUT"
+    );
 
     let s = obs
         .scrape_until(WAIT, |s| {
@@ -160,32 +189,93 @@ fn tcp_connections_bytes_and_failures_are_exact_per_pod() {
         .unwrap();
     let out = [("direction", "outbound")];
     let inb = [("direction", "inbound")];
-    assert_eq!(pod_sum(&s, "observer_tcp_connections_opened_total", &client, &out), n as f64);
-    assert_eq!(pod_sum(&s, "observer_tcp_connections_opened_total", &client, &inb), 0.0);
-    assert_eq!(pod_sum(&s, "observer_tcp_connections_opened_total", &server, &inb), n as f64);
-    assert_eq!(pod_sum(&s, "observer_tcp_connections_opened_total", &server, &out), 0.0);
-    assert_eq!(pod_sum(&s, "observer_tcp_connections_closed_total", &client, &[]), n as f64);
-    assert_eq!(pod_sum(&s, "observer_tcp_connections_closed_total", &server, &[]), n as f64);
-    assert_eq!(pod_sum(&s, "observer_tcp_connections_active", &client, &out), 0.0);
-    assert_eq!(pod_sum(&s, "observer_tcp_connections_active", &server, &inb), 0.0);
-    assert_eq!(pod_sum(&s, "observer_tcp_sent_bytes_total", &client, &[]), (n * m) as f64);
-    assert_eq!(pod_sum(&s, "observer_tcp_received_bytes_total", &server, &[]), (n * m) as f64);
-    assert_eq!(pod_sum(&s, "observer_tcp_sent_bytes_total", &server, &[]), (n * 8) as f64);
-    assert_eq!(pod_sum(&s, "observer_tcp_received_bytes_total", &client, &[]), (n * 8) as f64);
-    let fail = |r: &str| pod_sum(&s, "observer_tcp_connect_failures_total", &client, &[("reason", r)]);
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_connections_opened_total", &client, &out),
+        n as f64
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_connections_opened_total", &client, &inb),
+        0.0
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_connections_opened_total", &server, &inb),
+        n as f64
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_connections_opened_total", &server, &out),
+        0.0
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_connections_closed_total", &client, &[]),
+        n as f64
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_connections_closed_total", &server, &[]),
+        n as f64
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_connections_active", &client, &out),
+        0.0
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_connections_active", &server, &inb),
+        0.0
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_sent_bytes_total", &client, &[]),
+        (n * m) as f64
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_received_bytes_total", &server, &[]),
+        (n * m) as f64
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_sent_bytes_total", &server, &[]),
+        (n * 8) as f64
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_received_bytes_total", &client, &[]),
+        (n * 8) as f64
+    );
+    let fail = |r: &str| {
+        pod_sum(
+            &s,
+            "observer_tcp_connect_failures_total",
+            &client,
+            &[("reason", r)],
+        )
+    };
     assert_eq!(fail("refused"), 4.0);
     assert_eq!(fail("timeout"), 2.0);
     assert_eq!(fail("reset") + fail("unreachable") + fail("other"), 0.0);
     // Every retransmission the client's network namespace made (its own MIB counts them; the
     // blackholed SYNs are the only ones) is attributed to the client pod.
     let retrans = netns_tcp_counter(&client, "RetransSegs");
-    assert!(retrans >= 2.0, "each blackholed connect retransmits its SYN at least once");
-    assert_eq!(pod_sum(&s, "observer_tcp_retransmits_total", &client, &[]), retrans);
-    assert_eq!(pod_sum(&s, "observer_tcp_retransmits_total", &server, &[]), netns_tcp_counter(&server, "RetransSegs"));
+    assert!(
+        retrans >= 2.0,
+        "each blackholed connect retransmits its SYN at least once"
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_retransmits_total", &client, &[]),
+        retrans
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_retransmits_total", &server, &[]),
+        netns_tcp_counter(&server, "RetransSegs")
+    );
     // One RTT sample per established connection (each lives well under a second).
-    assert_eq!(pod_sum(&s, "observer_tcp_rtt_seconds_count", &client, &[]), n as f64);
-    assert_eq!(pod_sum(&s, "observer_tcp_rtt_seconds_count", &server, &[]), n as f64);
-    assert_eq!(pod_sum(&s, "observer_tcp_connect_failures_total", &sink, &[]), 0.0);
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_rtt_seconds_count", &client, &[]),
+        n as f64
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_rtt_seconds_count", &server, &[]),
+        n as f64
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_connect_failures_total", &sink, &[]),
+        0.0
+    );
     obs.stop().unwrap();
 }
 
@@ -218,17 +308,25 @@ fn connection_opened_before_the_observer_is_attributed() {
     server.spawn_python(SERVER, &["9090"]).unwrap();
     server.wait_listening(9090).unwrap();
     let go = format!("/tmp/observer-test-go-{}", random_hex(8));
-    client.spawn_python(WAITING_CLIENT, &[&server.ip, "9090", "4321", &go]).unwrap();
+    client
+        .spawn_python(WAITING_CLIENT, &[&server.ip, "9090", "4321", &go])
+        .unwrap();
     let deadline = std::time::Instant::now() + WAIT;
     while !std::path::Path::new(&format!("{go}.connected")).exists() {
-        assert!(std::time::Instant::now() < deadline, "client never connected");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "client never connected"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let obs = Observer::start(&[]).unwrap();
     fs::write(&go, "").unwrap();
     let done = format!("{go}.done");
     while !std::path::Path::new(&done).exists() {
-        assert!(std::time::Instant::now() < deadline + WAIT, "client never finished");
+        assert!(
+            std::time::Instant::now() < deadline + WAIT,
+            "client never finished"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(fs::read_to_string(&done).unwrap(), "8");
@@ -241,14 +339,35 @@ fn connection_opened_before_the_observer_is_attributed() {
     for f in [go.clone(), format!("{go}.connected"), done] {
         let _ = fs::remove_file(f);
     }
-    assert_eq!(pod_sum(&s, "observer_tcp_connections_closed_total", &client, &[]), 1.0);
-    assert_eq!(pod_sum(&s, "observer_tcp_connections_closed_total", &server, &[]), 1.0);
-    assert_eq!(pod_sum(&s, "observer_tcp_sent_bytes_total", &client, &[]), 4321.0);
-    assert_eq!(pod_sum(&s, "observer_tcp_received_bytes_total", &server, &[]), 4321.0);
-    assert_eq!(pod_sum(&s, "observer_tcp_received_bytes_total", &client, &[]), 8.0);
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_connections_closed_total", &client, &[]),
+        1.0
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_connections_closed_total", &server, &[]),
+        1.0
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_sent_bytes_total", &client, &[]),
+        4321.0
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_received_bytes_total", &server, &[]),
+        4321.0
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_received_bytes_total", &client, &[]),
+        8.0
+    );
     // Its opening was not seen: not counted as opened, and never makes the gauge negative.
-    assert_eq!(pod_sum(&s, "observer_tcp_connections_opened_total", &client, &[]), 0.0);
-    assert_eq!(pod_sum(&s, "observer_tcp_connections_active", &client, &[]), 0.0);
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_connections_opened_total", &client, &[]),
+        0.0
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_connections_active", &client, &[]),
+        0.0
+    );
     obs.stop().unwrap();
 }
 
@@ -258,14 +377,27 @@ fn syscall_probe_can_be_restricted_to_a_cgroup_subtree() {
     let bridge = Bridge::new().unwrap();
     let a = Pod::new(&bridge).unwrap();
     let b = Pod::new(&bridge).unwrap();
-    let rel = a.pod_dir.strip_prefix(cgroup2_root()).unwrap().to_string_lossy().into_owned();
+    let rel = a
+        .pod_dir
+        .strip_prefix(cgroup2_root())
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     let obs = Observer::start(&["--syscalls-cgroup", &rel]).unwrap();
     a.python(SYSCALLS, &["13", "0"]).unwrap();
     b.python(SYSCALLS, &["17", "0"]).unwrap();
     let gp = [("syscall", "getpriority")];
-    let s = obs.scrape_until(WAIT, |s| pod_sum(s, "observer_syscalls_total", &a, &gp) >= 13.0).unwrap();
+    let s = obs
+        .scrape_until(WAIT, |s| {
+            pod_sum(s, "observer_syscalls_total", &a, &gp) >= 13.0
+        })
+        .unwrap();
     assert_eq!(pod_sum(&s, "observer_syscalls_total", &a, &gp), 13.0);
-    assert_eq!(pod_sum(&s, "observer_syscalls_total", &b, &[]), 0.0, "pod B is outside the filter");
+    assert_eq!(
+        pod_sum(&s, "observer_syscalls_total", &b, &[]),
+        0.0,
+        "pod B is outside the filter"
+    );
     obs.stop().unwrap();
 }
 
@@ -285,15 +417,40 @@ fn host_units_are_identified_by_their_unit_name() {
             }
         }
     }
-    let _rm = Rm(if made_slice { vec![dir.clone(), slice] } else { vec![dir.clone()] });
+    let _rm = Rm(if made_slice {
+        vec![dir.clone(), slice]
+    } else {
+        vec![dir.clone()]
+    });
     let obs = Observer::start(&[]).unwrap();
-    let script = format!("echo $$ > {}/cgroup.procs && exec python3 -c \"$0\" 9 0", dir.display());
-    let out = std::process::Command::new("sh").arg("-c").arg(&script).arg(SYSCALLS).status().unwrap();
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec python3 -c \"$0\" 9 0",
+        dir.display()
+    );
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .arg(SYSCALLS)
+        .status()
+        .unwrap();
     assert!(out.success());
     let want = [("service_name", unit.as_str()), ("syscall", "getpriority")];
-    let s = obs.scrape_until(WAIT, |s| sum(s, "observer_syscalls_total", &want) >= 9.0).unwrap();
+    let s = obs
+        .scrape_until(WAIT, |s| sum(s, "observer_syscalls_total", &want) >= 9.0)
+        .unwrap();
     assert_eq!(sum(&s, "observer_syscalls_total", &want), 9.0);
-    assert_eq!(sum(&s, "observer_syscalls_total", &[("service_name", unit.as_str()), ("k8s_pod_uid", "")]), sum(&s, "observer_syscalls_total", &[("service_name", unit.as_str())]));
+    assert_eq!(
+        sum(
+            &s,
+            "observer_syscalls_total",
+            &[("service_name", unit.as_str()), ("k8s_pod_uid", "")]
+        ),
+        sum(
+            &s,
+            "observer_syscalls_total",
+            &[("service_name", unit.as_str())]
+        )
+    );
     obs.stop().unwrap();
 }
 
@@ -307,7 +464,11 @@ fn series_of_a_deleted_pod_are_dropped_after_the_grace_period() {
     a.python(SYSCALLS, &["3", "0"]).unwrap();
     keep.python(SYSCALLS, &["4", "0"]).unwrap();
     let gp = [("syscall", "getpriority")];
-    let s = obs.scrape_until(WAIT, |s| pod_sum(s, "observer_syscalls_total", &a, &gp) >= 3.0).unwrap();
+    let s = obs
+        .scrape_until(WAIT, |s| {
+            pod_sum(s, "observer_syscalls_total", &a, &gp) >= 3.0
+        })
+        .unwrap();
     assert_eq!(pod_sum(&s, "observer_syscalls_total", &a, &gp), 3.0);
     let uid = a.uid.clone();
     drop(a);
@@ -316,8 +477,15 @@ fn series_of_a_deleted_pod_are_dropped_after_the_grace_period() {
             !s.iter().any(|x| x.labels.get("k8s_pod_uid") == Some(&uid))
         })
         .unwrap();
-    assert!(!s.iter().any(|x| x.labels.get("k8s_pod_uid") == Some(&uid)), "deleted pod still exported");
-    assert_eq!(pod_sum(&s, "observer_syscalls_total", &keep, &gp), 4.0, "a live pod lost its series");
+    assert!(
+        !s.iter().any(|x| x.labels.get("k8s_pod_uid") == Some(&uid)),
+        "deleted pod still exported"
+    );
+    assert_eq!(
+        pod_sum(&s, "observer_syscalls_total", &keep, &gp),
+        4.0,
+        "a live pod lost its series"
+    );
     obs.stop().unwrap();
 }
 
@@ -330,17 +498,26 @@ fn a_probe_without_its_kernel_fields_is_off_and_the_rest_runs() {
         .unwrap()
         .join("../ebpf/bpfel-unknown-none/release/observer");
     let btf = format!("/tmp/observer-test-{}.btf", random_hex(8));
-    sh(&format!("/usr/lib/llvm-22/bin/llvm-objcopy --dump-section .BTF={btf} {} /dev/null", obj.display())).unwrap();
+    sh(&format!(
+        "/usr/lib/llvm-22/bin/llvm-objcopy --dump-section .BTF={btf} {} /dev/null",
+        obj.display()
+    ))
+    .unwrap();
     let obs = Observer::start(&["--btf", &btf]).unwrap();
     let s = obs.scrape().unwrap();
     let _ = fs::remove_file(&btf);
     let up = |p: &str, hook: &str| sum(&s, "observer_probe_up", &[("probe", p), ("hook", hook)]);
     assert_eq!(up("tcp_connections", "none"), 0.0);
-    assert!(s.iter().any(|x| x.name == "observer_probe_up" && x.labels["probe"] == "tcp_connections" && x.value == 0.0));
+    assert!(s.iter().any(|x| x.name == "observer_probe_up"
+        && x.labels["probe"] == "tcp_connections"
+        && x.value == 0.0));
     // Without BTF tracepoints the syscall probe falls back to raw tracepoints.
     assert_eq!(up("syscalls", "raw_tp"), 1.0);
     let log = obs.stderr.lock().unwrap().clone();
-    assert!(log.contains("struct sock"), "the reason names the missing type: {log}");
+    assert!(
+        log.contains("struct sock"),
+        "the reason names the missing type: {log}"
+    );
     let (status, _, _) = obs.get("/readyz", None).unwrap();
     assert_eq!(status, 200);
     obs.stop().unwrap();

@@ -15,7 +15,8 @@ use observer_tests::{
     random_hex, require_root,
 };
 
-const GETPRIORITY: &str = "import os, sys\nfor _ in range(int(sys.argv[1])): os.getpriority(os.PRIO_PROCESS, 0)\n";
+const GETPRIORITY: &str =
+    "import os, sys\nfor _ in range(int(sys.argv[1])): os.getpriority(os.PRIO_PROCESS, 0)\n";
 const CONNECT: &str = "import socket, sys\nfor _ in range(int(sys.argv[2])):\n    try: socket.create_connection((sys.argv[1], 1), timeout=3)\n    except OSError: pass\n";
 
 #[test]
@@ -25,18 +26,37 @@ fn promtool_accepts_the_exposition() {
     let pod = Pod::new(&bridge).unwrap();
     let obs = Observer::start(&[]).unwrap();
     // Make every family appear: syscalls with errors, TCP with failures.
-    pod.python(CONNECT, &[&bridge.prefix.add_host(1), "3"]).unwrap();
+    pod.python(CONNECT, &[&bridge.prefix.add_host(1), "3"])
+        .unwrap();
     let s = obs
         .scrape_until(Duration::from_secs(10), |s| {
-            sum(s, "observer_tcp_connect_failures_total", &[("k8s_pod_uid", &pod.uid), ("reason", "refused")]) >= 3.0
+            sum(
+                s,
+                "observer_tcp_connect_failures_total",
+                &[("k8s_pod_uid", &pod.uid), ("reason", "refused")],
+            ) >= 3.0
         })
         .unwrap();
-    assert_eq!(sum(&s, "observer_tcp_connect_failures_total", &[("k8s_pod_uid", &pod.uid), ("reason", "refused")]), 3.0);
+    assert_eq!(
+        sum(
+            &s,
+            "observer_tcp_connect_failures_total",
+            &[("k8s_pod_uid", &pod.uid), ("reason", "refused")]
+        ),
+        3.0
+    );
 
     let (status, ct, body) = obs.get("/metrics", None).unwrap();
     assert_eq!(status, 200);
     assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
-    for family in ["observer_syscalls_total", "observer_syscall_errors_total", "observer_syscall_duration_seconds_bucket", "observer_tcp_rtt_seconds_bucket", "observer_probe_up", "observer_build_info"] {
+    for family in [
+        "observer_syscalls_total",
+        "observer_syscall_errors_total",
+        "observer_syscall_duration_seconds_bucket",
+        "observer_tcp_rtt_seconds_bucket",
+        "observer_probe_up",
+        "observer_build_info",
+    ] {
         assert!(body.contains(&format!("\n{family}{{")), "{family} missing");
     }
     let mut promtool = Command::new("promtool")
@@ -46,13 +66,30 @@ fn promtool_accepts_the_exposition() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    promtool.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
     let out = promtool.wait_with_output().unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
 
     // OpenMetrics for scrapers that ask for it.
-    let (status, ct, om) = obs.get("/metrics", Some("application/openmetrics-text;version=1.0.0")).unwrap();
+    let (status, ct, om) = obs
+        .get(
+            "/metrics",
+            Some("application/openmetrics-text;version=1.0.0"),
+        )
+        .unwrap();
     assert_eq!(status, 200);
     assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
     assert!(om.ends_with("# EOF\n"));
@@ -93,7 +130,10 @@ impl Prometheus {
         let addr = format!("127.0.0.1:{}", free_port());
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -106,11 +146,14 @@ impl Prometheus {
         let enc: String = q
             .bytes()
             .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => {
+                    (b as char).to_string()
+                }
                 _ => format!("%{b:02X}"),
             })
             .collect();
-        let (status, _, body) = http_get(&self.addr, &format!("/api/v1/query?query={enc}"), None).ok()?;
+        let (status, _, body) =
+            http_get(&self.addr, &format!("/api/v1/query?query={enc}"), None).ok()?;
         if status != 200 {
             return None;
         }
@@ -135,9 +178,16 @@ fn prometheus_server_reads_a_pods_figures_back() {
     let obs = Observer::start(&[]).unwrap();
     let prom = Prometheus::start(&obs.addr).unwrap();
     pod.python(GETPRIORITY, &["21"]).unwrap();
-    pod.python(CONNECT, &[&bridge.prefix.add_host(1), "2"]).unwrap();
-    let q_sys = format!("sum(observer_syscalls_total{{k8s_pod_uid=\"{}\",syscall=\"getpriority\"}})", pod.uid);
-    let q_tcp = format!("sum(observer_tcp_connect_failures_total{{k8s_pod_uid=\"{}\",reason=\"refused\"}})", pod.uid);
+    pod.python(CONNECT, &[&bridge.prefix.add_host(1), "2"])
+        .unwrap();
+    let q_sys = format!(
+        "sum(observer_syscalls_total{{k8s_pod_uid=\"{}\",syscall=\"getpriority\"}})",
+        pod.uid
+    );
+    let q_tcp = format!(
+        "sum(observer_tcp_connect_failures_total{{k8s_pod_uid=\"{}\",reason=\"refused\"}})",
+        pod.uid
+    );
     let q_up = "sum(observer_probe_up)".to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut sys, mut tcp, mut up) = (None, None, None);
@@ -151,8 +201,16 @@ fn prometheus_server_reads_a_pods_figures_back() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(sys, Some(21.0), "syscalls of the pod through Prometheus");
-    assert_eq!(tcp, Some(2.0), "refused connects of the pod through Prometheus");
-    assert_eq!(up, Some(4.0), "four probes up (syscalls, tcp_connections, tcp_retransmits, tcp_bytes)");
+    assert_eq!(
+        tcp,
+        Some(2.0),
+        "refused connects of the pod through Prometheus"
+    );
+    assert_eq!(
+        up,
+        Some(4.0),
+        "four probes up (syscalls, tcp_connections, tcp_retransmits, tcp_bytes)"
+    );
     drop(prom);
     obs.stop().unwrap();
 }

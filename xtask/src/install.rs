@@ -9,19 +9,31 @@ use anyhow::{bail, Context, Result};
 
 /// Debian packages and why they are needed.
 const PACKAGES: &[(&str, &str)] = &[
-    ("rustc-web", "Debian rustc 1.96 that builds the kernel programs"),
-    ("libstd-rust-web-dev-bpf", "prebuilt core for bpfel-unknown-none"),
+    (
+        "rustc-web",
+        "Debian rustc 1.96 that builds the kernel programs",
+    ),
+    (
+        "libstd-rust-web-dev-bpf",
+        "prebuilt core for bpfel-unknown-none",
+    ),
     ("llvm-22-dev", "LLVM for bpf-linker"),
     ("libzstd-dev", "bpf-linker link dependency"),
     ("zlib1g-dev", "bpf-linker link dependency"),
-    ("iproute2", "network namespaces and veths of the simulated pods"),
+    (
+        "iproute2",
+        "network namespaces and veths of the simulated pods",
+    ),
     ("util-linux", "setpriv for the unprivileged-start test"),
     ("python3", "test servers and clients"),
     ("curl", "HTTP client"),
     ("nginx", "benchmark and test server"),
     ("wrk", "load generator"),
     ("hey", "load generator"),
-    ("prometheus", "Prometheus server and promtool for the exposition tests"),
+    (
+        "prometheus",
+        "Prometheus server and promtool for the exposition tests",
+    ),
     ("bpftool", "BPF program statistics in the benchmark"),
 ];
 
@@ -45,7 +57,9 @@ fn run(cmd: &mut Command) -> Result<()> {
 pub fn bpf_linker() -> PathBuf {
     let home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo")
+        });
     home.join("bin/bpf-linker")
 }
 
@@ -64,14 +78,28 @@ pub fn install() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     let linker = bpf_linker();
-    let works = Command::new(&linker).arg("--version").output().is_ok_and(|o| o.status.success());
+    let works = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if works {
         println!("install: bpf-linker present ({})", linker.display());
     } else {
         println!("install: cargo install bpf-linker 0.13 (against LLVM 22)");
-        let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "/usr/lib/llvm-22/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
         run(Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", "0.13.0", "--no-default-features", "--features", "llvm-22"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                "0.13.0",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
             .env("PATH", path))?;
     }
     // Debian's nginx package starts a server on port 80 when installed; the tests start their

@@ -11,7 +11,10 @@ use anyhow::{bail, Context, Result};
 use crate::install;
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn cargo(args: &[&str]) -> Command {
@@ -56,12 +59,20 @@ pub fn test() -> Result<()> {
     run(cargo(&["build", "-p", "observer", "--bins"]))?;
     let bin = workspace_root().join("target/debug/observer");
     println!("test: unit tests");
-    run(cargo(&["test", "--workspace", "--exclude", "observer-tests"]))?;
+    run(cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "observer-tests",
+    ]))?;
     println!("test: privileged tests on the running kernel");
     let mut t = cargo(&["test", "-p", "observer-tests", "--", "--test-threads=1"]);
     t.env("OBSERVER_BIN", &bin);
     run(t)?;
-    println!("test: everything passed in {:.0} s", started.elapsed().as_secs_f64());
+    println!(
+        "test: everything passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

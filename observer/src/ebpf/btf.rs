@@ -28,7 +28,10 @@ impl KernelBtf {
             what: format!("struct {name}.{field}"),
             reason: "not in this kernel's BTF".into(),
         };
-        let types = self.btf.resolve_types_by_name(name).map_err(|_| not_found())?;
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| not_found())?;
         for t in types {
             if let Type::Struct(s) = t {
                 if let Some((bits, bitfield)) = self.find_in(&s, field, 0)? {
@@ -102,13 +105,18 @@ impl KernelBtf {
             what: format!("struct {name}.{field}"),
             reason: reason.into(),
         };
-        for t in self.btf.resolve_types_by_name(name).map_err(|_| err("not found"))? {
+        for t in self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| err("not found"))?
+        {
             if let Type::Struct(s) = t {
                 if let Some(m) = self.find_member(&s, field) {
                     return match self.resolve_member(&m) {
-                        Ok(Type::Struct(inner)) => {
-                            self.btf.resolve_name(&inner).map_err(|_| err("anonymous type"))
-                        }
+                        Ok(Type::Struct(inner)) => self
+                            .btf
+                            .resolve_name(&inner)
+                            .map_err(|_| err("anonymous type")),
                         _ => Err(err("is not a struct")),
                     };
                 }

@@ -35,7 +35,9 @@ pub struct Loaded {
 
 impl fmt::Debug for Loaded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Loaded").field("probes", &self.probes).finish()
+        f.debug_struct("Loaded")
+            .field("probes", &self.probes)
+            .finish()
     }
 }
 
@@ -44,7 +46,11 @@ fn program_error(program: &str, e: ProgramError) -> ProbeError {
         ProgramError::LoadError { verifier_log, .. } => Some(verifier_log.to_string()),
         _ => None,
     };
-    ProbeError::Program { program: program.to_string(), source: e, verifier_log }
+    ProbeError::Program {
+        program: program.to_string(),
+        source: e,
+        verifier_log,
+    }
 }
 
 /// Loads and attaches everything the configuration asks for.
@@ -54,8 +60,10 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
         tracing::warn!("{e}; classic tracepoints are unavailable");
     }
     let kernel_btf = btf::KernelBtf::open(&cfg.btf);
-    let offsets: Result<KernelOffsets, ProbeError> =
-        kernel_btf.as_ref().map_err(clone_err).and_then(btf::tcp_offsets);
+    let offsets: Result<KernelOffsets, ProbeError> = kernel_btf
+        .as_ref()
+        .map_err(clone_err)
+        .and_then(btf::tcp_offsets);
     let set_state: Result<SetStateOffsets, ProbeError> = match &tracefs {
         Ok(dir) => tracefs::field_offsets(
             dir,
@@ -75,7 +83,10 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
     let aya_btf = match Btf::parse_file(&cfg.btf, Endianness::default()) {
         Ok(b) => Some(b),
         Err(e) => {
-            tracing::warn!("{}: {e}; BTF tracepoints are unavailable", cfg.btf.display());
+            tracing::warn!(
+                "{}: {e}; BTF tracepoints are unavailable",
+                cfg.btf.display()
+            );
             None
         }
     };
@@ -86,8 +97,16 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
     let filter_count = filters.len() as u32;
     let mut loader = EbpfLoader::new();
     loader
-        .override_global("OFFSETS", offsets.as_ref().unwrap_or(&default_offsets), true)
-        .override_global("SET_STATE", set_state.as_ref().unwrap_or(&default_set_state), true)
+        .override_global(
+            "OFFSETS",
+            offsets.as_ref().unwrap_or(&default_offsets),
+            true,
+        )
+        .override_global(
+            "SET_STATE",
+            set_state.as_ref().unwrap_or(&default_set_state),
+            true,
+        )
         .override_global("CGROUP_FILTER_COUNT", &filter_count, true)
         .map_max_entries("CONNS", cfg.conn_table_size)
         .map_max_entries("SYSCALL_STATS", cfg.syscall_table_size);
@@ -96,7 +115,8 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
         let mut arr: aya::maps::Array<_, CgroupFilter> =
             aya::maps::Array::try_from(map).map_err(|e| StartError::Config(e.to_string()))?;
         for (i, f) in filters.iter().enumerate() {
-            arr.set(i as u32, f, 0).map_err(|e| StartError::Config(e.to_string()))?;
+            arr.set(i as u32, f, 0)
+                .map_err(|e| StartError::Config(e.to_string()))?;
         }
     }
 
@@ -104,23 +124,43 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
     let btf_ref = aya_btf.as_ref();
     let hooks = cfg.hooks;
     if cfg.syscalls {
-        probes.push(status("syscalls", attach_pair(&mut ebpf, hooks, btf_ref, "sys_enter", "sys_exit")));
+        probes.push(status(
+            "syscalls",
+            attach_pair(&mut ebpf, hooks, btf_ref, "sys_enter", "sys_exit"),
+        ));
     }
     if cfg.empty_hooks {
         probes.push(status(
             "empty_hooks",
-            attach_pair_named(&mut ebpf, HookPreference::Btf, btf_ref, ("empty_enter", "sys_enter"), ("empty_exit", "sys_exit")),
+            attach_pair_named(
+                &mut ebpf,
+                HookPreference::Btf,
+                btf_ref,
+                ("empty_enter", "sys_enter"),
+                ("empty_exit", "sys_exit"),
+            ),
         ));
     }
     if cfg.tcp {
         let conn = match (&offsets, &set_state, &tracefs) {
             (Err(e), _, _) | (_, Err(e), _) => Err(clone_err(e)),
-            _ => attach_tracepoint(&mut ebpf, "inet_sock_set_state", "sock", "inet_sock_set_state"),
+            _ => attach_tracepoint(
+                &mut ebpf,
+                "inet_sock_set_state",
+                "sock",
+                "inet_sock_set_state",
+            ),
         };
         probes.push(status("tcp_connections", conn));
         let retrans = match &offsets {
             Err(e) => Err(clone_err(e)),
-            Ok(_) => attach_one(&mut ebpf, hooks, btf_ref, "tcp_retransmit", "tcp_retransmit_skb"),
+            Ok(_) => attach_one(
+                &mut ebpf,
+                hooks,
+                btf_ref,
+                "tcp_retransmit",
+                "tcp_retransmit_skb",
+            ),
         };
         probes.push(status("tcp_retransmits", retrans));
         let bytes = match &offsets {
@@ -142,8 +182,10 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
         }
     }
     if !probes.iter().any(|p| p.up) {
-        let reasons: Vec<String> =
-            probes.iter().map(|p| format!("{}: {}", p.probe, p.reason.as_deref().unwrap_or(""))).collect();
+        let reasons: Vec<String> = probes
+            .iter()
+            .map(|p| format!("{}: {}", p.probe, p.reason.as_deref().unwrap_or("")))
+            .collect();
         return Err(StartError::NoProbe(reasons.join("; ")));
     }
     Ok(Loaded { ebpf, probes })
@@ -155,8 +197,18 @@ fn clone_err(e: &ProbeError) -> ProbeError {
 
 fn status(probe: &'static str, r: Result<&'static str, ProbeError>) -> ProbeStatus {
     match r {
-        Ok(hook) => ProbeStatus { probe, hook, up: true, reason: None },
-        Err(e) => ProbeStatus { probe, hook: "none", up: false, reason: Some(e.to_string()) },
+        Ok(hook) => ProbeStatus {
+            probe,
+            hook,
+            up: true,
+            reason: None,
+        },
+        Err(e) => ProbeStatus {
+            probe,
+            hook: "none",
+            up: false,
+            reason: Some(e.to_string()),
+        },
     }
 }
 
@@ -176,7 +228,11 @@ fn cgroup_filters(cfg: &Config, cgroups: &CgroupFs) -> Result<Vec<CgroupFilter>,
             // The root selects everything: no filter needed.
             return Ok(Vec::new());
         }
-        out.push(CgroupFilter { cgroup_id: meta.ino(), level, _pad: 0 });
+        out.push(CgroupFilter {
+            cgroup_id: meta.ino(),
+            level,
+            _pad: 0,
+        });
     }
     Ok(out)
 }
@@ -211,14 +267,20 @@ fn unload(ebpf: &mut Ebpf, prog: &str) {
     }
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<&'static str, ProbeError> {
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    category: &str,
+    name: &str,
+) -> Result<&'static str, ProbeError> {
     let p: &mut TracePoint = ebpf
         .program_mut(prog)
         .ok_or_else(|| ProbeError::Other(format!("program {prog} missing from the object")))?
         .try_into()
         .map_err(|e| program_error(prog, e))?;
     p.load().map_err(|e| program_error(prog, e))?;
-    p.attach(category, name).map_err(|e| program_error(prog, e))?;
+    p.attach(category, name)
+        .map_err(|e| program_error(prog, e))?;
     Ok("tracepoint")
 }
 

@@ -6,4 +6,5 @@ pub mod privileges;
 pub mod tracefs;
 
 /// The compiled kernel programs (built by build.rs from `observer-ebpf`).
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer-ebpf.o"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer-ebpf.o"));

@@ -30,14 +30,22 @@ pub fn check() -> Result<(), StartError> {
     if !has(CAP_PERFMON) {
         missing.push("CAP_PERFMON");
     }
-    Err(StartError::Privileges { missing: format!("{} (or CAP_SYS_ADMIN)", missing.join(" and ")) })
+    Err(StartError::Privileges {
+        missing: format!("{} (or CAP_SYS_ADMIN)", missing.join(" and ")),
+    })
 }
 
 /// Lifts RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps to.
 pub fn raise_memlock() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit with a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }

@@ -24,7 +24,13 @@ pub fn ensure_mounted() -> Result<PathBuf, ProbeError> {
     let fstype = CString::new("tracefs").expect("no NUL");
     // SAFETY: plain mount(2) with valid C strings and no data.
     let rc = unsafe {
-        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(ProbeError::Tracefs(format!(
@@ -43,9 +49,16 @@ pub fn field_offsets(
     name: &str,
     fields: &[&str],
 ) -> Result<HashMap<String, u32>, ProbeError> {
-    let path = tracefs.join("events").join(category).join(name).join("format");
+    let path = tracefs
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
     let text = fs::read_to_string(&path).map_err(|e| {
-        ProbeError::Tracefs(format!("tracepoint {category}:{name}: {}: {e}", path.display()))
+        ProbeError::Tracefs(format!(
+            "tracepoint {category}:{name}: {}: {e}",
+            path.display()
+        ))
     })?;
     let all = parse_format(&text);
     let mut out = HashMap::new();
@@ -63,7 +76,9 @@ pub fn parse_format(text: &str) -> HashMap<String, u32> {
     let mut out = HashMap::new();
     for line in text.lines() {
         let line = line.trim();
-        let Some(rest) = line.strip_prefix("field:") else { continue };
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
         let mut decl = None;
         let mut offset = None;
         for part in rest.split(';') {
@@ -74,7 +89,9 @@ pub fn parse_format(text: &str) -> HashMap<String, u32> {
                 decl = Some(part);
             }
         }
-        let (Some(decl), Some(offset)) = (decl, offset) else { continue };
+        let (Some(decl), Some(offset)) = (decl, offset) else {
+            continue;
+        };
         // The name is the last identifier of the declaration, before any array suffix.
         let decl = decl.split('[').next().unwrap_or(decl);
         if let Some(name) = decl.split_whitespace().last() {

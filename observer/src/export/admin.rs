@@ -25,7 +25,9 @@ struct AppState {
 
 /// Binds the endpoint (so a bad address fails at start) and returns its server.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
 }
 
 pub async fn serve(listener: TcpListener, registry: Registry, ready: bool, shutdown: Shutdown) {
@@ -35,7 +37,9 @@ pub async fn serve(listener: TcpListener, registry: Registry, ready: bool, shutd
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state);
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.wait()).await;
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.wait())
+        .await;
     if let Err(e) = result {
         tracing::error!("admin endpoint stopped: {e}");
     }
@@ -67,7 +71,11 @@ async fn metrics(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response
     .await;
     match encoded {
         Ok(Ok(body)) => {
-            let ct = if openmetrics { OPENMETRICS } else { PROMETHEUS_TEXT };
+            let ct = if openmetrics {
+                OPENMETRICS
+            } else {
+                PROMETHEUS_TEXT
+            };
             ([(header::CONTENT_TYPE, ct)], body).into_response()
         }
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response(),

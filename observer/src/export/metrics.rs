@@ -2,6 +2,7 @@
 //! nothing is copied into user space between scrapes.
 
 use std::{
+    collections::BTreeMap,
     fmt,
     sync::{Arc, Mutex},
 };
@@ -23,7 +24,7 @@ use crate::{
     ebpf::load::ProbeStatus,
     identity::Identity,
     pipeline::{
-        aggregate::Pipeline,
+        aggregate::{add_syscall, KernelHealth, Pipeline, Totals},
         names::{errno_name, syscall_name},
     },
 };
@@ -90,15 +91,21 @@ impl EncodeMetric for RawHistogram<'_> {
 }
 
 fn syscall_histogram(s: &SyscallStats) -> Vec<(f64, u64)> {
-    let mut b: Vec<(f64, u64)> =
-        SYSCALL_BUCKETS_NS.iter().zip(s.buckets.iter()).map(|(ns, c)| (*ns as f64 / 1e9, *c)).collect();
+    let mut b: Vec<(f64, u64)> = SYSCALL_BUCKETS_NS
+        .iter()
+        .zip(s.buckets.iter())
+        .map(|(ns, c)| (*ns as f64 / 1e9, *c))
+        .collect();
     b.push((f64::INFINITY, s.buckets[SYSCALL_BUCKETS_NS.len()]));
     b
 }
 
 fn rtt_histogram(s: &TcpStats) -> Vec<(f64, u64)> {
-    let mut b: Vec<(f64, u64)> =
-        RTT_BUCKETS_US.iter().zip(s.rtt_buckets.iter()).map(|(us, c)| (*us as f64 / 1e6, *c)).collect();
+    let mut b: Vec<(f64, u64)> = RTT_BUCKETS_US
+        .iter()
+        .zip(s.rtt_buckets.iter())
+        .map(|(us, c)| (*us as f64 / 1e6, *c))
+        .collect();
     b.push((f64::INFINITY, s.rtt_buckets[RTT_BUCKETS_US.len()]));
     b
 }
@@ -116,7 +123,8 @@ fn counter<'a>(
     }
     let mut m = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
     for (labels, v) in rows {
-        m.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        m.encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
     }
     Ok(())
 }
@@ -139,173 +147,355 @@ fn gauge<'a>(
 }
 
 impl Collector for ObserverCollector {
-    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+    fn encode(&self, enc: DescriptorEncoder) -> fmt::Result {
         let (totals, health) = {
             let mut p = self.pipeline.lock().unwrap_or_else(|e| e.into_inner());
             (p.snapshot(), p.health())
         };
+        encode_all(enc, &totals, &health, &self.probes)
+    }
+}
 
-        // Self-observation.
-        {
-            let mut m = enc.encode_descriptor(
+/// Encodes every family from one snapshot of the figures.
+pub fn encode_all(
+    mut enc: DescriptorEncoder,
+    totals: &Totals,
+    health: &KernelHealth,
+    probes: &[ProbeStatus],
+) -> fmt::Result {
+    // Self-observation.
+    {
+        let mut m = enc.encode_descriptor(
                 "observer_probe_up",
                 "1 when the probe is attached, 0 when it failed (the log says why); hook is the hook type serving it",
                 None,
                 MetricType::Gauge,
             )?;
-            for p in &self.probes {
-                let l: Labels = vec![("probe", p.probe), ("hook", p.hook)];
-                m.encode_family(&l)?.encode_gauge(&(p.up as i64))?;
-            }
+        for p in probes {
+            let l: Labels = vec![("probe", p.probe), ("hook", p.hook)];
+            m.encode_family(&l)?.encode_gauge(&(p.up as i64))?;
         }
-        {
-            let mut m = enc.encode_descriptor(
-                "observer_events_lost",
-                "Records the kernel side could not keep, by reason",
-                None,
-                MetricType::Counter,
-            )?;
-            for (i, name) in LOST_SOURCES {
-                let l: Labels = vec![("source", name)];
-                m.encode_family(&l)?.encode_counter::<NoLabelSet, _, u64>(&health.lost[i as usize], None)?;
-            }
-        }
-        gauge(
-            &mut enc,
-            "observer_map_entries",
-            "Entries in an in-kernel table",
-            health.fill.iter().map(|(n, e, _)| (vec![("map", *n)], *e as i64)),
+    }
+    {
+        let mut m = enc.encode_descriptor(
+            "observer_events_lost",
+            "Records the kernel side could not keep, by reason",
+            None,
+            MetricType::Counter,
         )?;
-        gauge(
-            &mut enc,
-            "observer_map_capacity",
-            "Capacity of an in-kernel table",
-            health.fill.iter().map(|(n, _, c)| (vec![("map", *n)], *c as i64)),
-        )?;
-        {
-            let mut m = enc.encode_descriptor(
-                "observer_build",
-                "Build information of the observer",
-                None,
-                MetricType::Info,
-            )?;
-            let l: Labels = vec![("version", env!("CARGO_PKG_VERSION"))];
-            m.encode_info(&l)?;
+        for (i, name) in LOST_SOURCES {
+            let l: Labels = vec![("source", name)];
+            m.encode_family(&l)?
+                .encode_counter::<NoLabelSet, _, u64>(&health.lost[i as usize], None)?;
         }
+    }
+    gauge(
+        &mut enc,
+        "observer_map_entries",
+        "Entries in an in-kernel table",
+        health
+            .fill
+            .iter()
+            .map(|(n, e, _)| (vec![("map", *n)], *e as i64)),
+    )?;
+    gauge(
+        &mut enc,
+        "observer_map_capacity",
+        "Capacity of an in-kernel table",
+        health
+            .fill
+            .iter()
+            .map(|(n, _, c)| (vec![("map", *n)], *c as i64)),
+    )?;
+    {
+        let mut m = enc.encode_descriptor(
+            "observer_build",
+            "Build information of the observer",
+            None,
+            MetricType::Info,
+        )?;
+        let l: Labels = vec![("version", env!("CARGO_PKG_VERSION"))];
+        m.encode_info(&l)?;
+    }
 
-        // Syscalls.
-        let names: std::collections::HashMap<u32, String> = totals
+    // Syscalls.
+    let names: std::collections::HashMap<u32, String> = totals
+        .syscalls
+        .keys()
+        .map(|(_, nr)| *nr)
+        .chain(totals.errors.keys().map(|(_, nr, _)| *nr))
+        .map(|nr| (nr, syscall_name(nr)))
+        .collect();
+    let errnos: std::collections::HashMap<u32, String> = totals
+        .errors
+        .keys()
+        .map(|(_, _, e)| (*e, errno_name(*e)))
+        .collect();
+    counter(
+        &mut enc,
+        "observer_syscalls",
+        "Completed syscalls per cgroup",
+        None,
+        totals
             .syscalls
-            .keys()
-            .map(|(_, nr)| *nr)
-            .chain(totals.errors.keys().map(|(_, nr, _)| *nr))
-            .map(|nr| (nr, syscall_name(nr)))
-            .collect();
-        let errnos: std::collections::HashMap<u32, String> =
-            totals.errors.keys().map(|(_, _, e)| (*e, errno_name(*e))).collect();
-        counter(
-            &mut enc,
-            "observer_syscalls",
-            "Completed syscalls per cgroup",
-            None,
-            totals.syscalls.iter().map(|((id, nr), s)| (with(id, &[("syscall", names[nr].as_str())]), s.count)),
+            .iter()
+            .map(|((id, nr), s)| (with(id, &[("syscall", names[nr].as_str())]), s.count)),
+    )?;
+    counter(
+        &mut enc,
+        "observer_syscall_errors",
+        "Syscalls that returned an error, by errno",
+        None,
+        totals.errors.iter().map(|((id, nr, e), v)| {
+            (
+                with(
+                    id,
+                    &[
+                        ("syscall", names[nr].as_str()),
+                        ("errno", errnos[e].as_str()),
+                    ],
+                ),
+                *v,
+            )
+        }),
+    )?;
+    // Latency per identity (not per syscall: the histogram multiplies series by its buckets,
+    // so it carries only the identity labels; counts per syscall are above).
+    let mut latency: BTreeMap<&Arc<Identity>, SyscallStats> = BTreeMap::new();
+    for ((id, _), st) in &totals.syscalls {
+        add_syscall(latency.entry(id).or_default(), st);
+    }
+    if !latency.is_empty() {
+        let mut m = enc.encode_descriptor(
+            "observer_syscall_duration",
+            "Syscall latency, entry to exit, all syscalls of the workload",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
         )?;
-        counter(
-            &mut enc,
-            "observer_syscall_errors",
-            "Syscalls that returned an error, by errno",
-            None,
-            totals.errors.iter().map(|((id, nr, e), v)| {
-                (with(id, &[("syscall", names[nr].as_str()), ("errno", errnos[e].as_str())]), *v)
-            }),
-        )?;
-        if !totals.syscalls.is_empty() {
-            let mut m = enc.encode_descriptor(
-                "observer_syscall_duration",
-                "Syscall latency, entry to exit",
-                Some(&Unit::Seconds),
-                MetricType::Histogram,
-            )?;
-            for ((id, nr), s) in &totals.syscalls {
-                let l = with(id, &[("syscall", names[nr].as_str())]);
-                let buckets = syscall_histogram(s);
-                RawHistogram { sum: s.sum_ns as f64 / 1e9, count: s.count, buckets: &buckets }
-                    .encode(m.encode_family(&l)?)?;
+        for (id, st) in &latency {
+            let l = with(id, &[]);
+            let buckets = syscall_histogram(st);
+            RawHistogram {
+                sum: st.sum_ns as f64 / 1e9,
+                count: st.count,
+                buckets: &buckets,
             }
+            .encode(m.encode_family(&l)?)?;
         }
+    }
 
-        // TCP.
-        let tcp = &totals.tcp;
-        counter(
-            &mut enc,
-            "observer_tcp_connections_opened",
-            "TCP connections established: inbound by accept, outbound by connect",
-            None,
-            tcp.iter().flat_map(|(id, s)| {
-                DIRECTIONS.iter().map(move |(i, d)| (with(id, &[("direction", *d)]), s.opened[*i]))
-            }),
-        )?;
-        counter(
-            &mut enc,
-            "observer_tcp_connections_closed",
-            "Established TCP connections closed (including those opened before the observer started)",
-            None,
-            tcp.iter().map(|(id, s)| (with(id, &[]), s.closed)),
-        )?;
-        counter(
-            &mut enc,
-            "observer_tcp_connect_failures",
-            "Outbound connects that failed, by reason",
-            None,
-            tcp.iter().flat_map(|(id, s)| {
-                FAIL_NAMES.iter().map(move |(i, r)| (with(id, &[("reason", *r)]), s.connect_failures[*i]))
-            }),
-        )?;
-        gauge(
-            &mut enc,
-            "observer_tcp_connections_active",
-            "TCP connections open now that were established while the observer ran",
-            tcp.iter().flat_map(|(id, s)| {
-                DIRECTIONS.iter().map(move |(i, d)| {
-                    (with(id, &[("direction", *d)]), s.tracked[*i] as i64 - s.closed_tracked[*i] as i64)
-                })
-            }),
-        )?;
-        counter(
-            &mut enc,
-            "observer_tcp_retransmits",
-            "TCP segments retransmitted",
-            None,
-            tcp.iter().map(|(id, s)| (with(id, &[]), s.retransmits)),
-        )?;
-        counter(
-            &mut enc,
-            "observer_tcp_sent_bytes",
-            "TCP payload bytes sent (as returned by the send calls)",
-            None,
-            tcp.iter().map(|(id, s)| (with(id, &[]), s.sent_bytes)),
-        )?;
-        counter(
-            &mut enc,
-            "observer_tcp_received_bytes",
-            "TCP payload bytes received (as returned by the receive calls)",
-            None,
-            tcp.iter().map(|(id, s)| (with(id, &[]), s.received_bytes)),
-        )?;
-        if !tcp.is_empty() {
-            let mut m = enc.encode_descriptor(
+    // TCP.
+    let tcp = &totals.tcp;
+    counter(
+        &mut enc,
+        "observer_tcp_connections_opened",
+        "TCP connections established: inbound by accept, outbound by connect",
+        None,
+        tcp.iter().flat_map(|(id, s)| {
+            DIRECTIONS
+                .iter()
+                .map(move |(i, d)| (with(id, &[("direction", *d)]), s.opened[*i]))
+        }),
+    )?;
+    counter(
+        &mut enc,
+        "observer_tcp_connections_closed",
+        "Established TCP connections closed (including those opened before the observer started)",
+        None,
+        tcp.iter().map(|(id, s)| (with(id, &[]), s.closed)),
+    )?;
+    counter(
+        &mut enc,
+        "observer_tcp_connect_failures",
+        "Outbound connects that failed, by reason",
+        None,
+        tcp.iter().flat_map(|(id, s)| {
+            FAIL_NAMES
+                .iter()
+                .map(move |(i, r)| (with(id, &[("reason", *r)]), s.connect_failures[*i]))
+        }),
+    )?;
+    gauge(
+        &mut enc,
+        "observer_tcp_connections_active",
+        "TCP connections open now that were established while the observer ran",
+        tcp.iter().flat_map(|(id, s)| {
+            DIRECTIONS.iter().map(move |(i, d)| {
+                (
+                    with(id, &[("direction", *d)]),
+                    s.tracked[*i] as i64 - s.closed_tracked[*i] as i64,
+                )
+            })
+        }),
+    )?;
+    counter(
+        &mut enc,
+        "observer_tcp_retransmits",
+        "TCP segments retransmitted",
+        None,
+        tcp.iter().map(|(id, s)| (with(id, &[]), s.retransmits)),
+    )?;
+    counter(
+        &mut enc,
+        "observer_tcp_sent_bytes",
+        "TCP payload bytes sent (as returned by the send calls)",
+        None,
+        tcp.iter().map(|(id, s)| (with(id, &[]), s.sent_bytes)),
+    )?;
+    counter(
+        &mut enc,
+        "observer_tcp_received_bytes",
+        "TCP payload bytes received (as returned by the receive calls)",
+        None,
+        tcp.iter().map(|(id, s)| (with(id, &[]), s.received_bytes)),
+    )?;
+    if !tcp.is_empty() {
+        let mut m = enc.encode_descriptor(
                 "observer_tcp_rtt",
                 "Smoothed RTT of TCP connections, sampled when established and at most once a second while active",
                 Some(&Unit::Seconds),
                 MetricType::Histogram,
             )?;
-            for (id, s) in tcp {
-                let l = with(id, &[]);
-                let buckets = rtt_histogram(s);
-                RawHistogram { sum: s.rtt_sum_us as f64 / 1e6, count: s.rtt_count, buckets: &buckets }
-                    .encode(m.encode_family(&l)?)?;
+        for (id, s) in tcp {
+            let l = with(id, &[]);
+            let buckets = rtt_histogram(s);
+            RawHistogram {
+                sum: s.rtt_sum_us as f64 / 1e6,
+                count: s.rtt_count,
+                buckets: &buckets,
             }
+            .encode(m.encode_family(&l)?)?;
         }
-        Ok(())
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use observer_common::SYSCALL_NBUCKETS;
+    use prometheus_client::{encoding::prometheus_text, registry::Registry};
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Fixed(Totals, KernelHealth, Vec<ProbeStatus>);
+    impl Collector for Fixed {
+        fn encode(&self, enc: DescriptorEncoder) -> fmt::Result {
+            encode_all(enc, &self.0, &self.1, &self.2)
+        }
+    }
+
+    fn encode(t: Totals) -> String {
+        let probes = vec![ProbeStatus {
+            probe: "syscalls",
+            hook: "tp_btf",
+            up: true,
+            reason: None,
+        }];
+        let mut r = Registry::default();
+        r.register_collector(Box::new(Fixed(t, KernelHealth::default(), probes)));
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &r).unwrap();
+        out
+    }
+
+    #[test]
+    fn syscalls_encode_with_names_and_one_histogram_per_identity() {
+        let id = Arc::new(Identity {
+            k8s_pod_uid: "u-1".into(),
+            service_name: "nginx".into(),
+            ..Default::default()
+        });
+        let mut t = Totals::default();
+        let mut read = SyscallStats {
+            count: 3,
+            errors: 1,
+            sum_ns: 3_000,
+            buckets: [0; SYSCALL_NBUCKETS],
+        };
+        read.buckets[0] = 3;
+        let mut write = SyscallStats {
+            count: 2,
+            errors: 0,
+            sum_ns: 2_000_000_000,
+            buckets: [0; SYSCALL_NBUCKETS],
+        };
+        write.buckets[SYSCALL_NBUCKETS - 1] = 2;
+        #[cfg(target_arch = "x86_64")]
+        let (nr_read, nr_write) = (0, 1);
+        #[cfg(not(target_arch = "x86_64"))]
+        let (nr_read, nr_write) = (63, 64);
+        t.syscalls.insert((id.clone(), nr_read), read);
+        t.syscalls.insert((id.clone(), nr_write), write);
+        t.errors.insert((id.clone(), nr_read, 11), 1);
+        let out = encode(t);
+        let labels = "k8s_namespace_name=\"\",k8s_pod_name=\"\",k8s_pod_uid=\"u-1\",k8s_container_name=\"\",service_name=\"nginx\"";
+        assert!(
+            out.contains(&format!(
+                "observer_syscalls_total{{{labels},syscall=\"read\"}} 3\n"
+            )),
+            "{out}"
+        );
+        assert!(out.contains(&format!(
+            "observer_syscalls_total{{{labels},syscall=\"write\"}} 2\n"
+        )));
+        assert!(out.contains(&format!(
+            "observer_syscall_errors_total{{{labels},syscall=\"read\",errno=\"EAGAIN\"}} 1\n"
+        )));
+        // One histogram for the identity, cumulative buckets, seconds.
+        assert!(
+            out.contains(&format!(
+                "observer_syscall_duration_seconds_count{{{labels}}} 5\n"
+            )),
+            "{out}"
+        );
+        assert!(out.contains(&format!(
+            "observer_syscall_duration_seconds_sum{{{labels}}} 2.000003\n"
+        )));
+        assert!(
+            out.contains(&format!(
+                "observer_syscall_duration_seconds_bucket{{{labels},le=\"1e-05\"}} 3\n"
+            )) || out.contains(&format!(
+                "observer_syscall_duration_seconds_bucket{{{labels},le=\"0.00001\"}} 3\n"
+            )),
+            "{out}"
+        );
+        assert!(out.contains(&format!(
+            "observer_syscall_duration_seconds_bucket{{{labels},le=\"0.1\"}} 3\n"
+        )));
+        assert!(out.contains(&format!(
+            "observer_syscall_duration_seconds_bucket{{{labels},le=\"+Inf\"}} 5\n"
+        )));
+        assert!(out.contains("observer_probe_up{probe=\"syscalls\",hook=\"tp_btf\"} 1\n"));
+        assert!(out.contains("observer_build_info{version="));
+        assert!(
+            !out.contains("observer_tcp_"),
+            "no TCP figures, no TCP families"
+        );
+    }
+
+    #[test]
+    fn tcp_active_is_tracked_opens_minus_tracked_closes() {
+        let id = Arc::new(Identity {
+            service_name: "/".into(),
+            ..Default::default()
+        });
+        let mut t = Totals::default();
+        let s = TcpStats {
+            opened: [5, 7],
+            tracked: [5, 6],
+            closed_tracked: [2, 6],
+            closed: 9,
+            ..Default::default()
+        };
+        t.tcp.insert(id, s);
+        let out = encode(t);
+        assert!(
+            out.contains("service_name=\"/\",direction=\"inbound\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("observer_tcp_connections_active{k8s_namespace_name=\"\",k8s_pod_name=\"\",k8s_pod_uid=\"\",k8s_container_name=\"\",service_name=\"/\",direction=\"outbound\"} 0\n"));
+        assert!(out.contains("observer_tcp_connections_opened_total{k8s_namespace_name=\"\",k8s_pod_name=\"\",k8s_pod_uid=\"\",k8s_container_name=\"\",service_name=\"/\",direction=\"outbound\"} 7\n"));
+        assert!(out.contains("observer_tcp_connections_closed_total{k8s_namespace_name=\"\",k8s_pod_name=\"\",k8s_pod_uid=\"\",k8s_container_name=\"\",service_name=\"/\"} 9\n"));
     }
 }

@@ -24,7 +24,9 @@ impl CgroupFs {
     /// `/sys/fs/cgroup/unified` on hybrid ones): never assumed.
     pub fn discover() -> Result<Self, StartError> {
         let info = fs::read_to_string("/proc/self/mountinfo").map_err(|_| StartError::NoCgroup2)?;
-        find_v2_mount(&info).map(|root| Self { root }).ok_or(StartError::NoCgroup2)
+        find_v2_mount(&info)
+            .map(|root| Self { root })
+            .ok_or(StartError::NoCgroup2)
     }
 
     pub fn at(root: PathBuf) -> Self {
@@ -54,7 +56,10 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -88,7 +93,12 @@ const MAX_DEPTH: usize = 16;
 
 impl Resolver {
     pub fn new(fs: CgroupFs) -> Self {
-        Self { fs, known: HashMap::new(), last_scan: None, min_rescan: Duration::from_millis(500) }
+        Self {
+            fs,
+            known: HashMap::new(),
+            last_scan: None,
+            min_rescan: Duration::from_millis(500),
+        }
     }
 
     /// The identity of cgroup `id`. An unknown id triggers a walk of the hierarchy (rate
@@ -98,7 +108,9 @@ impl Resolver {
         if let Some(k) = self.known.get(&id) {
             return k.identity.clone();
         }
-        let due = self.last_scan.is_none_or(|t| t.elapsed() >= self.min_rescan);
+        let due = self
+            .last_scan
+            .is_none_or(|t| t.elapsed() >= self.min_rescan);
         if due {
             self.rescan();
             if let Some(k) = self.known.get(&id) {
@@ -107,10 +119,22 @@ impl Resolver {
         }
         if !due {
             // Not resolvable yet; don't cache, a later rescan may find it.
-            return Arc::new(Identity { service_name: format!("cgroup-{id}"), ..Default::default() });
+            return Arc::new(Identity {
+                service_name: format!("cgroup-{id}"),
+                ..Default::default()
+            });
         }
-        let identity = Arc::new(Identity { service_name: format!("cgroup-{id}"), ..Default::default() });
-        self.known.insert(id, Known { identity: identity.clone(), gone_since: Some(Instant::now()) });
+        let identity = Arc::new(Identity {
+            service_name: format!("cgroup-{id}"),
+            ..Default::default()
+        });
+        self.known.insert(
+            id,
+            Known {
+                identity: identity.clone(),
+                gone_since: Some(Instant::now()),
+            },
+        );
         identity
     }
 
@@ -122,7 +146,9 @@ impl Resolver {
         let root = self.fs.root.clone();
         let mut stack = vec![(root.clone(), 0usize)];
         while let Some((dir, depth)) = stack.pop() {
-            let Ok(meta) = fs::metadata(&dir) else { continue };
+            let Ok(meta) = fs::metadata(&dir) else {
+                continue;
+            };
             let id = meta.ino();
             seen.insert(id);
             match self.known.get_mut(&id) {
@@ -134,7 +160,13 @@ impl Resolver {
                 }
                 None => {
                     let identity = Arc::new(resolve_path(&root, &dir));
-                    self.known.insert(id, Known { identity, gone_since: None });
+                    self.known.insert(
+                        id,
+                        Known {
+                            identity,
+                            gone_since: None,
+                        },
+                    );
                 }
             }
             if depth >= MAX_DEPTH {
@@ -187,7 +219,9 @@ fn resolve_path(root: &Path, dir: &Path) -> Identity {
     let path = format!("/{}", rel.to_string_lossy());
     let kind = runtime::parse_cgroup_path(&path);
     let process = match kind {
-        runtime::CgroupKind::Container { .. } | runtime::CgroupKind::Pod { .. } => process_name(dir),
+        runtime::CgroupKind::Container { .. } | runtime::CgroupKind::Pod { .. } => {
+            process_name(dir)
+        }
         _ => None,
     };
     Identity::from_kind(&kind, process.as_deref())
@@ -210,11 +244,20 @@ mod tests {
         let hybrid = "25 24 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
 26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:5 - cgroup2 cgroup2 rw,nsdelegate
 27 25 0:24 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd";
-        assert_eq!(find_v2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            find_v2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
         let unified = "35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot";
-        assert_eq!(find_v2_mount(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            find_v2_mount(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         let escaped = "35 24 0:30 / /mnt/my\\040cgroup rw - cgroup2 none rw";
-        assert_eq!(find_v2_mount(escaped), Some(PathBuf::from("/mnt/my cgroup")));
+        assert_eq!(
+            find_v2_mount(escaped),
+            Some(PathBuf::from("/mnt/my cgroup"))
+        );
         assert_eq!(find_v2_mount("garbage\n - \n1 2 3"), None);
     }
 

@@ -38,10 +38,14 @@ impl Identity {
                 service_name: process_name.unwrap_or_default().to_string(),
                 ..Default::default()
             },
-            CgroupKind::SystemdUnit { unit } => {
-                Identity { service_name: unit.clone(), ..Default::default() }
-            }
-            CgroupKind::Other { path } => Identity { service_name: path.clone(), ..Default::default() },
+            CgroupKind::SystemdUnit { unit } => Identity {
+                service_name: unit.clone(),
+                ..Default::default()
+            },
+            CgroupKind::Other { path } => Identity {
+                service_name: path.clone(),
+                ..Default::default()
+            },
         }
     }
 }
@@ -59,7 +63,10 @@ mod tests {
         assert_eq!(id.k8s_pod_uid, "0f3c1e2a-5b6d-4e7f-8a9b-0c1d2e3f4a5b");
         assert_eq!(id.service_name, "nginx");
         assert_eq!(id.k8s_pod_name, "");
-        let unit = Identity::from_kind(&runtime::parse_cgroup_path("/system.slice/nginx.service"), None);
+        let unit = Identity::from_kind(
+            &runtime::parse_cgroup_path("/system.slice/nginx.service"),
+            None,
+        );
         assert_eq!(unit.service_name, "nginx.service");
         assert_eq!(unit.k8s_pod_uid, "");
         let root = Identity::from_kind(&runtime::parse_cgroup_path("/"), Some("init"));

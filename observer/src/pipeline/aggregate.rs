@@ -10,9 +10,7 @@ use std::{
 };
 
 use aya::maps::{HashMap as AyaHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
-use observer_common::{
-    ConnInfo, SyscallErrKey, SyscallKey, SyscallStats, TcpStats, LOST_COUNTERS,
-};
+use observer_common::{ConnInfo, SyscallErrKey, SyscallKey, SyscallStats, TcpStats, LOST_COUNTERS};
 
 use crate::identity::{cgroup::Resolver, Identity};
 
@@ -108,13 +106,20 @@ pub struct Pipeline {
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("grace", &self.grace).finish_non_exhaustive()
+        f.debug_struct("Pipeline")
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
     }
 }
 
 impl Pipeline {
     pub fn new(maps: KernelMaps, resolver: Resolver, grace: Duration) -> Self {
-        Self { maps, resolver, retired: Totals::default(), grace }
+        Self {
+            maps,
+            resolver,
+            retired: Totals::default(),
+            grace,
+        }
     }
 
     /// Current figures: retired totals plus every live kernel entry.
@@ -154,10 +159,18 @@ impl Pipeline {
             }
         }
         if let Some(m) = &self.maps.syscall_stats {
-            h.fill.push(("SYSCALL_STATS", m.keys().count() as u64, self.maps.syscall_capacity as u64));
+            h.fill.push((
+                "SYSCALL_STATS",
+                m.keys().count() as u64,
+                self.maps.syscall_capacity as u64,
+            ));
         }
         if let Some(m) = &self.maps.conns {
-            h.fill.push(("CONNS", m.keys().count() as u64, self.maps.conn_capacity as u64));
+            h.fill.push((
+                "CONNS",
+                m.keys().count() as u64,
+                self.maps.conn_capacity as u64,
+            ));
         }
         h
     }
@@ -175,21 +188,33 @@ impl Pipeline {
             identities.insert(*id, self.resolver.identity(*id));
         }
         if let Some(m) = &mut self.maps.syscall_stats {
-            let keys: Vec<_> = m.keys().flatten().filter(|k| dead.contains(&k.cgroup_id)).collect();
+            let keys: Vec<_> = m
+                .keys()
+                .flatten()
+                .filter(|k| dead.contains(&k.cgroup_id))
+                .collect();
             for k in keys {
                 if let Ok(v) = m.get(&k, 0) {
-                    let e = self.retired.syscalls.entry((identities[&k.cgroup_id].clone(), k.nr));
+                    let e = self
+                        .retired
+                        .syscalls
+                        .entry((identities[&k.cgroup_id].clone(), k.nr));
                     add_syscall(e.or_default(), &sum_syscall(&v));
                 }
                 let _ = m.remove(&k);
             }
         }
         if let Some(m) = &mut self.maps.syscall_errors {
-            let keys: Vec<_> = m.keys().flatten().filter(|k| dead.contains(&k.cgroup_id)).collect();
+            let keys: Vec<_> = m
+                .keys()
+                .flatten()
+                .filter(|k| dead.contains(&k.cgroup_id))
+                .collect();
             for k in keys {
                 if let Ok(v) = m.get(&k, 0) {
                     let id = identities[&k.cgroup_id].clone();
-                    *self.retired.errors.entry((id, k.nr, k.errno)).or_default() += v.iter().sum::<u64>();
+                    *self.retired.errors.entry((id, k.nr, k.errno)).or_default() +=
+                        v.iter().sum::<u64>();
                 }
                 let _ = m.remove(&k);
             }
@@ -209,9 +234,61 @@ impl Pipeline {
         self.resolver.forget(&expired);
         // An identity that no known cgroup has any more is gone for good: drop its series.
         let alive = self.resolver.known_identities();
-        self.retired.syscalls.retain(|(id, _), _| alive.contains(id));
-        self.retired.errors.retain(|(id, _, _), _| alive.contains(id));
+        self.retired
+            .syscalls
+            .retain(|(id, _), _| alive.contains(id));
+        self.retired
+            .errors
+            .retain(|(id, _, _), _| alive.contains(id));
         self.retired.tcp.retain(|id, _| alive.contains(id));
         tracing::debug!(cgroups = expired.len(), "retired deleted cgroups");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use observer_common::SYSCALL_NBUCKETS;
+
+    use super::*;
+
+    #[test]
+    fn adding_is_field_wise() {
+        let mut a = SyscallStats {
+            count: 1,
+            errors: 1,
+            sum_ns: 10,
+            buckets: [1; SYSCALL_NBUCKETS],
+        };
+        add_syscall(
+            &mut a,
+            &SyscallStats {
+                count: 2,
+                errors: 0,
+                sum_ns: 5,
+                buckets: [2; SYSCALL_NBUCKETS],
+            },
+        );
+        assert_eq!(
+            (a.count, a.errors, a.sum_ns, a.buckets),
+            (3, 1, 15, [3; SYSCALL_NBUCKETS])
+        );
+        let mut t = TcpStats {
+            opened: [1, 2],
+            retransmits: 3,
+            ..Default::default()
+        };
+        let u = TcpStats {
+            opened: [10, 20],
+            closed: 4,
+            connect_failures: [1, 0, 0, 0, 2],
+            rtt_count: 1,
+            ..Default::default()
+        };
+        add_tcp(&mut t, &u);
+        assert_eq!(t.opened, [11, 22]);
+        assert_eq!(t.retransmits, 3);
+        assert_eq!(t.closed, 4);
+        assert_eq!(t.connect_failures, [1, 0, 0, 0, 2]);
+        assert_eq!(t.rtt_count, 1);
     }
 }
