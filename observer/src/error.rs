@@ -14,7 +14,7 @@ pub enum ProbeError {
     Program {
         program: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
         verifier_log: Option<String>,
     },
     #[error("map {0} missing from the eBPF object")]

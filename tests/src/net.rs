@@ -28,6 +28,11 @@ impl Bridge {
         Ok(b)
     }
 
+    /// The bridge's own address (the pods' default gateway).
+    pub fn gateway(&self) -> String {
+        format!("{}.1", self.prefix)
+    }
+
     /// The next free host address on this bridge.
     pub fn next_ip(&self) -> String {
         format!(

@@ -88,7 +88,7 @@ impl Pod {
              ip netns exec {netns} sh -c 'ip link set lo up && ip link set ovp{tag} name eth0 && \
              ip addr add {ip}/24 dev eth0 && ip link set eth0 up && ip route add default via {gw}'",
             br = bridge.name,
-            gw = format!("{}.1", bridge.prefix),
+            gw = bridge.gateway(),
         ))?;
         pod.wait_link_up()?;
         Ok(pod)

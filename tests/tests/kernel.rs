@@ -116,9 +116,16 @@ fn syscalls_are_counted_exactly_per_pod() {
                 && pod_sum(s, "observer_syscalls_total", &b, &gp) >= 5.0
         })
         .unwrap();
-    let pods: std::collections::BTreeSet<_> =
-        s.iter().filter_map(|x| x.labels.get("k8s_pod_uid").cloned()).collect();
-    assert_eq!(pod_sum(&s, "observer_syscalls_total", &a, &gp), 37.0, "pod {} among {pods:?}", a.uid);
+    let pods: std::collections::BTreeSet<_> = s
+        .iter()
+        .filter_map(|x| x.labels.get("k8s_pod_uid").cloned())
+        .collect();
+    assert_eq!(
+        pod_sum(&s, "observer_syscalls_total", &a, &gp),
+        37.0,
+        "pod {} among {pods:?}",
+        a.uid
+    );
     assert_eq!(pod_sum(&s, "observer_syscalls_total", &b, &gp), 5.0);
     let sg = [("syscall", "sched_getscheduler")];
     assert_eq!(pod_sum(&s, "observer_syscalls_total", &a, &sg), 11.0);
@@ -140,9 +147,15 @@ fn syscalls_are_counted_exactly_per_pod() {
     // The pod's latency histogram holds every call it made, of every syscall.
     for pod in [&a, &b] {
         let calls = pod_sum(&s, "observer_syscalls_total", pod, &[]);
-        assert_eq!(pod_sum(&s, "observer_syscall_duration_seconds_count", pod, &[]), calls);
+        assert_eq!(
+            pod_sum(&s, "observer_syscall_duration_seconds_count", pod, &[]),
+            calls
+        );
         let inf = [("le", "+Inf")];
-        assert_eq!(pod_sum(&s, "observer_syscall_duration_seconds_bucket", pod, &inf), calls);
+        assert_eq!(
+            pod_sum(&s, "observer_syscall_duration_seconds_bucket", pod, &inf),
+            calls
+        );
     }
     obs.stop().unwrap();
 }

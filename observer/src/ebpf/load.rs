@@ -48,7 +48,7 @@ fn program_error(program: &str, e: ProgramError) -> ProbeError {
     };
     ProbeError::Program {
         program: program.to_string(),
-        source: e,
+        source: Box::new(e),
         verifier_log,
     }
 }
