@@ -1,0 +1,501 @@
+//! `cargo xtask bench`: what the observer costs a busy server.
+//!
+//! nginx (one worker, access log on) serves a ~600-byte page on loopback and wrk loads it under
+//! three setups: no observer, the observer with only empty syscall hooks (the floor any syscall
+//! tracer pays) and the observer with its default probes. Each round runs every setup once, in
+//! an order rotated per round; the report gives medians. While the observer runs, one scrape
+//! of /metrics lands mid-run, as Prometheus would. The run time of each of our programs comes
+//! from a short extra wrk run with kernel.bpf_stats_enabled=1, kept apart because the stats
+//! cost every program run two clock reads, which would bias the throughput.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    sync::mpsc::{self, RecvTimeoutError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Rounds; each runs every setup once, in an order rotated per round.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Length of each wrk run, in seconds.
+    #[arg(long, default_value_t = 8)]
+    pub duration: u64,
+    /// wrk connections (wrk runs one thread).
+    #[arg(long, default_value_t = 32)]
+    pub connections: u32,
+}
+
+const TARGET: f64 = 0.85;
+const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// Length of the wrk run with BPF stats on, in seconds at most.
+const STATS_SECS: u64 = 3;
+/// Name prefixes of our programs as the kernel shows them (truncated to 15 characters).
+const OUR_PROGRAMS: &str = "sys_ empty_ inet_sock_set_s sock_send sock_recv tcp_retransmit";
+/// USER_HZ, the unit of utime and stime in /proc/<pid>/stat (100 on every usual architecture).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// Names and the observer's `--probes` (none: no observer); indexed by the constants below.
+const SETUPS: [(&str, Option<&str>); 3] = [
+    ("none", None),
+    ("empty-hooks", Some("empty-hooks")),
+    ("observer", Some("syscalls,tcp")),
+];
+const NONE: usize = 0;
+const EMPTY: usize = 1;
+const OBSERVER: usize = 2;
+
+/// One wrk run under one setup; the observer figures cover the wrk run only.
+#[derive(Default)]
+struct Sample {
+    rps: f64,
+    cpu_pct: Option<f64>,
+    rss_mib: Option<f64>,
+    /// Program name → (ns per run, runs per request).
+    bpf: BTreeMap<String, (f64, f64)>,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+const SIGINT: i32 = 2;
+const SIGKILL: i32 = 9;
+const SIGTERM: i32 = 15;
+
+extern "C" fn on_signal(_: i32) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+// std links libc already; these two calls do not justify a dependency.
+extern "C" {
+    fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+fn send_signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { kill(child.id() as i32, sig) };
+}
+
+fn check_interrupted() -> Result<()> {
+    ensure!(!INTERRUPTED.load(Ordering::SeqCst), "interrupted");
+    Ok(())
+}
+
+/// What to undo at the end, on error or on Ctrl-C: children to stop, the sysctl to restore and
+/// the temporary directory.
+#[derive(Default)]
+struct Guard {
+    dir: PathBuf,
+    nginx: Option<Child>,
+    observer: Option<Child>,
+    stats_before: Option<String>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for child in self.observer.take().into_iter().chain(self.nginx.take()) {
+            let _ = stop(child);
+        }
+        if let Some(v) = &self.stats_before {
+            let _ = fs::write(STATS_SYSCTL, v);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGTERM, then SIGKILL if the child is still there after 10 s.
+fn stop(mut child: Child) -> Result<ExitStatus> {
+    send_signal(&child, SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    send_signal(&child, SIGKILL);
+    Ok(child.wait()?)
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    ensure!(
+        args.rounds >= 1 && args.duration >= 1 && args.connections >= 1,
+        "--rounds, --duration and --connections must be at least 1"
+    );
+    ensure!(
+        proc_status("self", "Uid", 1)? == 0,
+        "cargo xtask bench must run as root (it loads eBPF programs and sets \
+         kernel.bpf_stats_enabled); try: sudo -E cargo xtask bench"
+    );
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        signal(SIGINT, on_signal);
+        signal(SIGTERM, on_signal);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-p", "observer"])
+        .current_dir(root)
+        .status()
+        .context("running cargo build")?;
+    ensure!(status.success(), "cargo build --release -p observer failed");
+    check_interrupted()?;
+    let observer = root.join("target/release/observer");
+
+    let mut g = Guard::default();
+    g.dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
+    fs::create_dir_all(g.dir.join("html"))?;
+    let before = fs::read_to_string(STATS_SYSCTL).context(STATS_SYSCTL)?;
+    g.stats_before = Some(before.trim().to_string());
+    bpf_stats(false)?;
+
+    let port = free_port()?;
+    start_nginx(&mut g, port)?;
+    let (c, d, n) = (args.connections, args.duration, args.rounds);
+    println!("bench: nginx (1 worker) on 127.0.0.1:{port}, wrk -t1 -c{c} -d{d}s, {n} rounds");
+    wrk(c, 2, port).context("warm-up run")?;
+
+    let mut rounds = Vec::new();
+    for r in 0..n {
+        let mut samples: [Sample; 3] = Default::default();
+        let mut line = Vec::new();
+        for i in (0..SETUPS.len()).map(|k| (k + r) % SETUPS.len()) {
+            check_interrupted()?;
+            let s = run_setup(&mut g, &observer, i, args, port)
+                .with_context(|| format!("round {}, {}", r + 1, SETUPS[i].0))?;
+            let extra = match (s.cpu_pct, s.rss_mib) {
+                (Some(c), Some(m)) => format!(" (cpu {c:.2}%, rss {m:.1} MiB)"),
+                _ => String::new(),
+            };
+            line.push(format!("{} {:.0} req/s{extra}", SETUPS[i].0, s.rps));
+            samples[i] = s;
+        }
+        println!("round {}/{n}: {}", r + 1, line.join(" | "));
+        rounds.push(samples);
+    }
+    report(&rounds);
+    Ok(())
+}
+
+/// One wrk run under setup `i`, then, when the observer runs, a short one with BPF stats on.
+fn run_setup(g: &mut Guard, bin: &Path, i: usize, args: &BenchArgs, port: u16) -> Result<Sample> {
+    // Keep the access log from filling the disk; nginx appends, so truncating is safe.
+    fs::File::create(g.dir.join("access.log"))?;
+    let (c, secs) = (args.connections, args.duration);
+    let (name, Some(probes)) = SETUPS[i] else {
+        let (rps, _) = wrk(c, secs, port)?;
+        return Ok(Sample {
+            rps,
+            ..Default::default()
+        });
+    };
+    let known: HashSet<u32> = bpf_programs()?.into_iter().map(|p| p.id).collect();
+    let log = g.dir.join(format!("observer-{name}.log"));
+    let (pid, addr) = start_observer(g, bin, probes, &log)?;
+    thread::sleep(Duration::from_secs(1));
+
+    let cpu_before = cpu_ticks(pid)?;
+    let t0 = Instant::now();
+    let scrape = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(secs * 500));
+        scrape(&addr)
+    });
+    let (rps, _) = wrk(c, secs, port)?;
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks(pid)? - cpu_before) as f64 / CLOCK_TICKS;
+    let rss_kib = proc_status(pid, "VmHWM", 0)?;
+    scrape.join().expect("scrape thread")?;
+
+    let ours =
+        |p: &Prog| !known.contains(&p.id) && OUR_PROGRAMS.split(' ').any(|n| p.name.starts_with(n));
+    let progs_before: Vec<Prog> = bpf_programs()?.into_iter().filter(ours).collect();
+    bpf_stats(true)?;
+    let requests = wrk(c, secs.min(STATS_SECS), port);
+    bpf_stats(false)?;
+    let (_, requests) = requests?;
+    let progs_after: Vec<Prog> = bpf_programs()?.into_iter().filter(ours).collect();
+
+    let status = stop(g.observer.take().context("observer gone")?)?;
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    ensure!(
+        status.success(),
+        "observer exited with {status}:\n{}",
+        tail(&text)
+    );
+    for l in text.lines().filter(|l| l.contains("probe down")) {
+        eprintln!("bench: warning: {name}: {l}");
+    }
+    ensure!(!progs_after.is_empty(), "no observer program in bpftool");
+
+    let mut bpf: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for p in &progs_after {
+        let b = progs_before.iter().find(|b| b.id == p.id);
+        let e = bpf.entry(p.name.clone()).or_default();
+        e.0 += p.run_time_ns - b.map_or(0, |b| b.run_time_ns);
+        e.1 += p.run_cnt - b.map_or(0, |b| b.run_cnt);
+    }
+    let per_run = |(ns, n): (u64, u64)| (ns as f64 / n.max(1) as f64, n as f64 / requests as f64);
+    Ok(Sample {
+        rps,
+        cpu_pct: Some(100.0 * cpu / wall),
+        rss_mib: Some(rss_kib as f64 / 1024.0),
+        bpf: bpf.into_iter().map(|(n, v)| (n, per_run(v))).collect(),
+    })
+}
+
+fn bpf_stats(on: bool) -> Result<()> {
+    let v = if on { "1" } else { "0" };
+    fs::write(STATS_SYSCTL, v).with_context(|| format!("setting kernel.bpf_stats_enabled={v}"))
+}
+
+/// GET /metrics, as Prometheus would.
+fn scrape(addr: &str) -> Result<()> {
+    let mut s = TcpStream::connect(addr).with_context(|| format!("scraping {addr}"))?;
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let head = reply.lines().next().unwrap_or_default();
+    ensure!(head.contains(" 200 "), "scraping {addr}: {head}");
+    Ok(())
+}
+
+fn start_nginx(g: &mut Guard, port: u16) -> Result<()> {
+    let d = g.dir.display().to_string();
+    let p = "<p>A small static page, as many sites serve: about six hundred bytes in all.</p>\n";
+    let body = format!(
+        "<!DOCTYPE html>\n<html><head><title>bench</title></head><body>\n{}</body></html>\n",
+        p.repeat(7)
+    );
+    fs::write(g.dir.join("html/index.html"), body)?;
+    let conf = format!(
+        r#"worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {d}/access.log;
+    default_type text/html;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {d}/html;
+    }}
+}}
+"#
+    );
+    fs::write(g.dir.join("nginx.conf"), conf)?;
+    fs::write(g.dir.join("access.log"), "")?;
+    let (conf, err) = (format!("{d}/nginx.conf"), format!("{d}/error.log"));
+    let child = Command::new("nginx")
+        .args(["-p", &d, "-c", &conf, "-e", &err])
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting nginx (is it installed?)")?;
+    let nginx = g.nginx.insert(child);
+    let log = || tail(&fs::read_to_string(&err).unwrap_or_default());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        check_interrupted()?;
+        if let Some(status) = nginx.try_wait()? {
+            bail!("nginx exited with {status}:\n{}", log());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "nginx did not listen within 10 s:\n{}",
+            log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Starts the observer (stderr to `log`) and waits, 60 s at most, for its "serving" line; a
+/// thread keeps draining its stdout. Returns its pid and metrics address.
+fn start_observer(g: &mut Guard, bin: &Path, probes: &str, log: &Path) -> Result<(u32, String)> {
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let child = Command::new(bin)
+        .args(["--metrics-addr", &addr, "--probes", probes])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(log)?)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let child = g.observer.insert(child);
+    let stdout = child.stdout.take().context("observer stdout")?;
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let text = || tail(&fs::read_to_string(log).unwrap_or_default());
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        check_interrupted()?;
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if line.contains("observer: serving") => return Ok((child.id(), addr)),
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = child.wait()?;
+                bail!("observer exited ({status}) before serving:\n{}", text())
+            }
+        }
+        ensure!(Instant::now() < end, "observer not up in 60 s:\n{}", text());
+    }
+}
+
+/// Runs wrk; returns requests/s and the number of requests.
+fn wrk(connections: u32, secs: u64, port: u16) -> Result<(f64, u64)> {
+    let args = format!("-t1 -c{connections} -d{secs}s --latency http://127.0.0.1:{port}/");
+    let out = Command::new("wrk")
+        .args(args.split(' '))
+        .stdin(Stdio::null())
+        .output()
+        .context("running wrk (is it installed?)")?;
+    check_interrupted()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "wrk failed: {err}{text}");
+    let rps = (text.lines())
+        .filter_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .find_map(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+    let requests = (text.lines())
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .with_context(|| format!("no request count in wrk output:\n{text}"))?;
+    ensure!(requests > 0, "wrk made no request:\n{text}");
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        eprintln!("bench: warning: wrk reported errors:\n{text}");
+    }
+    Ok((rps, requests))
+}
+
+struct Prog {
+    id: u32,
+    name: String,
+    run_time_ns: u64,
+    run_cnt: u64,
+}
+
+/// Loaded programs from `bpftool prog show`, whose first line per program reads
+/// `ID: TYPE  name NAME  tag … [run_time_ns N run_cnt M]` (the counters only when non-zero).
+fn bpf_programs() -> Result<Vec<Prog>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .context("running bpftool")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "bpftool prog show: {err}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let prog = |line: &str| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let after = |key| Some(*words.get(words.iter().position(|w| *w == key)? + 1)?);
+        let num = |key| after(key).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Some(Prog {
+            id: words.first()?.strip_suffix(':')?.parse().ok()?,
+            name: after("name")?.to_string(),
+            run_time_ns: num("run_time_ns"),
+            run_cnt: num("run_cnt"),
+        })
+    };
+    Ok(text.lines().filter_map(prog).collect())
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // After the command name (which may hold spaces) come fields 3 (state) onwards.
+    let (_, rest) = stat.rsplit_once(')').context("/proc/pid/stat")?;
+    let rest: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    ensure!(rest.len() > 12, "short /proc/{pid}/stat");
+    Ok(rest[14 - 3] + rest[15 - 3])
+}
+
+/// The `nth` number of the `key:` line of /proc/<pid>/status.
+fn proc_status(pid: impl std::fmt::Display, key: &str, nth: usize) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    (status.lines())
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().nth(nth)?.parse().ok())
+        .with_context(|| format!("no {key} in /proc/{pid}/status"))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// `-` for NaN (no figure), else `digits` decimals.
+fn show(v: f64, digits: usize) -> String {
+    match v.is_nan() {
+        true => "-".to_string(),
+        false => format!("{v:.digits$}"),
+    }
+}
+
+fn report(rounds: &[[Sample; 3]]) {
+    let per = |i: usize, f: &dyn Fn(&Sample) -> Option<f64>| -> Vec<f64> {
+        rounds.iter().filter_map(|r| f(&r[i])).collect()
+    };
+    let rps = |i| median(per(i, &|s| Some(s.rps)));
+    let ratio = |i| rps(i) / rps(NONE);
+    println!("\nsetup          req/s  ratio  paired  observer CPU %  peak RSS MiB");
+    for (i, (name, _)) in SETUPS.iter().enumerate() {
+        let paired = median(rounds.iter().map(|r| r[i].rps / r[NONE].rps).collect());
+        let cpu = show(median(per(i, &|s| s.cpu_pct)), 2);
+        let rss = show(
+            per(i, &|s| s.rss_mib).into_iter().fold(f64::NAN, f64::max),
+            1,
+        );
+        let (r, x) = (rps(i), ratio(i));
+        println!("{name:<12} {r:>7.0}  {x:>5.3}  {paired:>6.3}  {cpu:>14}  {rss:>12}");
+    }
+    println!("(ratio: of medians; paired: median of per-round ratios; RSS: max of VmHWM)");
+    println!("\nBPF programs, from the runs with kernel.bpf_stats_enabled=1 (medians)");
+    println!("setup        program               ns/run  runs/request");
+    for i in [EMPTY, OBSERVER] {
+        let names: BTreeSet<&String> = rounds.iter().flat_map(|r| r[i].bpf.keys()).collect();
+        for p in names {
+            let ns = median(per(i, &|s| s.bpf.get(p).map(|b| b.0)));
+            let runs = median(per(i, &|s| s.bpf.get(p).map(|b| b.1)));
+            println!("{:<12} {p:<20} {ns:>7.1}  {runs:>12.2}", SETUPS[i].0);
+        }
+    }
+    let (obs, empty) = (ratio(OBSERVER), ratio(EMPTY));
+    print!("\nbench: observer/none throughput ratio {obs:.2} (empty hooks {empty:.2}); ");
+    println!("target >= {TARGET}");
+}
