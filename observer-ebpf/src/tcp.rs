@@ -6,8 +6,8 @@
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, fexit, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, FExitContext, RawTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use observer_common::{
@@ -285,4 +285,33 @@ fn on_io(sk: u64, ret: i32, send: bool) {
             observe_rtt(s, rtt);
         }
     });
+}
+
+// Fallback for kernels before 6.3, which lack `sock:sock_send_length` / `sock_recv_length`:
+// fexit on the TCP functions themselves (fentry/fexit exist there since 5.5). `ret()` reads the
+// return value with bpf_get_func_ret, so the parameter count of each version does not matter.
+
+#[fexit(function = "tcp_sendmsg")]
+pub fn tcp_sendmsg_fexit(ctx: FExitContext) -> i32 {
+    if let Ok(ret) = ctx.ret::<i64>() {
+        on_io(ctx.arg::<u64>(0), ret as i32, true);
+    }
+    0
+}
+
+#[fexit(function = "tcp_sendpage")]
+pub fn tcp_sendpage_fexit(ctx: FExitContext) -> i32 {
+    // sendfile/splice on kernels before 6.5 send through tcp_sendpage, not tcp_sendmsg.
+    if let Ok(ret) = ctx.ret::<i64>() {
+        on_io(ctx.arg::<u64>(0), ret as i32, true);
+    }
+    0
+}
+
+#[fexit(function = "tcp_recvmsg")]
+pub fn tcp_recvmsg_fexit(ctx: FExitContext) -> i32 {
+    if let Ok(ret) = ctx.ret::<i64>() {
+        on_io(ctx.arg::<u64>(0), ret as i32, false);
+    }
+    0
 }

@@ -5,7 +5,7 @@
 use std::{fmt, os::unix::fs::MetadataExt};
 
 use aya::{
-    programs::{BtfTracePoint, ProgramError, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FExit, ProgramError, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader, Endianness,
 };
 use observer_common::{CgroupFilter, KernelOffsets, SetStateOffsets};
@@ -173,6 +173,17 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
                 ("sock_recv", "sock_recv_length"),
             ),
         };
+        // Kernels before 6.3 lack the sock_*_length tracepoints: fexit on the TCP functions.
+        let bytes = match bytes {
+            Ok(hook) => Ok(hook),
+            Err(tp_err) if offsets.is_ok() => match btf_ref {
+                Some(btf) => attach_fexit_bytes(&mut ebpf, btf).map_err(|e| {
+                    ProbeError::Other(format!("{tp_err}; fexit fallback: {e}"))
+                }),
+                None => Err(tp_err),
+            },
+            Err(e) => Err(e),
+        };
         probes.push(status("tcp_bytes", bytes));
     }
     for p in &probes {
@@ -257,6 +268,28 @@ fn attach_raw_prog(ebpf: &mut Ebpf, prog: &str, target: &str) -> Result<(), Prob
     p.load().map_err(|e| program_error(prog, e))?;
     p.attach(target).map_err(|e| program_error(prog, e))?;
     Ok(())
+}
+
+fn attach_fexit(ebpf: &mut Ebpf, prog: &str, target: &str, btf: &Btf) -> Result<(), ProbeError> {
+    let p: &mut FExit = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| ProbeError::Other(format!("program {prog} missing from the object")))?
+        .try_into()
+        .map_err(|e| program_error(prog, e))?;
+    p.load(target, btf).map_err(|e| program_error(prog, e))?;
+    p.attach().map_err(|e| program_error(prog, e))?;
+    Ok(())
+}
+
+/// Byte counting through fexit on tcp_sendmsg/tcp_recvmsg (and tcp_sendpage where it exists,
+/// which carries sendfile before 6.5).
+fn attach_fexit_bytes(ebpf: &mut Ebpf, btf: &Btf) -> Result<&'static str, ProbeError> {
+    attach_fexit(ebpf, "tcp_sendmsg_fexit", "tcp_sendmsg", btf)?;
+    attach_fexit(ebpf, "tcp_recvmsg_fexit", "tcp_recvmsg", btf)?;
+    if let Err(e) = attach_fexit(ebpf, "tcp_sendpage_fexit", "tcp_sendpage", btf) {
+        tracing::debug!("tcp_sendpage not hooked (absent since 6.5): {e}");
+    }
+    Ok("fexit")
 }
 
 fn unload(ebpf: &mut Ebpf, prog: &str) {
