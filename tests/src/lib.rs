@@ -10,6 +10,21 @@ pub mod pod;
 
 use std::process::Command;
 
+/// How much slower than native this machine runs (OBSERVER_TEST_SLOWDOWN, set by the kernel
+/// matrix for guests under software emulation); every wait of the tests scales with it.
+pub fn slowdown() -> u32 {
+    std::env::var("OBSERVER_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// `d` scaled by [`slowdown`].
+pub fn scaled(d: std::time::Duration) -> std::time::Duration {
+    d * slowdown()
+}
+
 /// Runs a command, failing with its output when it fails.
 pub fn sh(cmd: &str) -> anyhow::Result<String> {
     let out = Command::new("sh").arg("-c").arg(cmd).output()?;

@@ -72,7 +72,7 @@ impl Observer {
             addr,
             stderr,
         };
-        match rx.recv_timeout(Duration::from_secs(60)) {
+        match rx.recv_timeout(crate::scaled(Duration::from_secs(60))) {
             Ok(()) => Ok(obs),
             Err(_) => {
                 let status = obs.child.try_wait()?;
@@ -103,7 +103,7 @@ impl Observer {
         timeout: Duration,
         cond: impl Fn(&[Sample]) -> bool,
     ) -> anyhow::Result<Vec<Sample>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + crate::scaled(timeout);
         loop {
             let s = self.scrape()?;
             if cond(&s) || Instant::now() > deadline {
@@ -121,7 +121,7 @@ impl Observer {
     pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + crate::scaled(Duration::from_secs(10));
         loop {
             if let Some(s) = self.child.try_wait()? {
                 return Ok(s);
@@ -151,7 +151,7 @@ pub fn http_get(
     accept: Option<&str>,
 ) -> anyhow::Result<(u16, String, String)> {
     let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.set_read_timeout(Some(crate::scaled(Duration::from_secs(30))))?;
     let accept = accept
         .map(|a| format!("Accept: {a}\r\n"))
         .unwrap_or_default();

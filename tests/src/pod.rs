@@ -96,7 +96,7 @@ impl Pod {
 
     fn wait_link_up(&mut self) -> anyhow::Result<()> {
         // The bridge port needs a moment to forward (no STP, but the link must be up).
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + crate::scaled(Duration::from_secs(5));
         while Instant::now() < deadline {
             let s =
                 sh(&format!("cat /sys/class/net/{}/operstate", self.host_veth)).unwrap_or_default();
@@ -171,7 +171,7 @@ impl Pod {
 
     /// Waits until something listens on `port` inside the pod.
     pub fn wait_listening(&self, port: u16) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + crate::scaled(Duration::from_secs(10));
         while Instant::now() < deadline {
             let out = sh(&format!(
                 "ip netns exec {} ss -Hltn sport = :{port}",

@@ -324,7 +324,7 @@ fn connection_opened_before_the_observer_is_attributed() {
     client
         .spawn_python(WAITING_CLIENT, &[&server.ip, "9090", "4321", &go])
         .unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
+    let deadline = std::time::Instant::now() + observer_tests::scaled(WAIT);
     while !std::path::Path::new(&format!("{go}.connected")).exists() {
         assert!(
             std::time::Instant::now() < deadline,

@@ -189,7 +189,7 @@ fn prometheus_server_reads_a_pods_figures_back() {
         pod.uid
     );
     let q_up = "sum(observer_probe_up)".to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + observer_tests::scaled(Duration::from_secs(60));
     let (mut sys, mut tcp, mut up) = (None, None, None);
     while Instant::now() < deadline {
         sys = prom.query(&q_sys);

@@ -35,7 +35,19 @@ const PACKAGES: &[(&str, &str)] = &[
         "Prometheus server and promtool for the exposition tests",
     ),
     ("bpftool", "BPF program statistics in the benchmark"),
+    (
+        "linux-image-amd64",
+        "Debian's 6.1 kernel for the kernel matrix (runs in a VM)",
+    ),
+    (
+        "linux-image-6.12-amd64",
+        "Debian's 6.12 kernel for the kernel matrix (runs in a VM)",
+    ),
+    ("busybox-static", "initramfs of the matrix VMs (virtme-ng)"),
 ];
+
+/// The VM runner of the kernel matrix, from PyPI.
+const VIRTME_NG: &str = "virtme-ng==1.42";
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
@@ -77,6 +89,8 @@ pub fn install() -> Result<()> {
             .args(missing.iter().map(|(p, _)| *p))
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+    install_qemu()?;
+    install_virtme()?;
     let linker = bpf_linker();
     let works = Command::new(&linker)
         .arg("--version")
@@ -106,6 +120,83 @@ pub fn install() -> Result<()> {
     // own, so stop the packaged one if it runs (harmless when it does not).
     if !missing.is_empty() && missing.iter().any(|(p, _)| *p == "nginx") {
         let _ = Command::new("nginx").args(["-s", "stop"]).output();
+    }
+    Ok(())
+}
+
+/// qemu-system-x86 for the matrix VMs. The image ships qemu-utils 10.0 from backports, which
+/// blocks bookworm's qemu-system-x86 7.2: both are installed at the bookworm version together.
+fn install_qemu() -> Result<()> {
+    if installed("qemu-system-x86") {
+        println!("install: qemu-system-x86 present");
+        return Ok(());
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    let policy = Command::new("apt-cache")
+        .args(["policy", "qemu-system-x86"])
+        .output()?;
+    let text = String::from_utf8_lossy(&policy.stdout).into_owned();
+    let version = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Candidate:")
+                .map(|v| v.trim().to_string())
+        })
+        .filter(|v| v != "(none)")
+        .context("qemu-system-x86 has no installable version")?;
+    println!("install: apt-get install qemu-system-x86={version} qemu-utils={version} (VMs of the kernel matrix)");
+    run(Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "--allow-downgrades",
+        ])
+        .arg(format!("qemu-system-x86={version}"))
+        .arg(format!("qemu-utils={version}"))
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Runs virtme-ng's `vng` with `args` (through python3, wherever pip put the script).
+pub fn vng() -> Command {
+    let mut c = Command::new("python3");
+    c.args([
+        "-c",
+        "import sys; from virtme_ng.run import main; sys.argv[0] = 'vng'; sys.exit(main())",
+    ]);
+    c
+}
+
+fn install_virtme() -> Result<()> {
+    let present = Command::new("python3")
+        .args(["-c", "import virtme_ng"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        println!("install: virtme-ng present");
+        return Ok(());
+    }
+    println!("install: pip install {VIRTME_NG} (runs the matrix kernels in VMs)");
+    let plain = Command::new("python3")
+        .args(["-m", "pip", "install", "-q", VIRTME_NG])
+        .status()?;
+    if !plain.success() {
+        // Debian's own python3 is externally managed.
+        if !installed("python3-pip") {
+            run(Command::new("apt-get")
+                .args(["install", "-y", "-q", "python3-pip"])
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        }
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--break-system-packages",
+            VIRTME_NG,
+        ]))?;
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod install;
+mod matrix;
 mod tasks;
 
 use clap::{Parser, Subcommand};
@@ -22,8 +23,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run every test, the privileged kernel tests included (as root).
-    Test,
+    /// Run every test, the privileged kernel tests included (as root), on every kernel of the
+    /// matrix: this machine's, and Debian's 6.1 and 6.12 in virtual machines.
+    Test {
+        /// Which kernels: all, host, 6.1 or 6.12.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+    },
     /// Overhead benchmark: nginx under wrk with and without the observer.
     Bench(bench::BenchArgs),
 }
@@ -32,7 +38,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Install => install::install(),
         Command::Run { args } => tasks::run_observer(&args),
-        Command::Test => tasks::test(),
+        Command::Test { kernel } => tasks::test(&kernel),
         Command::Bench(args) => bench::run(&args),
     }
 }

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::install;
+use crate::{install, matrix};
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -47,17 +47,18 @@ fn exec(bin: &Path, args: &[String]) -> std::io::Error {
     Command::new(bin).args(args).exec()
 }
 
-/// Runs every test: unit tests of all crates, then the privileged kernel tests (serially:
-/// each starts its own observer and simulated pods).
-pub fn test() -> Result<()> {
+/// Runs every test: unit tests of all crates, then the privileged kernel tests on each kernel of
+/// the matrix (this machine's, and 6.1 and 6.12 in virtual machines).
+pub fn test(kernel: &str) -> Result<()> {
     let started = Instant::now();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc_geteuid() } != 0 {
         bail!("cargo xtask test loads eBPF programs and makes namespaces: run it as root");
     }
     install::install()?;
+    let kernels = matrix::select(kernel)?;
     run(cargo(&["build", "-p", "observer", "--bins"]))?;
-    let bin = workspace_root().join("target/debug/observer");
+    let observer_bin = workspace_root().join("target/debug/observer");
     println!("test: unit tests");
     run(cargo(&[
         "test",
@@ -65,15 +66,63 @@ pub fn test() -> Result<()> {
         "--exclude",
         "observer-tests",
     ]))?;
-    println!("test: privileged tests on the running kernel");
-    let mut t = cargo(&["test", "-p", "observer-tests", "--", "--test-threads=1"]);
-    t.env("OBSERVER_BIN", &bin);
-    run(t)?;
-    println!(
-        "test: everything passed in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
+    let binaries = test_binaries()?;
+    let mut results = Vec::new();
+    for k in &kernels {
+        println!("test: privileged tests on kernel {}", k.release());
+        results.push((k.release(), matrix::run(k, &binaries, &observer_bin)?));
+    }
+    let mut ok = true;
+    let (mut passed, mut failed) = (0, 0);
+    println!();
+    for (release, r) in &results {
+        println!("kernel {release}: {} passed, {} failed", r.passed, r.failed);
+        for p in &r.problems {
+            println!("kernel {release}: {p}");
+        }
+        ok &= r.failed == 0 && r.problems.is_empty() && r.passed > 0;
+        passed += r.passed;
+        failed += r.failed;
+    }
+    println!("privileged: {passed} passed, {failed} failed");
+    println!("test: took {:.0} s", started.elapsed().as_secs_f64());
+    if !ok {
+        bail!("privileged tests failed on at least one kernel");
+    }
     Ok(())
+}
+
+/// Builds the privileged test binaries and returns their paths.
+fn test_binaries() -> Result<Vec<PathBuf>> {
+    let out = cargo(&[
+        "test",
+        "-p",
+        "observer-tests",
+        "--no-run",
+        "--message-format=json",
+    ])
+    .stderr(std::process::Stdio::inherit())
+    .output()
+    .context("building the test binaries")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut bins = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["reason"] == "compiler-artifact" && v["profile"]["test"] == true {
+            if let Some(exe) = v["executable"].as_str() {
+                bins.push(PathBuf::from(exe));
+            }
+        }
+    }
+    if bins.is_empty() {
+        bail!("no test binary was built");
+    }
+    bins.sort();
+    Ok(bins)
 }
 
 extern "C" {

@@ -177,9 +177,8 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
         let bytes = match bytes {
             Ok(hook) => Ok(hook),
             Err(tp_err) if offsets.is_ok() => match btf_ref {
-                Some(btf) => attach_fexit_bytes(&mut ebpf, btf).map_err(|e| {
-                    ProbeError::Other(format!("{tp_err}; fexit fallback: {e}"))
-                }),
+                Some(btf) => attach_fexit_bytes(&mut ebpf, btf)
+                    .map_err(|e| ProbeError::Other(format!("{tp_err}; fexit fallback: {e}"))),
                 None => Err(tp_err),
             },
             Err(e) => Err(e),

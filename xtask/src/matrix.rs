@@ -1,0 +1,196 @@
+//! The kernel matrix: the privileged tests on this machine's kernel and, in virtual machines
+//! that see this machine's files (virtme-ng, qemu with software emulation), on Debian's stock
+//! 6.1 and 6.12 kernels. Binaries are built once on the host; only the tests run in the guests.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+
+/// A kernel the tests run on.
+#[derive(Debug, Clone)]
+pub enum Kernel {
+    /// The running kernel.
+    Host,
+    /// A guest kernel image under /boot.
+    Guest { release: String, image: PathBuf },
+}
+
+/// Outcome of the test binaries on one kernel.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub passed: u64,
+    pub failed: u64,
+    pub problems: Vec<String>,
+}
+
+/// How much slower the guests run (software emulation): the tests scale their waits by it.
+const GUEST_SLOWDOWN: u32 = 8;
+
+fn host_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The kernels selected by `--kernel` (`all`, `host`, or a release prefix such as `6.1`).
+pub fn select(which: &str) -> Result<Vec<Kernel>> {
+    let mut all = vec![Kernel::Host];
+    for prefix in ["6.1.", "6.12."] {
+        match guest_image(prefix) {
+            Some((release, image)) => all.push(Kernel::Guest { release, image }),
+            None => bail!("no /boot/vmlinuz-{prefix}* (cargo xtask install installs it)"),
+        }
+    }
+    let chosen: Vec<Kernel> = all
+        .into_iter()
+        .filter(|k| match (which, k) {
+            ("all", _) => true,
+            ("host", Kernel::Host) => true,
+            (w, Kernel::Guest { release, .. }) => {
+                release.starts_with(&format!("{w}.")) || release == w
+            }
+            _ => false,
+        })
+        .collect();
+    if chosen.is_empty() {
+        bail!("--kernel {which}: expected all, host, 6.1 or 6.12");
+    }
+    Ok(chosen)
+}
+
+fn guest_image(prefix: &str) -> Option<(String, PathBuf)> {
+    let mut found: Vec<(String, PathBuf)> = std::fs::read_dir("/boot")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let release = name.strip_prefix("vmlinuz-")?.to_string();
+            release.starts_with(prefix).then(|| (release, e.path()))
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+impl Kernel {
+    pub fn release(&self) -> String {
+        match self {
+            Kernel::Host => host_release(),
+            Kernel::Guest { release, .. } => release.clone(),
+        }
+    }
+}
+
+/// Runs every test binary on `kernel`, streaming the output, and counts the results.
+pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result<Outcome> {
+    let started = Instant::now();
+    let mut cmd = match kernel {
+        Kernel::Host => {
+            let script = script(binaries, observer_bin, 1);
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(script);
+            c
+        }
+        Kernel::Guest { image, .. } => {
+            let script_path =
+                std::env::temp_dir().join(format!("observer-matrix-{}.sh", std::process::id()));
+            std::fs::write(&script_path, script(binaries, observer_bin, GUEST_SLOWDOWN))?;
+            let mut c = crate::install::vng();
+            c.args(["--disable-kvm", "--memory", "3G", "--cpus", "2", "-r"])
+                .arg(image)
+                .arg("--")
+                .arg(format!("sh {}", script_path.display()));
+            c
+        }
+    };
+    let label = kernel.release();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting the tests on kernel {label}"))?;
+    let mut out = Outcome::default();
+    let stdout = child.stdout.take().expect("piped");
+    let mut saw_end = false;
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        println!("[{label}] {line}");
+        if let Some(rest) = line.trim().strip_prefix("test result: ") {
+            let (p, f) = parse_result(rest);
+            out.passed += p;
+            out.failed += f;
+        }
+        if let Some(bin) = line.strip_prefix("MATRIX-FAILED ") {
+            out.problems.push(format!("{bin} exited with an error"));
+        }
+        if line.starts_with("MATRIX-END") {
+            saw_end = true;
+        }
+    }
+    let status = child.wait()?;
+    if !saw_end {
+        out.problems
+            .push(format!("the run did not finish ({status})"));
+    }
+    println!("[{label}] took {:.0} s", started.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+/// `ok. 7 passed; 0 failed; ...` → (7, 0)
+fn parse_result(s: &str) -> (u64, u64) {
+    let mut passed = 0;
+    let mut failed = 0;
+    for part in s.split([';', '.']) {
+        let mut w = part.split_whitespace();
+        if let (Some(n), Some(what)) = (w.next(), w.next()) {
+            if let Ok(n) = n.parse::<u64>() {
+                match what {
+                    "passed" => passed = n,
+                    "failed" => failed = n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    (passed, failed)
+}
+
+/// A shell script that runs every test binary serially (each test starts its own observer and
+/// pods) and marks failures and the end.
+fn script(binaries: &[PathBuf], observer_bin: &Path, slowdown: u32) -> String {
+    let mut s = String::from("set -u\nuname -r\nmountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null\n");
+    s.push_str(&format!("export OBSERVER_BIN={}\nexport OBSERVER_TEST_SLOWDOWN={slowdown}\nexport RUST_BACKTRACE=0\n", observer_bin.display()));
+    for b in binaries {
+        s.push_str(&format!(
+            "{b} --test-threads=1 || echo MATRIX-FAILED {b}\n",
+            b = b.display()
+        ));
+    }
+    s.push_str("echo MATRIX-END\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_libtest_summaries() {
+        assert_eq!(
+            parse_result(
+                "ok. 7 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 20.99s"
+            ),
+            (7, 0)
+        );
+        assert_eq!(
+            parse_result("FAILED. 5 passed; 2 failed; 0 ignored"),
+            (5, 2)
+        );
+    }
+}
