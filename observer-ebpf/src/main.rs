@@ -9,6 +9,7 @@
 
 mod empty;
 mod maps;
+mod selftest;
 mod sock;
 mod syscalls;
 mod tcp;

@@ -70,6 +70,10 @@ pub enum ProbeKind {
     /// Empty programs on syscall entry and exit: the benchmark's cost floor.
     #[value(hide = true)]
     EmptyHooks,
+    /// A program the verifier rejects: shows that a load failure is reported with the
+    /// verifier log and turns off only its own probe.
+    #[value(hide = true)]
+    VerifierSelftest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,6 +90,7 @@ pub struct Config {
     pub syscalls: bool,
     pub tcp: bool,
     pub empty_hooks: bool,
+    pub verifier_selftest: bool,
     pub syscalls_cgroups: Vec<PathBuf>,
     pub cgroup_grace: Duration,
     pub btf: PathBuf,
@@ -123,6 +128,7 @@ impl TryFrom<Args> for Config {
             syscalls: a.probes.contains(&ProbeKind::Syscalls),
             tcp: a.probes.contains(&ProbeKind::Tcp),
             empty_hooks: a.probes.contains(&ProbeKind::EmptyHooks),
+            verifier_selftest: a.probes.contains(&ProbeKind::VerifierSelftest),
             syscalls_cgroups: a.syscalls_cgroups,
             cgroup_grace: a.cgroup_grace,
             btf: a.btf,

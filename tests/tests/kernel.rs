@@ -535,3 +535,19 @@ fn a_probe_without_its_kernel_fields_is_off_and_the_rest_runs() {
     assert_eq!(status, 200);
     obs.stop().unwrap();
 }
+
+#[test]
+fn a_verifier_rejection_is_reported_with_its_log_and_the_rest_runs() {
+    require_root();
+    let obs = Observer::start(&["--probes", "syscalls,tcp,verifier-selftest"]).unwrap();
+    let s = obs.scrape().unwrap();
+    assert_eq!(sum(&s, "observer_probe_up", &[("probe", "verifier_selftest")]), 0.0);
+    assert!(s.iter().any(|x| x.name == "observer_probe_up" && x.labels["probe"] == "verifier_selftest"));
+    assert_eq!(sum(&s, "observer_probe_up", &[("probe", "syscalls")]), 1.0);
+    assert_eq!(sum(&s, "observer_probe_up", &[("probe", "tcp_connections")]), 1.0);
+    let log = obs.stderr.lock().unwrap().clone();
+    assert!(log.contains("selftest_btf") && log.contains("verifier log:"), "{log}");
+    // The kernel's own words: the verifier names the argument that does not exist.
+    assert!(log.contains("arg10") || log.contains("argument") || log.contains("invalid bpf_context access"), "{log}");
+    obs.stop().unwrap();
+}

@@ -113,9 +113,17 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        // Piped, never inherited: qemu reopens an inherited output file and overwrites it.
+        .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting the tests on kernel {label}"))?;
+    let stderr = child.stderr.take().expect("piped");
+    let err_label = label.clone();
+    let err_thread = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[{err_label}] {line}");
+        }
+    });
     let mut out = Outcome::default();
     let stdout = child.stdout.take().expect("piped");
     let mut saw_end = false;
@@ -134,6 +142,7 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
         }
     }
     let status = child.wait()?;
+    let _ = err_thread.join();
     if !saw_end {
         out.problems
             .push(format!("the run did not finish ({status})"));

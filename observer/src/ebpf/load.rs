@@ -141,6 +141,13 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
             ),
         ));
     }
+    if cfg.verifier_selftest {
+        let r = match btf_ref {
+            Some(btf) => attach_btf_prog(&mut ebpf, "selftest_btf", "sys_enter", btf).map(|()| "tp_btf"),
+            None => Err(ProbeError::Other("no kernel BTF".into())),
+        };
+        probes.push(status("verifier_selftest", r));
+    }
     if cfg.tcp {
         let conn = match (&offsets, &set_state, &tracefs) {
             (Err(e), _, _) | (_, Err(e), _) => Err(clone_err(e)),
