@@ -10,7 +10,8 @@ pub enum ProbeError {
     Btf { what: String, reason: String },
     #[error("tracefs: {0}")]
     Tracefs(String),
-    #[error("program {program}: {source}{}", verifier_log.as_deref().map(|l| format!("\nverifier log:\n{l}")).unwrap_or_default())]
+    /// aya's load error already carries the verifier output; `verifier_log` keeps it apart.
+    #[error("program {program}: {source}")]
     Program {
         program: String,
         #[source]
