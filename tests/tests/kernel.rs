@@ -309,7 +309,9 @@ while True:
         break
     got += len(b)
 c.close()
-open(go + ".done", "w").write(str(got))
+with open(go + ".tmp", "w") as f:
+    f.write(str(got))
+os.rename(go + ".tmp", go + ".done")
 "#;
 
 #[test]
