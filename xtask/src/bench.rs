@@ -46,11 +46,15 @@ const OUR_PROGRAMS: &str = "sys_ empty_ inet_sock_set_s sock_send sock_recv tcp_
 const CLOCK_TICKS: f64 = 100.0;
 
 /// Names and the observer's `--probes` (none: no observer); indexed by the constants below.
-const SETUPS: [(&str, Option<&str>); 3] = [
+const SETUPS: [(&str, Option<&str>); NSETUPS] = [
     ("none", None),
     ("empty-hooks", Some("empty-hooks")),
     ("observer", Some("syscalls,tcp")),
+    // Each probe alone, for the cost per probe.
+    ("syscalls", Some("syscalls")),
+    ("tcp", Some("tcp")),
 ];
+const NSETUPS: usize = 5;
 const NONE: usize = 0;
 const EMPTY: usize = 1;
 const OBSERVER: usize = 2;
@@ -169,7 +173,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     let mut rounds = Vec::new();
     for r in 0..n {
-        let mut samples: [Sample; 3] = Default::default();
+        let mut samples: [Sample; NSETUPS] = Default::default();
         let mut line = Vec::new();
         for i in (0..SETUPS.len()).map(|k| (k + r) % SETUPS.len()) {
             check_interrupted()?;
@@ -467,7 +471,7 @@ fn show(v: f64, digits: usize) -> String {
     }
 }
 
-fn report(rounds: &[[Sample; 3]]) {
+fn report(rounds: &[[Sample; NSETUPS]]) {
     let per = |i: usize, f: &dyn Fn(&Sample) -> Option<f64>| -> Vec<f64> {
         rounds.iter().filter_map(|r| f(&r[i])).collect()
     };
@@ -487,7 +491,7 @@ fn report(rounds: &[[Sample; 3]]) {
     println!("(ratio: of medians; paired: median of per-round ratios; RSS: max of VmHWM)");
     println!("\nBPF programs, from the runs with kernel.bpf_stats_enabled=1 (medians)");
     println!("setup        program               ns/run  runs/request");
-    for i in [EMPTY, OBSERVER] {
+    for i in EMPTY..NSETUPS {
         let names: BTreeSet<&String> = rounds.iter().flat_map(|r| r[i].bpf.keys()).collect();
         for p in names {
             let ns = median(per(i, &|s| s.bpf.get(p).map(|b| b.0)));
