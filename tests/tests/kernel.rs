@@ -384,35 +384,23 @@ fn connection_opened_before_the_observer_is_attributed() {
             .collect()
     };
     eprintln!("client:\n{}server:\n{}", dump(&client), dump(&server));
-    assert_eq!(
-        pod_sum(&s, "observer_tcp_connections_closed_total", &client, &[]),
-        1.0
-    );
-    assert_eq!(
-        pod_sum(&s, "observer_tcp_connections_closed_total", &server, &[]),
-        1.0
-    );
-    assert_eq!(
-        pod_sum(&s, "observer_tcp_sent_bytes_total", &client, &[]),
-        4321.0
-    );
-    assert_eq!(
-        pod_sum(&s, "observer_tcp_received_bytes_total", &server, &[]),
-        4321.0
-    );
-    assert_eq!(
-        pod_sum(&s, "observer_tcp_received_bytes_total", &client, &[]),
-        8.0
-    );
     // Its opening was not seen: not counted as opened, and never makes the gauge negative.
-    assert_eq!(
-        pod_sum(&s, "observer_tcp_connections_opened_total", &client, &[]),
-        0.0
-    );
-    assert_eq!(
-        pod_sum(&s, "observer_tcp_connections_active", &client, &[]),
-        0.0
-    );
+    for (metric, pod, want) in [
+        ("observer_tcp_connections_closed_total", &client, 1.0),
+        ("observer_tcp_connections_closed_total", &server, 1.0),
+        ("observer_tcp_sent_bytes_total", &client, 4321.0),
+        ("observer_tcp_received_bytes_total", &server, 4321.0),
+        ("observer_tcp_received_bytes_total", &client, 8.0),
+        ("observer_tcp_connections_opened_total", &client, 0.0),
+        ("observer_tcp_connections_active", &client, 0.0),
+    ] {
+        assert_eq!(
+            pod_sum(&s, metric, pod, &[]),
+            want,
+            "{metric} of pod {}",
+            pod.uid
+        );
+    }
     obs.stop().unwrap();
 }
 
@@ -592,5 +580,25 @@ fn a_verifier_rejection_is_reported_with_its_log_and_the_rest_runs() {
     );
     // The kernel's own words: the verifier names the access it refused.
     assert!(log.contains("invalid bpf_context access off=80"), "{log}");
+    obs.stop().unwrap();
+}
+
+#[test]
+fn tracefs_is_mounted_when_missing() {
+    require_root();
+    let tracefs = std::path::Path::new("/sys/kernel/tracing");
+    if tracefs.join("events").is_dir() {
+        sh("umount /sys/kernel/tracing").unwrap();
+    }
+    assert!(!tracefs.join("events").is_dir());
+    let via_debugfs = std::path::Path::new("/sys/kernel/debug/tracing/events").is_dir();
+    let obs = Observer::start(&["--probes", "tcp"]).unwrap();
+    let s = obs.scrape().unwrap();
+    let up = sum(&s, "observer_probe_up", &[("probe", "tcp_connections"), ("hook", "tracepoint")]);
+    assert_eq!(up, 1.0, "the classic tracepoint attached through tracefs");
+    if !via_debugfs {
+        assert!(tracefs.join("events").is_dir(), "tracefs mounted again");
+        assert!(obs.stderr.lock().unwrap().contains("mounted tracefs"));
+    }
     obs.stop().unwrap();
 }

@@ -143,7 +143,9 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
     }
     if cfg.verifier_selftest {
         let r = match btf_ref {
-            Some(btf) => attach_btf_prog(&mut ebpf, "selftest_btf", "sys_enter", btf).map(|()| "tp_btf"),
+            Some(btf) => {
+                attach_btf_prog(&mut ebpf, "selftest_btf", "sys_enter", btf).map(|()| "tp_btf")
+            }
             None => Err(ProbeError::Other("no kernel BTF".into())),
         };
         probes.push(status("verifier_selftest", r));
@@ -254,34 +256,33 @@ fn cgroup_filters(cfg: &Config, cgroups: &CgroupFs) -> Result<Vec<CgroupFilter>,
     Ok(out)
 }
 
-fn attach_btf_prog(ebpf: &mut Ebpf, prog: &str, target: &str, btf: &Btf) -> Result<(), ProbeError> {
-    let p: &mut BtfTracePoint = ebpf
-        .program_mut(prog)
+/// The program `prog` of the object as its concrete type.
+fn program<'e, T>(ebpf: &'e mut Ebpf, prog: &str) -> Result<&'e mut T, ProbeError>
+where
+    &'e mut T: TryFrom<&'e mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(prog)
         .ok_or_else(|| ProbeError::Other(format!("program {prog} missing from the object")))?
         .try_into()
-        .map_err(|e| program_error(prog, e))?;
+        .map_err(|e| program_error(prog, e))
+}
+
+fn attach_btf_prog(ebpf: &mut Ebpf, prog: &str, target: &str, btf: &Btf) -> Result<(), ProbeError> {
+    let p: &mut BtfTracePoint = program(ebpf, prog)?;
     p.load(target, btf).map_err(|e| program_error(prog, e))?;
     p.attach().map_err(|e| program_error(prog, e))?;
     Ok(())
 }
 
 fn attach_raw_prog(ebpf: &mut Ebpf, prog: &str, target: &str) -> Result<(), ProbeError> {
-    let p: &mut RawTracePoint = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| ProbeError::Other(format!("program {prog} missing from the object")))?
-        .try_into()
-        .map_err(|e| program_error(prog, e))?;
+    let p: &mut RawTracePoint = program(ebpf, prog)?;
     p.load().map_err(|e| program_error(prog, e))?;
     p.attach(target).map_err(|e| program_error(prog, e))?;
     Ok(())
 }
 
 fn attach_fexit(ebpf: &mut Ebpf, prog: &str, target: &str, btf: &Btf) -> Result<(), ProbeError> {
-    let p: &mut FExit = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| ProbeError::Other(format!("program {prog} missing from the object")))?
-        .try_into()
-        .map_err(|e| program_error(prog, e))?;
+    let p: &mut FExit = program(ebpf, prog)?;
     p.load(target, btf).map_err(|e| program_error(prog, e))?;
     p.attach().map_err(|e| program_error(prog, e))?;
     Ok(())
@@ -312,11 +313,7 @@ fn attach_tracepoint(
     category: &str,
     name: &str,
 ) -> Result<&'static str, ProbeError> {
-    let p: &mut TracePoint = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| ProbeError::Other(format!("program {prog} missing from the object")))?
-        .try_into()
-        .map_err(|e| program_error(prog, e))?;
+    let p: &mut TracePoint = program(ebpf, prog)?;
     p.load().map_err(|e| program_error(prog, e))?;
     p.attach(category, name)
         .map_err(|e| program_error(prog, e))?;
