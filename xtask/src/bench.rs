@@ -307,8 +307,10 @@ http {{
     fs::write(g.dir.join("nginx.conf"), conf)?;
     fs::write(g.dir.join("access.log"), "")?;
     let (conf, err) = (format!("{d}/nginx.conf"), format!("{d}/error.log"));
-    let child = Command::new("nginx")
-        .args(["-p", &d, "-c", &conf, "-e", &err])
+    // nginx and wrk on their own CPUs: without pinning the two fight over both cores and the
+    // run-to-run spread swamps the effect being measured.
+    let child = Command::new("taskset")
+        .args(["-c", "0", "nginx", "-p", &d, "-c", &conf, "-e", &err])
         .stdin(Stdio::null())
         .spawn()
         .context("starting nginx (is it installed?)")?;
@@ -368,7 +370,8 @@ fn start_observer(g: &mut Guard, bin: &Path, probes: &str, log: &Path) -> Result
 /// Runs wrk; returns requests/s and the number of requests.
 fn wrk(connections: u32, secs: u64, port: u16) -> Result<(f64, u64)> {
     let args = format!("-t1 -c{connections} -d{secs}s --latency http://127.0.0.1:{port}/");
-    let out = Command::new("wrk")
+    let out = Command::new("taskset")
+        .args(["-c", "1", "wrk"])
         .args(args.split(' '))
         .stdin(Stdio::null())
         .output()
