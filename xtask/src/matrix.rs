@@ -143,12 +143,20 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
     }
     let status = child.wait()?;
     let _ = err_thread.join();
+    if let Kernel::Guest { .. } = kernel {
+        let _ = std::fs::remove_file(script_path());
+    }
     if !saw_end {
         out.problems
             .push(format!("the run did not finish ({status})"));
     }
     println!("[{label}] took {:.0} s", started.elapsed().as_secs_f64());
     Ok(out)
+}
+
+/// Where the script the guests run is written (the guests see this machine's /tmp).
+fn script_path() -> PathBuf {
+    std::env::temp_dir().join(format!("observer-matrix-{}.sh", std::process::id()))
 }
 
 /// `ok. 7 passed; 0 failed; ...` → (7, 0)
