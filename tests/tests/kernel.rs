@@ -594,11 +594,92 @@ fn tracefs_is_mounted_when_missing() {
     let via_debugfs = std::path::Path::new("/sys/kernel/debug/tracing/events").is_dir();
     let obs = Observer::start(&["--probes", "tcp"]).unwrap();
     let s = obs.scrape().unwrap();
-    let up = sum(&s, "observer_probe_up", &[("probe", "tcp_connections"), ("hook", "tracepoint")]);
+    let up = sum(
+        &s,
+        "observer_probe_up",
+        &[("probe", "tcp_connections"), ("hook", "tracepoint")],
+    );
     assert_eq!(up, 1.0, "the classic tracepoint attached through tracefs");
     if !via_debugfs {
         assert!(tracefs.join("events").is_dir(), "tracefs mounted again");
         assert!(obs.stderr.lock().unwrap().contains("mounted tracefs"));
     }
+    obs.stop().unwrap();
+}
+
+/// Opens N connections and holds them until a file appears.
+const HOLDING_CLIENT: &str = r#"
+import os, socket, sys, time
+host, port, n, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+conns = [socket.create_connection((host, port), timeout=10) for _ in range(n)]
+with open(go + ".tmp", "w") as f:
+    f.write(str(len(conns)))
+os.rename(go + ".tmp", go + ".open")
+while not os.path.exists(go):
+    time.sleep(0.05)
+for c in conns:
+    c.close()
+"#;
+
+#[test]
+fn a_full_connection_table_is_counted_and_logged_by_the_kernel() {
+    require_root();
+    let bridge = Bridge::new().unwrap();
+    let mut client = Pod::new(&bridge).unwrap();
+    let mut server = Pod::new(&bridge).unwrap();
+    server.spawn_python(SERVER, &["7070"]).unwrap();
+    server.wait_listening(7070).unwrap();
+    let obs = Observer::start(&["--probes", "tcp", "--conn-table-size", "64"]).unwrap();
+    let go = format!("/tmp/observer-test-hold-{}", random_hex(8));
+    client
+        .spawn_python(HOLDING_CLIENT, &[&server.ip, "7070", "80", &go])
+        .unwrap();
+    let open = format!("{go}.open");
+    let deadline = std::time::Instant::now() + observer_tests::scaled(WAIT);
+    while !std::path::Path::new(&open).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "client did not open its connections"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = [("direction", "outbound")];
+    let s = obs
+        .scrape_until(WAIT, |s| {
+            pod_sum(s, "observer_tcp_connections_opened_total", &client, &out) >= 80.0
+        })
+        .unwrap();
+    fs::write(&go, "").unwrap();
+    let _ = fs::remove_file(&open);
+    // Every connection is counted, tracked or not.
+    assert_eq!(
+        pod_sum(&s, "observer_tcp_connections_opened_total", &client, &out),
+        80.0
+    );
+    assert_eq!(
+        pod_sum(
+            &s,
+            "observer_tcp_connections_opened_total",
+            &server,
+            &[("direction", "inbound")]
+        ),
+        80.0
+    );
+    // The table holds 64; 160 connection ends (80 per side) could not all be entered.
+    assert_eq!(sum(&s, "observer_map_entries", &[("map", "CONNS")]), 64.0);
+    assert_eq!(sum(&s, "observer_map_capacity", &[("map", "CONNS")]), 64.0);
+    let lost = sum(
+        &s,
+        "observer_events_lost_total",
+        &[("source", "connection_table_full")],
+    );
+    assert!(
+        lost >= 96.0,
+        "at least 160 - 64 connection ends were not entered, got {lost}"
+    );
+    // The kernel programs' own log line (aya-log) reaches the observer's log.
+    let log = obs.stderr.lock().unwrap().clone();
+    assert!(log.contains("connection table full"), "{log}");
+    let _ = fs::remove_file(&go);
     obs.stop().unwrap();
 }
