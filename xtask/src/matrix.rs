@@ -28,6 +28,13 @@ pub struct Outcome {
     pub problems: Vec<String>,
 }
 
+/// Longest one kernel's run may take (the guests needed about 5.5 minutes here).
+const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(25 * 60);
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
 /// How much slower the guests run (software emulation): the tests scale their waits by it.
 const GUEST_SLOWDOWN: u32 = 8;
 
@@ -110,6 +117,8 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
         }
     };
     let label = kernel.release();
+    // Its own process group, so that the watchdog stops qemu too, not just its launcher.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -117,6 +126,19 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting the tests on kernel {label}"))?;
+    // A guest that hangs must not eat CI's time: stop it after RUN_LIMIT.
+    let pid = child.id() as i32;
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(RUN_LIMIT).is_err() {
+            eprintln!(
+                "matrix: no result after {} s: stopping the run",
+                RUN_LIMIT.as_secs()
+            );
+            // SAFETY: kill(2) on the process group of our own child.
+            unsafe { kill(-pid, 9) };
+        }
+    });
     let stderr = child.stderr.take().expect("piped");
     let err_label = label.clone();
     let err_thread = std::thread::spawn(move || {
@@ -142,6 +164,8 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
         }
     }
     let status = child.wait()?;
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
     let _ = err_thread.join();
     if let Kernel::Guest { .. } = kernel {
         let _ = std::fs::remove_file(script_path());
