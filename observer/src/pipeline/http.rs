@@ -823,40 +823,36 @@ mod tests {
         assert_eq!(parse_request(big.as_bytes()), Parsed::Partial);
     }
 
+    /// Feeds every prefix of each message to `parse`: Partial before the head ends, then the
+    /// same Complete result. Returns the number of prefixes checked.
+    fn check_splits<T: PartialEq + std::fmt::Debug>(
+        msgs: impl Iterator<Item = &'static [u8]>,
+        parse: fn(&[u8]) -> Parsed<T>,
+    ) -> usize {
+        let mut checked = 0;
+        for msg in msgs {
+            let full = parse(msg);
+            let Parsed::Complete { head_len, .. } = full else {
+                panic!("{msg:?} is not complete")
+            };
+            for i in 0..=msg.len() {
+                let want = if i < head_len {
+                    &Parsed::Partial
+                } else {
+                    &full
+                };
+                assert_eq!(&parse(&msg[..i]), want, "{i} {:?}", &msg[..i]);
+                checked += 1;
+            }
+        }
+        checked
+    }
+
     /// Every split point: Partial before the head ends, then the same Complete result.
     #[test]
     fn every_split_point() {
-        let mut checked = 0;
-        for &(msg, ..) in REQUESTS {
-            let full = parse_request(msg);
-            let Parsed::Complete { head_len, .. } = full else {
-                panic!()
-            };
-            for i in 0..=msg.len() {
-                let want = if i < head_len {
-                    &Parsed::Partial
-                } else {
-                    &full
-                };
-                assert_eq!(&parse_request(&msg[..i]), want, "{i} {:?}", &msg[..i]);
-                checked += 1;
-            }
-        }
-        for &(msg, ..) in RESPONSES {
-            let full = parse_response(msg);
-            let Parsed::Complete { head_len, .. } = full else {
-                panic!()
-            };
-            for i in 0..=msg.len() {
-                let want = if i < head_len {
-                    &Parsed::Partial
-                } else {
-                    &full
-                };
-                assert_eq!(&parse_response(&msg[..i]), want, "{i} {:?}", &msg[..i]);
-                checked += 1;
-            }
-        }
+        let checked = check_splits(REQUESTS.iter().map(|r| r.0), parse_request)
+            + check_splits(RESPONSES.iter().map(|r| r.0), parse_response);
         assert!(checked > 2000, "{checked}");
     }
 
