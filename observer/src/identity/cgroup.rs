@@ -76,6 +76,8 @@ struct Known {
     identity: Arc<Identity>,
     /// When a rescan first failed to find this cgroup.
     gone_since: Option<Instant>,
+    /// False for a stand-in identity (`cgroup-<id>`) given to an id no walk has found.
+    resolved: bool,
 }
 
 /// Maps cgroup ids to identities, with a cache refreshed by walking the hierarchy.
@@ -83,9 +85,8 @@ struct Known {
 pub struct Resolver {
     fs: CgroupFs,
     known: HashMap<u64, Known>,
-    last_scan: Option<Instant>,
-    /// Minimum interval between two walks triggered by unknown ids.
-    min_rescan: Duration,
+    /// Whether the current round of lookups (one scrape) already walked the hierarchy.
+    walked_this_round: bool,
 }
 
 /// Directory depth below which the walk does not descend (pod containers sit at depth 4-6).
@@ -96,52 +97,46 @@ impl Resolver {
         Self {
             fs,
             known: HashMap::new(),
-            last_scan: None,
-            min_rescan: Duration::from_millis(500),
+            walked_this_round: false,
         }
     }
 
-    /// The identity of cgroup `id`. An unknown id triggers a walk of the hierarchy (rate
-    /// limited); an id that is not there any more (the cgroup was deleted before we saw it) gets
-    /// an identity naming the id, and is expired like any deleted cgroup.
+    /// Starts a round of lookups (one scrape): at most one walk per round for unknown ids.
+    pub fn begin_round(&mut self) {
+        self.walked_this_round = false;
+    }
+
+    /// The identity of cgroup `id`. An unknown id triggers a walk of the hierarchy (at most one
+    /// per round); an id that is not there (the cgroup was deleted before we saw it) gets a
+    /// stand-in identity naming the id, which a later walk replaces if the cgroup turns up, and
+    /// is expired like any deleted cgroup.
     pub fn identity(&mut self, id: u64) -> Arc<Identity> {
         if let Some(k) = self.known.get(&id) {
             return k.identity.clone();
         }
-        let due = self
-            .last_scan
-            .is_none_or(|t| t.elapsed() >= self.min_rescan);
-        if due {
+        if !self.walked_this_round {
+            self.walked_this_round = true;
             self.rescan();
             if let Some(k) = self.known.get(&id) {
                 return k.identity.clone();
             }
         }
-        if !due {
-            // Not resolvable yet; don't cache, a later rescan may find it.
-            return Arc::new(Identity {
-                service_name: format!("cgroup-{id}"),
-                ..Default::default()
-            });
-        }
         let identity = Arc::new(Identity {
             service_name: format!("cgroup-{id}"),
             ..Default::default()
         });
-        self.known.insert(
-            id,
-            Known {
-                identity: identity.clone(),
-                gone_since: Some(Instant::now()),
-            },
-        );
+        let known = Known {
+            identity: identity.clone(),
+            gone_since: Some(Instant::now()),
+            resolved: false,
+        };
+        self.known.insert(id, known);
         identity
     }
 
     /// Walks the hierarchy: new cgroups are resolved, missing ones are marked gone.
     pub fn rescan(&mut self) {
         let now = Instant::now();
-        self.last_scan = Some(now);
         let mut seen = HashSet::new();
         let root = self.fs.root.clone();
         let mut stack = vec![(root.clone(), 0usize)];
@@ -154,8 +149,9 @@ impl Resolver {
             match self.known.get_mut(&id) {
                 Some(k) => {
                     k.gone_since = None;
-                    if k.identity.service_name.is_empty() {
+                    if !k.resolved || k.identity.service_name.is_empty() {
                         k.identity = Arc::new(resolve_path(&root, &dir));
+                        k.resolved = true;
                     }
                 }
                 None => {
@@ -165,6 +161,7 @@ impl Resolver {
                         Known {
                             identity,
                             gone_since: None,
+                            resolved: true,
                         },
                     );
                 }
@@ -259,6 +256,32 @@ mod tests {
             Some(PathBuf::from("/mnt/my cgroup"))
         );
         assert_eq!(find_v2_mount("garbage\n - \n1 2 3"), None);
+    }
+
+    #[test]
+    fn a_stand_in_is_replaced_when_the_cgroup_turns_up() {
+        let dir = std::env::temp_dir().join(format!("observer-resolver-{}", std::process::id()));
+        let unit = dir.join("late.service");
+        fs::create_dir_all(&dir).unwrap();
+        let mut r = Resolver::new(CgroupFs::at(dir.clone()));
+        r.begin_round();
+        r.rescan();
+        // An id no walk has seen yet: one walk this round, then a stand-in.
+        fs::create_dir_all(&unit).unwrap();
+        let id = fs::metadata(&unit).unwrap().ino();
+        r.walked_this_round = true;
+        assert_eq!(r.identity(id).service_name, format!("cgroup-{id}"));
+        // The next walk finds the directory and replaces the stand-in.
+        r.rescan();
+        assert_eq!(r.identity(id).service_name, "late.service");
+        assert!(r.expired(Duration::ZERO).is_empty());
+        // A new round walks again for an unknown id.
+        fs::remove_dir(&unit).unwrap();
+        r.begin_round();
+        let gone = r.identity(u64::MAX);
+        assert_eq!(gone.service_name, format!("cgroup-{}", u64::MAX));
+        assert!(r.expired(Duration::ZERO).contains(&id));
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -124,6 +124,7 @@ impl Pipeline {
 
     /// Current figures: retired totals plus every live kernel entry.
     pub fn snapshot(&mut self) -> Totals {
+        self.resolver.begin_round();
         let mut t = self.retired.clone();
         if let Some(m) = &self.maps.syscall_stats {
             for (k, v) in m.iter().flatten() {
