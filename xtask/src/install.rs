@@ -44,6 +44,7 @@ const PACKAGES: &[(&str, &str)] = &[
         "Debian's 6.12 kernel for the kernel matrix (runs in a VM)",
     ),
     ("busybox-static", "initramfs of the matrix VMs (virtme-ng)"),
+    ("python3-yaml", "YAML for Debian's python3 (manifest tests)"),
 ];
 
 /// The VM runner of the kernel matrix, from PyPI.
@@ -170,17 +171,27 @@ pub fn vng() -> Command {
 }
 
 fn install_virtme() -> Result<()> {
+    ensure_python_module("virtme_ng", VIRTME_NG, "runs the matrix kernels in VMs")?;
+    ensure_python_module(
+        "yaml",
+        "pyyaml",
+        "reads the rendered Kubernetes manifests in the tests",
+    )
+}
+
+/// Makes `import module` work for the python3 on PATH, installing `spec` with pip if needed.
+fn ensure_python_module(module: &str, spec: &str, why: &str) -> Result<()> {
     let present = Command::new("python3")
-        .args(["-c", "import virtme_ng"])
+        .args(["-c", &format!("import {module}")])
         .output()
         .is_ok_and(|o| o.status.success());
     if present {
-        println!("install: virtme-ng present");
+        println!("install: python module {module} present");
         return Ok(());
     }
-    println!("install: pip install {VIRTME_NG} (runs the matrix kernels in VMs)");
+    println!("install: pip install {spec} ({why})");
     let plain = Command::new("python3")
-        .args(["-m", "pip", "install", "-q", VIRTME_NG])
+        .args(["-m", "pip", "install", "-q", spec])
         .status()?;
     if !plain.success() {
         // Debian's own python3 is externally managed.
@@ -195,7 +206,7 @@ fn install_virtme() -> Result<()> {
             "install",
             "-q",
             "--break-system-packages",
-            VIRTME_NG,
+            spec,
         ]))?;
     }
     Ok(())
