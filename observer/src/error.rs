@@ -18,8 +18,6 @@ pub enum ProbeError {
         source: Box<aya::programs::ProgramError>,
         verifier_log: Option<String>,
     },
-    #[error("map {0} missing from the eBPF object")]
-    MissingMap(&'static str),
     #[error("{0}")]
     Other(String),
 }

@@ -204,10 +204,6 @@ impl Resolver {
     pub fn known_identities(&self) -> HashSet<Arc<Identity>> {
         self.known.values().map(|k| k.identity.clone()).collect()
     }
-
-    pub fn is_known(&self, id: u64) -> bool {
-        self.known.contains_key(&id)
-    }
 }
 
 /// Identity of the cgroup directory `dir` below the v2 mount `root`.
