@@ -26,6 +26,31 @@ pub struct Outcome {
     pub passed: u64,
     pub failed: u64,
     pub problems: Vec<String>,
+    /// The script reached its end (a guest that crashed or was stopped did not).
+    pub finished: bool,
+    /// Things worth saying that are not failures (a guest that had to be run twice).
+    pub notes: Vec<String>,
+}
+
+/// Kernel console lines kept from a guest, shown when its run did not finish.
+const CONSOLE_TAIL: usize = 150;
+
+/// `[   12.345678] text`: a line of the guest kernel's console.
+fn is_console_line(line: &str) -> bool {
+    let Some(rest) = line.strip_prefix('[') else {
+        return false;
+    };
+    let Some((stamp, _)) = rest.split_once(']') else {
+        return false;
+    };
+    // The kernel prints `%5lu.%06lu`.
+    let Some((secs, micros)) = stamp.trim().split_once('.') else {
+        return false;
+    };
+    !secs.is_empty()
+        && secs.chars().all(|c| c.is_ascii_digit())
+        && micros.len() == 6
+        && micros.chars().all(|c| c.is_ascii_digit())
 }
 
 /// Longest one kernel's run may take (the guests needed about 5.5 minutes here).
@@ -109,7 +134,9 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
                 std::env::temp_dir().join(format!("observer-matrix-{}.sh", std::process::id()));
             std::fs::write(&script_path, script(binaries, observer_bin, GUEST_SLOWDOWN))?;
             let mut c = crate::install::vng();
-            c.args(["--disable-kvm", "--memory", "3G", "--cpus", "2", "-r"])
+            // --verbose: the guest kernel's console comes on stderr, so that a guest that stops
+            // early (panic, oops, out of memory) shows why.
+            c.args(["--disable-kvm", "--verbose", "--memory", "3G", "--cpus", "2", "-r"])
                 .arg(image)
                 .arg("--")
                 .arg(format!("sh {}", script_path.display()));
@@ -142,9 +169,18 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
     let stderr = child.stderr.take().expect("piped");
     let err_label = label.clone();
     let err_thread = std::thread::spawn(move || {
+        let mut console = std::collections::VecDeque::with_capacity(CONSOLE_TAIL);
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[{err_label}] {line}");
+            if is_console_line(&line) {
+                if console.len() == CONSOLE_TAIL {
+                    console.pop_front();
+                }
+                console.push_back(line);
+            } else {
+                eprintln!("[{err_label}] {line}");
+            }
         }
+        console
     });
     let mut out = Outcome::default();
     let stdout = child.stdout.take().expect("piped");
@@ -166,13 +202,18 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
     let status = child.wait()?;
     let _ = done_tx.send(());
     let _ = watchdog.join();
-    let _ = err_thread.join();
+    let console = err_thread.join().unwrap_or_default();
     if let Kernel::Guest { .. } = kernel {
         let _ = std::fs::remove_file(script_path());
     }
+    out.finished = saw_end;
     if !saw_end {
         out.problems
             .push(format!("the run did not finish ({status})"));
+        println!("[{label}] the run stopped early; the last lines of the kernel console:");
+        for line in &console {
+            println!("[{label}] console {line}");
+        }
     }
     println!("[{label}] took {:.0} s", started.elapsed().as_secs_f64());
     Ok(out)
@@ -220,6 +261,15 @@ fn script(binaries: &[PathBuf], observer_bin: &Path, slowdown: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tells_console_lines_from_test_output() {
+        assert!(is_console_line("[   12.345678] Out of memory: Killed process 42"));
+        assert!(is_console_line("[0.000000] Linux version 6.12"));
+        assert!(!is_console_line("[6.1] test x ... ok"));
+        assert!(!is_console_line("thread 'main' panicked at src/lib.rs:1:1"));
+        assert!(!is_console_line("[] nothing"));
+    }
 
     #[test]
     fn parses_libtest_summaries() {
