@@ -57,15 +57,107 @@ pub struct SyscallErrKey {
 }
 const _: () = assert!(core::mem::size_of::<SyscallErrKey>() == 16);
 
-/// Entry timestamp of an in-flight syscall, in a table indexed by `tid % SYSCALL_SLOTS`.
+/// Entry of an in-flight syscall, in a table indexed by `tid % SYSCALL_SLOTS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SyscallEntry {
     pub ts_ns: u64,
     pub tid: u32,
     pub nr: u32,
+    /// For the socket I/O syscalls of [`io_kind`]: the user buffer (`read`/`write`/`sendto`/
+    /// `recvfrom`), the `struct iovec *` (`readv`/`writev`) or the `struct msghdr *`
+    /// (`sendmsg`/`recvmsg`); 0 otherwise.
+    pub buf: u64,
+    /// `IO_*` kind of the syscall, `IO_NONE` for any other.
+    pub io: u32,
+    /// Socket send/receive calls seen inside this syscall so far (only the first one starts at
+    /// the beginning of the user buffer).
+    pub io_calls: u32,
 }
-const _: () = assert!(core::mem::size_of::<SyscallEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<SyscallEntry>() == 32);
+
+/// Kinds of socket I/O syscalls whose data the HTTP probe looks at.
+pub const IO_NONE: u32 = 0;
+/// One flat buffer (`read`, `write`, `recvfrom`, `sendto`).
+pub const IO_BUF: u32 = 1;
+/// A `struct iovec` array (`readv`, `writev`).
+pub const IO_IOVEC: u32 = 2;
+/// A `struct msghdr` (`recvmsg`, `sendmsg`).
+pub const IO_MSGHDR: u32 = 3;
+/// No user buffer (`sendfile`: the body comes from a file).
+pub const IO_NOBUF: u32 = 4;
+
+/// The I/O kind of syscall `nr` on x86_64 (the numbering of the only architecture built for).
+#[inline(always)]
+pub fn io_kind(nr: u32) -> u32 {
+    match nr {
+        0 | 1 | 44 | 45 => IO_BUF,      // read, write, sendto, recvfrom
+        19 | 20 => IO_IOVEC,            // readv, writev
+        46 | 47 => IO_MSGHDR,           // sendmsg, recvmsg
+        40 => IO_NOBUF,                 // sendfile
+        _ => IO_NONE,
+    }
+}
+
+/// Bytes of the start of each HTTP message the kernel hands to user space.
+pub const HTTP_PREFIX: usize = 512;
+
+/// [`HttpEvent::kind`]: a message starts (request or response line at the start of the data).
+pub const HTTP_EV_START: u8 = 0;
+/// [`HttpEvent::kind`]: a connection with HTTP traffic closed.
+pub const HTTP_EV_CLOSE: u8 = 1;
+/// [`HttpEvent::dir`]: the process sent the data.
+pub const HTTP_DIR_SEND: u8 = 0;
+/// [`HttpEvent::dir`]: the process received the data.
+pub const HTTP_DIR_RECV: u8 = 1;
+
+/// Per-connection byte accounting of the current message in each direction (key: `struct sock *`).
+/// `*_bytes` counts from the start of the current message (the call that started it included);
+/// `*_last_ns` is the time of the last call; `*_tail` the last up to 8 bytes moved (for the
+/// end of a chunked body), right-aligned, `*_tail_len` how many of them are valid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpConn {
+    pub out_bytes: u64,
+    pub out_last_ns: u64,
+    pub in_bytes: u64,
+    pub in_last_ns: u64,
+    pub out_tail: [u8; 8],
+    pub in_tail: [u8; 8],
+    pub cgroup_id: u64,
+}
+const _: () = assert!(core::mem::size_of::<HttpConn>() == 56);
+
+/// A record of the HTTP probe's ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HttpEvent {
+    pub sk: u64,
+    pub cgroup_id: u64,
+    /// When the call that started the message returned data (monotonic ns).
+    pub ts_ns: u64,
+    /// The connection's counters just before this event: for a start, the previous message in
+    /// the same direction ended with these; for a close, the last message of each direction.
+    pub conn: HttpConn,
+    /// Bytes moved by the starting call (`START`), 0 for `CLOSE`.
+    pub len: u32,
+    pub tgid: u32,
+    pub kind: u8,
+    pub dir: u8,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u8,
+    pub _pad0: u8,
+    /// Local and remote port (host byte order).
+    pub lport: u16,
+    pub rport: u16,
+    pub prefix_len: u16,
+    /// Local and remote address (IPv4 in the first 4 bytes).
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    pub prefix: [u8; HTTP_PREFIX],
+    pub _pad1: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<HttpEvent>() == 24 + 56 + 8 + 4 + 4 + 2 + 32 + HTTP_PREFIX + 6);
 
 /// A cgroup subtree the syscall probe is restricted to: the ancestor of the current cgroup at
 /// `level` must have id `cgroup_id`. `level == 0` marks an unused slot.
@@ -135,7 +227,18 @@ pub const LOST_SYSCALL_SLOT_COLLISION: u32 = 2;
 pub const LOST_TCP_MAP_FULL: u32 = 3;
 pub const LOST_CONN_MAP_FULL: u32 = 4;
 pub const LOST_SOCK_READ: u32 = 5;
-pub const LOST_COUNTERS: u32 = 8;
+/// An HTTP record found the ring buffer full.
+pub const LOST_HTTP_RINGBUF_FULL: u32 = 6;
+/// An HTTP connection found the HTTP connection table full.
+pub const LOST_HTTP_CONN_MAP_FULL: u32 = 7;
+/// The start of a message could not be read from user memory.
+pub const LOST_HTTP_USER_READ: u32 = 8;
+pub const LOST_COUNTERS: u32 = 16;
+
+/// Bits of the `WORK` global: what the shared hooks do.
+pub const WORK_SYSCALLS: u32 = 1;
+pub const WORK_TCP: u32 = 2;
+pub const WORK_HTTP: u32 = 4;
 
 /// Kernel struct offsets located at start from BTF and handed to the programs.
 #[repr(C)]
@@ -157,8 +260,17 @@ pub struct KernelOffsets {
     pub tcp_srtt_us: u32,
     /// `struct sock` -> `__sk_common.skc_state` (u8).
     pub sock_state: u32,
+    /// `__sk_common.skc_daddr` / `skc_rcv_saddr` (IPv4, network order).
+    pub sock_daddr: u32,
+    pub sock_rcv_saddr: u32,
+    /// `__sk_common.skc_dport` (network order) / `skc_num` (host order).
+    pub sock_dport: u32,
+    pub sock_num: u32,
+    /// `__sk_common.skc_v6_daddr` / `skc_v6_rcv_saddr` (IPv6).
+    pub sock_v6_daddr: u32,
+    pub sock_v6_rcv_saddr: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 56);
 
 /// Offsets in the `sock:inet_sock_set_state` tracepoint record, from its format file.
 #[repr(C)]
@@ -184,4 +296,5 @@ mod pod {
     unsafe impl aya::Pod for ConnInfo {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for SetStateOffsets {}
+    unsafe impl aya::Pod for HttpConn {}
 }

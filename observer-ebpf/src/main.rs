@@ -8,6 +8,7 @@
 #![no_main]
 
 mod empty;
+mod http;
 mod maps;
 mod selftest;
 mod sock;

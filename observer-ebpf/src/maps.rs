@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     Global,
 };
 use observer_common::{
-    CgroupFilter, ConnInfo, KernelOffsets, SetStateOffsets, SyscallEntry, SyscallErrKey,
+    CgroupFilter, ConnInfo, HttpConn, KernelOffsets, SetStateOffsets, SyscallEntry, SyscallErrKey,
     SyscallKey, SyscallStats, TcpStats, LOST_COUNTERS, MAX_CGROUP_FILTERS, SYSCALL_SLOTS,
 };
 
@@ -22,7 +22,22 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     sock_err: 0,
     tcp_srtt_us: 0,
     sock_state: 0,
+    sock_daddr: 0,
+    sock_rcv_saddr: 0,
+    sock_dport: 0,
+    sock_num: 0,
+    sock_v6_daddr: 0,
+    sock_v6_rcv_saddr: 0,
 });
+
+/// What the shared hooks do (`WORK_*` bits): the syscall, TCP and HTTP probes share the
+/// `sys_enter` and socket I/O hooks, each attached once.
+#[unsafe(no_mangle)]
+pub static WORK: Global<u32> = Global::new(0);
+
+/// Bytes waiting in [`HTTP_EVENTS`] from which a record wakes the reader up at once.
+#[unsafe(no_mangle)]
+pub static RINGBUF_WAKEUP_BYTES: Global<u64> = Global::new(64 * 1024);
 
 /// Field offsets of the `sock:inet_sock_set_state` record, from its tracefs format file.
 #[unsafe(no_mangle)]
@@ -66,6 +81,15 @@ pub static TCP_STATS: PerCpuHashMap<u64, TcpStats> = PerCpuHashMap::with_max_ent
 /// Established TCP connections, keyed by `struct sock *`: owner cgroup and direction.
 #[map]
 pub static CONNS: HashMap<u64, ConnInfo> = HashMap::with_max_entries(65536, 0);
+
+/// Connections that carried an HTTP message start, keyed by `struct sock *`: byte accounting
+/// of the current message in each direction. Removed at close; LRU as a backstop.
+#[map]
+pub static HTTP_CONNS: LruHashMap<u64, HttpConn> = LruHashMap::with_max_entries(65536, 0);
+
+/// Message starts and closes of HTTP connections, for user space.
+#[map]
+pub static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
 /// Records the kernel side could not keep, by `LOST_*` index.
 #[map]

@@ -67,3 +67,33 @@ pub fn state(sk: u64) -> u8 {
     let o = OFFSETS.load();
     unsafe { read_at::<u8>(sk, o.sock_state) }.unwrap_or(0)
 }
+
+/// Family, ports (host order) and addresses (IPv4 in the first 4 bytes) of a socket.
+pub struct Addrs {
+    pub family: u16,
+    pub lport: u16,
+    pub rport: u16,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+}
+
+#[inline(always)]
+pub fn addrs(sk: u64) -> Addrs {
+    let o = OFFSETS.load();
+    unsafe {
+        let family: u16 = read_at(sk, o.sock_family).unwrap_or(0);
+        let dport: u16 = read_at(sk, o.sock_dport).unwrap_or(0);
+        let lport: u16 = read_at(sk, o.sock_num).unwrap_or(0);
+        let mut a = Addrs { family, lport, rport: u16::from_be(dport), laddr: [0; 16], raddr: [0; 16] };
+        if family == AF_INET6 {
+            a.laddr = read_at(sk, o.sock_v6_rcv_saddr).unwrap_or([0; 16]);
+            a.raddr = read_at(sk, o.sock_v6_daddr).unwrap_or([0; 16]);
+        } else {
+            let l: [u8; 4] = read_at(sk, o.sock_rcv_saddr).unwrap_or([0; 4]);
+            let r: [u8; 4] = read_at(sk, o.sock_daddr).unwrap_or([0; 4]);
+            a.laddr[..4].copy_from_slice(&l);
+            a.raddr[..4].copy_from_slice(&r);
+        }
+        a
+    }
+}

@@ -13,11 +13,12 @@ use aya_log_ebpf::warn;
 use observer_common::{
     ConnInfo, TcpStats, DIR_INBOUND, DIR_OUTBOUND, FAIL_OTHER, FAIL_REFUSED, FAIL_RESET,
     FAIL_TIMEOUT, FAIL_UNREACHABLE, LOST_CONN_MAP_FULL, LOST_SOCK_READ, LOST_TCP_MAP_FULL,
-    RTT_BUCKETS_US, RTT_NBUCKETS,
+    RTT_BUCKETS_US, RTT_NBUCKETS, WORK_HTTP, WORK_TCP,
 };
 
 use crate::{
-    maps::{count_lost, CONNS, SET_STATE, TCP_STATS},
+    http,
+    maps::{count_lost, CONNS, SET_STATE, TCP_STATS, WORK},
     sock,
 };
 
@@ -111,6 +112,13 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     let old: i32 = unsafe { ctx.read_at(off.oldstate as usize) }.map_err(|e| e as i64)?;
     let new: i32 = unsafe { ctx.read_at(off.newstate as usize) }.map_err(|e| e as i64)?;
 
+    let work = WORK.load();
+    if work & WORK_HTTP != 0 && new == TCP_CLOSE && is_open_state(old) {
+        http::on_close(sk);
+    }
+    if work & WORK_TCP == 0 {
+        return Ok(());
+    }
     let opened = match (old, new) {
         (TCP_SYN_SENT, TCP_ESTABLISHED) => Some(DIR_OUTBOUND),
         (TCP_SYN_RECV, TCP_ESTABLISHED) => Some(DIR_INBOUND),
@@ -238,6 +246,17 @@ fn on_io(sk: u64, ret: i32, send: bool) {
     if ret <= 0 {
         return;
     }
+    let work = WORK.load();
+    if work & WORK_HTTP != 0 {
+        http::on_io(sk, ret as u32, send);
+    }
+    if work & WORK_TCP != 0 {
+        tcp_bytes(sk, ret, send);
+    }
+}
+
+#[inline(always)]
+fn tcp_bytes(sk: u64, ret: i32, send: bool) {
     let now = unsafe { bpf_ktime_get_ns() };
     let (cgroup_id, rtt) = match CONNS.get_ptr_mut(&sk) {
         Some(c) => {

@@ -22,9 +22,25 @@ pub struct Args {
         long,
         env = "OBSERVER_PROBES",
         value_delimiter = ',',
-        default_value = "syscalls,tcp"
+        default_value = "syscalls,tcp,http"
     )]
     pub probes: Vec<ProbeKind>,
+
+    /// A request without response after this long is counted with error_type="timeout".
+    #[arg(long, env = "OBSERVER_HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http_request_timeout: Duration,
+
+    /// APDEX threshold T of every service (seconds, e.g. 0.5, or a duration like 200ms).
+    #[arg(long, env = "OBSERVER_APDEX_THRESHOLD", default_value = "0.5", value_parser = parse_seconds)]
+    pub apdex_threshold: f64,
+
+    /// APDEX threshold of one service, SERVICE=T (repeat or comma-separate), e.g. checkout=0.2.
+    #[arg(long = "apdex-threshold-for", env = "OBSERVER_APDEX_THRESHOLD_FOR", value_delimiter = ',', value_parser = parse_service_threshold)]
+    pub apdex_threshold_for: Vec<(String, f64)>,
+
+    /// Distinct http_route values per service; further routes are counted under /{overflow}.
+    #[arg(long, env = "OBSERVER_HTTP_ROUTE_CAP", default_value_t = 500)]
+    pub http_route_cap: usize,
 
     /// Restrict the syscall probe to these cgroup subtrees (paths under the cgroup v2 mount,
     /// e.g. kubepods.slice; comma-separated, at most 16). Default: every cgroup.
@@ -67,6 +83,8 @@ pub enum ProbeKind {
     Syscalls,
     /// TCP connections, failures, retransmits, bytes and RTT (per cgroup).
     Tcp,
+    /// HTTP/1.x requests, server and client side: rate, status, route, duration, APDEX.
+    Http,
     /// Empty programs on syscall entry and exit: the benchmark's cost floor.
     #[value(hide = true)]
     EmptyHooks,
@@ -83,12 +101,42 @@ pub enum HookPreference {
     Raw,
 }
 
+/// Seconds as a number (`0.5`) or a duration (`500ms`); positive and at most an hour.
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let secs = match s.trim().parse::<f64>() {
+        Ok(v) => v,
+        Err(_) => humantime::parse_duration(s.trim())
+            .map_err(|e| format!("{s:?}: not seconds or a duration ({e})"))?
+            .as_secs_f64(),
+    };
+    if !(secs > 0.0 && secs <= 3600.0) {
+        return Err(format!("{s:?}: must be more than 0 and at most 3600 seconds"));
+    }
+    Ok(secs)
+}
+
+/// `SERVICE=T`.
+fn parse_service_threshold(s: &str) -> Result<(String, f64), String> {
+    let (name, t) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected SERVICE=SECONDS"))?;
+    if name.trim().is_empty() {
+        return Err(format!("{s:?}: empty service name"));
+    }
+    Ok((name.trim().to_string(), parse_seconds(t)?))
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub metrics_addr: SocketAddr,
     pub syscalls: bool,
     pub tcp: bool,
+    pub http: bool,
+    pub http_request_timeout: Duration,
+    pub apdex_threshold: f64,
+    pub apdex_threshold_for: Vec<(String, f64)>,
+    pub http_route_cap: usize,
     pub empty_hooks: bool,
     pub verifier_selftest: bool,
     pub syscalls_cgroups: Vec<PathBuf>,
@@ -120,6 +168,17 @@ impl TryFrom<Args> for Config {
                 )));
             }
         }
+        if a.http_route_cap == 0 || a.http_route_cap > 100_000 {
+            return Err(StartError::Config(format!(
+                "--http-route-cap must be between 1 and 100000, got {}",
+                a.http_route_cap
+            )));
+        }
+        if a.http_request_timeout < Duration::from_millis(100) {
+            return Err(StartError::Config(
+                "--http-request-timeout must be at least 100ms".into(),
+            ));
+        }
         if a.probes.is_empty() {
             return Err(StartError::Config("--probes lists no probe".into()));
         }
@@ -127,6 +186,11 @@ impl TryFrom<Args> for Config {
             metrics_addr: a.metrics_addr,
             syscalls: a.probes.contains(&ProbeKind::Syscalls),
             tcp: a.probes.contains(&ProbeKind::Tcp),
+            http: a.probes.contains(&ProbeKind::Http),
+            http_request_timeout: a.http_request_timeout,
+            apdex_threshold: a.apdex_threshold,
+            apdex_threshold_for: a.apdex_threshold_for,
+            http_route_cap: a.http_route_cap,
             empty_hooks: a.probes.contains(&ProbeKind::EmptyHooks),
             verifier_selftest: a.probes.contains(&ProbeKind::VerifierSelftest),
             syscalls_cgroups: a.syscalls_cgroups,
@@ -153,7 +217,9 @@ mod tests {
     fn defaults() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:9464");
-        assert!(c.syscalls && c.tcp);
+        assert!(c.syscalls && c.tcp && c.http);
+        assert_eq!(c.apdex_threshold, 0.5);
+        assert_eq!(c.http_request_timeout, Duration::from_secs(30));
         assert_eq!(c.cgroup_grace, Duration::from_secs(300));
     }
 
@@ -172,6 +238,16 @@ mod tests {
         assert!(parse(&["--syscalls-cgroup", &joined])
             .unwrap_err()
             .contains("at most 16"));
+    }
+
+    #[test]
+    fn apdex_thresholds() {
+        let c = parse(&["--apdex-threshold", "200ms", "--apdex-threshold-for", "a=0.1,b=2s"]).unwrap();
+        assert_eq!(c.apdex_threshold, 0.2);
+        assert_eq!(c.apdex_threshold_for, vec![("a".into(), 0.1), ("b".into(), 2.0)]);
+        assert!(parse(&["--apdex-threshold", "0"]).is_err());
+        assert!(parse(&["--apdex-threshold-for", "nameonly"]).unwrap_err().contains("SERVICE=SECONDS"));
+        assert!(parse(&["--http-route-cap", "0"]).unwrap_err().contains("between"));
     }
 
     #[test]

@@ -55,9 +55,21 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         cfg.syscall_table_size,
         cfg.conn_table_size,
     );
+    let http_ring = loaded.ebpf.take_map("HTTP_EVENTS");
+    let http_conns = loaded.ebpf.take_map("HTTP_CONNS");
     let mut resolver = Resolver::new(cgroups);
     resolver.rescan();
-    let pipeline = Arc::new(Mutex::new(Pipeline::new(maps, resolver, cfg.cgroup_grace)));
+    let http = pipeline::httpagg::HttpAgg::new(pipeline::httpagg::HttpSettings {
+        apdex_t: cfg.apdex_threshold,
+        apdex_for: cfg.apdex_threshold_for.iter().cloned().collect(),
+        route_cap: cfg.http_route_cap,
+    });
+    let pipeline = Arc::new(Mutex::new(Pipeline::new(
+        maps,
+        resolver,
+        cfg.cgroup_grace,
+        http,
+    )));
 
     let mut registry = Registry::default();
     registry.register_collector(Box::new(ObserverCollector::new(
@@ -68,6 +80,23 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let shutdown = shutdown::on_signals();
     if let Some(logger) = logger {
         tokio::spawn(forward_kernel_log(logger, shutdown.clone()));
+    }
+    let http_up = loaded.probes.iter().any(|p| p.probe == "http" && p.up);
+    if http_up {
+        let ring = http_ring.map(aya::maps::RingBuf::try_from);
+        match ring {
+            Some(Ok(ring)) => {
+                let conns = http_conns.and_then(|m| aya::maps::HashMap::try_from(m).ok());
+                tokio::spawn(pipeline::httpcapture::run(
+                    ring,
+                    conns,
+                    pipeline.clone(),
+                    cfg.http_request_timeout,
+                    shutdown.clone(),
+                ));
+            }
+            _ => tracing::error!("HTTP ring buffer missing from the object; HTTP figures off"),
+        }
     }
     let gc_pipeline = pipeline.clone();
     let gc_shutdown = shutdown.clone();

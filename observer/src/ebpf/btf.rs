@@ -154,6 +154,12 @@ pub fn tcp_offsets(btf: &KernelBtf) -> Result<KernelOffsets, ProbeError> {
         sock_err: btf.member_offset("sock", "sk_err")?,
         tcp_srtt_us: btf.member_offset("tcp_sock", "srtt_us")?,
         sock_state: btf.path_offset("sock", &["__sk_common", "skc_state"])?,
+        sock_daddr: btf.path_offset("sock", &["__sk_common", "skc_daddr"])?,
+        sock_rcv_saddr: btf.path_offset("sock", &["__sk_common", "skc_rcv_saddr"])?,
+        sock_dport: btf.path_offset("sock", &["__sk_common", "skc_dport"])?,
+        sock_num: btf.path_offset("sock", &["__sk_common", "skc_num"])?,
+        sock_v6_daddr: btf.path_offset("sock", &["__sk_common", "skc_v6_daddr"])?,
+        sock_v6_rcv_saddr: btf.path_offset("sock", &["__sk_common", "skc_v6_rcv_saddr"])?,
     })
 }
 

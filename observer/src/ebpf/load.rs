@@ -8,7 +8,9 @@ use aya::{
     programs::{BtfTracePoint, FExit, ProgramError, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader, Endianness,
 };
-use observer_common::{CgroupFilter, KernelOffsets, SetStateOffsets};
+use observer_common::{
+    CgroupFilter, KernelOffsets, SetStateOffsets, WORK_HTTP, WORK_SYSCALLS, WORK_TCP,
+};
 
 use super::{btf, tracefs};
 use crate::{
@@ -95,6 +97,9 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
     let default_offsets = KernelOffsets::default();
     let default_set_state = SetStateOffsets::default();
     let filter_count = filters.len() as u32;
+    let work = (cfg.syscalls as u32 * WORK_SYSCALLS)
+        | (cfg.tcp as u32 * WORK_TCP)
+        | (cfg.http as u32 * WORK_HTTP);
     let mut loader = EbpfLoader::new();
     loader
         .override_global(
@@ -108,6 +113,7 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
             true,
         )
         .override_global("CGROUP_FILTER_COUNT", &filter_count, true)
+        .override_global("WORK", &work, true)
         .map_max_entries("CONNS", cfg.conn_table_size)
         .map_max_entries("SYSCALL_STATS", cfg.syscall_table_size);
     let mut ebpf = loader.load(object)?;
@@ -123,12 +129,16 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
     let mut probes = Vec::new();
     let btf_ref = aya_btf.as_ref();
     let hooks = cfg.hooks;
-    if cfg.syscalls {
-        probes.push(status(
-            "syscalls",
-            attach_pair(&mut ebpf, hooks, btf_ref, "sys_enter", "sys_exit"),
-        ));
-    }
+    // The syscall and HTTP probes share sys_enter (HTTP needs only the entry).
+    let enter = if cfg.syscalls {
+        let r = attach_pair(&mut ebpf, hooks, btf_ref, "sys_enter", "sys_exit");
+        probes.push(status("syscalls", clone_result(&r)));
+        Some(r)
+    } else if cfg.http {
+        Some(attach_one(&mut ebpf, hooks, btf_ref, "sys_enter", "sys_enter"))
+    } else {
+        None
+    };
     if cfg.empty_hooks {
         probes.push(status(
             "empty_hooks",
@@ -150,7 +160,8 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
         };
         probes.push(status("verifier_selftest", r));
     }
-    if cfg.tcp {
+    // The TCP and HTTP probes share the connection and socket I/O hooks.
+    if cfg.tcp || cfg.http {
         let conn = match (&offsets, &set_state, &tracefs) {
             (Err(e), _, _) | (_, Err(e), _) => Err(clone_err(e)),
             _ => attach_tracepoint(
@@ -160,18 +171,6 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
                 "inet_sock_set_state",
             ),
         };
-        probes.push(status("tcp_connections", conn));
-        let retrans = match &offsets {
-            Err(e) => Err(clone_err(e)),
-            Ok(_) => attach_one(
-                &mut ebpf,
-                hooks,
-                btf_ref,
-                "tcp_retransmit",
-                "tcp_retransmit_skb",
-            ),
-        };
-        probes.push(status("tcp_retransmits", retrans));
         let bytes = match &offsets {
             Err(e) => Err(clone_err(e)),
             Ok(_) => attach_pair_named(
@@ -192,7 +191,31 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
             },
             Err(e) => Err(e),
         };
-        probes.push(status("tcp_bytes", bytes));
+        if cfg.tcp {
+            probes.push(status("tcp_connections", clone_result(&conn)));
+            let retrans = match &offsets {
+                Err(e) => Err(clone_err(e)),
+                Ok(_) => attach_one(
+                    &mut ebpf,
+                    hooks,
+                    btf_ref,
+                    "tcp_retransmit",
+                    "tcp_retransmit_skb",
+                ),
+            };
+            probes.push(status("tcp_retransmits", retrans));
+            probes.push(status("tcp_bytes", clone_result(&bytes)));
+        }
+        if cfg.http {
+            // Needs all three: the buffers (sys_enter), the socket calls, the closes.
+            let r = match (enter.as_ref(), &conn, &bytes) {
+                (Some(Err(e)), _, _) => Err(ProbeError::Other(format!("sys_enter: {e}"))),
+                (_, Err(e), _) => Err(ProbeError::Other(format!("connection closes: {e}"))),
+                (_, _, Err(e)) => Err(ProbeError::Other(format!("socket I/O: {e}"))),
+                (_, _, Ok(hook)) => Ok(*hook),
+            };
+            probes.push(status("http", r));
+        }
     }
     for p in &probes {
         match &p.reason {
@@ -208,6 +231,13 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
         return Err(StartError::NoProbe(reasons.join("; ")));
     }
     Ok(Loaded { ebpf, probes })
+}
+
+fn clone_result(r: &Result<&'static str, ProbeError>) -> Result<&'static str, ProbeError> {
+    match r {
+        Ok(h) => Ok(*h),
+        Err(e) => Err(clone_err(e)),
+    }
 }
 
 fn clone_err(e: &ProbeError) -> ProbeError {

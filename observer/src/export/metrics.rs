@@ -11,7 +11,8 @@ use observer_common::{
     SyscallStats, TcpStats, DIR_INBOUND, DIR_OUTBOUND, FAIL_OTHER, FAIL_REFUSED, FAIL_RESET,
     FAIL_TIMEOUT, FAIL_UNREACHABLE, LOST_CONN_MAP_FULL, LOST_SOCK_READ,
     LOST_SYSCALL_ERRNO_MAP_FULL, LOST_SYSCALL_MAP_FULL, LOST_SYSCALL_SLOT_COLLISION,
-    LOST_TCP_MAP_FULL, RTT_BUCKETS_US, SYSCALL_BUCKETS_NS,
+    LOST_TCP_MAP_FULL, RTT_BUCKETS_US, LOST_HTTP_CONN_MAP_FULL, LOST_HTTP_RINGBUF_FULL,
+    LOST_HTTP_USER_READ, SYSCALL_BUCKETS_NS,
 };
 use prometheus_client::{
     collector::Collector,
@@ -25,18 +26,22 @@ use crate::{
     identity::Identity,
     pipeline::{
         aggregate::{add_syscall, KernelHealth, Pipeline, Totals},
+        httpagg::{Hist, APDEX_LEVELS},
         names::{errno_name, syscall_name},
     },
 };
 
 /// Names of the `LOST_*` counters, as the `source` label of `observer_events_lost_total`.
-pub const LOST_SOURCES: [(u32, &str); 6] = [
+pub const LOST_SOURCES: [(u32, &str); 9] = [
     (LOST_SYSCALL_MAP_FULL, "syscall_table_full"),
     (LOST_SYSCALL_ERRNO_MAP_FULL, "syscall_errno_table_full"),
     (LOST_SYSCALL_SLOT_COLLISION, "syscall_entry_unmatched"),
     (LOST_TCP_MAP_FULL, "tcp_table_full"),
     (LOST_CONN_MAP_FULL, "connection_table_full"),
     (LOST_SOCK_READ, "socket_read_failed"),
+    (LOST_HTTP_RINGBUF_FULL, "http_ringbuf_full"),
+    (LOST_HTTP_CONN_MAP_FULL, "http_connection_table_full"),
+    (LOST_HTTP_USER_READ, "http_user_read_failed"),
 ];
 
 const FAIL_NAMES: [(usize, &str); 5] = [
@@ -367,6 +372,117 @@ pub fn encode_all(
             .encode(m.encode_family(&l)?)?;
         }
     }
+    encode_http(&mut enc, totals, health)
+}
+
+fn status_label(s: Option<u16>) -> String {
+    s.map(|s| s.to_string()).unwrap_or_default()
+}
+
+fn hist_buckets(h: &Hist) -> Vec<(f64, u64)> {
+    let mut b: Vec<(f64, u64)> = h.bounds.iter().copied().zip(h.counts.iter().copied()).collect();
+    b.push((f64::INFINITY, h.counts.last().copied().unwrap_or(0)));
+    b
+}
+
+/// HTTP families (OpenTelemetry semantic-convention names, as Beyla exports them).
+fn encode_http(enc: &mut DescriptorEncoder, totals: &Totals, health: &KernelHealth) -> fmt::Result {
+    let http = &totals.http;
+    if !http.server.is_empty() {
+        let mut m = enc.encode_descriptor(
+            "http_server_request_duration",
+            "Duration of HTTP requests a workload answered: first byte of the request read to last byte of the response written",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for ((id, k), h) in &http.server {
+            let status = status_label(k.status);
+            let l = with(
+                id,
+                &[
+                    ("http_request_method", k.method),
+                    ("http_response_status_code", &status),
+                    ("http_route", &k.route),
+                    ("error_type", k.error_type.unwrap_or("")),
+                ],
+            );
+            let buckets = hist_buckets(h);
+            RawHistogram { sum: h.sum, count: h.count, buckets: &buckets }
+                .encode(m.encode_family(&l)?)?;
+        }
+    }
+    if !http.client.is_empty() {
+        let mut m = enc.encode_descriptor(
+            "http_client_request_duration",
+            "Duration of HTTP requests a workload made: request written to last byte of the response read",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for ((id, k), h) in &http.client {
+            let status = status_label(k.status);
+            let port = k.server_port.to_string();
+            let l = with(
+                id,
+                &[
+                    ("http_request_method", k.method),
+                    ("http_response_status_code", &status),
+                    ("server_address", &k.server_address),
+                    ("server_port", &port),
+                    ("error_type", k.error_type.unwrap_or("")),
+                ],
+            );
+            let buckets = hist_buckets(h);
+            RawHistogram { sum: h.sum, count: h.count, buckets: &buckets }
+                .encode(m.encode_family(&l)?)?;
+        }
+    }
+    counter(
+        enc,
+        "http_server_request_apdex",
+        "Requests answered by APDEX level against the service's threshold T: satisfied <= T, tolerating <= 4T, frustrated above or failed (5xx, no response)",
+        None,
+        http.apdex.iter().flat_map(|(id, a)| {
+            APDEX_LEVELS
+                .iter()
+                .enumerate()
+                .map(move |(i, lvl)| (with(id, &[("apdex_level", lvl)]), a[i]))
+        }),
+    )?;
+    if !http.threshold.is_empty() {
+        let mut m = enc.encode_descriptor(
+            "http_server_apdex_threshold",
+            "APDEX threshold T of the service",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        for (id, t) in &http.threshold {
+            m.encode_family(&with(id, &[]))?.encode_gauge(t)?;
+        }
+    }
+    gauge(
+        enc,
+        "http_server_active_clients",
+        "Distinct client addresses that made a request in the last 60 s",
+        http.active_clients.iter().map(|(id, n)| (with(id, &[]), *n as i64)),
+    )?;
+    counter(
+        enc,
+        "observer_http_messages_unparsed",
+        "HTTP message starts the observer could not use, by reason",
+        None,
+        health.http.unparsed.iter().map(|(r, n)| (vec![("reason", *r)], *n)),
+    )?;
+    counter(
+        enc,
+        "observer_http_routes_overflow",
+        "Requests whose route went to /{overflow} because the service reached its route cap",
+        None,
+        health
+            .http
+            .routes_overflow
+            .iter()
+            .map(|(svc, n)| (vec![("service_name", svc.as_str())], *n)),
+    )?;
     Ok(())
 }
 

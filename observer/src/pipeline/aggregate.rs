@@ -12,6 +12,10 @@ use std::{
 use aya::maps::{HashMap as AyaHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use observer_common::{ConnInfo, SyscallErrKey, SyscallKey, SyscallStats, TcpStats, LOST_COUNTERS};
 
+use super::{
+    exchange::Exchange,
+    httpagg::{HttpAgg, HttpTotals},
+};
 use crate::identity::{cgroup::Resolver, Identity};
 
 /// The kernel maps the pipeline reads (each optional: absent when its probe is off).
@@ -85,6 +89,18 @@ pub struct Totals {
     pub syscalls: BTreeMap<(Arc<Identity>, u32), SyscallStats>,
     pub errors: BTreeMap<(Arc<Identity>, u32, u32), u64>,
     pub tcp: BTreeMap<Arc<Identity>, TcpStats>,
+    pub http: HttpTotals,
+}
+
+/// Counters of the user-space HTTP pipeline (messages it could not use, routes capped).
+#[derive(Debug, Default, Clone)]
+pub struct HttpHealth {
+    /// (reason, count).
+    pub unparsed: Vec<(&'static str, u64)>,
+    /// Route observations that went to the overflow route, per service.
+    pub routes_overflow: Vec<(String, u64)>,
+    /// Connections the tracker follows.
+    pub conns: u64,
 }
 
 /// Fill levels and loss counters of the kernel side.
@@ -94,6 +110,7 @@ pub struct KernelHealth {
     pub lost: [u64; LOST_COUNTERS as usize],
     /// (map, entries, capacity).
     pub fill: Vec<(&'static str, u64, u64)>,
+    pub http: HttpHealth,
 }
 
 /// The aggregation state behind the metrics endpoint.
@@ -102,6 +119,8 @@ pub struct Pipeline {
     resolver: Resolver,
     retired: Totals,
     grace: Duration,
+    pub http: HttpAgg,
+    pub http_health: HttpHealth,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -113,12 +132,23 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(maps: KernelMaps, resolver: Resolver, grace: Duration) -> Self {
+    pub fn new(maps: KernelMaps, resolver: Resolver, grace: Duration, http: HttpAgg) -> Self {
         Self {
             maps,
             resolver,
             retired: Totals::default(),
             grace,
+            http,
+            http_health: HttpHealth::default(),
+        }
+    }
+
+    /// Records finished HTTP exchanges (at most one hierarchy walk per batch for new cgroups).
+    pub fn record_http(&mut self, exchanges: &[Exchange], now_ns: u64) {
+        self.resolver.begin_round();
+        for ex in exchanges {
+            let id = self.resolver.identity(ex.cgroup_id);
+            self.http.record(ex, &id, now_ns);
         }
     }
 
@@ -147,11 +177,22 @@ impl Pipeline {
                 }
             }
         }
+        let now = super::monotonic_ns();
+        let cgroups: Vec<u64> = self.http.cgroups.keys().copied().collect();
+        for cg in cgroups {
+            let id = self.resolver.identity(cg);
+            let tt = self.http.settings.threshold(&id.service_name);
+            if let Some(c) = self.http.cgroups.get(&cg) {
+                t.http.add(&id, c, now, tt);
+            }
+        }
         t
     }
 
     pub fn health(&self) -> KernelHealth {
         let mut h = KernelHealth::default();
+        h.http = self.http_health.clone();
+        h.http.routes_overflow = self.http.routes.overflow_counts();
         if let Some(l) = &self.maps.lost {
             for i in 0..LOST_COUNTERS {
                 if let Ok(v) = l.get(&i, 0) {
@@ -232,6 +273,17 @@ impl Pipeline {
                 let _ = m.remove(&k);
             }
         }
+        for cg in &expired {
+            if let Some(c) = self.http.cgroups.remove(cg) {
+                let id = &identities[cg];
+                let tt = self.http.settings.threshold(&id.service_name);
+                let mut one = HttpTotals::default();
+                // Gone: no client is active any more.
+                one.add(id, &c, u64::MAX, tt);
+                one.active_clients.clear();
+                self.retired.http.merge(&one);
+            }
+        }
         self.resolver.forget(&expired);
         // An identity that no known cgroup has any more is gone for good: drop its series.
         let alive = self.resolver.known_identities();
@@ -242,6 +294,7 @@ impl Pipeline {
             .errors
             .retain(|(id, _, _), _| alive.contains(id));
         self.retired.tcp.retain(|id, _| alive.contains(id));
+        self.retired.http.retain(&alive);
         tracing::debug!(cgroups = expired.len(), "retired deleted cgroups");
     }
 }

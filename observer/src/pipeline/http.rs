@@ -499,6 +499,18 @@ impl RouteCap {
         self.services.get(service).map_or(0, |s| s.overflowed)
     }
 
+    /// (service, observations that became overflow) for every service with some.
+    pub fn overflow_counts(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.overflowed > 0)
+            .map(|(n, s)| (n.clone(), s.overflowed))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Observations of services beyond the tracked maximum (all overflow).
     pub fn untracked_overflowed(&self) -> u64 {
         self.untracked_overflowed
