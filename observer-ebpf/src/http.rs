@@ -23,7 +23,7 @@ use observer_common::{
 };
 
 use crate::{
-    maps::{count_lost, HTTP_CONNS, HTTP_EVENTS, RINGBUF_WAKEUP_BYTES, SYSCALL_ENTRY},
+    maps::{count_lost, HTTP_CONNS, HTTP_EVENTS, HTTP_SCRATCH, RINGBUF_WAKEUP_BYTES, SYSCALL_ENTRY},
     sock,
 };
 
@@ -271,13 +271,13 @@ fn start(
         cm.in_tail = [0; 8];
         push_tail(&mut cm.in_tail, t, tn);
     }
-    let Some(mut entry) = HTTP_EVENTS.reserve::<HttpEvent>(0) else {
-        count_lost(LOST_HTTP_RINGBUF_FULL);
+    // The record is built in a per-CPU scratch slot and sent with only the prefix bytes it
+    // holds (a typical request start is a quarter of the full record).
+    let Some(ev) = HTTP_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let ev = entry.as_mut_ptr();
     let n = if avail > HTTP_PREFIX as u32 { HTTP_PREFIX as u32 } else { avail };
-    // SAFETY: `ev` points to reserved ring buffer memory of size_of::<HttpEvent>().
+    // SAFETY: `ev` points to this CPU's scratch HttpEvent.
     unsafe {
         (*ev).sk = sk;
         (*ev).cgroup_id = prev.cgroup_id;
@@ -288,24 +288,34 @@ fn start(
         (*ev).kind = HTTP_EV_START;
         (*ev).dir = if send { HTTP_DIR_SEND } else { HTTP_DIR_RECV };
         (*ev)._pad0 = 0;
-        (*ev)._pad1 = [0; 6];
         fill_addrs(ev, sk);
         let dst = (*ev).prefix.as_mut_ptr();
-        let mut got = 0u16;
+        let mut got = 0u32;
         if n > 0 && n <= HTTP_PREFIX as u32 {
             if bpf_probe_read_user(dst as *mut _, n, ptr as *const _) == 0 {
-                got = n as u16;
+                got = n;
             } else {
                 count_lost(LOST_HTTP_USER_READ);
             }
         }
-        (*ev).prefix_len = got;
+        (*ev).prefix_len = got as u16;
+        output(ev, HTTP_HEADER + got as usize);
     }
-    submit(entry);
 }
 
+/// Bytes of an [`HttpEvent`] before its prefix.
+const HTTP_HEADER: usize = core::mem::offset_of!(HttpEvent, prefix);
+
+/// Sends the first `size` bytes of the scratch record.
 #[inline(always)]
-fn submit(entry: aya_ebpf::maps::ring_buf::RingBufEntry<HttpEvent>) {
+unsafe fn output(ev: *const HttpEvent, size: usize) {
+    let size = if size > core::mem::size_of::<HttpEvent>() {
+        core::mem::size_of::<HttpEvent>()
+    } else {
+        size
+    };
+    // SAFETY: `ev` is a valid HttpEvent and `size` is within it.
+    let bytes = unsafe { core::slice::from_raw_parts(ev as *const u8, size) };
     // Wake the reader only when a batch is waiting; user space also drains on a short timer,
     // so a lone request is delivered within that period.
     let flags = if HTTP_EVENTS.query(BPF_RB_AVAIL_DATA) >= RINGBUF_WAKEUP_BYTES.load() {
@@ -313,7 +323,9 @@ fn submit(entry: aya_ebpf::maps::ring_buf::RingBufEntry<HttpEvent>) {
     } else {
         BPF_RB_NO_WAKEUP
     };
-    entry.submit(flags);
+    if HTTP_EVENTS.output::<[u8]>(bytes, flags).is_err() {
+        count_lost(LOST_HTTP_RINGBUF_FULL);
+    }
 }
 
 /// Family, ports and addresses of the socket into the event.
@@ -338,12 +350,10 @@ pub fn on_close(sk: u64) {
     };
     let prev = *c;
     let _ = HTTP_CONNS.remove(&sk);
-    let Some(mut entry) = HTTP_EVENTS.reserve::<HttpEvent>(0) else {
-        count_lost(LOST_HTTP_RINGBUF_FULL);
+    let Some(ev) = HTTP_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: reserved ring buffer memory of size_of::<HttpEvent>().
+    // SAFETY: this CPU's scratch HttpEvent.
     unsafe {
         (*ev).sk = sk;
         (*ev).cgroup_id = prev.cgroup_id;
@@ -354,9 +364,8 @@ pub fn on_close(sk: u64) {
         (*ev).kind = HTTP_EV_CLOSE;
         (*ev).dir = 0;
         (*ev)._pad0 = 0;
-        (*ev)._pad1 = [0; 6];
         (*ev).prefix_len = 0;
         fill_addrs(ev, sk);
+        output(ev, HTTP_HEADER);
     }
-    submit(entry);
 }

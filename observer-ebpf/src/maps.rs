@@ -7,7 +7,7 @@ use aya_ebpf::{
     Global,
 };
 use observer_common::{
-    CgroupFilter, ConnInfo, HttpConn, KernelOffsets, SetStateOffsets, SyscallEntry, SyscallErrKey,
+    CgroupFilter, ConnInfo, HttpConn, HttpEvent, KernelOffsets, SetStateOffsets, SyscallEntry, SyscallErrKey,
     SyscallKey, SyscallStats, TcpStats, LOST_COUNTERS, MAX_CGROUP_FILTERS, SYSCALL_SLOTS,
 };
 
@@ -89,7 +89,11 @@ pub static HTTP_CONNS: LruHashMap<u64, HttpConn> = LruHashMap::with_max_entries(
 
 /// Message starts and closes of HTTP connections, for user space.
 #[map]
-pub static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+pub static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Per-CPU scratch record: built here, sent with only the prefix bytes it holds.
+#[map]
+pub static HTTP_SCRATCH: PerCpuArray<HttpEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Records the kernel side could not keep, by `LOST_*` index.
 #[map]

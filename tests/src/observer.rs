@@ -11,12 +11,18 @@ use std::{
 
 use crate::metrics::{self, Sample};
 
-/// Path of the observer binary: $OBSERVER_BIN, else target/debug/observer of this workspace.
+/// Path of the observer binary: $OBSERVER_BIN, else target/release/observer of this workspace
+/// (what `cargo xtask test` builds), else target/debug/observer.
 pub fn binary() -> PathBuf {
     if let Ok(p) = std::env::var("OBSERVER_BIN") {
         return PathBuf::from(p);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/observer")
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let release = target.join("release/observer");
+    if release.exists() {
+        return release;
+    }
+    target.join("debug/observer")
 }
 
 /// A free TCP port on loopback.

@@ -57,8 +57,10 @@ pub fn test(kernel: &str) -> Result<()> {
     }
     install::install()?;
     let kernels = matrix::select(kernel)?;
-    run(cargo(&["build", "-p", "observer", "--bins"]))?;
-    let observer_bin = workspace_root().join("target/debug/observer");
+    // The tests run the release build: the one users run, and the one whose user-space side
+    // keeps up with the request rates the tests drive.
+    run(cargo(&["build", "--release", "-p", "observer", "--bins"]))?;
+    let observer_bin = workspace_root().join("target/release/observer");
     println!("test: unit tests");
     run(cargo(&[
         "test",

@@ -188,6 +188,14 @@ impl Tracker {
         let send = ev.dir == HTTP_DIR_SEND;
         let is_response = prefix[skip_crlf(prefix)..].starts_with(b"HTTP/");
         let timeout = self.timeout_ns;
+        tracing::trace!(
+            sk = ev.sk,
+            send,
+            len = ev.len,
+            tgid = ev.tgid,
+            start = %String::from_utf8_lossy(&prefix[..prefix.len().min(24)]).escape_debug(),
+            "message start"
+        );
         let c = self.conn(ev);
         // Server side: requests are received, responses sent; client side the reverse.
         let side = match (is_response, send) {

@@ -87,10 +87,19 @@ pub async fn run(
 fn drain(ring: &mut RingBuf<MapData>, tracker: &mut Tracker, out: &mut Vec<super::exchange::Exchange>) {
     let mut n = 0;
     while let Some(item) = ring.next() {
-        if item.len() >= std::mem::size_of::<HttpEvent>() {
-            // SAFETY: the kernel wrote an HttpEvent (same #[repr(C)] layout); read unaligned.
-            let ev: HttpEvent = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const HttpEvent) };
+        // The kernel sends an HttpEvent cut after the prefix bytes it holds.
+        let header = std::mem::offset_of!(HttpEvent, prefix);
+        if item.len() >= header && item.len() <= std::mem::size_of::<HttpEvent>() {
+            let mut ev = std::mem::MaybeUninit::<HttpEvent>::zeroed();
+            // SAFETY: HttpEvent is plain integers (all-zero is valid); the kernel wrote its
+            // first `item.len()` bytes with the same #[repr(C)] layout.
+            let mut ev = unsafe {
+                std::ptr::copy_nonoverlapping(item.as_ptr(), ev.as_mut_ptr() as *mut u8, item.len());
+                ev.assume_init()
+            };
+            let sent = item.len() - header;
             drop(item);
+            ev.prefix_len = ev.prefix_len.min(sent as u16);
             tracker.on_event(&ev, out);
         }
         n += 1;
