@@ -110,3 +110,59 @@ fn seeds_never_panic_and_valid_ones_parse() {
     }
     assert!(replayed > 10_000, "{replayed}");
 }
+
+/// Every seed, whole and cut at every prefix length the kernel could send, as a request start,
+/// a response start and then a close on one connection, through the exchange tracker: never a
+/// panic, and every exchange it reports has a status or an error type.
+#[test]
+fn seeds_through_the_exchange_tracker_never_panic() {
+    use observer::pipeline::exchange::Tracker;
+    use observer_common::{
+        HttpConn, HttpEvent, HTTP_DIR_RECV, HTTP_DIR_SEND, HTTP_EV_CLOSE, HTTP_EV_START,
+        HTTP_PREFIX,
+    };
+    let event = |kind, dir, ts, data: &[u8]| {
+        let mut prefix = [0u8; HTTP_PREFIX];
+        let n = data.len().min(HTTP_PREFIX);
+        prefix[..n].copy_from_slice(&data[..n]);
+        HttpEvent {
+            sk: 1,
+            cgroup_id: 1,
+            ts_ns: ts,
+            conn: HttpConn::default(),
+            len: data.len() as u32,
+            tgid: 1,
+            kind,
+            dir,
+            family: 10,
+            _pad0: 0,
+            lport: 80,
+            rport: 1,
+            prefix_len: n as u16,
+            laddr: [0; 16],
+            raddr: [0; 16],
+            prefix,
+            _pad1: [0; 6],
+        }
+    };
+    let mut tracker = Tracker::new(1_000_000);
+    let mut out = Vec::new();
+    let mut ts = 0;
+    for (_, data) in seeds() {
+        for end in prefix_ends(data.len().min(HTTP_PREFIX)) {
+            let d = &data[..end];
+            for (kind, dir) in [
+                (HTTP_EV_START, HTTP_DIR_RECV),
+                (HTTP_EV_START, HTTP_DIR_SEND),
+                (HTTP_EV_START, HTTP_DIR_RECV),
+                (HTTP_EV_CLOSE, 0),
+            ] {
+                ts += 1000;
+                tracker.on_event(&event(kind, dir, ts, d), &mut out);
+            }
+        }
+        tracker.poll(ts + 10_000_000, |_| None, &mut out);
+    }
+    assert!(out.iter().all(|e| e.status.is_some() != e.error_type.is_some()));
+    assert_eq!(tracker.conns(), 0);
+}

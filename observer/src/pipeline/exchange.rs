@@ -187,7 +187,6 @@ impl Tracker {
         let prefix = &ev.prefix[..n];
         let send = ev.dir == HTTP_DIR_SEND;
         let is_response = prefix[skip_crlf(prefix)..].starts_with(b"HTTP/");
-        let timeout = self.timeout_ns;
         tracing::trace!(
             sk = ev.sk,
             send,
@@ -212,7 +211,6 @@ impl Tracker {
         // The previous message in the response direction ended with the counters before this
         // record (a start in that direction) — or is still in flight.
         let resp_dir = if side == Side::Server { DirCounters::out(&ev.conn) } else { DirCounters::inn(&ev.conn) };
-        let _ = timeout;
         if is_response {
             if let Some(f) = c.responding.take() {
                 finish(c, f, resp_dir.last_ns, out);
@@ -332,7 +330,6 @@ impl Tracker {
             };
             let f = InFlight { req, status, end };
             // Ended within the starting call?
-            let in_call = DirCounters { bytes: ev.len as u64, last_ns: ev.ts_ns, tail: [0; 8] };
             match end {
                 End::Length(total) if total <= ev.len as u64 => {
                     finish(c, f, ev.ts_ns, out);
@@ -345,7 +342,6 @@ impl Tracker {
                     return;
                 }
                 _ => {
-                    let _ = in_call;
                     c.responding = Some(f);
                     return;
                 }
