@@ -276,7 +276,9 @@ fn start(
     let Some(ev) = HTTP_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let n = if avail > HTTP_PREFIX as u32 { HTTP_PREFIX as u32 } else { avail };
+    // At most PREFIX_MASK bytes, so that a mask (which every verifier version tracks, also
+    // through stack spills) bounds the size right where the helper takes it.
+    let n = if avail > PREFIX_MASK { PREFIX_MASK } else { avail };
     // SAFETY: `ev` points to this CPU's scratch HttpEvent.
     unsafe {
         (*ev).sk = sk;
@@ -291,29 +293,29 @@ fn start(
         fill_addrs(ev, sk);
         let dst = (*ev).prefix.as_mut_ptr();
         let mut got = 0u32;
-        if n > 0 && n <= HTTP_PREFIX as u32 {
-            if bpf_probe_read_user(dst as *mut _, n, ptr as *const _) == 0 {
-                got = n;
+        let sz = core::ptr::read_volatile(&n) & PREFIX_MASK;
+        if sz > 0 {
+            if bpf_probe_read_user(dst as *mut _, sz, ptr as *const _) == 0 {
+                got = sz;
             } else {
                 count_lost(LOST_HTTP_USER_READ);
             }
         }
         (*ev).prefix_len = got as u16;
-        output(ev, HTTP_HEADER + got as usize);
+        output(ev, got);
     }
 }
 
 /// Bytes of an [`HttpEvent`] before its prefix.
 const HTTP_HEADER: usize = core::mem::offset_of!(HttpEvent, prefix);
 
-/// Sends the first `size` bytes of the scratch record.
+/// Largest prefix sent (and mask of its length): one less than the record's prefix array.
+const PREFIX_MASK: u32 = HTTP_PREFIX as u32 - 1;
+
+/// Sends the scratch record cut after `prefix_len` bytes of its prefix.
 #[inline(always)]
-unsafe fn output(ev: *const HttpEvent, size: usize) {
-    let size = if size > core::mem::size_of::<HttpEvent>() {
-        core::mem::size_of::<HttpEvent>()
-    } else {
-        size
-    };
+unsafe fn output(ev: *const HttpEvent, prefix_len: u32) {
+    let size = HTTP_HEADER + (unsafe { core::ptr::read_volatile(&prefix_len) } & PREFIX_MASK) as usize;
     // SAFETY: `ev` is a valid HttpEvent and `size` is within it.
     let bytes = unsafe { core::slice::from_raw_parts(ev as *const u8, size) };
     // Wake the reader only when a batch is waiting; user space also drains on a short timer,
@@ -366,6 +368,6 @@ pub fn on_close(sk: u64) {
         (*ev)._pad0 = 0;
         (*ev).prefix_len = 0;
         fill_addrs(ev, sk);
-        output(ev, HTTP_HEADER);
+        output(ev, 0);
     }
 }
