@@ -64,3 +64,37 @@ pub fn random_hex(n: usize) -> String {
     let s: String = buf.iter().map(|b| format!("{b:02x}")).collect();
     s[..n].to_string()
 }
+
+/// A fresh directory under the temp dir, removed with its contents on drop. Processes in the
+/// simulated pods see it too (they share the host's mount namespace).
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> anyhow::Result<TempDir> {
+        let p = std::env::temp_dir().join(format!("{prefix}-{}", random_hex(8)));
+        std::fs::create_dir(&p)?;
+        Ok(TempDir(p))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// The path of `name` inside the directory, as a string (for command lines).
+    pub fn join(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+
+    /// Writes `contents` to `name` inside the directory and returns its path.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> anyhow::Result<String> {
+        let p = self.join(name);
+        std::fs::write(&p, contents)?;
+        Ok(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -108,6 +108,25 @@ impl Pod {
         anyhow::bail!("veth {} did not come up", self.host_veth)
     }
 
+    /// Gives the pod's eth0 an IPv6 address as well, derived from its IPv4 one
+    /// (10.231.N.H → fd00:231:N::H, the octets as 16-bit groups; same bridge, no duplicate
+    /// address detection), and returns it in canonical text form (RFC 5952, as `Ipv6Addr`
+    /// displays it).
+    pub fn add_ipv6(&self) -> anyhow::Result<String> {
+        let octets: Vec<u16> = self
+            .ip
+            .split('.')
+            .map(|o| o.parse())
+            .collect::<Result<_, _>>()?;
+        anyhow::ensure!(octets.len() == 4, "not an IPv4 address: {}", self.ip);
+        let addr = std::net::Ipv6Addr::new(0xfd00, 0x231, octets[2], 0, 0, 0, 0, octets[3]);
+        sh(&format!(
+            "ip netns exec {} ip -6 addr add {addr}/64 dev eth0 nodad",
+            self.netns
+        ))?;
+        Ok(addr.to_string())
+    }
+
     /// The cgroup id of the container (inode of its directory).
     pub fn cgroup_id(&self) -> u64 {
         fs::metadata(&self.cgroup).expect("cgroup dir").ino()

@@ -1,0 +1,1561 @@
+//! Privileged accuracy tests of HTTP/1.x capture (`--probes http`): real servers (nginx, a
+//! threaded Python `http.server`) and real clients (wrk, hey, curl, Python `http.client`, raw
+//! sockets) in simulated pods, with EXACT request counts on both sides compared with ground truth.
+//!
+//! Ground truth is what the programs at either end report themselves, never the observer:
+//! - client side: what the load generator says it completed, per status: wrk's Lua `response()`
+//!   callback (per-thread counters, summed over the threads in `done()`), hey's "Status code
+//!   distribution", curl's `%{http_code}`, and the Python clients' own results (status, or the
+//!   exception when no response came, and their own timing);
+//! - server side: what the server logged: nginx's access log (`$status $request_method $uri`),
+//!   and the Python server's log of every request it handled (method, path, status or `-` when it
+//!   sent no response, and its own handling time from reading the request line to the end of the
+//!   response).
+//!
+//! Where the two truths must agree (every answered request was seen by both ends) the test checks
+//! that first, so a test cannot pass on a miscounting load generator. wrk stops by request count,
+//! not duration: each thread has one connection and stops itself in `response()` after N
+//! responses, so nothing is in flight when it ends and its count is the server's count too.
+//!
+//! Series are selected by `k8s_pod_uid` (the simulated pod's uid) and by side: the
+//! `http_server_request_duration_seconds` histogram for the pod that served, the
+//! `http_client_request_duration_seconds` one for the pod that called. Counts are the histograms'
+//! `_count`, summed over the labels a test does not look at. A request without response has
+//! `http_response_status_code=""` and a non-empty `error_type` (`"timeout"` once
+//! `--http-request-timeout` passed).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    time::{Duration, Instant},
+};
+
+use observer_tests::{
+    metrics::{matching, sum, Sample},
+    net::Bridge,
+    observer::Observer,
+    pod::Pod,
+    random_hex, require_root, scaled, slowdown, TempDir,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+const PORT: u16 = 8080;
+const PORT6: u16 = 8086;
+
+// ---------------------------------------------------------------------------------------------
+// Programs run in the pods
+// ---------------------------------------------------------------------------------------------
+
+/// Threaded HTTP/1.1 server (keep-alive, every response framed by Content-Length or chunked).
+/// Args: port, log file, [IPv6-only port]. Logs `METHOD PATH STATUS SECONDS` per request after
+/// its response is written (`-` for a request it never answers). A request line that is not
+/// strictly `METHOD /target HTTP/1.x` CRLF is dropped: the connection closes without any answer
+/// (so junk never gets a response). TCP_NODELAY, as most servers. Paths:
+/// /status/<code> (204 and 304 without body), /delay/<ms> (200 after sleeping), /split (203,
+/// 1000-byte body in 100 writes), /big (200, 1 MiB), /upload and /expect (201 and 226; read a
+/// Content-Length or chunked body), /chunked (207, chunked in 5 chunks), /hang (no answer: waits
+/// for the client to close), /drop (closes at once without answer), /item/<x> (200), HEAD of
+/// anything (200, Content-Length 12345, no body), anything else 404.
+const HTTP_SERVER: &str = r#"
+import http.server, re, socket, socketserver, sys, threading, time
+
+port, log_path = int(sys.argv[1]), sys.argv[2]
+v6_port = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+lock = threading.Lock()
+log = open(log_path, "a", buffering=1)
+LINE = re.compile(rb"[A-Z]+ /[!-~]* HTTP/1\.[01]\r\n")
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, *args):
+        pass
+
+    def parse_request(self):
+        self.t0 = time.perf_counter()
+        if not LINE.fullmatch(self.raw_requestline):
+            self.close_connection = True
+            return False
+        return super().parse_request()
+
+    def record(self, code):
+        took = time.perf_counter() - self.t0
+        with lock:
+            log.write(f"{self.command} {self.path} {code} {took:.6f}\n")
+
+    def read_body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            n = 0
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b""):
+                        pass
+                    return n
+                n += len(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return len(self.rfile.read(length)) if length else 0
+
+    def head(self, code, headers):
+        self.send_response_only(code)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+
+    def send(self, code, body):
+        self.head(code, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        self.wfile.write(body)
+
+    def serve(self):
+        got = self.read_body()
+        parts = self.path.split("?")[0].strip("/").split("/")
+        what = parts[0]
+        if self.command == "HEAD":
+            code = 200
+            self.head(code, [("Content-Length", "12345")])
+        elif what == "status":
+            code = int(parts[1])
+            if code in (204, 304):
+                self.head(code, [])
+            else:
+                self.send(code, b"status %d\n" % code)
+        elif what == "delay":
+            time.sleep(int(parts[1]) / 1000)
+            code = 200
+            self.send(code, b"slept\n")
+        elif what == "split":
+            code = 203
+            self.head(code, [("Content-Length", "1000")])
+            for _ in range(100):
+                self.wfile.write(b"0123456789")
+        elif what == "big":
+            code = 200
+            self.send(code, b"b" * (1 << 20))
+        elif what in ("upload", "expect"):
+            code = 201 if what == "upload" else 226
+            self.send(code, b"%d\n" % got)
+        elif what == "chunked":
+            code = 207
+            self.head(code, [("Transfer-Encoding", "chunked")])
+            for i in range(5):
+                chunk = b"chunk %d\n" % i
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.write(b"0\r\n\r\n")
+        elif what in ("hang", "drop"):
+            if what == "hang":
+                self.rfile.read(1)
+            self.close_connection = True
+            code = "-"
+        elif what == "item":
+            code = 200
+            self.send(code, b"item\n")
+        else:
+            code = 404
+            self.send(code, b"no such thing\n")
+        self.record(code)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_PROPFIND = serve
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def server_bind(self):
+        if self.address_family == socket.AF_INET6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "pod", self.server_address[1]
+
+
+class Server6(Server):
+    address_family = socket.AF_INET6
+
+
+if v6_port:
+    threading.Thread(target=Server6(("::", v6_port), Handler).serve_forever, daemon=True).start()
+Server(("0.0.0.0", port), Handler).serve_forever()
+"#;
+
+/// Keep-alive client (`http.client`): args host, port, connections, plan file (JSON list of
+/// `[method, path, body]`, body = bytes sent with Content-Length, negative = that many bytes
+/// chunked, 0 = none). Request i goes on connection i % connections, in order. Prints a JSON list
+/// of `[method, path, status or null, seconds, exception name or ""]`.
+const HTTP_CLIENT: &str = r#"
+import http.client, json, sys, threading, time
+
+host, port, nconn = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+plan = json.load(open(sys.argv[4]))
+out, lock = [], threading.Lock()
+
+
+def chunks(n):
+    while n > 0:
+        k = min(n, 8192)
+        n -= k
+        yield b"c" * k
+
+
+def worker(k):
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    conn.connect()
+    for method, path, body in plan[k::nconn]:
+        data = b"p" * body if body > 0 else chunks(-body) if body < 0 else None
+        t0 = time.perf_counter()
+        try:
+            conn.request(method, path, body=data)
+            r = conn.getresponse()
+            r.read()
+            res = [method, path, r.status, time.perf_counter() - t0, ""]
+        except Exception as e:
+            conn.close()
+            res = [method, path, None, time.perf_counter() - t0, type(e).__name__]
+        with lock:
+            out.append(res)
+    conn.close()
+
+
+threads = [threading.Thread(target=worker, args=(k,)) for k in range(nconn)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps(out))
+"#;
+
+/// Sends GET requests for every path argument in ONE write on one connection (pipelining), then
+/// reads the responses in order; prints their statuses.
+const PIPELINING_CLIENT: &str = r#"
+import socket, sys
+
+host, port, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+s = socket.create_connection((host, port), timeout=30)
+s.sendall(b"".join(b"GET %s HTTP/1.1\r\nHost: pod\r\n\r\n" % p.encode() for p in paths))
+f = s.makefile("rb")
+codes = []
+for _ in paths:
+    codes.append(f.readline().split()[1].decode())
+    length = 0
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        k, _, v = line.decode().partition(":")
+        if k.strip().lower() == "content-length":
+            length = int(v)
+    f.read(length)
+s.close()
+print(" ".join(codes))
+"#;
+
+/// Sends junk to an HTTP port, each on its own connection, half-closes and reads what comes back:
+/// binary bytes, a real TLS ClientHello (made by Python's ssl without a network), a request line
+/// cut short ("GET /trunc", no CRLF), and a request line with a control byte in its target. Then
+/// a valid GET followed by junk on the same connection, and a valid GET on a fresh one. Prints the
+/// number of bytes each junk case got back, then the two statuses.
+const JUNK_CLIENT: &str = r#"
+import socket, ssl, sys
+
+host, port = sys.argv[1], int(sys.argv[2])
+binary = b"\x00\x01\x02\xff" + bytes((i * 7 + 3) % 256 for i in range(4096)).replace(b"\n", b"\x00")
+ctx = ssl.create_default_context()
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ctx.wrap_bio(incoming, outgoing, server_hostname="example.com")
+try:
+    tls.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+hello = outgoing.read()
+assert hello[0] == 0x16, hello[:8]
+GET = b"GET /status/200 HTTP/1.1\r\nHost: pod\r\n\r\n"
+
+
+def drain(s):
+    got = b""
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                return got
+            got += b
+    except ConnectionResetError:
+        return got
+
+
+def status(s):
+    f = s.makefile("rb")
+    code = f.readline().split()[1].decode()
+    length = 0
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        k, _, v = line.decode().partition(":")
+        if k.strip().lower() == "content-length":
+            length = int(v)
+    f.read(length)
+    return code
+
+
+out = []
+for junk in [binary, hello, b"GET /trunc", b"GET /a\x01b HTTP/1.1\r\nHost: pod\r\n\r\n"]:
+    s = socket.create_connection((host, port), timeout=30)
+    s.sendall(junk)
+    s.shutdown(socket.SHUT_WR)
+    out.append(str(len(drain(s))))
+    s.close()
+s = socket.create_connection((host, port), timeout=30)
+s.sendall(GET)
+first = status(s)
+s.sendall(binary)
+s.shutdown(socket.SHUT_WR)
+out.append(str(len(drain(s))))
+s.close()
+s = socket.create_connection((host, port), timeout=30)
+s.sendall(GET)
+out += [first, status(s)]
+s.close()
+print(" ".join(out))
+"#;
+
+/// Requests that never get an answer: H connections each send `GET /hang` and are held open until
+/// the file `go` appears; D requests to /drop, which the server closes without answering. Writes
+/// `go.sent` (what the /drop requests got) once all were sent, and after closing the held
+/// connections `go.done` (how many bytes they received: none).
+const UNANSWERED_CLIENT: &str = r#"
+import http.client, os, socket, sys, time
+
+host, port, hang, drop, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+held = []
+for _ in range(hang):
+    s = socket.create_connection((host, port), timeout=60)
+    s.sendall(b"GET /hang HTTP/1.1\r\nHost: pod\r\n\r\n")
+    held.append(s)
+seen = []
+for _ in range(drop):
+    c = http.client.HTTPConnection(host, port, timeout=60)
+    try:
+        c.request("GET", "/drop")
+        seen.append(str(c.getresponse().status))
+    except http.client.RemoteDisconnected:
+        seen.append("disconnected")
+    c.close()
+with open(go + ".tmp", "w") as f:
+    f.write(" ".join(seen))
+os.rename(go + ".tmp", go + ".sent")
+while not os.path.exists(go):
+    time.sleep(0.05)
+got = 0
+for s in held:
+    s.setblocking(False)
+    try:
+        got += len(s.recv(65536))
+    except BlockingIOError:
+        pass
+    s.close()
+with open(go + ".tmp", "w") as f:
+    f.write(str(got))
+os.rename(go + ".tmp", go + ".done")
+"#;
+
+/// wrk script: each thread cycles over a fixed mix of paths on its one connection, counts the
+/// responses per status in `response()` and stops itself after N (the script argument); `done()`
+/// prints `status <code> <count>` per status summed over the threads, and `requests <total>`.
+const WRK_MIX: &str = r#"
+local paths = {"/ok", "/ok", "/static.txt", "/missing", "/fail"}
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args)
+  limit = tonumber(args[1])
+  counts = {}
+  n = 0
+end
+local i = 0
+function request()
+  i = i + 1
+  return wrk.format("GET", paths[(i - 1) % #paths + 1])
+end
+function response(status, headers, body)
+  local k = tostring(status)
+  counts[k] = (counts[k] or 0) + 1
+  n = n + 1
+  if n >= limit then wrk.thread:stop() end
+end
+function done(summary, latency, requests)
+  local total = {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("counts")) do total[k] = (total[k] or 0) + v end
+  end
+  for k, v in pairs(total) do io.write(string.format("status %s %d\n", k, v)) end
+  io.write(string.format("requests %d\n", summary.requests))
+end
+"#;
+
+/// nginx with a master and two workers (the master's comm is the pod's service_name "nginx").
+/// Access log = server-side truth. `return 500` closes the connection (nginx does that for 500).
+fn nginx_conf(dir: &TempDir, port: u16) -> String {
+    format!(
+        r#"daemon off;
+master_process on;
+worker_processes 2;
+user www-data;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  log_format truth '$status $request_method $uri';
+  access_log {d}/access.log truth;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  sendfile on;
+  server {{
+    listen {port};
+    root {d}/www;
+    location = /ok {{ return 200 "ok\n"; }}
+    location = /fail {{ return 500; }}
+  }}
+}}
+"#,
+        d = dir.path().display()
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ground truth
+// ---------------------------------------------------------------------------------------------
+
+/// One request as an end saw it. `status` is "" when no response came (or was sent).
+#[derive(Debug, Clone)]
+struct Req {
+    method: String,
+    path: String,
+    status: String,
+    seconds: f64,
+    error: String,
+}
+
+type Tally = BTreeMap<Vec<String>, u64>;
+
+/// Counts of `reqs` keyed by `key`.
+fn tally(reqs: &[Req], key: impl Fn(&Req) -> Vec<String>) -> Tally {
+    let mut t = Tally::new();
+    for r in reqs {
+        *t.entry(key(r)).or_default() += 1;
+    }
+    t
+}
+
+fn by_status(r: &Req) -> Vec<String> {
+    vec![r.status.clone()]
+}
+
+fn by_method_status(r: &Req) -> Vec<String> {
+    vec![r.method.clone(), r.status.clone()]
+}
+
+/// Status-keyed tally from `(status, count)` pairs (what wrk and hey print).
+fn status_tally<'a>(pairs: impl IntoIterator<Item = (&'a str, u64)>) -> Tally {
+    let mut t = Tally::new();
+    for (status, n) in pairs {
+        *t.entry(vec![status.to_string()]).or_default() += n;
+    }
+    t
+}
+
+fn merge(a: &Tally, b: &Tally) -> Tally {
+    let mut t = a.clone();
+    for (k, v) in b {
+        *t.entry(k.clone()).or_default() += v;
+    }
+    t
+}
+
+fn total(t: &Tally) -> u64 {
+    t.values().sum()
+}
+
+/// The Python server's log.
+fn server_log(path: &str) -> Vec<Req> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            assert_eq!(f.len(), 4, "server log line {l:?}");
+            Req {
+                method: f[0].to_string(),
+                path: f[1].to_string(),
+                status: if f[2] == "-" {
+                    String::new()
+                } else {
+                    f[2].to_string()
+                },
+                seconds: f[3].parse().unwrap(),
+                error: String::new(),
+            }
+        })
+        .collect()
+}
+
+/// Starts [`HTTP_SERVER`] in `pod` (and its IPv6-only listener on `v6_port` when given); returns
+/// the path of its log.
+fn start_server(pod: &mut Pod, dir: &TempDir, v6_port: Option<u16>) -> String {
+    let log = dir.join(&format!("server-{}.log", random_hex(6)));
+    let port = PORT.to_string();
+    let v6 = v6_port.map(|p| p.to_string());
+    let mut args = vec![port.as_str(), log.as_str()];
+    args.extend(v6.as_deref());
+    pod.spawn_python(HTTP_SERVER, &args).unwrap();
+    pod.wait_listening(PORT).unwrap();
+    if let Some(p) = v6_port {
+        pod.wait_listening(p).unwrap();
+    }
+    log
+}
+
+/// Runs [`HTTP_CLIENT`] in `pod` with `plan` (method, path, body) and returns its results.
+fn run_client(
+    pod: &Pod,
+    dir: &TempDir,
+    host: &str,
+    port: u16,
+    conns: usize,
+    plan: &[(&str, String, i64)],
+) -> Vec<Req> {
+    let plan: Vec<serde_json::Value> = plan
+        .iter()
+        .map(|(m, p, b)| serde_json::json!([m, p, b]))
+        .collect();
+    let file = dir
+        .write(
+            &format!("plan-{}.json", random_hex(6)),
+            serde_json::to_vec(&plan).unwrap(),
+        )
+        .unwrap();
+    let out = pod
+        .python(
+            HTTP_CLIENT,
+            &[host, &port.to_string(), &conns.to_string(), &file],
+        )
+        .unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
+    rows.iter()
+        .map(|r| Req {
+            method: r[0].as_str().unwrap().to_string(),
+            path: r[1].as_str().unwrap().to_string(),
+            status: r[2].as_u64().map(|s| s.to_string()).unwrap_or_default(),
+            seconds: r[3].as_f64().unwrap(),
+            error: r[4].as_str().unwrap().to_string(),
+        })
+        .collect()
+}
+
+/// `status <code> <n>` lines of [`WRK_MIX`]'s `done()`.
+fn parse_wrk(out: &str) -> Tally {
+    status_tally(out.lines().filter_map(|l| {
+        let mut f = l.split_whitespace();
+        (f.next() == Some("status")).then_some(())?;
+        Some((f.next()?, f.next()?.parse().ok()?))
+    }))
+}
+
+/// hey's "Status code distribution" (`  [200]\t700 responses`).
+fn parse_hey(out: &str) -> Tally {
+    status_tally(out.lines().filter_map(|l| {
+        let l = l.trim();
+        let (code, rest) = l.strip_prefix('[')?.split_once(']')?;
+        Some((
+            code,
+            rest.trim().strip_suffix("responses")?.trim().parse().ok()?,
+        ))
+    }))
+}
+
+/// nginx's access log ([`nginx_conf`]'s `truth` format) keyed by `[uri, status]`.
+fn nginx_log(dir: &TempDir) -> Tally {
+    let text = fs::read_to_string(dir.join("access.log")).unwrap_or_default();
+    let mut t = Tally::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        assert_eq!(f.len(), 3, "access log line {l:?}");
+        assert_eq!(f[1], "GET");
+        *t.entry(vec![f[2].to_string(), f[0].to_string()])
+            .or_default() += 1;
+    }
+    t
+}
+
+/// Drops the first key element (e.g. `[uri, status]` → `[status]`), summing.
+fn project(t: &Tally, keep: impl Fn(&[String]) -> Vec<String>) -> Tally {
+    let mut out = Tally::new();
+    for (k, v) in t {
+        *out.entry(keep(k)).or_default() += v;
+    }
+    out
+}
+
+/// The command name of the first process of the pod's container cgroup: what the observer uses
+/// as the pod's `service_name`.
+fn main_comm(pod: &Pod) -> String {
+    let procs = fs::read_to_string(pod.cgroup.join("cgroup.procs")).unwrap();
+    let pid = procs.lines().next().expect("the pod runs a process").trim();
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[(xs.len() - 1) / 2]
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the observer exports
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    /// `http_server_request_duration_seconds`: requests the pod answered.
+    Server,
+    /// `http_client_request_duration_seconds`: requests the pod made.
+    Client,
+}
+
+impl Side {
+    fn metric(self, suffix: &str) -> String {
+        let base = match self {
+            Side::Server => "http_server_request_duration_seconds",
+            Side::Client => "http_client_request_duration_seconds",
+        };
+        format!("{base}{suffix}")
+    }
+}
+
+fn with_pod<'a>(pod: &'a Pod, want: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut w = vec![("k8s_pod_uid", pod.uid.as_str())];
+    w.extend_from_slice(want);
+    w
+}
+
+/// Request counts of `pod` on `side` (its histogram's `_count`) over the series whose labels
+/// include `want`, keyed by the values of the labels `by` (missing label = ""); zeros left out.
+fn observed(s: &[Sample], side: Side, pod: &Pod, want: &[(&str, &str)], by: &[&str]) -> Tally {
+    let name = side.metric("_count");
+    let want = with_pod(pod, want);
+    let mut t = Tally::new();
+    for x in matching(s, &name, &want) {
+        let key = by
+            .iter()
+            .map(|l| x.labels.get(*l).cloned().unwrap_or_default())
+            .collect();
+        assert_eq!(x.value.fract(), 0.0, "a count is whole: {x:?}");
+        *t.entry(key).or_default() += x.value as u64;
+    }
+    t.retain(|_, v| *v > 0);
+    t
+}
+
+/// Per-status request counts of `pod` on `side` (summed over routes, methods, peers).
+fn per_status(s: &[Sample], side: Side, pod: &Pod) -> Tally {
+    observed(s, side, pod, &[], &["http_response_status_code"])
+}
+
+/// Per-(method, status) request counts of `pod` on `side`.
+fn per_method_status(s: &[Sample], side: Side, pod: &Pod) -> Tally {
+    observed(
+        s,
+        side,
+        pod,
+        &[],
+        &["http_request_method", "http_response_status_code"],
+    )
+}
+
+/// All requests of `pod` on `side`.
+fn requests(s: &[Sample], side: Side, pod: &Pod) -> u64 {
+    sum(s, &side.metric("_count"), &with_pod(pod, &[])) as u64
+}
+
+/// Distinct values of `label` on the `_count` series of `pod` on `side`.
+fn label_values(s: &[Sample], side: Side, pod: &Pod, label: &str) -> BTreeSet<String> {
+    let name = side.metric("_count");
+    matching(s, &name, &with_pod(pod, &[]))
+        .map(|x| x.labels.get(label).cloned().unwrap_or_default())
+        .collect()
+}
+
+/// Every histogram series of `pod` on `side` is consistent: buckets cumulative, the `+Inf` bucket
+/// equal to `_count`, and `_sum` present.
+fn check_histograms(s: &[Sample], side: Side, pod: &Pod) {
+    let count_name = side.metric("_count");
+    let bucket_name = side.metric("_bucket");
+    let sum_name = side.metric("_sum");
+    for c in matching(s, &count_name, &with_pod(pod, &[])) {
+        let same = |x: &Sample| {
+            let mut l = x.labels.clone();
+            l.remove("le");
+            l == c.labels
+        };
+        let mut buckets: Vec<(f64, f64)> = s
+            .iter()
+            .filter(|x| x.name == bucket_name && same(x))
+            .map(|x| (x.labels["le"].parse::<f64>().unwrap(), x.value))
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert!(!buckets.is_empty(), "no buckets for {c:?}");
+        assert!(
+            buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+            "buckets not cumulative: {buckets:?}"
+        );
+        let inf = buckets.last().unwrap();
+        assert!(inf.0.is_infinite(), "no +Inf bucket for {c:?}");
+        assert_eq!(inf.1, c.value, "+Inf bucket != _count for {:?}", c.labels);
+        assert!(
+            s.iter().any(|x| x.name == sum_name && x.labels == c.labels),
+            "no _sum for {:?}",
+            c.labels
+        );
+    }
+}
+
+/// (upper bound, cumulative count) of the buckets of `pod` on `side`, summed over its series.
+fn buckets(s: &[Sample], side: Side, pod: &Pod) -> Vec<(f64, f64)> {
+    let mut by_le: BTreeMap<String, f64> = BTreeMap::new();
+    for x in matching(s, &side.metric("_bucket"), &with_pod(pod, &[])) {
+        *by_le.entry(x.labels["le"].clone()).or_default() += x.value;
+    }
+    let mut b: Vec<(f64, f64)> = by_le
+        .into_iter()
+        .map(|(le, v)| (le.parse().unwrap(), v))
+        .collect();
+    b.sort_by(|a, b| a.0.total_cmp(&b.0));
+    b
+}
+
+/// The bucket (lower, upper] that holds the median of the histogram of `pod` on `side`.
+fn median_bucket(s: &[Sample], side: Side, pod: &Pod) -> (f64, f64) {
+    let b = buckets(s, side, pod);
+    let n = b.last().map(|x| x.1).unwrap_or(0.0);
+    let mut lower = 0.0;
+    for (le, cum) in b {
+        if cum >= (n / 2.0).ceil() {
+            return (lower, le);
+        }
+        lower = le;
+    }
+    panic!("empty histogram for pod {}", pod.uid)
+}
+
+/// Mean duration (`_sum / _count`) of `pod` on `side`.
+fn observed_mean(s: &[Sample], side: Side, pod: &Pod) -> f64 {
+    sum(s, &side.metric("_sum"), &with_pod(pod, &[])) / requests(s, side, pod) as f64
+}
+
+/// No HTTP event was lost (`observer_events_lost_total` of every source starting with `http`).
+fn assert_no_http_loss(s: &[Sample]) {
+    for x in s.iter().filter(|x| x.name == "observer_events_lost_total") {
+        if x.labels
+            .get("source")
+            .is_some_and(|v| v.starts_with("http"))
+        {
+            assert_eq!(x.value, 0.0, "events lost: {:?}", x.labels);
+        }
+    }
+}
+
+fn unparsed(s: &[Sample]) -> f64 {
+    sum(s, "observer_http_messages_unparsed_total", &[])
+}
+
+/// Scrapes until every (side, pod) has at least its number of requests (or WAIT passes).
+fn wait_for(obs: &Observer, want: &[(Side, &Pod, u64)]) -> Vec<Sample> {
+    obs.scrape_until(WAIT, |s| {
+        want.iter()
+            .all(|(side, pod, n)| requests(s, *side, pod) >= *n)
+    })
+    .unwrap()
+}
+
+fn start_observer(extra: &[&str]) -> Observer {
+    let mut flags = vec!["--probes", "http"];
+    flags.extend_from_slice(extra);
+    Observer::start(&flags).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn nginx_under_wrk_and_hey_is_counted_exactly_per_status_on_both_sides() {
+    require_root();
+    let bridge = Bridge::new().unwrap();
+    let dir = TempDir::new("observer-http-nginx").unwrap();
+    let mut web = Pod::new(&bridge).unwrap();
+    let wrk = Pod::new(&bridge).unwrap();
+    let hey = Pod::new(&bridge).unwrap();
+    fs::create_dir(dir.path().join("www")).unwrap();
+    dir.write("www/static.txt", "a static file, sent with sendfile\n")
+        .unwrap();
+    let conf = dir.write("nginx.conf", nginx_conf(&dir, PORT)).unwrap();
+    let prefix = dir.join("");
+    let errors = dir.join("error.log");
+    web.spawn("nginx", &["-p", &prefix, "-c", &conf, "-e", &errors])
+        .unwrap();
+    web.wait_listening(PORT).unwrap();
+    let obs = start_observer(&[]);
+    let url = format!("http://{}:{PORT}", web.ip);
+
+    // wrk: 2 threads x 1 connection x 500 responses, mix 2/5 /ok, 1/5 /static.txt (200),
+    // 1/5 /missing (404), 1/5 /fail (500, connection closed and reopened).
+    let lua = dir.write("mix.lua", WRK_MIX).unwrap();
+    let duration = format!("{}s", 3 * slowdown());
+    let out = wrk
+        .run(
+            "wrk",
+            &["-t2", "-c2", "-d", &duration, "-s", &lua, &url, "--", "500"],
+        )
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let wrk_truth = parse_wrk(&out);
+    assert_eq!(
+        total(&wrk_truth),
+        1000,
+        "wrk did not stop by count within {duration}: {out}"
+    );
+    assert_eq!(
+        wrk_truth,
+        status_tally([("200", 600), ("404", 200), ("500", 200)]),
+        "{out}"
+    );
+    assert!(!out.contains("Socket errors"), "{out}");
+    assert_eq!(
+        project(&nginx_log(&dir), |k| vec![k[1].clone()]),
+        wrk_truth,
+        "nginx logged what wrk counted"
+    );
+
+    // hey: exact counts with concurrency, keep-alive (Go's client).
+    let mut hey_truth = Tally::new();
+    for (path, n, c, status) in [("/static.txt", 300, 3, "200"), ("/fail", 100, 4, "500")] {
+        let out = hey
+            .run(
+                "hey",
+                &[
+                    "-n",
+                    &n.to_string(),
+                    "-c",
+                    &c.to_string(),
+                    &format!("{url}{path}"),
+                ],
+            )
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        let t = parse_hey(&out);
+        assert_eq!(t, status_tally([(status, n)]), "{out}");
+        assert!(!out.contains("Error distribution"), "{out}");
+        hey_truth = merge(&hey_truth, &t);
+    }
+    let server_truth = nginx_log(&dir);
+    assert_eq!(
+        project(&server_truth, |k| vec![k[1].clone()]),
+        merge(&wrk_truth, &hey_truth),
+        "nginx logged what wrk and hey counted"
+    );
+
+    let s = wait_for(
+        &obs,
+        &[
+            (Side::Server, &web, total(&server_truth)),
+            (Side::Client, &wrk, total(&wrk_truth)),
+            (Side::Client, &hey, total(&hey_truth)),
+        ],
+    );
+    assert_eq!(
+        observed(
+            &s,
+            Side::Server,
+            &web,
+            &[],
+            &["http_route", "http_response_status_code"]
+        ),
+        server_truth,
+        "nginx pod: [route, status]"
+    );
+    assert_eq!(per_status(&s, Side::Client, &wrk), wrk_truth, "wrk pod");
+    assert_eq!(per_status(&s, Side::Client, &hey), hey_truth, "hey pod");
+    assert_eq!(
+        label_values(&s, Side::Server, &web, "http_request_method"),
+        BTreeSet::from(["GET".to_string()])
+    );
+    assert_eq!(
+        label_values(&s, Side::Server, &web, "service_name"),
+        BTreeSet::from(["nginx".to_string()])
+    );
+    assert_eq!(
+        label_values(&s, Side::Server, &web, "error_type"),
+        BTreeSet::from([String::new()])
+    );
+    for client in [&wrk, &hey] {
+        assert_eq!(
+            label_values(&s, Side::Client, client, "server_address"),
+            BTreeSet::from([web.ip.clone()])
+        );
+        assert_eq!(
+            label_values(&s, Side::Client, client, "server_port"),
+            BTreeSet::from([PORT.to_string()])
+        );
+        assert_eq!(
+            requests(&s, Side::Server, client),
+            0,
+            "a client served nothing"
+        );
+        check_histograms(&s, Side::Client, client);
+    }
+    assert_eq!(requests(&s, Side::Client, &web), 0, "nginx made no request");
+    check_histograms(&s, Side::Server, &web);
+    assert_no_http_loss(&s);
+    obs.stop().unwrap();
+}
+
+#[test]
+fn python_keep_alive_requests_are_counted_exactly_per_method_and_status() {
+    require_root();
+    let bridge = Bridge::new().unwrap();
+    let dir = TempDir::new("observer-http-py").unwrap();
+    let mut server = Pod::new(&bridge).unwrap();
+    let client = Pod::new(&bridge).unwrap();
+    let log = start_server(&mut server, &dir, None);
+    let obs = start_observer(&[]);
+
+    // 150 requests over 3 keep-alive connections; every target templates to /status/{id}.
+    let mut plan = Vec::new();
+    for i in 0..25 {
+        plan.push(("GET", format!("/status/200?page={i}"), 0));
+        plan.push(("GET", "/status/404".to_string(), 0));
+        plan.push(("POST", "/status/500".to_string(), 300));
+        plan.push(("DELETE", "/status/202".to_string(), 0));
+        plan.push(("PROPFIND", "/status/207".to_string(), 0));
+        plan.push(("GET", "/status/200/".to_string(), 0));
+    }
+    let got = run_client(&client, &dir, &server.ip, PORT, 3, &plan);
+    let client_truth = tally(&got, by_method_status);
+    let expected: Tally = [
+        (["GET", "200"], 50),
+        (["GET", "404"], 25),
+        (["POST", "500"], 25),
+        (["DELETE", "202"], 25),
+        (["PROPFIND", "207"], 25),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.map(String::from).to_vec(), v))
+    .collect();
+    assert_eq!(client_truth, expected, "{got:?}");
+    let server_truth = tally(&server_log(&log), by_method_status);
+    assert_eq!(
+        server_truth, client_truth,
+        "the server logged what the client got"
+    );
+
+    let s = wait_for(
+        &obs,
+        &[(Side::Server, &server, 150), (Side::Client, &client, 150)],
+    );
+    // Methods outside the standard nine are "_OTHER" (OpenTelemetry).
+    let otel = |t: &Tally| -> Tally {
+        project(t, |k| {
+            let m = if k[0] == "PROPFIND" { "_OTHER" } else { &k[0] };
+            vec![m.to_string(), k[1].clone()]
+        })
+    };
+    assert_eq!(
+        per_method_status(&s, Side::Server, &server),
+        otel(&server_truth),
+        "server pod"
+    );
+    assert_eq!(
+        per_method_status(&s, Side::Client, &client),
+        otel(&client_truth),
+        "client pod"
+    );
+    assert_eq!(
+        label_values(&s, Side::Server, &server, "http_route"),
+        BTreeSet::from(["/status/{id}".to_string()]),
+        "ids templated, query strings and trailing slashes dropped"
+    );
+    assert_eq!(
+        label_values(&s, Side::Server, &server, "service_name"),
+        BTreeSet::from([main_comm(&server)])
+    );
+    assert_eq!(
+        label_values(&s, Side::Client, &client, "server_address"),
+        BTreeSet::from([server.ip.clone()])
+    );
+    for side in [Side::Server, Side::Client] {
+        let pod = if matches!(side, Side::Server) {
+            &server
+        } else {
+            &client
+        };
+        assert_eq!(
+            label_values(&s, side, pod, "error_type"),
+            BTreeSet::from([String::new()])
+        );
+        check_histograms(&s, side, pod);
+    }
+    assert_no_http_loss(&s);
+    obs.stop().unwrap();
+}
+
+#[test]
+fn latency_histograms_and_apdex_match_the_servers_own_timing() {
+    require_root();
+    let bridge = Bridge::new().unwrap();
+    let dir = TempDir::new("observer-http-delay").unwrap();
+    let client = Pod::new(&bridge).unwrap();
+    // One pod per delay: APDEX is per service. T = 0.2 s: 5 and 50 ms are satisfied (<= T),
+    // 500 ms tolerating (<= 4T) - scores 1.0, 1.0, 0.5.
+    let delays = [(5u64, "satisfied"), (50, "satisfied"), (500, "tolerating")];
+    let mut servers = Vec::new();
+    for _ in delays {
+        let mut p = Pod::new(&bridge).unwrap();
+        let log = start_server(&mut p, &dir, None);
+        servers.push((p, log));
+    }
+    let obs = start_observer(&["--apdex-threshold", "0.2"]);
+    let n = 20u64;
+    let mut truths = Vec::new();
+    for ((ms, _), (server, log)) in delays.iter().zip(&servers) {
+        let plan: Vec<_> = (0..n).map(|_| ("GET", format!("/delay/{ms}"), 0)).collect();
+        let got = run_client(&client, &dir, &server.ip, PORT, 5, &plan);
+        assert_eq!(
+            tally(&got, by_status),
+            status_tally([("200", n)]),
+            "{got:?}"
+        );
+        let logged = server_log(log);
+        assert_eq!(logged.len() as u64, n);
+        for r in &logged {
+            assert!(
+                r.seconds >= *ms as f64 / 1000.0,
+                "the server slept at least {ms} ms: {r:?}"
+            );
+        }
+        truths.push((got, logged));
+    }
+
+    let mut want = vec![(Side::Client, &client, 3 * n)];
+    want.extend(servers.iter().map(|(p, _)| (Side::Server, p, n)));
+    let s = wait_for(&obs, &want);
+    let slack = 0.0005 * slowdown() as f64;
+    for (((ms, level), (server, _)), (got, logged)) in delays.iter().zip(&servers).zip(&truths) {
+        assert_eq!(
+            per_status(&s, Side::Server, server),
+            status_tally([("200", n)])
+        );
+        assert_eq!(
+            label_values(&s, Side::Server, server, "http_route"),
+            BTreeSet::from(["/delay/{id}".to_string()])
+        );
+        // The server's own timing: from the request line read to the response written.
+        let truth: Vec<f64> = logged.iter().map(|r| r.seconds).collect();
+        let (lo, hi) = median_bucket(&s, Side::Server, server);
+        let m = median(truth.clone());
+        assert!(
+            lo < m && m <= hi,
+            "{ms} ms: the server's median {m} lies in the histogram's median bucket ({lo}, {hi}]"
+        );
+        let (obs_mean, true_mean) = (observed_mean(&s, Side::Server, server), mean(&truth));
+        assert!(
+            (obs_mean - true_mean).abs() <= 0.05 * true_mean + slack,
+            "{ms} ms: server mean {obs_mean} vs the server's own {true_mean}"
+        );
+        assert!(
+            obs_mean >= *ms as f64 / 1000.0,
+            "{ms} ms: server mean {obs_mean}"
+        );
+        // APDEX: every request at one level, exactly.
+        for lvl in ["satisfied", "tolerating", "frustrated"] {
+            let got_lvl = sum(
+                &s,
+                "http_server_request_apdex_total",
+                &with_pod(server, &[("apdex_level", lvl)]),
+            );
+            let want_lvl = if lvl == *level { n as f64 } else { 0.0 };
+            assert_eq!(got_lvl, want_lvl, "{ms} ms: apdex_level {lvl}");
+        }
+        // Client side: this delay's requests (selected by the server's address).
+        let addr = [("server_address", server.ip.as_str())];
+        let client_count = observed(
+            &s,
+            Side::Client,
+            &client,
+            &addr,
+            &["http_response_status_code"],
+        );
+        assert_eq!(
+            client_count,
+            status_tally([("200", n)]),
+            "{ms} ms: client pod"
+        );
+        let client_sum = sum(&s, &Side::Client.metric("_sum"), &with_pod(&client, &addr));
+        let client_truth: Vec<f64> = got.iter().map(|r| r.seconds).collect();
+        let (obs_mean, true_mean) = (client_sum / n as f64, mean(&client_truth));
+        assert!(
+            (obs_mean - true_mean).abs() <= 0.05 * true_mean + slack,
+            "{ms} ms: client mean {obs_mean} vs the client's own {true_mean}"
+        );
+        check_histograms(&s, Side::Server, server);
+    }
+    check_histograms(&s, Side::Client, &client);
+    assert_no_http_loss(&s);
+    obs.stop().unwrap();
+}
+
+#[test]
+fn edge_cases_of_framing_are_each_counted_once_with_their_status() {
+    require_root();
+    let bridge = Bridge::new().unwrap();
+    let dir = TempDir::new("observer-http-edge").unwrap();
+    let mut server = Pod::new(&bridge).unwrap();
+    let client = Pod::new(&bridge).unwrap();
+    let server6 = server.add_ipv6().unwrap();
+    client.add_ipv6().unwrap();
+    let log = start_server(&mut server, &dir, Some(PORT6));
+    let obs = start_observer(&[]);
+    let mib = 1i64 << 20;
+
+    // One keep-alive connection, a plain GET after each tricky response: a misframed response
+    // would swallow or split the next one.
+    let plan = vec![
+        ("GET", "/split".to_string(), 0), // 203, body in 100 writes
+        ("GET", "/status/200".to_string(), 0),
+        ("GET", "/big".to_string(), 0), // 200, 1 MiB body
+        ("GET", "/status/200".to_string(), 0),
+        ("POST", "/upload".to_string(), mib), // 201, 1 MiB request body
+        ("GET", "/chunked".to_string(), 0),   // 207, chunked response
+        ("GET", "/status/200".to_string(), 0),
+        ("POST", "/upload".to_string(), -(3 * 8192 + 100)), // 201, chunked request body
+        ("HEAD", "/head".to_string(), 0),                   // 200 with Content-Length, no body
+        ("GET", "/status/204".to_string(), 0),
+        ("GET", "/status/304".to_string(), 0),
+        ("GET", "/status/200".to_string(), 0),
+    ];
+    let mut got = run_client(&client, &dir, &server.ip, PORT, 1, &plan);
+    // Three requests in one write.
+    let piped = client
+        .python(
+            PIPELINING_CLIENT,
+            &[
+                &server.ip,
+                &PORT.to_string(),
+                "/status/202",
+                "/status/202",
+                "/status/202",
+            ],
+        )
+        .unwrap();
+    assert_eq!(piped.trim(), "202 202 202");
+    for _ in 0..3 {
+        got.push(Req {
+            method: "GET".into(),
+            path: "/status/202".into(),
+            status: "202".into(),
+            seconds: 0.0,
+            error: String::new(),
+        });
+    }
+    // Expect: 100-continue (curl sends the body after the interim 100, which is no response).
+    let body = dir.write("body.bin", vec![b'e'; 4096]).unwrap();
+    let out = client
+        .run(
+            "curl",
+            &[
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "Expect: 100-continue",
+                "--data-binary",
+                &format!("@{body}"),
+                &format!("http://{}:{PORT}/expect", server.ip),
+            ],
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "226");
+    got.push(Req {
+        method: "POST".into(),
+        path: "/expect".into(),
+        status: "226".into(),
+        seconds: 0.0,
+        error: String::new(),
+    });
+    // IPv6.
+    let plan6 = vec![("GET", "/status/208".to_string(), 0); 2];
+    let got6 = run_client(&client, &dir, &server6, PORT6, 1, &plan6);
+    assert_eq!(tally(&got6, by_status), status_tally([("208", 2)]));
+    got.extend(got6);
+
+    assert!(got.iter().all(|r| r.error.is_empty()), "{got:?}");
+    let client_truth = tally(&got, by_method_status);
+    let expected: Tally = [
+        (["GET", "200"], 5),
+        (["GET", "202"], 3),
+        (["GET", "203"], 1),
+        (["GET", "204"], 1),
+        (["GET", "207"], 1),
+        (["GET", "208"], 2),
+        (["GET", "304"], 1),
+        (["HEAD", "200"], 1),
+        (["POST", "201"], 2),
+        (["POST", "226"], 1),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.map(String::from).to_vec(), v))
+    .collect();
+    assert_eq!(client_truth, expected, "{got:?}");
+    let server_truth = tally(&server_log(&log), by_method_status);
+    assert_eq!(
+        server_truth, client_truth,
+        "the server logged what the clients got"
+    );
+
+    let n = total(&client_truth);
+    let s = wait_for(
+        &obs,
+        &[(Side::Server, &server, n), (Side::Client, &client, n)],
+    );
+    assert_eq!(
+        per_method_status(&s, Side::Server, &server),
+        server_truth,
+        "server pod"
+    );
+    assert_eq!(
+        per_method_status(&s, Side::Client, &client),
+        client_truth,
+        "client pod"
+    );
+    assert_eq!(
+        observed(
+            &s,
+            Side::Client,
+            &client,
+            &[("server_address", &server6)],
+            &["server_port", "http_response_status_code"]
+        ),
+        [(vec![PORT6.to_string(), "208".to_string()], 2)].into(),
+        "the IPv6 requests, by the server's canonical IPv6 address"
+    );
+    for side in [Side::Server, Side::Client] {
+        let pod = if matches!(side, Side::Server) {
+            &server
+        } else {
+            &client
+        };
+        let statuses = label_values(&s, side, pod, "http_response_status_code");
+        assert!(
+            !statuses.contains("100"),
+            "an interim 100 Continue is no response"
+        );
+        assert_eq!(
+            label_values(&s, side, pod, "error_type"),
+            BTreeSet::from([String::new()])
+        );
+        check_histograms(&s, side, pod);
+    }
+    assert_no_http_loss(&s);
+    obs.stop().unwrap();
+}
+
+#[test]
+fn junk_on_an_http_port_is_no_request() {
+    require_root();
+    let bridge = Bridge::new().unwrap();
+    let dir = TempDir::new("observer-http-junk").unwrap();
+    let mut server = Pod::new(&bridge).unwrap();
+    let client = Pod::new(&bridge).unwrap();
+    let log = start_server(&mut server, &dir, None);
+    let obs = start_observer(&[]);
+    let before = unparsed(&obs.scrape().unwrap());
+
+    let out = client
+        .python(JUNK_CLIENT, &[&server.ip, &PORT.to_string()])
+        .unwrap();
+    // No junk got a byte back; the valid GET before junk on one connection and the one after on
+    // a fresh connection were answered.
+    assert_eq!(out.trim(), "0 0 0 0 0 200 200");
+    let server_truth = tally(&server_log(&log), by_status);
+    assert_eq!(server_truth, status_tally([("200", 2)]));
+
+    let s = wait_for(
+        &obs,
+        &[(Side::Server, &server, 2), (Side::Client, &client, 2)],
+    );
+    let s2 = obs.scrape_until(WAIT, |s| unparsed(s) > before).unwrap();
+    assert_eq!(
+        per_status(&s, Side::Server, &server),
+        server_truth,
+        "server pod"
+    );
+    assert_eq!(
+        per_status(&s, Side::Client, &client),
+        server_truth,
+        "client pod"
+    );
+    assert_eq!(
+        label_values(&s, Side::Server, &server, "http_route"),
+        BTreeSet::from(["/status/{id}".to_string()]),
+        "no route from junk"
+    );
+    assert!(
+        unparsed(&s2) > before,
+        "the request line with a control byte starts like HTTP and fails to parse: \
+         observer_http_messages_unparsed_total {} -> {}",
+        before,
+        unparsed(&s2)
+    );
+    // Still exact after a while (nothing late from the junk), and the observer still serves.
+    std::thread::sleep(scaled(Duration::from_secs(1)));
+    let s3 = obs.scrape().unwrap();
+    assert_eq!(per_status(&s3, Side::Server, &server), server_truth);
+    assert_eq!(per_status(&s3, Side::Client, &client), server_truth);
+    assert_no_http_loss(&s3);
+    obs.stop().unwrap();
+}
+
+#[test]
+fn routes_beyond_the_cap_go_to_the_overflow_route_and_every_request_is_counted() {
+    require_root();
+    let bridge = Bridge::new().unwrap();
+    let dir = TempDir::new("observer-http-routes").unwrap();
+    let mut server = Pod::new(&bridge).unwrap();
+    let client = Pod::new(&bridge).unwrap();
+    let log = start_server(&mut server, &dir, None);
+    let obs = start_observer(&["--http-route-cap", "100"]);
+
+    // 3000 distinct routes made of letters only (no templating can merge them).
+    let mut words = BTreeSet::new();
+    while words.len() < 3000 {
+        let w: String = random_hex(10)
+            .bytes()
+            .map(|c| match c {
+                b'0'..=b'9' => (b'g' + c - b'0') as char,
+                c => c as char,
+            })
+            .collect();
+        words.insert(w);
+    }
+    let plan: Vec<_> = words
+        .iter()
+        .map(|w| ("GET", format!("/item/{w}"), 0))
+        .collect();
+    let got = run_client(&client, &dir, &server.ip, PORT, 3, &plan);
+    assert_eq!(tally(&got, by_status), status_tally([("200", 3000)]));
+    assert_eq!(server_log(&log).len(), 3000);
+    let service = main_comm(&server);
+
+    let s = wait_for(
+        &obs,
+        &[(Side::Server, &server, 3000), (Side::Client, &client, 3000)],
+    );
+    assert_eq!(requests(&s, Side::Server, &server), 3000);
+    assert_eq!(requests(&s, Side::Client, &client), 3000);
+    let routes = observed(&s, Side::Server, &server, &[], &["http_route"]);
+    let overflow = routes
+        .get(&vec!["/{overflow}".to_string()])
+        .copied()
+        .unwrap_or(0);
+    let admitted: BTreeMap<_, _> = routes
+        .iter()
+        .filter(|(k, _)| k[0] != "/{overflow}")
+        .collect();
+    assert_eq!(admitted.len(), 100, "the cap admits exactly 100 routes");
+    for (route, n) in &admitted {
+        assert_eq!(**n, 1, "each word was requested once: {route:?}");
+        let word = route[0].strip_prefix("/item/").unwrap_or("");
+        assert!(
+            words.contains(word),
+            "an admitted route is a sent one: {route:?}"
+        );
+    }
+    assert_eq!(overflow, 2900);
+    assert_eq!(
+        sum(
+            &s,
+            "observer_http_routes_overflow_total",
+            &[("service_name", &service)]
+        ),
+        2900.0,
+        "overflowed requests of service {service}"
+    );
+    assert_no_http_loss(&s);
+    obs.stop().unwrap();
+}
+
+#[test]
+fn requests_without_response_are_counted_as_errors_without_status() {
+    require_root();
+    let bridge = Bridge::new().unwrap();
+    let dir = TempDir::new("observer-http-noanswer").unwrap();
+    let mut server = Pod::new(&bridge).unwrap();
+    let mut client = Pod::new(&bridge).unwrap();
+    let log = start_server(&mut server, &dir, None);
+    let obs = start_observer(&["--http-request-timeout", "2s"]);
+    let (hang, dropped) = (5u64, 3u64);
+    let go = dir.join("go");
+    client
+        .spawn_python(
+            UNANSWERED_CLIENT,
+            &[
+                &server.ip,
+                &PORT.to_string(),
+                &hang.to_string(),
+                &dropped.to_string(),
+                &go,
+            ],
+        )
+        .unwrap();
+    let sent = format!("{go}.sent");
+    let deadline = Instant::now() + scaled(WAIT);
+    while !std::path::Path::new(&sent).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the client did not send its requests"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        fs::read_to_string(&sent).unwrap(),
+        vec!["disconnected"; dropped as usize].join(" ")
+    );
+    // The held connections are still open: the timeout, not the close, ends those requests.
+    let no_status = [("http_response_status_code", "")];
+    let timeout = [("http_response_status_code", ""), ("error_type", "timeout")];
+    let count = |s: &[Sample], side, pod, want: &[(&str, &str)]| -> u64 {
+        observed(s, side, pod, want, &[]).values().sum()
+    };
+    let s = obs
+        .scrape_until(WAIT + Duration::from_secs(2), |s| {
+            [(Side::Client, &client), (Side::Server, &server)]
+                .into_iter()
+                .all(|(side, pod)| {
+                    count(s, side, pod, &timeout) >= hang
+                        && count(s, side, pod, &no_status) >= hang + dropped
+                })
+        })
+        .unwrap();
+    fs::write(&go, "").unwrap();
+    for (side, pod) in [(Side::Client, &client), (Side::Server, &server)] {
+        assert_eq!(count(&s, side, pod, &timeout), hang, "{side:?}: timeouts");
+        assert_eq!(
+            count(&s, side, pod, &no_status),
+            hang + dropped,
+            "{side:?}: every unanswered request, once"
+        );
+        assert!(
+            !label_values(&s, side, pod, "error_type").contains(""),
+            "{side:?}: no request got a response"
+        );
+    }
+    // Once the client closed its connections (and the server its side), nothing is counted twice.
+    let done = format!("{go}.done");
+    let deadline = Instant::now() + scaled(WAIT);
+    while !std::path::Path::new(&done).exists() {
+        assert!(Instant::now() < deadline, "the client did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        fs::read_to_string(&done).unwrap(),
+        "0",
+        "held connections got nothing"
+    );
+    std::thread::sleep(scaled(Duration::from_secs(1)));
+    assert_eq!(
+        tally(&server_log(&log), |r| vec![
+            r.path.clone(),
+            r.status.clone()
+        ]),
+        [
+            (vec!["/drop".to_string(), String::new()], dropped),
+            (vec!["/hang".to_string(), String::new()], hang),
+        ]
+        .into(),
+        "the server answered none"
+    );
+    let s = obs.scrape().unwrap();
+    assert_eq!(requests(&s, Side::Client, &client), hang + dropped);
+    assert_eq!(requests(&s, Side::Server, &server), hang + dropped);
+    assert_eq!(count(&s, Side::Client, &client, &no_status), hang + dropped);
+    assert_eq!(count(&s, Side::Server, &server, &no_status), hang + dropped);
+    assert_no_http_loss(&s);
+    obs.stop().unwrap();
+}
+
+#[test]
+fn a_lone_request_shows_up_within_a_second() {
+    require_root();
+    let bridge = Bridge::new().unwrap();
+    let dir = TempDir::new("observer-http-lone").unwrap();
+    let mut server = Pod::new(&bridge).unwrap();
+    let client = Pod::new(&bridge).unwrap();
+    let _log = start_server(&mut server, &dir, None);
+    let obs = start_observer(&[]);
+    std::thread::sleep(scaled(Duration::from_secs(1)));
+    let out = client
+        .run(
+            "curl",
+            &[
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://{}:{PORT}/status/200", server.ip),
+            ],
+        )
+        .unwrap();
+    let done = Instant::now();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let limit = scaled(Duration::from_secs(1));
+    let mut seen = None;
+    while done.elapsed() <= limit {
+        if requests(&obs.scrape().unwrap(), Side::Server, &server) >= 1 {
+            seen = Some(done.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = wait_for(
+        &obs,
+        &[(Side::Server, &server, 1), (Side::Client, &client, 1)],
+    );
+    let later = requests(&s, Side::Server, &server);
+    assert!(
+        seen.is_some(),
+        "not exported within {limit:?} of the response (server-side count {later} after {:?})",
+        done.elapsed()
+    );
+    assert_eq!(
+        per_status(&s, Side::Server, &server),
+        status_tally([("200", 1)])
+    );
+    assert_eq!(
+        per_status(&s, Side::Client, &client),
+        status_tally([("200", 1)])
+    );
+    assert_no_http_loss(&s);
+    obs.stop().unwrap();
+}
