@@ -111,10 +111,11 @@ pub const HTTP_DIR_SEND: u8 = 0;
 /// [`HttpEvent::dir`]: the process received the data.
 pub const HTTP_DIR_RECV: u8 = 1;
 
-/// Per-connection byte accounting of the current message in each direction (key: `struct sock *`).
-/// `*_bytes` counts from the start of the current message (the call that started it included);
-/// `*_last_ns` is the time of the last call; `*_tail` the last up to 8 bytes moved (for the
-/// end of a chunked body), right-aligned, `*_tail_len` how many of them are valid.
+/// Per-connection state of an HTTP connection (key: `struct sock *`): byte accounting of the
+/// current message in each direction, and the socket's addresses (read once, when the
+/// connection is entered). `*_bytes` counts from the start of the current message (the call
+/// that started it included); `*_last_ns` is the time of the last call; `*_tail` the last up to
+/// 8 bytes moved by calls whose data went beyond the captured prefix, right-aligned.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HttpConn {
@@ -125,39 +126,40 @@ pub struct HttpConn {
     pub out_tail: [u8; 8],
     pub in_tail: [u8; 8],
     pub cgroup_id: u64,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Local and remote port (host byte order).
+    pub lport: u16,
+    pub rport: u16,
+    pub _pad: u16,
+    /// Local and remote address (IPv4 in the first 4 bytes).
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<HttpConn>() == 56);
+const _: () = assert!(core::mem::size_of::<HttpConn>() == 96);
 
-/// A record of the HTTP probe's ring buffer.
+/// A record of the HTTP probe's ring buffer, sent cut after `prefix_len` bytes of `prefix`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct HttpEvent {
     pub sk: u64,
     pub cgroup_id: u64,
-    /// When the call that started the message returned data (monotonic ns).
+    /// When the call that started the message moved its data (monotonic ns).
     pub ts_ns: u64,
-    /// The connection's counters just before this event: for a start, the previous message in
-    /// the same direction ended with these; for a close, the last message of each direction.
+    /// The connection's state just before this event: for a start, the previous message in
+    /// the same direction ended with these counters; for a close, the last message of each
+    /// direction.
     pub conn: HttpConn,
     /// Bytes moved by the starting call (`START`), 0 for `CLOSE`.
     pub len: u32,
     pub tgid: u32,
     pub kind: u8,
     pub dir: u8,
-    /// `AF_INET` or `AF_INET6`.
-    pub family: u8,
-    pub _pad0: u8,
-    /// Local and remote port (host byte order).
-    pub lport: u16,
-    pub rport: u16,
     pub prefix_len: u16,
-    /// Local and remote address (IPv4 in the first 4 bytes).
-    pub laddr: [u8; 16],
-    pub raddr: [u8; 16],
+    pub _pad0: u32,
     pub prefix: [u8; HTTP_PREFIX],
-    pub _pad1: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<HttpEvent>() == 24 + 56 + 8 + 4 + 4 + 2 + 32 + HTTP_PREFIX + 6);
+const _: () = assert!(core::mem::size_of::<HttpEvent>() == 24 + 96 + 8 + 8 + HTTP_PREFIX);
 
 /// A cgroup subtree the syscall probe is restricted to: the ancestor of the current cgroup at
 /// `level` must have id `cgroup_id`. `level == 0` marks an unused slot.
@@ -239,6 +241,20 @@ pub const LOST_COUNTERS: u32 = 16;
 pub const WORK_SYSCALLS: u32 = 1;
 pub const WORK_TCP: u32 = 2;
 pub const WORK_HTTP: u32 = 4;
+/// The HTTP probe takes syscall buffers in `sys_enter` (set when the syscall probe runs it
+/// anyway); otherwise it has its own `syscalls:sys_enter_*`/`sys_exit_*` tracepoints on the
+/// socket I/O syscalls only.
+pub const WORK_HTTP_IN_SYS_ENTER: u32 = 8;
+
+/// Offsets in the `syscalls:sys_enter_*` records, from their format files: the syscall number
+/// and the second argument (the buffer, iovec or msghdr of the I/O syscalls).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallTpOffsets {
+    pub nr: u32,
+    pub arg2: u32,
+}
+const _: () = assert!(core::mem::size_of::<SyscallTpOffsets>() == 8);
 
 /// Kernel struct offsets located at start from BTF and handed to the programs.
 #[repr(C)]
@@ -297,4 +313,5 @@ mod pod {
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for SetStateOffsets {}
     unsafe impl aya::Pod for HttpConn {}
+    unsafe impl aya::Pod for SyscallTpOffsets {}
 }

@@ -15,15 +15,21 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::bpf_probe_read_user,
     },
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 use observer_common::{
+    io_kind, SyscallEntry,
     HttpConn, HttpEvent, HTTP_DIR_RECV, HTTP_DIR_SEND, HTTP_EV_CLOSE, HTTP_EV_START,
     HTTP_PREFIX, IO_BUF, IO_IOVEC, IO_MSGHDR, IO_NOBUF, IO_NONE, LOST_HTTP_CONN_MAP_FULL,
     LOST_HTTP_RINGBUF_FULL, LOST_HTTP_USER_READ, LOST_SOCK_READ, SYSCALL_SLOTS,
 };
 
 use crate::{
-    maps::{count_lost, HTTP_CONNS, HTTP_EVENTS, HTTP_SCRATCH, RINGBUF_WAKEUP_BYTES, SYSCALL_ENTRY},
+    maps::{
+        count_lost, HTTP_CONNS, HTTP_EVENTS, HTTP_SCRATCH, RINGBUF_WAKEUP_BYTES, SYSCALL_ENTRY,
+        SYSCALL_TP,
+    },
     sock,
 };
 
@@ -38,6 +44,43 @@ pub const PT_REGS_ARG2: u64 = 104;
 const MSGHDR_IOV: u64 = 16;
 /// Iovec entries looked at for the last bytes of a vectored call.
 const MAX_IOV: u32 = 16;
+
+/// Entry of a socket I/O syscall (`syscalls:sys_enter_read`, `_write`, … attached to each):
+/// when the syscall probe does not run `sys_enter`, the HTTP probe records the syscall's buffer
+/// here, paying only on those syscalls instead of on every syscall of the host.
+#[tracepoint(category = "syscalls", name = "sys_enter_write")]
+pub fn http_sys_enter(ctx: TracePointContext) -> u32 {
+    let off = SYSCALL_TP.load();
+    // SAFETY: offsets from this kernel's format files of the syscall tracepoints.
+    let Ok(nr) = (unsafe { ctx.read_at::<i32>(off.nr as usize) }) else { return 0 };
+    let Ok(buf) = (unsafe { ctx.read_at::<u64>(off.arg2 as usize) }) else { return 0 };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(slot) = SYSCALL_ENTRY.get_ptr_mut(tid & (SYSCALL_SLOTS - 1)) {
+        let nr = nr as u32;
+        let io = io_kind(nr);
+        let buf = if io == IO_NOBUF { 0 } else { buf };
+        let ts_ns = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: array slot pointer checked by the verifier.
+        unsafe { *slot = SyscallEntry { ts_ns, tid, nr, buf, io, io_calls: 0 } };
+    }
+    0
+}
+
+/// Exit of a socket I/O syscall: the entry is consumed, so that a socket call made outside
+/// these syscalls (splice, sendmmsg, …) never takes a stale buffer for its data.
+#[tracepoint(category = "syscalls", name = "sys_exit_write")]
+pub fn http_sys_exit(_ctx: TracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(slot) = SYSCALL_ENTRY.get_ptr_mut(tid & (SYSCALL_SLOTS - 1)) {
+        // SAFETY: array slot pointer checked by the verifier.
+        unsafe {
+            if (*slot).tid == tid {
+                (*slot).ts_ns = 0;
+            }
+        }
+    }
+    0
+}
 
 /// Saves the buffer argument of a socket I/O syscall at entry (`regs` is `struct pt_regs *`).
 #[inline(always)]
@@ -84,8 +127,7 @@ fn min(a: u32, b: u32) -> u32 {
 
 #[inline(always)]
 fn iov_at(iov: u64, i: u32) -> Option<(u64, u32)> {
-    let base: u64 = read_user(iov + 16 * i as u64)?;
-    let len: u64 = read_user(iov + 16 * i as u64 + 8)?;
+    let [base, len]: [u64; 2] = read_user(iov + 16 * i as u64)?;
     Some((base, if len > u32::MAX as u64 { u32::MAX } else { len as u32 }))
 }
 
@@ -197,10 +239,19 @@ pub fn on_io(sk: u64, ret: u32, send: bool) {
     let now = unsafe { bpf_ktime_get_ns() };
     let conn = HTTP_CONNS.get_ptr_mut(&sk);
     if first && e.buf != 0 {
-        if let Some((ptr, avail)) = first_segment(e.io, e.buf, ret) {
-            let head: [u8; 16] = read_user(ptr).unwrap_or([0; 16]);
-            if is_start(&head, avail) {
-                start(sk, conn, ptr, avail, ret, send, now, &e);
+        if let (Some((ptr, avail)), Some(ev)) = (first_segment(e.io, e.buf, ret), HTTP_SCRATCH.get_ptr_mut(0)) {
+            // On a known HTTP connection the prefix is read straight into the record (one
+            // read); elsewhere 16 bytes first, the prefix only if they look like HTTP.
+            let got = if conn.is_some() {
+                read_prefix(ev, ptr, avail)
+            } else {
+                let head: [u8; 16] = read_user(ptr).unwrap_or([0; 16]);
+                if is_start(&head, avail) { read_prefix(ev, ptr, avail) } else { 0 }
+            };
+            // SAFETY: `ev` is this CPU's scratch record.
+            let head = unsafe { first16(ev) };
+            if is_start(&head, got) {
+                start(sk, conn, ev, got, ret, send, now, &e);
                 return;
             }
         }
@@ -224,22 +275,58 @@ pub fn on_io(sk: u64, ret: u32, send: bool) {
     }
 }
 
+/// The first 16 bytes of the scratch record's prefix.
+#[inline(always)]
+unsafe fn first16(ev: *const HttpEvent) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    // SAFETY: the prefix array is longer than 16 bytes.
+    unsafe { core::ptr::copy_nonoverlapping((*ev).prefix.as_ptr(), h.as_mut_ptr(), 16) };
+    h
+}
+
+/// Reads up to [`PREFIX_MASK`] bytes of user data at `ptr` into the record's prefix; returns
+/// how many (0 when the read failed, counted).
+#[inline(always)]
+fn read_prefix(ev: *mut HttpEvent, ptr: u64, avail: u32) -> u32 {
+    let n = if avail > PREFIX_MASK { PREFIX_MASK } else { avail };
+    // A mask (which every verifier version tracks, also through stack spills) bounds the size
+    // right where the helper takes it.
+    let sz = unsafe { core::ptr::read_volatile(&n) } & PREFIX_MASK;
+    if sz == 0 {
+        return 0;
+    }
+    // SAFETY: `ev` is this CPU's scratch record; `sz` < the prefix array's length.
+    let r = unsafe { bpf_probe_read_user((*ev).prefix.as_mut_ptr() as *mut _, sz, ptr as *const _) };
+    if r == 0 {
+        sz
+    } else {
+        count_lost(LOST_HTTP_USER_READ);
+        0
+    }
+}
+
+/// A message starts with this call: reset the connection's counters of its direction and
+/// send the record (its prefix already in the scratch slot `ev`, `got` bytes).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn start(
     sk: u64,
     conn: Option<*mut HttpConn>,
-    ptr: u64,
-    avail: u32,
+    ev: *mut HttpEvent,
+    got: u32,
     ret: u32,
     send: bool,
     now: u64,
-    e: &observer_common::SyscallEntry,
+    e: &SyscallEntry,
 ) {
-    let (t, tn) = tail(e.io, e.buf, ret);
-    let (prev, c) = match conn {
-        // SAFETY: map value pointer checked by the verifier.
-        Some(c) => (unsafe { *c }, c),
+    // The record carries the connection's state before this call; a new connection's state
+    // is built in the record and entered from there (no copy on the small BPF stack).
+    let c = match conn {
+        Some(c) => {
+            // SAFETY: map value and scratch record pointers checked by the verifier.
+            unsafe { (*ev).conn = *c };
+            c
+        }
         None => {
             if !sock::is_tcp(sk) {
                 return;
@@ -248,16 +335,31 @@ fn start(
                 count_lost(LOST_SOCK_READ);
                 return;
             };
-            let fresh = HttpConn { cgroup_id, ..Default::default() };
-            if HTTP_CONNS.insert(&sk, &fresh, BPF_NOEXIST).is_err() {
-                count_lost(LOST_HTTP_CONN_MAP_FULL);
+            // SAFETY: scratch record pointer checked by the verifier.
+            unsafe {
+                let k = &mut (*ev).conn;
+                k.out_bytes = 0;
+                k.out_last_ns = 0;
+                k.in_bytes = 0;
+                k.in_last_ns = 0;
+                k.out_tail = [0; 8];
+                k.in_tail = [0; 8];
+                k.cgroup_id = cgroup_id;
+                k._pad = 0;
+                sock::addrs_into(k, sk);
+                if HTTP_CONNS.insert(&sk, &*k, BPF_NOEXIST).is_err() {
+                    count_lost(LOST_HTTP_CONN_MAP_FULL);
+                }
             }
             match HTTP_CONNS.get_ptr_mut(&sk) {
-                Some(c) => (fresh, c),
+                Some(c) => c,
                 None => return,
             }
         }
     };
+    // The last bytes matter only when the data goes beyond the prefix (else user space has
+    // them); read only for a flat buffer (one read).
+    let (t, tn) = if e.io == IO_BUF && ret > got { tail(IO_BUF, e.buf, ret) } else { ([0; 8], 0) };
     // SAFETY: map value pointer checked by the verifier.
     let cm = unsafe { &mut *c };
     if send {
@@ -271,37 +373,17 @@ fn start(
         cm.in_tail = [0; 8];
         push_tail(&mut cm.in_tail, t, tn);
     }
-    // The record is built in a per-CPU scratch slot and sent with only the prefix bytes it
-    // holds (a typical request start is a quarter of the full record).
-    let Some(ev) = HTTP_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // At most PREFIX_MASK bytes, so that a mask (which every verifier version tracks, also
-    // through stack spills) bounds the size right where the helper takes it.
-    let n = if avail > PREFIX_MASK { PREFIX_MASK } else { avail };
-    // SAFETY: `ev` points to this CPU's scratch HttpEvent.
+    // SAFETY: `ev` is this CPU's scratch record.
     unsafe {
         (*ev).sk = sk;
-        (*ev).cgroup_id = prev.cgroup_id;
+        (*ev).cgroup_id = (*ev).conn.cgroup_id;
         (*ev).ts_ns = now;
-        (*ev).conn = prev;
         (*ev).len = ret;
         (*ev).tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         (*ev).kind = HTTP_EV_START;
         (*ev).dir = if send { HTTP_DIR_SEND } else { HTTP_DIR_RECV };
-        (*ev)._pad0 = 0;
-        fill_addrs(ev, sk);
-        let dst = (*ev).prefix.as_mut_ptr();
-        let mut got = 0u32;
-        let sz = core::ptr::read_volatile(&n) & PREFIX_MASK;
-        if sz > 0 {
-            if bpf_probe_read_user(dst as *mut _, sz, ptr as *const _) == 0 {
-                got = sz;
-            } else {
-                count_lost(LOST_HTTP_USER_READ);
-            }
-        }
         (*ev).prefix_len = got as u16;
+        (*ev)._pad0 = 0;
         output(ev, got);
     }
 }
@@ -330,44 +412,29 @@ unsafe fn output(ev: *const HttpEvent, prefix_len: u32) {
     }
 }
 
-/// Family, ports and addresses of the socket into the event.
-#[inline(always)]
-unsafe fn fill_addrs(ev: *mut HttpEvent, sk: u64) {
-    let a = sock::addrs(sk);
-    unsafe {
-        (*ev).family = a.family as u8;
-        (*ev).lport = a.lport;
-        (*ev).rport = a.rport;
-        (*ev).laddr = a.laddr;
-        (*ev).raddr = a.raddr;
-    }
-}
-
 /// A TCP connection closed: if it carried HTTP, tell user space (with the last counters) so
 /// that requests still waiting for their response are counted, and forget it.
 #[inline(always)]
 pub fn on_close(sk: u64) {
-    let Some(c) = (unsafe { HTTP_CONNS.get(&sk) }) else {
+    let Some(c) = HTTP_CONNS.get_ptr_mut(&sk) else {
         return;
     };
-    let prev = *c;
-    let _ = HTTP_CONNS.remove(&sk);
     let Some(ev) = HTTP_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: this CPU's scratch HttpEvent.
+    // SAFETY: map value and this CPU's scratch record, pointers checked by the verifier.
     unsafe {
+        (*ev).conn = *c;
+        let _ = HTTP_CONNS.remove(&sk);
         (*ev).sk = sk;
-        (*ev).cgroup_id = prev.cgroup_id;
+        (*ev).cgroup_id = (*ev).conn.cgroup_id;
         (*ev).ts_ns = bpf_ktime_get_ns();
-        (*ev).conn = prev;
         (*ev).len = 0;
         (*ev).tgid = 0;
         (*ev).kind = HTTP_EV_CLOSE;
         (*ev).dir = 0;
-        (*ev)._pad0 = 0;
         (*ev).prefix_len = 0;
-        fill_addrs(ev, sk);
+        (*ev)._pad0 = 0;
         output(ev, 0);
     }
 }

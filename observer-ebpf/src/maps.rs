@@ -7,7 +7,7 @@ use aya_ebpf::{
     Global,
 };
 use observer_common::{
-    CgroupFilter, ConnInfo, HttpConn, HttpEvent, KernelOffsets, SetStateOffsets, SyscallEntry, SyscallErrKey,
+    CgroupFilter, ConnInfo, HttpConn, HttpEvent, SyscallTpOffsets, KernelOffsets, SetStateOffsets, SyscallEntry, SyscallErrKey,
     SyscallKey, SyscallStats, TcpStats, LOST_COUNTERS, MAX_CGROUP_FILTERS, SYSCALL_SLOTS,
 };
 
@@ -34,6 +34,11 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
 /// `sys_enter` and socket I/O hooks, each attached once.
 #[unsafe(no_mangle)]
 pub static WORK: Global<u32> = Global::new(0);
+
+/// Record offsets of the `syscalls:sys_enter_*` tracepoints (HTTP probe without `sys_enter`).
+#[unsafe(no_mangle)]
+pub static SYSCALL_TP: Global<SyscallTpOffsets> =
+    Global::new(SyscallTpOffsets { nr: 8, arg2: 24 });
 
 /// Bytes waiting in [`HTTP_EVENTS`] from which a record wakes the reader up at once.
 #[unsafe(no_mangle)]

@@ -68,32 +68,26 @@ pub fn state(sk: u64) -> u8 {
     unsafe { read_at::<u8>(sk, o.sock_state) }.unwrap_or(0)
 }
 
-/// Family, ports (host order) and addresses (IPv4 in the first 4 bytes) of a socket.
-pub struct Addrs {
-    pub family: u16,
-    pub lport: u16,
-    pub rport: u16,
-    pub laddr: [u8; 16],
-    pub raddr: [u8; 16],
-}
-
+/// Family, ports (host order) and addresses (IPv4 in the first 4 bytes) of a socket, into `c`.
 #[inline(always)]
-pub fn addrs(sk: u64) -> Addrs {
+pub fn addrs_into(c: &mut observer_common::HttpConn, sk: u64) {
     let o = OFFSETS.load();
     unsafe {
         let family: u16 = read_at(sk, o.sock_family).unwrap_or(0);
         let dport: u16 = read_at(sk, o.sock_dport).unwrap_or(0);
-        let lport: u16 = read_at(sk, o.sock_num).unwrap_or(0);
-        let mut a = Addrs { family, lport, rport: u16::from_be(dport), laddr: [0; 16], raddr: [0; 16] };
+        c.family = family;
+        c.lport = read_at(sk, o.sock_num).unwrap_or(0);
+        c.rport = u16::from_be(dport);
         if family == AF_INET6 {
-            a.laddr = read_at(sk, o.sock_v6_rcv_saddr).unwrap_or([0; 16]);
-            a.raddr = read_at(sk, o.sock_v6_daddr).unwrap_or([0; 16]);
+            c.laddr = read_at(sk, o.sock_v6_rcv_saddr).unwrap_or([0; 16]);
+            c.raddr = read_at(sk, o.sock_v6_daddr).unwrap_or([0; 16]);
         } else {
+            c.laddr = [0; 16];
+            c.raddr = [0; 16];
             let l: [u8; 4] = read_at(sk, o.sock_rcv_saddr).unwrap_or([0; 4]);
             let r: [u8; 4] = read_at(sk, o.sock_daddr).unwrap_or([0; 4]);
-            a.laddr[..4].copy_from_slice(&l);
-            a.raddr[..4].copy_from_slice(&r);
+            c.laddr[..4].copy_from_slice(&l);
+            c.raddr[..4].copy_from_slice(&r);
         }
-        a
     }
 }

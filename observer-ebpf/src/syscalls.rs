@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use observer_common::{
-    io_kind, IO_NONE, WORK_HTTP, WORK_SYSCALLS, SyscallEntry, SyscallErrKey, SyscallKey, SyscallStats, LOST_SYSCALL_ERRNO_MAP_FULL,
+    io_kind, IO_NONE, WORK_HTTP_IN_SYS_ENTER, WORK_SYSCALLS, SyscallEntry, SyscallErrKey, SyscallKey, SyscallStats, LOST_SYSCALL_ERRNO_MAP_FULL,
     LOST_SYSCALL_MAP_FULL, LOST_SYSCALL_SLOT_COLLISION, MAX_CGROUP_FILTERS, SYSCALL_BUCKETS_NS,
     SYSCALL_NBUCKETS, SYSCALL_SLOTS,
 };
@@ -58,7 +58,7 @@ fn on_enter(regs: u64, nr: i64) {
         let ts_ns = unsafe { bpf_ktime_get_ns() };
         let nr = nr as u32;
         // The HTTP probe needs the buffer of socket I/O syscalls (one read, only for those).
-        let (io, buf) = if WORK.load() & WORK_HTTP != 0 {
+        let (io, buf) = if WORK.load() & WORK_HTTP_IN_SYS_ENTER != 0 {
             let io = io_kind(nr);
             (io, http::enter_buf(regs, io))
         } else {

@@ -129,20 +129,14 @@ fn seeds_through_the_exchange_tracker_never_panic() {
             sk: 1,
             cgroup_id: 1,
             ts_ns: ts,
-            conn: HttpConn::default(),
+            conn: HttpConn { family: 10, lport: 80, rport: 1, ..Default::default() },
             len: data.len() as u32,
             tgid: 1,
             kind,
             dir,
-            family: 10,
-            _pad0: 0,
-            lport: 80,
-            rport: 1,
             prefix_len: n as u16,
-            laddr: [0; 16],
-            raddr: [0; 16],
+            _pad0: 0,
             prefix,
-            _pad1: [0; 6],
         }
     };
     let mut tracker = Tracker::new(1_000_000);

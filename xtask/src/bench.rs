@@ -34,6 +34,12 @@ pub struct BenchArgs {
     /// wrk connections (wrk runs one thread).
     #[arg(long, default_value_t = 32)]
     pub connections: u32,
+    /// Fixed-rate phase: requests per second (hey, 50 workers); 0 skips the phase.
+    #[arg(long, default_value_t = 10_000)]
+    pub fixed_rate: u32,
+    /// Fixed-rate phase: seconds of each run (one without, one with the observer).
+    #[arg(long, default_value_t = 60)]
+    pub fixed_secs: u64,
 }
 
 const TARGET: f64 = 0.85;
@@ -49,12 +55,13 @@ const CLOCK_TICKS: f64 = 100.0;
 const SETUPS: [(&str, Option<&str>); NSETUPS] = [
     ("none", None),
     ("empty-hooks", Some("empty-hooks")),
-    ("observer", Some("syscalls,tcp")),
+    ("observer", Some("syscalls,tcp,http")),
     // Each probe alone, for the cost per probe.
     ("syscalls", Some("syscalls")),
     ("tcp", Some("tcp")),
+    ("http", Some("http")),
 ];
-const NSETUPS: usize = 5;
+const NSETUPS: usize = 6;
 const NONE: usize = 0;
 const EMPTY: usize = 1;
 const OBSERVER: usize = 2;
@@ -190,6 +197,104 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         rounds.push(samples);
     }
     report(&rounds);
+    if args.fixed_rate > 0 {
+        fixed_rate(&mut g, &observer, args, port)?;
+    }
+    Ok(())
+}
+
+/// What one hey run at a fixed rate gave.
+struct HeyRun {
+    responses: u64,
+    p99_s: f64,
+    rps: f64,
+}
+
+/// Runs hey at `rate` requests/s (50 workers) for `secs`, pinned to CPU 1.
+fn hey(rate: u32, secs: u64, port: u16) -> Result<HeyRun> {
+    let workers = 50u32;
+    let per_worker = (rate as f64 / workers as f64).max(1.0);
+    let out = Command::new("taskset")
+        .args(["-c", "1", "hey", "-z"])
+        .arg(format!("{secs}s"))
+        .args(["-c", &workers.to_string(), "-q", &format!("{per_worker}")])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .stdin(Stdio::null())
+        .output()
+        .context("running hey (is it installed?)")?;
+    check_interrupted()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "hey failed: {}", String::from_utf8_lossy(&out.stderr));
+    let rps = (text.lines())
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:")?.trim().parse::<f64>().ok())
+        .with_context(|| format!("no Requests/sec in hey output:\n{text}"))?;
+    let p99_s = (text.lines())
+        .find_map(|l| l.trim().strip_prefix("99% in ")?.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no 99% latency in hey output:\n{text}"))?;
+    // "  [200]\t600000 responses"
+    let responses = (text.lines())
+        .filter_map(|l| {
+            let l = l.trim();
+            let rest = l.strip_prefix('[')?;
+            let (_, n) = rest.split_once(']')?;
+            n.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum();
+    ensure!(!text.contains("Error distribution"), "hey saw errors:\n{text}");
+    Ok(HeyRun { responses, p99_s, rps })
+}
+
+/// Sum of the samples of `family` whose labels contain every `want` pair.
+fn metric_sum(text: &str, family: &str, want: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
+        .filter(|l| want.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn get_metrics(addr: &str) -> Result<String> {
+    let mut s = TcpStream::connect(addr).with_context(|| format!("scraping {addr}"))?;
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    Ok(reply)
+}
+
+/// A fixed request rate, without and with the observer (everything on): the observer's CPU,
+/// the p99 latency it adds, records lost, and its request counts against hey's.
+fn fixed_rate(g: &mut Guard, bin: &Path, args: &BenchArgs, port: u16) -> Result<()> {
+    let (rate, secs) = (args.fixed_rate, args.fixed_secs);
+    println!("\nbench: fixed rate {rate} req/s for {secs} s (hey, 50 workers), without then with the observer");
+    fs::File::create(g.dir.join("access.log"))?;
+    let base = hey(rate, secs, port).context("fixed rate, no observer")?;
+    println!("fixed none: {:.0} req/s, p99 {:.2} ms, {} responses", base.rps, base.p99_s * 1e3, base.responses);
+    fs::File::create(g.dir.join("access.log"))?;
+    let log = g.dir.join("observer-fixed.log");
+    let (pid, addr) = start_observer(g, bin, "syscalls,tcp,http", &log)?;
+    thread::sleep(Duration::from_secs(1));
+    let cpu_before = cpu_ticks(pid)?;
+    let t0 = Instant::now();
+    let with = hey(rate, secs, port).context("fixed rate, observer")?;
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = 100.0 * (cpu_ticks(pid)? - cpu_before) as f64 / CLOCK_TICKS / wall;
+    // Let the last requests reach the figures (drain period and the end of responses).
+    thread::sleep(Duration::from_secs(2));
+    let text = get_metrics(&addr)?;
+    let rss = proc_status(pid, "VmHWM", 0)? as f64 / 1024.0;
+    let _ = stop(g.observer.take().context("observer gone")?)?;
+    let port_label = format!("server_port=\"{port}\"");
+    let server = metric_sum(&text, "http_server_request_duration_seconds_count", &["http_route=\"/\"", "http_response_status_code=\"200\""]);
+    let client = metric_sum(&text, "http_client_request_duration_seconds_count", &[&port_label, "http_response_status_code=\"200\""]);
+    let lost = metric_sum(&text, "observer_events_lost_total", &["source=\"http"]);
+    println!("fixed observer: {:.0} req/s, p99 {:.2} ms, {} responses", with.rps, with.p99_s * 1e3, with.responses);
+    println!("\nfixed-rate figure                 value   target");
+    println!("observer CPU, % of one core     {cpu:>7.2}   <= 5");
+    println!("observer peak RSS, MiB          {rss:>7.1}");
+    println!("p99 with / without              {:>7.2}   <= 1.25  ({:.2} ms / {:.2} ms)", with.p99_s / base.p99_s, with.p99_s * 1e3, base.p99_s * 1e3);
+    println!("HTTP records lost               {lost:>7.0}   0");
+    println!("server requests seen / hey's    {server:>7.0} / {}  (equal)", with.responses);
+    println!("client requests seen / hey's    {client:>7.0} / {}  (equal)", with.responses);
     Ok(())
 }
 

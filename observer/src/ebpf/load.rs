@@ -9,7 +9,8 @@ use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
 };
 use observer_common::{
-    CgroupFilter, KernelOffsets, SetStateOffsets, WORK_HTTP, WORK_SYSCALLS, WORK_TCP,
+    CgroupFilter, KernelOffsets, SetStateOffsets, SyscallTpOffsets, WORK_HTTP,
+    WORK_HTTP_IN_SYS_ENTER, WORK_SYSCALLS, WORK_TCP,
 };
 
 use super::{btf, tracefs};
@@ -99,7 +100,15 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
     let filter_count = filters.len() as u32;
     let work = (cfg.syscalls as u32 * WORK_SYSCALLS)
         | (cfg.tcp as u32 * WORK_TCP)
-        | (cfg.http as u32 * WORK_HTTP);
+        | (cfg.http as u32 * WORK_HTTP)
+        | ((cfg.http && cfg.syscalls) as u32 * WORK_HTTP_IN_SYS_ENTER);
+    // The syscall tracepoints' record layout (for the HTTP probe without sys_enter).
+    let syscall_tp: Result<SyscallTpOffsets, ProbeError> = match &tracefs {
+        Ok(dir) => tracefs::field_offsets(dir, "syscalls", "sys_enter_write", &["__syscall_nr", "buf"])
+            .map(|f| SyscallTpOffsets { nr: f["__syscall_nr"], arg2: f["buf"] }),
+        Err(e) => Err(clone_err(e)),
+    };
+    let default_syscall_tp = SyscallTpOffsets { nr: 8, arg2: 24 };
     let mut loader = EbpfLoader::new();
     loader
         .override_global(
@@ -114,6 +123,11 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
         )
         .override_global("CGROUP_FILTER_COUNT", &filter_count, true)
         .override_global("WORK", &work, true)
+        .override_global(
+            "SYSCALL_TP",
+            syscall_tp.as_ref().unwrap_or(&default_syscall_tp),
+            true,
+        )
         .map_max_entries("CONNS", cfg.conn_table_size)
         .map_max_entries("SYSCALL_STATS", cfg.syscall_table_size);
     let mut ebpf = loader.load(object)?;
@@ -135,7 +149,11 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
         probes.push(status("syscalls", clone_result(&r)));
         Some(r)
     } else if cfg.http {
-        Some(attach_one(&mut ebpf, hooks, btf_ref, "sys_enter", "sys_enter"))
+        // Only the socket I/O syscalls, not every syscall of the host.
+        Some(match &syscall_tp {
+            Ok(_) => attach_io_syscalls(&mut ebpf),
+            Err(e) => Err(clone_err(e)),
+        })
     } else {
         None
     };
@@ -327,6 +345,25 @@ fn attach_fexit_bytes(ebpf: &mut Ebpf, btf: &Btf) -> Result<&'static str, ProbeE
         tracing::debug!("tcp_sendpage not hooked (absent since 6.5): {e}");
     }
     Ok("fexit")
+}
+
+/// The socket I/O syscalls whose buffers the HTTP probe reads.
+const IO_SYSCALLS: [&str; 9] = [
+    "read", "write", "readv", "writev", "sendto", "recvfrom", "sendmsg", "recvmsg", "sendfile64",
+];
+
+/// `http_sys_enter` / `http_sys_exit` on `syscalls:sys_enter_<name>` / `sys_exit_<name>` of
+/// every socket I/O syscall.
+fn attach_io_syscalls(ebpf: &mut Ebpf) -> Result<&'static str, ProbeError> {
+    for (prog, dir) in [("http_sys_enter", "sys_enter_"), ("http_sys_exit", "sys_exit_")] {
+        let p: &mut TracePoint = program(ebpf, prog)?;
+        p.load().map_err(|e| program_error(prog, e))?;
+        for name in IO_SYSCALLS {
+            p.attach("syscalls", &format!("{dir}{name}"))
+                .map_err(|e| program_error(prog, e))?;
+        }
+    }
+    Ok("tracepoint")
 }
 
 fn unload(ebpf: &mut Ebpf, prog: &str) {

@@ -421,12 +421,13 @@ fn encode_http(enc: &mut DescriptorEncoder, totals: &Totals, health: &KernelHeal
         for ((id, k), h) in &http.client {
             let status = status_label(k.status);
             let port = k.server_port.to_string();
+            let address = k.server_address.to_string();
             let l = with(
                 id,
                 &[
                     ("http_request_method", k.method),
                     ("http_response_status_code", &status),
-                    ("server_address", &k.server_address),
+                    ("server_address", &address),
                     ("server_port", &port),
                     ("error_type", k.error_type.unwrap_or("")),
                 ],

@@ -130,7 +130,7 @@ impl DirCounters {
 /// Pairs requests and responses of every HTTP connection on the node.
 #[derive(Debug)]
 pub struct Tracker {
-    conns: HashMap<u64, Conn>,
+    conns: HashMap<u64, Conn, foldhash::fast::RandomState>,
     timeout_ns: u64,
     pub unparsed: Unparsed,
 }
@@ -151,7 +151,7 @@ fn skip_crlf(p: &[u8]) -> usize {
 
 impl Tracker {
     pub fn new(timeout_ns: u64) -> Self {
-        Self { conns: HashMap::new(), timeout_ns, unparsed: Unparsed::default() }
+        Self { conns: HashMap::default(), timeout_ns, unparsed: Unparsed::default() }
     }
 
     /// Connections tracked now.
@@ -207,7 +207,7 @@ impl Tracker {
             c.responding = None;
             c.side = Some(side);
         }
-        c.peer = Some((addr(ev.family, &ev.raddr), ev.rport));
+        c.peer = Some((addr(ev.conn.family as u8, &ev.conn.raddr), ev.conn.rport));
         // The previous message in the response direction ended with the counters before this
         // record (a start in that direction) — or is still in flight.
         let resp_dir = if side == Side::Server { DirCounters::out(&ev.conn) } else { DirCounters::inn(&ev.conn) };
@@ -329,7 +329,15 @@ impl Tracker {
                 _ => End::Unknown,
             };
             let f = InFlight { req, status, end };
-            // Ended within the starting call?
+            // Ended within the starting call? (A chunked body whose last chunk is within the
+            // prefix, the call's data all in it.)
+            let chunked_done = end == End::Chunked
+                && ev.len as usize == prefix.len()
+                && prefix.ends_with(b"0\r\n\r\n");
+            if chunked_done {
+                finish(c, f, ev.ts_ns, out);
+                return;
+            }
             match end {
                 End::Length(total) if total <= ev.len as u64 => {
                     finish(c, f, ev.ts_ns, out);
@@ -395,7 +403,9 @@ impl Tracker {
                 });
                 if let Some(d) = counters {
                     let idle = now_ns.saturating_sub(d.last_ns);
-                    let stale = f.end == End::Unknown && idle >= IDLE_END_NS;
+                    // Unknown framing, or a chunked body whose end the counters cannot show
+                    // (its last bytes were within a vectored or prefix-only call).
+                    let stale = matches!(f.end, End::Unknown | End::Chunked) && idle >= IDLE_END_NS;
                     let too_long = now_ns.saturating_sub(f.req.start_ns) >= timeout && idle >= IDLE_END_NS;
                     if done(f.end, &d) || stale || too_long {
                         let f = c.responding.take().expect("checked");
@@ -472,6 +482,14 @@ mod tests {
         let mut prefix = [0u8; HTTP_PREFIX];
         let n = data.len().min(HTTP_PREFIX);
         prefix[..n].copy_from_slice(&data[..n]);
+        let conn = HttpConn {
+            family: 2,
+            lport: 80,
+            rport: 40000,
+            laddr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            raddr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ..conn
+        };
         HttpEvent {
             sk: SK,
             cgroup_id: 7,
@@ -481,15 +499,9 @@ mod tests {
             tgid: 1,
             kind,
             dir,
-            family: 2,
-            _pad0: 0,
-            lport: 80,
-            rport: 40000,
             prefix_len: n as u16,
-            laddr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            raddr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            _pad0: 0,
             prefix,
-            _pad1: [0; 6],
         }
     }
 

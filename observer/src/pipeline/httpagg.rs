@@ -43,7 +43,7 @@ pub struct ServerKey {
 pub struct ClientKey {
     pub method: &'static str,
     pub status: Option<u16>,
-    pub server_address: String,
+    pub server_address: IpAddr,
     pub server_port: u16,
     pub error_type: Option<&'static str>,
 }
@@ -85,12 +85,16 @@ impl Hist {
 /// HTTP figures of one cgroup.
 #[derive(Debug, Clone, Default)]
 pub struct CgroupHttp {
-    pub server: HashMap<ServerKey, Hist>,
-    pub client: HashMap<ClientKey, Hist>,
+    pub server: HashMap<ServerKey, Hist, Fast>,
+    pub client: HashMap<ClientKey, Hist, Fast>,
     pub apdex: [u64; 3],
     /// Last request time (ns) per client address, server side.
-    pub clients: HashMap<IpAddr, u64>,
+    pub clients: HashMap<IpAddr, u64, Fast>,
 }
+
+/// A fast hasher for maps keyed by what the kernel reported (not attacker-chosen strings alone:
+/// routes are templated and capped before they are keys).
+type Fast = foldhash::fast::RandomState;
 
 /// Figures per identity, ready for the exposition.
 #[derive(Debug, Default, Clone)]
@@ -193,7 +197,7 @@ impl HttpSettings {
 #[derive(Debug)]
 pub struct HttpAgg {
     pub settings: HttpSettings,
-    pub cgroups: HashMap<u64, CgroupHttp>,
+    pub cgroups: HashMap<u64, CgroupHttp, Fast>,
     pub routes: RouteCap,
     bounds: HashMap<u64, Arc<Vec<f64>>>,
 }
@@ -213,7 +217,7 @@ pub fn bounds_for(t: f64) -> Vec<f64> {
 impl HttpAgg {
     pub fn new(settings: HttpSettings) -> Self {
         let routes = RouteCap::new(settings.route_cap);
-        Self { settings, cgroups: HashMap::new(), routes, bounds: HashMap::new() }
+        Self { settings, cgroups: HashMap::default(), routes, bounds: HashMap::new() }
     }
 
     fn bounds(&mut self, t: f64) -> Arc<Vec<f64>> {
@@ -257,7 +261,7 @@ impl HttpAgg {
                 let key = ClientKey {
                     method: ex.method.as_str(),
                     status: ex.status,
-                    server_address: ex.peer.to_string(),
+                    server_address: ex.peer,
                     server_port: ex.peer_port,
                     error_type: ex.error_type,
                 };
