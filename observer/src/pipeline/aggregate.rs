@@ -121,6 +121,8 @@ pub struct Pipeline {
     grace: Duration,
     pub http: HttpAgg,
     pub http_health: HttpHealth,
+    /// Finished exchanges for live subscribers.
+    pub live: super::live::Live,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -140,15 +142,32 @@ impl Pipeline {
             grace,
             http,
             http_health: HttpHealth::default(),
+            live: super::live::Live::new(),
         }
     }
 
     /// Records finished HTTP exchanges (at most one hierarchy walk per batch for new cgroups).
     pub fn record_http(&mut self, exchanges: &[Exchange], now_ns: u64) {
         self.resolver.begin_round();
+        let live = self.live.has_subscribers();
+        let wall = std::time::SystemTime::now();
         for ex in exchanges {
             let id = self.resolver.identity(ex.cgroup_id);
-            self.http.record(ex, &id, now_ns);
+            let route = self.http.record(ex, &id, now_ns);
+            if live {
+                self.live.send(super::live::LiveRequest {
+                    time: wall,
+                    side: ex.side,
+                    identity: id,
+                    peer: ex.peer,
+                    peer_port: ex.peer_port,
+                    method: ex.method.as_str(),
+                    route,
+                    status: ex.status,
+                    error_type: ex.error_type,
+                    duration_ns: ex.duration_ns,
+                });
+            }
         }
     }
 

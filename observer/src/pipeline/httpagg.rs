@@ -27,6 +27,17 @@ pub const BASE_BUCKETS: [f64; 17] = [
 pub const ACTIVE_WINDOW_NS: u64 = 60_000_000_000;
 /// Client addresses remembered per cgroup.
 const MAX_CLIENTS: usize = 65536;
+/// Client addresses with their own topology figures per cgroup; further clients share the
+/// entry of the unspecified address.
+pub const MAX_PEERS: usize = 1024;
+
+/// Server-side figures from one client address (the topology's incoming edges).
+#[derive(Debug, Clone)]
+pub struct PeerStats {
+    pub hist: Hist,
+    /// 5xx or no response.
+    pub failed: u64,
+}
 
 /// APDEX levels, index into [`CgroupHttp::apdex`].
 pub const APDEX_LEVELS: [&str; 3] = ["satisfied", "tolerating", "frustrated"];
@@ -90,6 +101,8 @@ pub struct CgroupHttp {
     pub apdex: [u64; 3],
     /// Last request time (ns) per client address, server side.
     pub clients: HashMap<IpAddr, u64, Fast>,
+    /// Server-side figures per client address.
+    pub peers: HashMap<IpAddr, PeerStats, Fast>,
 }
 
 /// A fast hasher for maps keyed by what the kernel reported (not attacker-chosen strings alone:
@@ -104,6 +117,20 @@ pub struct HttpTotals {
     pub apdex: BTreeMap<Arc<Identity>, [u64; 3]>,
     pub active_clients: BTreeMap<Arc<Identity>, u64>,
     pub threshold: BTreeMap<Arc<Identity>, f64>,
+    /// Server-side figures per (server identity, client address).
+    pub server_peers: BTreeMap<(Arc<Identity>, IpAddr), PeerStats>,
+}
+
+fn merge_peer(into: &mut BTreeMap<(Arc<Identity>, IpAddr), PeerStats>, k: (Arc<Identity>, IpAddr), p: &PeerStats) {
+    match into.get_mut(&k) {
+        Some(x) => {
+            x.hist.merge(&p.hist);
+            x.failed += p.failed;
+        }
+        None => {
+            into.insert(k, p.clone());
+        }
+    }
 }
 
 impl HttpTotals {
@@ -131,6 +158,9 @@ impl HttpTotals {
                 a[i] += c.apdex[i];
             }
             self.threshold.insert(id.clone(), t);
+        }
+        for (ip, p) in &c.peers {
+            merge_peer(&mut self.server_peers, (id.clone(), *ip), p);
         }
         let active = c.clients.values().filter(|&&ts| now_ns.saturating_sub(ts) < ACTIVE_WINDOW_NS).count();
         if !c.server.is_empty() {
@@ -165,6 +195,9 @@ impl HttpTotals {
         for (id, t) in &o.threshold {
             self.threshold.insert(id.clone(), *t);
         }
+        for (k, p) in &o.server_peers {
+            merge_peer(&mut self.server_peers, k.clone(), p);
+        }
     }
 
     pub fn retain(&mut self, alive: &std::collections::HashSet<Arc<Identity>>) {
@@ -173,6 +206,7 @@ impl HttpTotals {
         self.apdex.retain(|id, _| alive.contains(id));
         self.threshold.retain(|id, _| alive.contains(id));
         self.active_clients.retain(|id, _| alive.contains(id));
+        self.server_peers.retain(|(id, _), _| alive.contains(id));
     }
 }
 
@@ -225,22 +259,35 @@ impl HttpAgg {
     }
 
     /// Records one exchange of a cgroup whose identity is `id`; `now_ns` is the kernel clock.
-    pub fn record(&mut self, ex: &Exchange, id: &Identity, now_ns: u64) {
+    /// Returns the route label it was counted under.
+    pub fn record(&mut self, ex: &Exchange, id: &Identity, now_ns: u64) -> String {
         let t = self.settings.threshold(&id.service_name);
         let bounds = self.bounds(t);
         let secs = ex.duration_ns as f64 / 1e9;
         match ex.side {
             Side::Server => {
                 let route = self.routes.admit(&id.service_name, ex.route.clone());
+                let route = route.as_str().to_string();
                 let key = ServerKey {
                     method: ex.method.as_str(),
                     status: ex.status,
-                    route: route.as_str().to_string(),
+                    route: route.clone(),
                     error_type: ex.error_type,
                 };
                 let c = self.cgroups.entry(ex.cgroup_id).or_default();
-                c.server.entry(key).or_insert_with(|| Hist::new(bounds)).observe(secs);
+                c.server.entry(key).or_insert_with(|| Hist::new(bounds.clone())).observe(secs);
                 let error = ex.error_type.is_some() || ex.status.is_some_and(|s| s >= 500);
+                let peer = if c.peers.len() < MAX_PEERS || c.peers.contains_key(&ex.peer) {
+                    ex.peer
+                } else {
+                    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+                };
+                let p = c
+                    .peers
+                    .entry(peer)
+                    .or_insert_with(|| PeerStats { hist: Hist::new(bounds), failed: 0 });
+                p.hist.observe(secs);
+                p.failed += error as u64;
                 let level = if error {
                     2
                 } else if secs <= t {
@@ -256,6 +303,7 @@ impl HttpAgg {
                 } else {
                     c.clients.retain(|_, ts| now_ns.saturating_sub(*ts) < ACTIVE_WINDOW_NS);
                 }
+                route
             }
             Side::Client => {
                 let key = ClientKey {
@@ -267,6 +315,7 @@ impl HttpAgg {
                 };
                 let c = self.cgroups.entry(ex.cgroup_id).or_default();
                 c.client.entry(key).or_insert_with(|| Hist::new(bounds)).observe(secs);
+                ex.route.clone()
             }
         }
     }

@@ -6,6 +6,8 @@ pub mod names;
 pub mod exchange;
 pub mod httpagg;
 pub mod httpcapture;
+pub mod live;
+pub mod topology;
 
 /// The kernel's monotonic clock (`bpf_ktime_get_ns`), in nanoseconds.
 pub fn monotonic_ns() -> u64 {

@@ -1,0 +1,146 @@
+//! The service topology: who calls whom, from the HTTP exchanges of every workload on the node.
+//!
+//! An edge goes from a client node to a server node. A node is a workload of this node (pod or
+//! host service, by identity) or an address no local workload owns (a server as `ip:port`, a
+//! client as its `ip` alone: client ports are ephemeral and never become nodes or labels).
+//!
+//! When both ends are on this node the exchange is seen twice (the client's call and the
+//! server's answer): it is one edge, its requests counted once from the client side, and both
+//! latencies are kept (client minus server is network and queueing time). A server-side request
+//! from a client that is not on this node makes the edge from that client's address.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use super::httpagg::{Hist, HttpTotals};
+use crate::identity::Identity;
+
+/// One end of an edge.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Node {
+    /// A workload of this node.
+    Workload(Arc<Identity>),
+    /// An address no local workload owns: `ip:port` for a server, `ip` for a client.
+    External(String),
+}
+
+impl Node {
+    /// Name for the service-graph labels (`client`, `server`).
+    pub fn name(&self) -> &str {
+        match self {
+            Node::Workload(id) => &id.service_name,
+            Node::External(a) => a,
+        }
+    }
+
+    /// Namespace for the service-graph labels (empty for external addresses).
+    pub fn namespace(&self) -> &str {
+        match self {
+            Node::Workload(id) => &id.k8s_namespace_name,
+            Node::External(_) => "",
+        }
+    }
+
+    /// Tempo's `connection_type`: empty between workloads, `virtual_node` for an unresolved peer.
+    pub fn connection_type(client: &Node, server: &Node) -> &'static str {
+        match (client, server) {
+            (Node::Workload(_), Node::Workload(_)) => "",
+            _ => "virtual_node",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EdgeKey {
+    pub client: Node,
+    pub server: Node,
+}
+
+/// Figures of one edge.
+#[derive(Debug, Clone, Default)]
+pub struct Edge {
+    /// Requests (counted once per exchange).
+    pub requests: u64,
+    /// Requests that failed: 5xx or no response.
+    pub failed: u64,
+    /// Durations as the server measured them (when the server is on this node).
+    pub server_seconds: Option<Hist>,
+    /// Durations as the client measured them (when the client is on this node).
+    pub client_seconds: Option<Hist>,
+}
+
+/// Local workloads by the addresses they own (learned from their network namespaces).
+pub trait PeerLookup {
+    fn workload(&self, ip: &IpAddr) -> Option<Arc<Identity>>;
+}
+
+impl PeerLookup for HashMap<IpAddr, Arc<Identity>> {
+    fn workload(&self, ip: &IpAddr) -> Option<Arc<Identity>> {
+        self.get(ip).cloned()
+    }
+}
+
+/// The topology at one moment (cumulative counters, like the rest of the figures).
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    pub edges: BTreeMap<EdgeKey, Edge>,
+}
+
+fn add_hist(slot: &mut Option<Hist>, h: &Hist) {
+    match slot {
+        Some(x) => x.merge(h),
+        None => *slot = Some(h.clone()),
+    }
+}
+
+fn failed(status: Option<u16>, error: Option<&'static str>) -> bool {
+    error.is_some() || status.is_some_and(|s| s >= 500)
+}
+
+impl Topology {
+    /// Builds the edges from the HTTP figures; `peers` resolves addresses to local workloads.
+    pub fn build(http: &HttpTotals, peers: &dyn PeerLookup) -> Topology {
+        let mut t = Topology::default();
+        // Client side: every call a local workload made.
+        for ((id, k), h) in &http.client {
+            let server = match peers.workload(&k.server_address) {
+                Some(w) => Node::Workload(w),
+                None => Node::External(socket(&k.server_address, k.server_port)),
+            };
+            let key = EdgeKey { client: Node::Workload(id.clone()), server };
+            let e = t.edges.entry(key).or_default();
+            e.requests += h.count;
+            if failed(k.status, k.error_type) {
+                e.failed += h.count;
+            }
+            add_hist(&mut e.client_seconds, h);
+        }
+        // Server side: answers, by client address.
+        for ((id, client_ip), p) in &http.server_peers {
+            let (client, local) = match peers.workload(client_ip) {
+                Some(w) => (Node::Workload(w), true),
+                None => (Node::External(client_ip.to_string()), false),
+            };
+            let key = EdgeKey { client, server: Node::Workload(id.clone()) };
+            let e = t.edges.entry(key).or_default();
+            if !local {
+                // Not seen from the client side: count the requests here.
+                e.requests += p.hist.count;
+                e.failed += p.failed;
+            }
+            add_hist(&mut e.server_seconds, &p.hist);
+        }
+        t
+    }
+}
+
+/// `ip:port`, with brackets for IPv6.
+pub fn socket(ip: &IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
