@@ -2,6 +2,10 @@
 //! which ships a prebuilt `core` for that target (rustup's toolchains here have no rust-src,
 //! so `-Z build-std` is impossible), and links them with bpf-linker. `cargo xtask` installs
 //! both; see README.md.
+//!
+//! Then it generates the gRPC API (`proto/observer/v1/observer.proto`) with tonic-prost-build,
+//! which runs Debian's `protoc` (package protobuf-compiler, also installed by `cargo xtask`),
+//! and writes the file descriptor set that the reflection service serves.
 
 use std::{env, path::PathBuf, process::Command};
 
@@ -65,4 +69,26 @@ fn main() {
     let obj = target_dir.join("bpfel-unknown-none/release/observer");
     std::fs::copy(&obj, out.join("observer-ebpf.o"))
         .unwrap_or_else(|e| panic!("copying {}: {e}", obj.display()));
+
+    compile_proto(&root, &out);
+}
+
+/// Generates the `observer.v1` messages, server and client (see `export::grpc`).
+fn compile_proto(root: &std::path::Path, out: &std::path::Path) {
+    let proto_dir = root.join("proto");
+    let proto = proto_dir.join("observer/v1/observer.proto");
+    println!("cargo:rerun-if-changed={}", proto.display());
+    println!("cargo:rerun-if-env-changed=PROTOC");
+    let protoc_found = env::var_os("PROTOC").is_some()
+        || Command::new("protoc").arg("--version").output().is_ok();
+    if !protoc_found {
+        panic!(
+            "protoc not found: it compiles proto/observer/v1/observer.proto; install Debian's \
+             protobuf-compiler (`cargo xtask install` does) or set PROTOC"
+        );
+    }
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("observer_descriptor.bin"))
+        .compile_protos(&[proto], &[proto_dir])
+        .unwrap_or_else(|e| panic!("compiling the gRPC API: {e}"));
 }

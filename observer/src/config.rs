@@ -17,6 +17,11 @@ pub struct Args {
     #[arg(long, env = "OBSERVER_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
 
+    /// Address of the gRPC query API (observer.v1.Observer, with health and reflection); the
+    /// `top`, `topology` and `tail` subcommands connect to it too.
+    #[arg(long, env = "OBSERVER_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+
     /// Probes to run, comma-separated.
     #[arg(
         long,
@@ -130,6 +135,7 @@ fn parse_service_threshold(s: &str) -> Result<(String, f64), String> {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub metrics_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
     pub syscalls: bool,
     pub tcp: bool,
     pub http: bool,
@@ -184,6 +190,7 @@ impl TryFrom<Args> for Config {
         }
         Ok(Config {
             metrics_addr: a.metrics_addr,
+            grpc_addr: a.grpc_addr,
             syscalls: a.probes.contains(&ProbeKind::Syscalls),
             tcp: a.probes.contains(&ProbeKind::Tcp),
             http: a.probes.contains(&ProbeKind::Http),
@@ -217,6 +224,7 @@ mod tests {
     fn defaults() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:9464");
+        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
         assert!(c.syscalls && c.tcp && c.http);
         assert_eq!(c.apdex_threshold, 0.5);
         assert_eq!(c.http_request_timeout, Duration::from_secs(30));
@@ -229,6 +237,7 @@ mod tests {
             .unwrap_err()
             .contains("bogus"));
         assert!(parse(&["--metrics-addr", "nope"]).is_err());
+        assert!(parse(&["--grpc-addr", "nope"]).is_err());
         assert!(parse(&["--cgroup-grace", "5 parsecs"]).is_err());
         assert!(parse(&["--conn-table-size", "1"])
             .unwrap_err()

@@ -34,6 +34,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let cgroups = CgroupFs::discover()?;
     tracing::info!(mount = %cgroups.root().display(), "cgroup v2 hierarchy");
     let listener = export::admin::bind(cfg.metrics_addr).await?;
+    let grpc_listener = export::grpc::bind(cfg.grpc_addr).await?;
 
     let load_cfg = cfg.clone();
     let load_cgroups = cgroups.clone();
@@ -121,9 +122,20 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         addr: cfg.metrics_addr,
         source,
     })?;
+    let grpc_addr = grpc_listener.local_addr().unwrap_or(cfg.grpc_addr);
+    let grpc = tokio::spawn(export::grpc::serve(
+        grpc_listener,
+        pipeline.clone(),
+        loaded.probes.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!("gRPC API on {grpc_addr} (observer.v1.Observer, health, reflection)");
+    println!("observer: gRPC API on http://{grpc_addr}");
     tracing::info!("serving http://{addr}/metrics (also /healthz, /readyz)");
     println!("observer: serving http://{addr}/metrics");
     export::admin::serve(listener, registry, true, shutdown).await;
+    // Open streams end at shutdown; give the gRPC server a moment to say goodbye.
+    let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
     // Dropping `loaded` detaches every program.
     drop(loaded);
     tracing::info!("stopped");

@@ -1,10 +1,22 @@
+mod cli;
+
 use std::process::ExitCode;
 
 use clap::Parser;
+use cli::{Cli, Command};
 use observer::config::{Args, Config};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    match cli.command {
+        None => daemon(cli.daemon),
+        Some(Command::Run(args)) => daemon(args),
+        Some(cmd) => cli::client(cmd, cli.daemon.grpc_addr),
+    }
+}
+
+/// Runs the observer until SIGTERM/SIGINT.
+fn daemon(args: Args) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log);
     let filter = match filter {
         Ok(f) => f,

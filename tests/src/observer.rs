@@ -31,20 +31,43 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
+/// Whether the binary has the gRPC API (`--grpc-addr`): a binary built before it still runs
+/// with this harness.
+fn has_grpc() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        Command::new(binary())
+            .arg("--help")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--grpc-addr"))
+    })
+}
+
 pub struct Observer {
     child: Child,
     pub addr: String,
+    /// The gRPC API's address (`host:port`).
+    pub grpc_addr: String,
     pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Observer {
-    /// Starts the observer with extra flags and waits until it serves.
+    /// Starts the observer with extra flags and waits until it serves. Its metrics endpoint
+    /// and (unless `extra` names one) its gRPC API listen on free loopback ports, so that
+    /// observers of tests running side by side never share a port.
     pub fn start(extra: &[&str]) -> anyhow::Result<Observer> {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
-        let mut child = Command::new(binary())
-            .arg("--metrics-addr")
-            .arg(&addr)
+        let grpc_addr = match extra.iter().position(|a| *a == "--grpc-addr") {
+            Some(i) => extra.get(i + 1).map(|a| a.to_string()).unwrap_or_default(),
+            None => format!("127.0.0.1:{}", free_port()),
+        };
+        let mut cmd = Command::new(binary());
+        cmd.arg("--metrics-addr").arg(&addr);
+        if !extra.contains(&"--grpc-addr") && has_grpc() {
+            cmd.arg("--grpc-addr").arg(&grpc_addr);
+        }
+        let mut child = cmd
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -76,6 +99,7 @@ impl Observer {
         let mut obs = Observer {
             child,
             addr,
+            grpc_addr,
             stderr,
         };
         match rx.recv_timeout(crate::scaled(Duration::from_secs(60))) {

@@ -1,4 +1,5 @@
-//! Exporters: the Prometheus collector and the HTTP admin endpoint.
+//! Exporters: the Prometheus collector, the HTTP admin endpoint and the gRPC query API.
 
 pub mod admin;
+pub mod grpc;
 pub mod metrics;
