@@ -27,6 +27,7 @@ use crate::{
     pipeline::{
         aggregate::{add_syscall, KernelHealth, Pipeline, Totals},
         httpagg::{Hist, APDEX_LEVELS},
+        topology::{Edge, Node, Topology},
         names::{errno_name, syscall_name},
     },
 };
@@ -153,11 +154,13 @@ fn gauge<'a>(
 
 impl Collector for ObserverCollector {
     fn encode(&self, enc: DescriptorEncoder) -> fmt::Result {
-        let (totals, health) = {
+        let (totals, health, topology) = {
             let mut p = self.pipeline.lock().unwrap_or_else(|e| e.into_inner());
-            (p.snapshot(), p.health())
+            let totals = p.snapshot();
+            let topology = p.topology(&totals);
+            (totals, p.health(), topology)
         };
-        encode_all(enc, &totals, &health, &self.probes)
+        encode_all(enc, &totals, &health, &self.probes, &topology)
     }
 }
 
@@ -167,6 +170,7 @@ pub fn encode_all(
     totals: &Totals,
     health: &KernelHealth,
     probes: &[ProbeStatus],
+    topology: &Topology,
 ) -> fmt::Result {
     // Self-observation.
     {
@@ -372,7 +376,86 @@ pub fn encode_all(
             .encode(m.encode_family(&l)?)?;
         }
     }
-    encode_http(&mut enc, totals, health)
+    encode_http(&mut enc, totals, health)?;
+    encode_topology(&mut enc, topology)
+}
+
+/// Service-graph label values of an edge: client, client_namespace, server, server_namespace,
+/// connection_type.
+type GraphLabels = (String, String, String, String, &'static str);
+
+/// The topology with Tempo's service-graph names, so Grafana's node graph works unchanged.
+/// Edges whose ends carry the same names (two pods of one service) are summed.
+fn encode_topology(enc: &mut DescriptorEncoder, topology: &Topology) -> fmt::Result {
+    let mut graph: BTreeMap<GraphLabels, Edge> = BTreeMap::new();
+    for (k, e) in &topology.edges {
+        let labels = (
+            k.client.name().to_string(),
+            k.client.namespace().to_string(),
+            k.server.name().to_string(),
+            k.server.namespace().to_string(),
+            Node::connection_type(&k.client, &k.server),
+        );
+        let g = graph.entry(labels).or_default();
+        g.requests += e.requests;
+        g.failed += e.failed;
+        for (into, from) in [
+            (&mut g.server_seconds, &e.server_seconds),
+            (&mut g.client_seconds, &e.client_seconds),
+        ] {
+            if let Some(h) = from {
+                match into {
+                    Some(x) => x.merge(h),
+                    None => *into = Some(h.clone()),
+                }
+            }
+        }
+    }
+    let label_set = |l: &GraphLabels| -> Vec<(&'static str, String)> {
+        vec![
+            ("client", l.0.clone()),
+            ("client_namespace", l.1.clone()),
+            ("server", l.2.clone()),
+            ("server_namespace", l.3.clone()),
+            ("connection_type", l.4.to_string()),
+        ]
+    };
+    if graph.is_empty() {
+        return Ok(());
+    }
+    for (name, help, failed) in [
+        ("traces_service_graph_request", "Requests between two nodes of the service graph", false),
+        ("traces_service_graph_request_failed", "Failed requests (5xx or no response) between two nodes", true),
+    ] {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (l, e) in &graph {
+            let v = if failed { e.failed } else { e.requests };
+            m.encode_family(&label_set(l))?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+    }
+    for (name, help, server) in [
+        ("traces_service_graph_request_server", "Request duration as the server measured it", true),
+        ("traces_service_graph_request_client", "Request duration as the client measured it", false),
+    ] {
+        let rows: Vec<(&GraphLabels, &Hist)> = graph
+            .iter()
+            .filter_map(|(l, e)| {
+                let h = if server { e.server_seconds.as_ref() } else { e.client_seconds.as_ref() };
+                h.map(|h| (l, h))
+            })
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let mut m = enc.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+        for (l, h) in rows {
+            let buckets = hist_buckets(h);
+            RawHistogram { sum: h.sum, count: h.count, buckets: &buckets }
+                .encode(m.encode_family(&label_set(l))?)?;
+        }
+    }
+    Ok(())
 }
 
 fn status_label(s: Option<u16>) -> String {
@@ -498,7 +581,7 @@ mod tests {
     struct Fixed(Totals, KernelHealth, Vec<ProbeStatus>);
     impl Collector for Fixed {
         fn encode(&self, enc: DescriptorEncoder) -> fmt::Result {
-            encode_all(enc, &self.0, &self.1, &self.2)
+            encode_all(enc, &self.0, &self.1, &self.2, &Topology::default())
         }
     }
 

@@ -78,6 +78,8 @@ struct Known {
     gone_since: Option<Instant>,
     /// False for a stand-in identity (`cgroup-<id>`) given to an id no walk has found.
     resolved: bool,
+    /// The cgroup directory, once a walk found it.
+    dir: Option<PathBuf>,
 }
 
 /// Maps cgroup ids to identities, with a cache refreshed by walking the hierarchy.
@@ -129,6 +131,7 @@ impl Resolver {
             identity: identity.clone(),
             gone_since: Some(Instant::now()),
             resolved: false,
+            dir: None,
         };
         self.known.insert(id, known);
         identity
@@ -153,6 +156,9 @@ impl Resolver {
                         k.identity = Arc::new(resolve_path(&root, &dir));
                         k.resolved = true;
                     }
+                    if k.dir.is_none() {
+                        k.dir = Some(dir.clone());
+                    }
                 }
                 None => {
                     let identity = Arc::new(resolve_path(&root, &dir));
@@ -162,6 +168,7 @@ impl Resolver {
                             identity,
                             gone_since: None,
                             resolved: true,
+                            dir: Some(dir.clone()),
                         },
                     );
                 }
@@ -198,6 +205,15 @@ impl Resolver {
         for id in ids {
             self.known.remove(id);
         }
+    }
+
+    /// Live pod cgroups (those whose identity has a pod UID) with their directories.
+    pub fn pod_dirs(&self) -> Vec<(Arc<Identity>, PathBuf)> {
+        self.known
+            .values()
+            .filter(|k| k.gone_since.is_none() && !k.identity.k8s_pod_uid.is_empty())
+            .filter_map(|k| Some((k.identity.clone(), k.dir.clone()?)))
+            .collect()
     }
 
     /// Identities of the cgroups still known (alive or within their grace period).

@@ -2,6 +2,7 @@
 //! The pipeline asks; identity never calls into the pipeline.
 
 pub mod cgroup;
+pub mod netns;
 pub mod runtime;
 
 /// The identity labels on every per-workload series. Fixed now so that later sources

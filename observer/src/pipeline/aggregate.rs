@@ -123,6 +123,8 @@ pub struct Pipeline {
     pub http_health: HttpHealth,
     /// Finished exchanges for live subscribers.
     pub live: super::live::Live,
+    /// Local pods by address (topology peers).
+    pub peers: crate::identity::netns::PeerMap,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -143,6 +145,7 @@ impl Pipeline {
             http,
             http_health: HttpHealth::default(),
             live: super::live::Live::new(),
+            peers: crate::identity::netns::PeerMap::default(),
         }
     }
 
@@ -236,9 +239,15 @@ impl Pipeline {
         h
     }
 
+    /// The topology from current figures (see `topology.rs`).
+    pub fn topology(&self, totals: &Totals) -> super::topology::Topology {
+        super::topology::Topology::build(&totals.http, self.peers.map())
+    }
+
     /// Walks the cgroup hierarchy and retires cgroups whose grace period is over.
     pub fn collect_garbage(&mut self) {
         self.resolver.rescan();
+        self.peers.refresh(&self.resolver.pod_dirs());
         let expired = self.resolver.expired(self.grace);
         if expired.is_empty() {
             return;

@@ -125,12 +125,19 @@ impl Topology {
                 None => (Node::External(client_ip.to_string()), false),
             };
             let key = EdgeKey { client, server: Node::Workload(id.clone()) };
-            let e = t.edges.entry(key).or_default();
-            if !local {
-                // Not seen from the client side: count the requests here.
-                e.requests += p.hist.count;
-                e.failed += p.failed;
+            if local {
+                // Counted from the client side; keep the server's view of the same requests.
+                // (A local client that reached this server through an address no pod owns, a
+                // host address say, has its edge to that address: no second edge here.)
+                if let Some(e) = t.edges.get_mut(&key) {
+                    add_hist(&mut e.server_seconds, &p.hist);
+                }
+                continue;
             }
+            // Not seen from the client side: the requests are counted here.
+            let e = t.edges.entry(key).or_default();
+            e.requests += p.hist.count;
+            e.failed += p.failed;
             add_hist(&mut e.server_seconds, &p.hist);
         }
         t

@@ -1,0 +1,143 @@
+//! Local pods by the IP addresses of their network namespaces: the topology's peer resolution
+//! for this node, without any API. A pod's namespace is found through a process of its cgroup
+//! (`/proc/<pid>/ns/net`); its addresses are read once per namespace from that process's view of
+//! `/proc/net/fib_trie` (IPv4 local addresses) and `/proc/net/if_inet6` (IPv6), loopback and
+//! link-local left out.
+//!
+//! An address is kept only when every workload claiming it belongs to one pod (the containers of
+//! a pod share its namespace; the pod's first container by name stands for it, the sandbox's
+//! `pause` process never); an address several pods claim (host-network pods share the node's) is
+//! left unresolved rather than guessed.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use super::Identity;
+
+/// Addresses of local pods, refreshed from the cgroup walk.
+#[derive(Debug, Default)]
+pub struct PeerMap {
+    /// Addresses per network namespace inode (read once per namespace).
+    by_netns: HashMap<u64, Vec<IpAddr>>,
+    map: HashMap<IpAddr, Arc<Identity>>,
+}
+
+impl PeerMap {
+    /// The workload owning `ip`, if exactly one local pod does.
+    pub fn get(&self, ip: &IpAddr) -> Option<Arc<Identity>> {
+        self.map.get(ip).cloned()
+    }
+
+    pub fn map(&self) -> &HashMap<IpAddr, Arc<Identity>> {
+        &self.map
+    }
+
+    /// Rebuilds the map from the live pod cgroups.
+    pub fn refresh(&mut self, pods: &[(Arc<Identity>, PathBuf)]) {
+        let mut claims: BTreeMap<IpAddr, Vec<Arc<Identity>>> = BTreeMap::new();
+        let mut seen_ns = HashSet::new();
+        for (id, dir) in pods {
+            if id.service_name == "pause" {
+                continue;
+            }
+            let Some(pid) = first_pid(dir) else { continue };
+            let Ok(ns) = fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino()) else {
+                continue;
+            };
+            seen_ns.insert(ns);
+            let addrs = self.by_netns.entry(ns).or_insert_with(|| addresses(pid));
+            for a in addrs.iter() {
+                claims.entry(*a).or_default().push(id.clone());
+            }
+        }
+        self.by_netns.retain(|ns, _| seen_ns.contains(ns));
+        self.map.clear();
+        for (ip, mut ids) in claims {
+            let pods: HashSet<&str> = ids.iter().map(|i| i.k8s_pod_uid.as_str()).collect();
+            if pods.len() != 1 {
+                continue;
+            }
+            ids.sort_by(|a, b| {
+                (&a.k8s_container_name, &a.service_name).cmp(&(&b.k8s_container_name, &b.service_name))
+            });
+            self.map.insert(ip, ids[0].clone());
+        }
+    }
+}
+
+fn first_pid(dir: &Path) -> Option<u32> {
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    procs.lines().next()?.trim().parse().ok()
+}
+
+/// Local addresses of the network namespace of `pid`.
+fn addresses(pid: u32) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    if let Ok(t) = fs::read_to_string(format!("/proc/{pid}/net/fib_trie")) {
+        out.extend(parse_fib_trie(&t).into_iter().map(IpAddr::V4));
+    }
+    if let Ok(t) = fs::read_to_string(format!("/proc/{pid}/net/if_inet6")) {
+        out.extend(parse_if_inet6(&t).into_iter().map(IpAddr::V6));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The `/32 host LOCAL` leaves of a fib_trie dump, loopback left out.
+pub fn parse_fib_trie(text: &str) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut last: Option<Ipv4Addr> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(ip) = t.strip_prefix("|-- ") {
+            last = ip.trim().parse().ok();
+        } else if t.starts_with("/32 host LOCAL") {
+            if let Some(ip) = last {
+                if !ip.is_loopback() && !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Addresses of `/proc/net/if_inet6`, loopback and link-local left out.
+pub fn parse_if_inet6(text: &str) -> Vec<Ipv6Addr> {
+    text.lines()
+        .filter_map(|l| {
+            let hex = l.split_whitespace().next()?;
+            let v = u128::from_str_radix(hex, 16).ok()?;
+            let ip = Ipv6Addr::from(v);
+            let link_local = (ip.segments()[0] & 0xffc0) == 0xfe80;
+            (!ip.is_loopback() && !link_local).then_some(ip)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_local_addresses() {
+        let fib = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.231.5.0\n        /24 link UNICAST\n     |-- 10.231.5.2\n        /32 host LOCAL\n  |-- 127.0.0.1\n     /32 host LOCAL\nLocal:\n     |-- 10.231.5.2\n        /32 host LOCAL\n";
+        assert_eq!(parse_fib_trie(fib), vec![Ipv4Addr::new(10, 231, 5, 2)]);
+        let v6 = "00000000000000000000000000000001 01 80 10 80       lo\nfe8000000000000000fc00fffe000001 04 40 20 80     eth0\nfd000000000000000000000000000002 04 40 00 82     eth0\n";
+        assert_eq!(parse_if_inet6(v6), vec!["fd00::2".parse::<Ipv6Addr>().unwrap()]);
+    }
+
+    #[test]
+    fn addresses_of_this_process_namespace() {
+        // Whatever this machine has, loopback is never among them.
+        let a = addresses(std::process::id());
+        assert!(a.iter().all(|ip| !ip.is_loopback()));
+    }
+}
