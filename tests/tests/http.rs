@@ -1112,9 +1112,13 @@ fn latency_histograms_and_apdex_match_the_servers_own_timing() {
         let client_sum = sum(&s, &Side::Client.metric("_sum"), &with_pod(&client, &addr));
         let client_truth: Vec<f64> = got.iter().map(|r| r.seconds).collect();
         let (obs_mean, true_mean) = (client_sum / n as f64, mean(&client_truth));
+        // The client's span (request written → response read) lies between the server's own
+        // handling time and the client's own wall time around the call (which adds the
+        // client's user-space work: large under software emulation).
+        let server_mean = mean(&truth);
         assert!(
-            (obs_mean - true_mean).abs() <= 0.05 * true_mean + slack,
-            "{ms} ms: client mean {obs_mean} vs the client's own {true_mean}"
+            obs_mean >= server_mean - slack && obs_mean <= 1.05 * true_mean + slack,
+            "{ms} ms: client mean {obs_mean} outside [the server's own {server_mean}, the client's own {true_mean}]"
         );
         check_histograms(&s, Side::Server, server);
     }
