@@ -3,6 +3,7 @@
 //! process, and a Prometheus text parser. Every guard cleans up on drop, also when a test
 //! panics.
 
+pub mod grpc;
 pub mod metrics;
 pub mod net;
 pub mod observer;
