@@ -105,11 +105,13 @@ fn setup(name: &str) -> Setup {
     let bridge = Bridge::new().unwrap();
     let mut server = Pod::new(&bridge).unwrap();
     let client = Pod::new(&bridge).unwrap();
-    let obs = Observer::start(&["--probes", "tcp,http"]).unwrap();
     let script = dir.write("server.py", SERVER).unwrap();
     let exe = python_as(&dir, "grpcsrv");
     server.spawn(&exe, &[&script, &PORT.to_string()]).unwrap();
     server.wait_listening(PORT).unwrap();
+    // Started once the server runs: a pod cgroup the observer first finds empty has no
+    // process to name its workload after (the client pod's service_name is not checked).
+    let obs = Observer::start(&["--probes", "tcp,http"]).unwrap();
     Setup { dir, _bridge: bridge, server, client, obs }
 }
 

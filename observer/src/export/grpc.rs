@@ -86,16 +86,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The topology of the figures just read. Edges between two workloads of this node need the
-/// pipeline's address → workload lookup; without it, the far end of a local call shows as its
-/// address (`ip:port` of the server, `ip` of the client).
-fn topology_of(totals: &Totals) -> Topology {
-    Topology::build(&totals.http, &std::collections::HashMap::new())
-}
-
 fn read_current(pipeline: &Mutex<Pipeline>) -> Current {
-    let totals = lock(pipeline).snapshot();
-    let topology = topology_of(&totals);
+    let mut p = lock(pipeline);
+    let totals = p.snapshot();
+    // Edges between two workloads of this node come from the pipeline's address → pod map.
+    let topology = p.topology(&totals);
+    drop(p);
     Current {
         at: Instant::now(),
         totals,
