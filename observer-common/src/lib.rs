@@ -209,6 +209,36 @@ const _: () = assert!(
 pub const DIR_INBOUND: usize = 0;
 pub const DIR_OUTBOUND: usize = 1;
 
+/// Key of the per-edge TCP map: a workload (cgroup) and its peer. For an outbound connection
+/// the peer is the server's address and port; for an inbound one the client's address alone
+/// (`port` 0: client ports are ephemeral and never become keys).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TcpEdgeKey {
+    pub cgroup_id: u64,
+    /// Peer address (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    pub port: u16,
+    /// [`DIR_INBOUND`] or [`DIR_OUTBOUND`].
+    pub dir: u8,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u8,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<TcpEdgeKey>() == 32);
+
+/// Per-CPU value of the per-edge TCP map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpEdgeStats {
+    pub connections: u64,
+    pub connect_failures: u64,
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub retransmits: u64,
+}
+const _: () = assert!(core::mem::size_of::<TcpEdgeStats>() == 40);
+
 /// Per-socket state of the connection table (key: `struct sock *` as u64).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -219,8 +249,10 @@ pub struct ConnInfo {
     /// [`DIR_INBOUND`] or [`DIR_OUTBOUND`]; `u32::MAX` while a connect is in progress.
     pub direction: u32,
     pub _pad: u32,
+    /// The connection's edge (per-edge figures are added under it).
+    pub edge: TcpEdgeKey,
 }
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 24);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 56);
 
 /// Indexes of the per-CPU counters of records the kernel side could not keep.
 pub const LOST_SYSCALL_MAP_FULL: u32 = 0;
@@ -235,6 +267,8 @@ pub const LOST_HTTP_RINGBUF_FULL: u32 = 6;
 pub const LOST_HTTP_CONN_MAP_FULL: u32 = 7;
 /// The start of a message could not be read from user memory.
 pub const LOST_HTTP_USER_READ: u32 = 8;
+/// A per-edge TCP figure found the edge table full.
+pub const LOST_TCP_EDGE_MAP_FULL: u32 = 9;
 pub const LOST_COUNTERS: u32 = 16;
 
 /// Bits of the `WORK` global: what the shared hooks do.
@@ -314,4 +348,6 @@ mod pod {
     unsafe impl aya::Pod for SetStateOffsets {}
     unsafe impl aya::Pod for HttpConn {}
     unsafe impl aya::Pod for SyscallTpOffsets {}
+    unsafe impl aya::Pod for TcpEdgeKey {}
+    unsafe impl aya::Pod for TcpEdgeStats {}
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
     Global,
 };
 use observer_common::{
-    CgroupFilter, ConnInfo, HttpConn, HttpEvent, SyscallTpOffsets, KernelOffsets, SetStateOffsets, SyscallEntry, SyscallErrKey,
+    CgroupFilter, ConnInfo, HttpConn, HttpEvent, SyscallTpOffsets, TcpEdgeKey, TcpEdgeStats, KernelOffsets, SetStateOffsets, SyscallEntry, SyscallErrKey,
     SyscallKey, SyscallStats, TcpStats, LOST_COUNTERS, MAX_CGROUP_FILTERS, SYSCALL_SLOTS,
 };
 
@@ -82,6 +82,11 @@ pub static CGROUP_FILTERS: Array<CgroupFilter> = Array::with_max_entries(MAX_CGR
 /// Per cgroup (v2 id): TCP connection, byte, retransmit and RTT figures.
 #[map]
 pub static TCP_STATS: PerCpuHashMap<u64, TcpStats> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Per (cgroup, peer): TCP connections, failed connects, bytes, retransmits.
+#[map]
+pub static TCP_EDGES: PerCpuHashMap<TcpEdgeKey, TcpEdgeStats> =
+    PerCpuHashMap::with_max_entries(16384, 0);
 
 /// Established TCP connections, keyed by `struct sock *`: owner cgroup and direction.
 #[map]

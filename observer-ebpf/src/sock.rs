@@ -91,3 +91,41 @@ pub fn addrs_into(c: &mut observer_common::HttpConn, sk: u64) {
         }
     }
 }
+
+/// Lowest port of Linux's default ephemeral range (`ip_local_port_range`).
+const EPHEMERAL_LOW: u16 = 32768;
+
+/// The edge key of a connection of `cgroup_id`: the peer's address, and its port when the peer
+/// is the server. `dir` is DIR_INBOUND (0), DIR_OUTBOUND (1) or unknown (2, a connection that
+/// predates the observer: a peer port in the ephemeral range and a local one outside it make
+/// it inbound, anything else outbound).
+#[inline(always)]
+pub fn edge_key(sk: u64, cgroup_id: u64, dir: u32) -> observer_common::TcpEdgeKey {
+    let o = OFFSETS.load();
+    let mut k = observer_common::TcpEdgeKey { cgroup_id, ..Default::default() };
+    unsafe {
+        let family: u16 = read_at(sk, o.sock_family).unwrap_or(0);
+        let rport = u16::from_be(read_at::<u16>(sk, o.sock_dport).unwrap_or(0));
+        let lport: u16 = read_at(sk, o.sock_num).unwrap_or(0);
+        k.family = family as u8;
+        if family == AF_INET6 {
+            k.addr = read_at(sk, o.sock_v6_daddr).unwrap_or([0; 16]);
+        } else {
+            let r: [u8; 4] = read_at(sk, o.sock_daddr).unwrap_or([0; 4]);
+            k.addr[..4].copy_from_slice(&r);
+        }
+        let inbound = match dir {
+            0 => true,
+            1 => false,
+            _ => rport >= EPHEMERAL_LOW && lport < EPHEMERAL_LOW,
+        };
+        if inbound {
+            k.dir = 0;
+            k.port = 0;
+        } else {
+            k.dir = 1;
+            k.port = rport;
+        }
+    }
+    k
+}

@@ -13,12 +13,13 @@ use aya_log_ebpf::warn;
 use observer_common::{
     ConnInfo, TcpStats, DIR_INBOUND, DIR_OUTBOUND, FAIL_OTHER, FAIL_REFUSED, FAIL_RESET,
     FAIL_TIMEOUT, FAIL_UNREACHABLE, LOST_CONN_MAP_FULL, LOST_SOCK_READ, LOST_TCP_MAP_FULL,
-    RTT_BUCKETS_US, RTT_NBUCKETS, WORK_HTTP, WORK_TCP,
+    RTT_BUCKETS_US, RTT_NBUCKETS, TcpEdgeKey, TcpEdgeStats, LOST_TCP_EDGE_MAP_FULL, WORK_HTTP,
+    WORK_TCP,
 };
 
 use crate::{
     http,
-    maps::{count_lost, CONNS, SET_STATE, TCP_STATS, WORK},
+    maps::{count_lost, CONNS, SET_STATE, TCP_EDGES, TCP_STATS, WORK},
     sock,
 };
 
@@ -71,6 +72,35 @@ fn with_stats(cgroup_id: u64, f: impl Fn(&mut TcpStats)) {
             None => count_lost(LOST_TCP_MAP_FULL),
         }
     }
+}
+
+/// Applies `f` to this CPU's figures of the edge `key`, creating the entry if needed.
+#[inline(always)]
+fn with_edge(key: &TcpEdgeKey, f: impl Fn(&mut TcpEdgeStats)) {
+    if let Some(s) = TCP_EDGES.get_ptr_mut(key) {
+        // SAFETY: this CPU's value, pointer checked by the verifier.
+        f(unsafe { &mut *s });
+        return;
+    }
+    let mut v = TcpEdgeStats::default();
+    f(&mut v);
+    if TCP_EDGES.insert(key, &v, BPF_NOEXIST).is_err() {
+        match TCP_EDGES.get_ptr_mut(key) {
+            Some(s) => f(unsafe { &mut *s }),
+            None => count_lost(LOST_TCP_EDGE_MAP_FULL),
+        }
+    }
+}
+
+#[inline(always)]
+fn edge_bytes(key: &TcpEdgeKey, ret: i32, send: bool) {
+    with_edge(key, |e| {
+        if send {
+            e.sent_bytes += ret as u64;
+        } else {
+            e.received_bytes += ret as u64;
+        }
+    });
 }
 
 #[inline(always)]
@@ -128,7 +158,9 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         let cgroup_id = sock::cgroup_id(sk).inspect_err(|_| count_lost(LOST_SOCK_READ))?;
         let rtt = sock::srtt_us(sk);
         let now = unsafe { bpf_ktime_get_ns() };
-        let info = ConnInfo { cgroup_id, last_rtt_ns: now, direction: dir as u32, _pad: 0 };
+        let edge = sock::edge_key(sk, cgroup_id, dir as u32);
+        with_edge(&edge, |e| e.connections += 1);
+        let info = ConnInfo { cgroup_id, last_rtt_ns: now, direction: dir as u32, _pad: 0, edge };
         let tracked = match CONNS.insert(&sk, &info, 0) {
             Ok(()) => true,
             Err(_) => {
@@ -162,6 +194,8 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         };
         let cgroup_id = sock::cgroup_id(sk).inspect_err(|_| count_lost(LOST_SOCK_READ))?;
         with_stats(cgroup_id, |s| s.connect_failures[reason] += 1);
+        let edge = sock::edge_key(sk, cgroup_id, DIR_OUTBOUND as u32);
+        with_edge(&edge, |e| e.connect_failures += 1);
         return Ok(());
     }
     if !is_open_state(old) {
@@ -200,8 +234,16 @@ pub fn tcp_retransmit_raw(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_retransmit(sk: u64) {
-    let cgroup_id = match unsafe { CONNS.get(&sk) } {
-        Some(c) => c.cgroup_id,
+    if WORK.load() & WORK_TCP == 0 {
+        return;
+    }
+    let cgroup_id = match CONNS.get_ptr(&sk) {
+        Some(c) => {
+            // SAFETY: map value pointer checked by the verifier.
+            let c = unsafe { &*c };
+            with_edge(&c.edge, |e| e.retransmits += 1);
+            c.cgroup_id
+        }
         None => match sock::cgroup_id(sk) {
             Ok(id) => id,
             Err(_) => {
@@ -268,6 +310,7 @@ fn tcp_bytes(sk: u64, ret: i32, send: bool) {
             } else {
                 0
             };
+            edge_bytes(&c.edge, ret, send);
             (c.cgroup_id, rtt)
         }
         None => {
@@ -283,8 +326,10 @@ fn tcp_bytes(sk: u64, ret: i32, send: bool) {
             // Its first RTT sample is taken when it is entered.
             let mut rtt = 0;
             if is_open_state(sock::state(sk) as i32) {
+                let edge = sock::edge_key(sk, cgroup_id, DIR_UNKNOWN);
+                edge_bytes(&edge, ret, send);
                 let info =
-                    ConnInfo { cgroup_id, last_rtt_ns: now, direction: DIR_UNKNOWN, _pad: 0 };
+                    ConnInfo { cgroup_id, last_rtt_ns: now, direction: DIR_UNKNOWN, _pad: 0, edge };
                 if CONNS.insert(&sk, &info, BPF_NOEXIST).is_err() {
                     count_lost(LOST_CONN_MAP_FULL);
                 } else {

@@ -62,9 +62,14 @@ http.server.ThreadingHTTPServer(("0.0.0.0", port), H).serve_forever()
 "#;
 
 /// The load: OK × /ok, FAIL × /fail, one /ext, on one keep-alive connection; prints statuses.
+/// Before that, one connect to a closed port of the host given as fourth argument (refused).
 const LOAD: &str = r#"
-import http.client, sys
-host, ok, fail = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+import http.client, socket, sys
+host, ok, fail, refuse = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+try:
+    socket.create_connection((refuse, 8081), timeout=5)
+except ConnectionRefusedError:
+    pass
 c = http.client.HTTPConnection(host, 8080, timeout=20)
 seen = {}
 for path in ["/ok"] * ok + ["/fail"] * fail + ["/ext"]:
@@ -127,7 +132,7 @@ fn three_tier_chain_gives_exactly_the_expected_edges() {
     let mut frontend = Pod::new(&bridge).unwrap();
     let load = Pod::new(&bridge).unwrap();
     let tier = dir.write("tier.py", TIER).unwrap();
-    let obs = Observer::start(&["--probes", "http"]).unwrap();
+    let obs = Observer::start(&["--probes", "http,tcp"]).unwrap();
 
     let exe = python_as(&dir, "backend");
     backend.spawn(&exe, &[&tier, "8080", "-", "-"]).unwrap();
@@ -148,7 +153,7 @@ fn three_tier_chain_gives_exactly_the_expected_edges() {
     let exe = python_as(&dir, "loadgen");
     let script = dir.write("load.py", LOAD).unwrap();
     let out = load
-        .run(&exe, &[&script, &frontend.ip, &OK.to_string(), &FAIL.to_string()])
+        .run(&exe, &[&script, &frontend.ip, &OK.to_string(), &FAIL.to_string(), &backend.ip])
         .unwrap_or_else(|e| {
             let err = std::fs::read_to_string(dir.join("frontend.err")).unwrap_or_default();
             panic!("{e}\nfrontend stderr:\n{err}")
@@ -206,5 +211,18 @@ fn three_tier_chain_gives_exactly_the_expected_edges() {
             assert!(cs >= ss, "{key:?}: client {cs} s < server {ss} s");
         }
     }
+    // TCP per edge: one keep-alive connection on each edge (one handler thread per incoming
+    // connection, one outgoing connection per thread), and the refused connect.
+    let mut want_conns = want.clone();
+    want_conns.values_mut().for_each(|v| *v = 1.0);
+    let refused_key = ("loadgen".to_string(), "backend".to_string(), String::new());
+    assert_eq!(ours(graph(&samples, "observer_tcp_edge_connections_total")), {
+        let mut w = want_conns.clone();
+        w.insert(refused_key.clone(), 0.0);
+        w
+    });
+    let failures = ours(graph(&samples, "observer_tcp_edge_connect_failures_total"));
+    assert_eq!(failures.get(&refused_key), Some(&1.0), "the refused connect");
+    assert_eq!(failures.values().sum::<f64>(), 1.0, "no other failed connect");
     obs.stop().unwrap();
 }

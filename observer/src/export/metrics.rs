@@ -12,7 +12,7 @@ use observer_common::{
     FAIL_TIMEOUT, FAIL_UNREACHABLE, LOST_CONN_MAP_FULL, LOST_SOCK_READ,
     LOST_SYSCALL_ERRNO_MAP_FULL, LOST_SYSCALL_MAP_FULL, LOST_SYSCALL_SLOT_COLLISION,
     LOST_TCP_MAP_FULL, RTT_BUCKETS_US, LOST_HTTP_CONN_MAP_FULL, LOST_HTTP_RINGBUF_FULL,
-    LOST_HTTP_USER_READ, SYSCALL_BUCKETS_NS,
+    LOST_HTTP_USER_READ, LOST_TCP_EDGE_MAP_FULL, SYSCALL_BUCKETS_NS,
 };
 use prometheus_client::{
     collector::Collector,
@@ -33,7 +33,7 @@ use crate::{
 };
 
 /// Names of the `LOST_*` counters, as the `source` label of `observer_events_lost_total`.
-pub const LOST_SOURCES: [(u32, &str); 9] = [
+pub const LOST_SOURCES: [(u32, &str); 10] = [
     (LOST_SYSCALL_MAP_FULL, "syscall_table_full"),
     (LOST_SYSCALL_ERRNO_MAP_FULL, "syscall_errno_table_full"),
     (LOST_SYSCALL_SLOT_COLLISION, "syscall_entry_unmatched"),
@@ -43,6 +43,7 @@ pub const LOST_SOURCES: [(u32, &str); 9] = [
     (LOST_HTTP_RINGBUF_FULL, "http_ringbuf_full"),
     (LOST_HTTP_CONN_MAP_FULL, "http_connection_table_full"),
     (LOST_HTTP_USER_READ, "http_user_read_failed"),
+    (LOST_TCP_EDGE_MAP_FULL, "tcp_edge_table_full"),
 ];
 
 const FAIL_NAMES: [(usize, &str); 5] = [
@@ -399,6 +400,11 @@ fn encode_topology(enc: &mut DescriptorEncoder, topology: &Topology) -> fmt::Res
         let g = graph.entry(labels).or_default();
         g.requests += e.requests;
         g.failed += e.failed;
+        g.tcp.connections += e.tcp.connections;
+        g.tcp.connect_failures += e.tcp.connect_failures;
+        g.tcp.bytes_client_to_server += e.tcp.bytes_client_to_server;
+        g.tcp.bytes_server_to_client += e.tcp.bytes_server_to_client;
+        g.tcp.retransmits += e.tcp.retransmits;
         for (into, from) in [
             (&mut g.server_seconds, &e.server_seconds),
             (&mut g.client_seconds, &e.client_seconds),
@@ -423,12 +429,49 @@ fn encode_topology(enc: &mut DescriptorEncoder, topology: &Topology) -> fmt::Res
     if graph.is_empty() {
         return Ok(());
     }
+    // TCP per edge (every connection, HTTP or not).
+    type TcpField = fn(&Edge) -> u64;
+    let tcp_families: [(&str, &str, TcpField); 4] = [
+        ("observer_tcp_edge_connections", "TCP connections established between two nodes of the service graph", |e| e.tcp.connections),
+        ("observer_tcp_edge_connect_failures", "Failed TCP connects from the client node to the server node", |e| e.tcp.connect_failures),
+        ("observer_tcp_edge_retransmits", "TCP retransmits on the connections of an edge (either end)", |e| e.tcp.retransmits),
+        ("observer_tcp_edge_bytes_client_to_server", "Payload bytes the client sent to the server", |e| e.tcp.bytes_client_to_server),
+    ];
+    for (name, help, field) in tcp_families {
+        let rows: Vec<_> = graph.iter().filter(|(_, e)| e.tcp != Default::default()).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (l, e) in rows {
+            m.encode_family(&label_set(l))?
+                .encode_counter::<NoLabelSet, _, u64>(&field(e), None)?;
+        }
+    }
+    {
+        let rows: Vec<_> = graph.iter().filter(|(_, e)| e.tcp != Default::default()).collect();
+        if !rows.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "observer_tcp_edge_bytes_server_to_client",
+                "Payload bytes the server sent to the client",
+                None,
+                MetricType::Counter,
+            )?;
+            for (l, e) in rows {
+                m.encode_family(&label_set(l))?
+                    .encode_counter::<NoLabelSet, _, u64>(&e.tcp.bytes_server_to_client, None)?;
+            }
+        }
+    }
     for (name, help, failed) in [
         ("traces_service_graph_request", "Requests between two nodes of the service graph", false),
         ("traces_service_graph_request_failed", "Failed requests (5xx or no response) between two nodes", true),
     ] {
         let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for (l, e) in &graph {
+        let http_edges = graph
+            .iter()
+            .filter(|(_, e)| e.requests > 0 || e.client_seconds.is_some() || e.server_seconds.is_some());
+        for (l, e) in http_edges {
             let v = if failed { e.failed } else { e.requests };
             m.encode_family(&label_set(l))?
                 .encode_counter::<NoLabelSet, _, u64>(&v, None)?;

@@ -137,6 +137,27 @@ impl Resolver {
         identity
     }
 
+    /// Like [`Resolver::identity`], with a process of the cgroup that was just seen at work: a
+    /// pod whose main process had not started (or had already exited) when the hierarchy was
+    /// walked has no service name yet; the process's command name gives it one.
+    pub fn identity_hinted(&mut self, id: u64, tgid: u32) -> Arc<Identity> {
+        let ident = self.identity(id);
+        if !ident.service_name.is_empty() || ident.k8s_pod_uid.is_empty() || tgid == 0 {
+            return ident;
+        }
+        let Ok(comm) = fs::read_to_string(format!("/proc/{tgid}/comm")) else {
+            return ident;
+        };
+        let named = Arc::new(Identity {
+            service_name: comm.trim().to_string(),
+            ..(*ident).clone()
+        });
+        if let Some(k) = self.known.get_mut(&id) {
+            k.identity = named.clone();
+        }
+        named
+    }
+
     /// Walks the hierarchy: new cgroups are resolved, missing ones are marked gone.
     pub fn rescan(&mut self) {
         let now = Instant::now();

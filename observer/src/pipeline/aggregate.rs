@@ -10,7 +10,10 @@ use std::{
 };
 
 use aya::maps::{HashMap as AyaHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
-use observer_common::{ConnInfo, SyscallErrKey, SyscallKey, SyscallStats, TcpStats, LOST_COUNTERS};
+use observer_common::{
+    ConnInfo, SyscallErrKey, SyscallKey, SyscallStats, TcpEdgeKey, TcpEdgeStats, TcpStats,
+    LOST_COUNTERS,
+};
 
 use super::{
     exchange::Exchange,
@@ -23,6 +26,7 @@ pub struct KernelMaps {
     pub syscall_stats: Option<PerCpuHashMap<MapData, SyscallKey, SyscallStats>>,
     pub syscall_errors: Option<PerCpuHashMap<MapData, SyscallErrKey, u64>>,
     pub tcp_stats: Option<PerCpuHashMap<MapData, u64, TcpStats>>,
+    pub tcp_edges: Option<PerCpuHashMap<MapData, TcpEdgeKey, TcpEdgeStats>>,
     pub conns: Option<AyaHashMap<MapData, u64, ConnInfo>>,
     pub lost: Option<PerCpuArray<MapData, u64>>,
     pub syscall_capacity: u32,
@@ -38,6 +42,7 @@ impl KernelMaps {
             syscall_stats: take(ebpf, "SYSCALL_STATS"),
             syscall_errors: take(ebpf, "SYSCALL_ERRORS"),
             tcp_stats: take(ebpf, "TCP_STATS"),
+            tcp_edges: take(ebpf, "TCP_EDGES"),
             conns: take(ebpf, "CONNS"),
             lost: take(ebpf, "LOST"),
             syscall_capacity,
@@ -83,12 +88,44 @@ pub fn add_tcp(a: &mut TcpStats, b: &TcpStats) {
     }
 }
 
+pub fn add_edge(a: &mut TcpEdgeStats, b: &TcpEdgeStats) {
+    a.connections += b.connections;
+    a.connect_failures += b.connect_failures;
+    a.sent_bytes += b.sent_bytes;
+    a.received_bytes += b.received_bytes;
+    a.retransmits += b.retransmits;
+}
+
+/// The peer of a per-edge TCP entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EdgePeer {
+    pub addr: std::net::IpAddr,
+    /// The server's port for an outbound connection, 0 for an inbound one.
+    pub port: u16,
+    /// True when the workload connected (client side), false when it accepted.
+    pub outbound: bool,
+}
+
+impl EdgePeer {
+    pub fn from_key(k: &TcpEdgeKey) -> Self {
+        let addr = if k.family == 10 {
+            let v6 = std::net::Ipv6Addr::from(k.addr);
+            v6.to_ipv4_mapped().map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4)
+        } else {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]))
+        };
+        Self { addr, port: k.port, outbound: k.dir == 1 }
+    }
+}
+
 /// Figures per identity (ordered, so the exposition is stable).
 #[derive(Debug, Default, Clone)]
 pub struct Totals {
     pub syscalls: BTreeMap<(Arc<Identity>, u32), SyscallStats>,
     pub errors: BTreeMap<(Arc<Identity>, u32, u32), u64>,
     pub tcp: BTreeMap<Arc<Identity>, TcpStats>,
+    /// TCP figures per (workload, peer).
+    pub tcp_edges: BTreeMap<(Arc<Identity>, EdgePeer), TcpEdgeStats>,
     pub http: HttpTotals,
 }
 
@@ -155,7 +192,7 @@ impl Pipeline {
         let live = self.live.has_subscribers();
         let wall = std::time::SystemTime::now();
         for ex in exchanges {
-            let id = self.resolver.identity(ex.cgroup_id);
+            let id = self.resolver.identity_hinted(ex.cgroup_id, ex.tgid);
             let route = self.http.record(ex, &id, now_ns);
             if live {
                 self.live.send(super::live::LiveRequest {
@@ -196,6 +233,15 @@ impl Pipeline {
                 let e = t.tcp.entry(id).or_default();
                 for c in v.iter() {
                     add_tcp(e, c);
+                }
+            }
+        }
+        if let Some(m) = &self.maps.tcp_edges {
+            for (k, v) in m.iter().flatten() {
+                let id = self.resolver.identity(k.cgroup_id);
+                let e = t.tcp_edges.entry((id, EdgePeer::from_key(&k))).or_default();
+                for c in v.iter() {
+                    add_edge(e, c);
                 }
             }
         }
@@ -241,7 +287,9 @@ impl Pipeline {
 
     /// The topology from current figures (see `topology.rs`).
     pub fn topology(&self, totals: &Totals) -> super::topology::Topology {
-        super::topology::Topology::build(&totals.http, self.peers.map())
+        let mut t = super::topology::Topology::build(&totals.http, self.peers.map());
+        t.add_tcp(&totals.tcp_edges, self.peers.map());
+        t
     }
 
     /// Walks the cgroup hierarchy and retires cgroups whose grace period is over.
@@ -301,6 +349,23 @@ impl Pipeline {
                 let _ = m.remove(&k);
             }
         }
+        if let Some(m) = &mut self.maps.tcp_edges {
+            let keys: Vec<_> = m
+                .keys()
+                .flatten()
+                .filter(|k| dead.contains(&k.cgroup_id))
+                .collect();
+            for k in keys {
+                if let Ok(v) = m.get(&k, 0) {
+                    let id = identities[&k.cgroup_id].clone();
+                    let e = self.retired.tcp_edges.entry((id, EdgePeer::from_key(&k))).or_default();
+                    for c in v.iter() {
+                        add_edge(e, c);
+                    }
+                }
+                let _ = m.remove(&k);
+            }
+        }
         for cg in &expired {
             if let Some(c) = self.http.cgroups.remove(cg) {
                 let id = &identities[cg];
@@ -323,6 +388,7 @@ impl Pipeline {
             .retain(|(id, _, _), _| alive.contains(id));
         self.retired.tcp.retain(|id, _| alive.contains(id));
         self.retired.http.retain(&alive);
+        self.retired.tcp_edges.retain(|(id, _), _| alive.contains(id));
         tracing::debug!(cgroups = expired.len(), "retired deleted cgroups");
     }
 }

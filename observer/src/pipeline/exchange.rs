@@ -60,6 +60,8 @@ pub struct Exchange {
     /// The peer: the client (server side) or the server (client side).
     pub peer: IpAddr,
     pub peer_port: u16,
+    /// A process that took part (the one that read or wrote the request), 0 if unknown.
+    pub tgid: u32,
 }
 
 /// Messages the tracker could not use, by reason (the `reason` label).
@@ -80,6 +82,7 @@ struct Request {
     method: Method,
     route: String,
     start_ns: u64,
+    tgid: u32,
 }
 
 /// How the body of a response in flight ends.
@@ -229,7 +232,7 @@ impl Tracker {
                 }
             }
             let mut overflow = 0;
-            let ok = Self::requests(c, prefix, ev.ts_ns, &mut overflow);
+            let ok = Self::requests(c, prefix, ev.ts_ns, ev.tgid, &mut overflow);
             self.unparsed.pending_overflow += overflow;
             if !ok {
                 self.unparsed.invalid += 1;
@@ -238,7 +241,7 @@ impl Tracker {
     }
 
     /// Requests at the start of `prefix` (several when pipelined and within the prefix).
-    fn requests(c: &mut Conn, prefix: &[u8], ts: u64, overflow: &mut u64) -> bool {
+    fn requests(c: &mut Conn, prefix: &[u8], ts: u64, tgid: u32, overflow: &mut u64) -> bool {
         let mut at = 0;
         let mut any = false;
         loop {
@@ -255,10 +258,10 @@ impl Tracker {
                     } else {
                         Some(at + head_len + body as usize)
                     };
-                    (Request { method: head.method, route: head.route, start_ns: ts }, next)
+                    (Request { method: head.method, route: head.route, start_ns: ts, tgid }, next)
                 }
                 Parsed::Partial | Parsed::Invalid => match parse_request_line(rest) {
-                    Some((method, route, _)) => (Request { method, route, start_ns: ts }, None),
+                    Some((method, route, _)) => (Request { method, route, start_ns: ts, tgid }, None),
                     None => break,
                 },
             };
@@ -453,6 +456,7 @@ fn finish(c: &Conn, f: InFlight, end_ns: u64, out: &mut Vec<Exchange>) {
         duration_ns: end_ns.saturating_sub(f.req.start_ns),
         peer,
         peer_port,
+        tgid: f.req.tgid,
     });
 }
 
@@ -468,6 +472,7 @@ fn unanswered(c: &Conn, req: Request, error: &'static str, d: u64, out: &mut Vec
         duration_ns: d,
         peer,
         peer_port,
+        tgid: req.tgid,
     });
 }
 

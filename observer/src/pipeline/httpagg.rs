@@ -339,6 +339,7 @@ mod tests {
             duration_ns: (secs * 1e9) as u64,
             peer: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
             peer_port: 1,
+            tgid: 0,
         }
     }
 

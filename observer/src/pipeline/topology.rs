@@ -15,7 +15,12 @@ use std::{
     sync::Arc,
 };
 
-use super::httpagg::{Hist, HttpTotals};
+use observer_common::TcpEdgeStats;
+
+use super::{
+    aggregate::EdgePeer,
+    httpagg::{Hist, HttpTotals},
+};
 use crate::identity::Identity;
 
 /// One end of an edge.
@@ -70,6 +75,18 @@ pub struct Edge {
     pub server_seconds: Option<Hist>,
     /// Durations as the client measured them (when the client is on this node).
     pub client_seconds: Option<Hist>,
+    /// TCP figures of the edge's connections.
+    pub tcp: EdgeTcp,
+}
+
+/// TCP figures of an edge (all its connections, HTTP or not).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EdgeTcp {
+    pub connections: u64,
+    pub connect_failures: u64,
+    pub bytes_client_to_server: u64,
+    pub bytes_server_to_client: u64,
+    pub retransmits: u64,
 }
 
 /// Local workloads by the addresses they own (learned from their network namespaces).
@@ -141,6 +158,52 @@ impl Topology {
             add_hist(&mut e.server_seconds, &p.hist);
         }
         t
+    }
+}
+
+impl Topology {
+    /// Adds the per-edge TCP figures. A connection between two local workloads is counted from
+    /// the client's side (its connect); the server's side adds only its own retransmits.
+    pub fn add_tcp(
+        &mut self,
+        edges: &BTreeMap<(Arc<Identity>, EdgePeer), TcpEdgeStats>,
+        peers: &dyn PeerLookup,
+    ) {
+        for ((id, peer), s) in edges {
+            let local = peers.workload(&peer.addr);
+            if peer.outbound {
+                let server = match local {
+                    Some(w) => Node::Workload(w),
+                    None => Node::External(socket(&peer.addr, peer.port)),
+                };
+                let e = self
+                    .edges
+                    .entry(EdgeKey { client: Node::Workload(id.clone()), server })
+                    .or_default();
+                e.tcp.connections += s.connections;
+                e.tcp.connect_failures += s.connect_failures;
+                e.tcp.bytes_client_to_server += s.sent_bytes;
+                e.tcp.bytes_server_to_client += s.received_bytes;
+                e.tcp.retransmits += s.retransmits;
+            } else {
+                let (client, is_local) = match local {
+                    Some(w) => (Node::Workload(w), true),
+                    None => (Node::External(peer.addr.to_string()), false),
+                };
+                let key = EdgeKey { client, server: Node::Workload(id.clone()) };
+                if is_local {
+                    if let Some(e) = self.edges.get_mut(&key) {
+                        e.tcp.retransmits += s.retransmits;
+                    }
+                    continue;
+                }
+                let e = self.edges.entry(key).or_default();
+                e.tcp.connections += s.connections;
+                e.tcp.bytes_client_to_server += s.received_bytes;
+                e.tcp.bytes_server_to_client += s.sent_bytes;
+                e.tcp.retransmits += s.retransmits;
+            }
+        }
     }
 }
 
