@@ -79,8 +79,8 @@ fn compile_proto(root: &std::path::Path, out: &std::path::Path) {
     let proto = proto_dir.join("observer/v1/observer.proto");
     println!("cargo:rerun-if-changed={}", proto.display());
     println!("cargo:rerun-if-env-changed=PROTOC");
-    let protoc_found = env::var_os("PROTOC").is_some()
-        || Command::new("protoc").arg("--version").output().is_ok();
+    let protoc_found =
+        env::var_os("PROTOC").is_some() || Command::new("protoc").arg("--version").output().is_ok();
     if !protoc_found {
         panic!(
             "protoc not found: it compiles proto/observer/v1/observer.proto; install Debian's \

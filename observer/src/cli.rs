@@ -128,14 +128,21 @@ struct Failure(String, u8);
 
 impl From<tonic::Status> for Failure {
     fn from(s: tonic::Status) -> Self {
-        let code = if s.code() == tonic::Code::InvalidArgument { 2 } else { 1 };
+        let code = if s.code() == tonic::Code::InvalidArgument {
+            2
+        } else {
+            1
+        };
         Failure(format!("{:?}: {}", s.code(), s.message()), code)
     }
 }
 
 /// Runs a client subcommand against the observer at `--server` (else at `grpc_addr`).
 pub fn client(cmd: Command, grpc_addr: SocketAddr) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("observer: cannot start the runtime: {e}");
@@ -183,7 +190,13 @@ async fn connect(conn: &Conn, grpc_addr: SocketAddr) -> Result<ObserverClient<Ch
         .map_err(|e| Failure(format!("--server {url:?} is not a URL: {e}"), 2))?
         .connect_timeout(Duration::from_secs(5));
     let channel = endpoint.connect().await.map_err(|e| {
-        Failure(format!("cannot reach the observer's gRPC API at {url}: {}", error_chain(&e)), 1)
+        Failure(
+            format!(
+                "cannot reach the observer's gRPC API at {url}: {}",
+                error_chain(&e)
+            ),
+            1,
+        )
     })?;
     Ok(ObserverClient::new(channel))
 }
@@ -196,7 +209,10 @@ fn out(text: &str) -> Result<(), Failure> {
 }
 
 fn json_out(v: &Value) -> Result<(), Failure> {
-    out(&format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default()))
+    out(&format!(
+        "{}\n",
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    ))
 }
 
 /// Aligned columns: the first `left` columns left-aligned, the rest right-aligned.
@@ -235,7 +251,11 @@ fn table(header: &[&str], rows: &[Vec<String>], left: usize) -> String {
 }
 
 fn or_dash(s: &str) -> String {
-    if s.is_empty() { "-".into() } else { s.to_string() }
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
 }
 
 fn ms(secs: f64) -> f64 {
@@ -289,23 +309,30 @@ fn figures_json(f: Option<&pb::RequestFigures>) -> Value {
 async fn top(a: &TopArgs, grpc_addr: SocketAddr) -> Result<(), Failure> {
     let mut c = connect(&a.conn, grpc_addr).await?;
     let r = c
-        .list_workloads(pb::ListWorkloadsRequest { window_seconds: Some(a.window) })
+        .list_workloads(pb::ListWorkloadsRequest {
+            window_seconds: Some(a.window),
+        })
         .await?
         .into_inner();
     let mut rows: Vec<&pb::WorkloadSummary> = r.workloads.iter().collect();
-    let win = |w: &pb::WorkloadSummary| w.window.clone().unwrap_or_default();
+    let win = |w: &pb::WorkloadSummary| w.window.unwrap_or_default();
     rows.sort_by(|x, y| {
         win(y)
             .requests_per_second
             .total_cmp(&win(x).requests_per_second)
-            .then(y.total.clone().unwrap_or_default().requests.cmp(&x.total.clone().unwrap_or_default().requests))
+            .then(
+                y.total
+                    .unwrap_or_default()
+                    .requests
+                    .cmp(&x.total.unwrap_or_default().requests),
+            )
     });
     if a.conn.output == Output::Json {
         let ws: Vec<Value> = rows
             .iter()
             .map(|w| {
-                let apdex = w.apdex.clone().unwrap_or_default();
-                let wa = w.window_apdex.clone().unwrap_or_default();
+                let apdex = w.apdex.unwrap_or_default();
+                let wa = w.window_apdex.unwrap_or_default();
                 json!({
                     "workload": workload_json(w.workload.as_ref()),
                     "total": figures_json(w.total.as_ref()),
@@ -331,29 +358,57 @@ async fn top(a: &TopArgs, grpc_addr: SocketAddr) -> Result<(), Failure> {
         .map(|w| {
             let id = w.workload.clone().unwrap_or_default();
             let f = win(w);
-            let total = w.total.clone().unwrap_or_default();
+            let total = w.total.unwrap_or_default();
             let served = f.requests > 0;
-            let wa = w.window_apdex.clone().unwrap_or_default();
+            let wa = w.window_apdex.unwrap_or_default();
             vec![
                 or_dash(&id.namespace),
                 or_dash(&id.service_name),
-                or_dash(if id.pod_name.is_empty() { &id.pod_uid } else { &id.pod_name }),
+                or_dash(if id.pod_name.is_empty() {
+                    &id.pod_uid
+                } else {
+                    &id.pod_name
+                }),
                 format!("{:.1}", f.requests_per_second),
-                if served { format!("{:.1}", f.error_rate * 100.0) } else { "-".into() },
+                if served {
+                    format!("{:.1}", f.error_rate * 100.0)
+                } else {
+                    "-".into()
+                },
                 latency_cell(f.latency.as_ref(), |l| l.mean_seconds),
                 latency_cell(f.latency.as_ref(), |l| l.p99_seconds),
-                if served { format!("{:.2}", wa.score) } else { "-".into() },
+                if served {
+                    format!("{:.2}", wa.score)
+                } else {
+                    "-".into()
+                },
                 w.active_clients.to_string(),
                 total.requests.to_string(),
-                format!("{:.1}", w.client_window.clone().unwrap_or_default().requests_per_second),
+                format!(
+                    "{:.1}",
+                    w.client_window.unwrap_or_default().requests_per_second
+                ),
             ]
         })
         .collect();
     let header = [
-        "NAMESPACE", "SERVICE", "POD", "TPS", "ERROR%", "MEAN(ms)", "P99(ms)", "APDEX", "CLIENTS",
-        "REQUESTS", "OUT-TPS",
+        "NAMESPACE",
+        "SERVICE",
+        "POD",
+        "TPS",
+        "ERROR%",
+        "MEAN(ms)",
+        "P99(ms)",
+        "APDEX",
+        "CLIENTS",
+        "REQUESTS",
+        "OUT-TPS",
     ];
-    out(&format!("{}{}", window_line(r.window.as_ref()), table(&header, &body, 3)))
+    out(&format!(
+        "{}{}",
+        window_line(r.window.as_ref()),
+        table(&header, &body, 3)
+    ))
 }
 
 fn node_label(n: Option<&pb::Node>, id: &str) -> String {
@@ -366,9 +421,18 @@ fn node_label(n: Option<&pb::Node>, id: &str) -> String {
                 s.push('/');
             }
             s.push_str(&or_dash(&w.service_name));
-            let pod = if w.pod_name.is_empty() { &w.pod_uid } else { &w.pod_name };
+            let pod = if w.pod_name.is_empty() {
+                &w.pod_uid
+            } else {
+                &w.pod_name
+            };
             if !pod.is_empty() {
-                s.push_str(&format!(" (pod {})", pod.get(..8).filter(|_| w.pod_name.is_empty()).unwrap_or(pod)));
+                s.push_str(&format!(
+                    " (pod {})",
+                    pod.get(..8)
+                        .filter(|_| w.pod_name.is_empty())
+                        .unwrap_or(pod)
+                ));
             }
             s
         }
@@ -392,14 +456,16 @@ fn node_json(n: Option<&pb::Node>, id: &str) -> Value {
 async fn topology(a: &TopArgs, grpc_addr: SocketAddr) -> Result<(), Failure> {
     let mut c = connect(&a.conn, grpc_addr).await?;
     let r = c
-        .get_topology(pb::GetTopologyRequest { window_seconds: Some(a.window) })
+        .get_topology(pb::GetTopologyRequest {
+            window_seconds: Some(a.window),
+        })
         .await?
         .into_inner();
     let nodes: std::collections::HashMap<&str, &pb::Node> =
         r.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
     let node = |id: &str| nodes.get(id).copied();
     let p99 = |e: &pb::Edge| {
-        let pick = |l: &Option<pb::LatencySummary>| l.clone().filter(|l| l.count > 0);
+        let pick = |l: &Option<pb::LatencySummary>| (*l).filter(|l| l.count > 0);
         pick(&e.window_client_latency).or_else(|| pick(&e.window_server_latency))
     };
     if a.conn.output == Output::Json {
@@ -408,7 +474,7 @@ async fn topology(a: &TopArgs, grpc_addr: SocketAddr) -> Result<(), Failure> {
             .iter()
             .map(|e| {
                 let lat = |l: &Option<pb::LatencySummary>| {
-                    let l = l.clone().unwrap_or_default();
+                    let l = (*l).unwrap_or_default();
                     json!({ "count": l.count, "mean_ms": ms(l.mean_seconds), "p50_ms": ms(l.p50_seconds),
                             "p95_ms": ms(l.p95_seconds), "p99_ms": ms(l.p99_seconds) })
                 };
@@ -434,26 +500,36 @@ async fn topology(a: &TopArgs, grpc_addr: SocketAddr) -> Result<(), Failure> {
     }
     let mut edges: Vec<&pb::Edge> = r.edges.iter().collect();
     edges.sort_by(|x, y| {
-        let rate = |e: &pb::Edge| e.window.clone().unwrap_or_default().requests_per_second;
+        let rate = |e: &pb::Edge| e.window.unwrap_or_default().requests_per_second;
         rate(y).total_cmp(&rate(x))
     });
     let body: Vec<Vec<String>> = edges
         .iter()
         .map(|e| {
-            let w = e.window.clone().unwrap_or_default();
+            let w = e.window.unwrap_or_default();
             vec![
                 node_label(node(&e.client), &e.client),
                 "→".into(),
                 node_label(node(&e.server), &e.server),
                 format!("{:.1}", w.requests_per_second),
-                if w.requests > 0 { format!("{:.1}", w.error_rate * 100.0) } else { "-".into() },
+                if w.requests > 0 {
+                    format!("{:.1}", w.error_rate * 100.0)
+                } else {
+                    "-".into()
+                },
                 latency_cell(p99(e).as_ref(), |l| l.p99_seconds),
-                e.total.clone().unwrap_or_default().requests.to_string(),
+                e.total.unwrap_or_default().requests.to_string(),
             ]
         })
         .collect();
-    let header = ["CLIENT", "", "SERVER", "TPS", "ERROR%", "P99(ms)", "REQUESTS"];
-    out(&format!("{}{}", window_line(r.window.as_ref()), table(&header, &body, 3)))
+    let header = [
+        "CLIENT", "", "SERVER", "TPS", "ERROR%", "P99(ms)", "REQUESTS",
+    ];
+    out(&format!(
+        "{}{}",
+        window_line(r.window.as_ref()),
+        table(&header, &body, 3)
+    ))
 }
 
 fn time_text(unix_nanos: i64) -> String {
@@ -492,9 +568,21 @@ fn request_line(r: &pb::Request, output: Output) -> String {
         })
         .to_string();
     }
-    let status = if r.status > 0 { r.status.to_string() } else { or_dash(&r.error_type) };
-    let pod = if w.pod_uid.is_empty() { String::new() } else { format!(" pod={}", w.pod_uid) };
-    let arrow = if r.side == pb::Side::Client as i32 { "→" } else { "←" };
+    let status = if r.status > 0 {
+        r.status.to_string()
+    } else {
+        or_dash(&r.error_type)
+    };
+    let pod = if w.pod_uid.is_empty() {
+        String::new()
+    } else {
+        format!(" pod={}", w.pod_uid)
+    };
+    let arrow = if r.side == pb::Side::Client as i32 {
+        "→"
+    } else {
+        "←"
+    };
     format!(
         "{} {:<6} {}{pod} {} {} {} {:.3}ms {arrow} {peer}",
         time_text(r.time_unix_nano),

@@ -112,14 +112,27 @@ fn setup(name: &str) -> Setup {
     // Started once the server runs: a pod cgroup the observer first finds empty has no
     // process to name its workload after (the client pod's service_name is not checked).
     let obs = Observer::start(&["--probes", "tcp,http"]).unwrap();
-    Setup { dir, _bridge: bridge, server, client, obs }
+    Setup {
+        dir,
+        _bridge: bridge,
+        server,
+        client,
+        obs,
+    }
 }
 
 impl Setup {
     /// Runs `plan` from the client pod over `conns` connections; returns its status tally.
     fn drive(&self, plan: &[(&str, &str)], conns: usize) -> BTreeMap<String, u64> {
-        let plan_json = serde_json::to_string(&plan.iter().map(|(m, p)| [*m, *p]).collect::<Vec<_>>()).unwrap();
-        let file = self.dir.write(&format!("plan-{}.json", observer_tests::random_hex(6)), plan_json).unwrap();
+        let plan_json =
+            serde_json::to_string(&plan.iter().map(|(m, p)| [*m, *p]).collect::<Vec<_>>()).unwrap();
+        let file = self
+            .dir
+            .write(
+                &format!("plan-{}.json", observer_tests::random_hex(6)),
+                plan_json,
+            )
+            .unwrap();
         let script = self.dir.write("client.py", CLIENT).unwrap();
         let exe = self.dir.join("grpcload");
         if !std::path::Path::new(&exe).exists() {
@@ -127,7 +140,16 @@ impl Setup {
         }
         let out = self
             .client
-            .run(&exe, &[&script, &self.server.ip, &PORT.to_string(), &conns.to_string(), &file])
+            .run(
+                &exe,
+                &[
+                    &script,
+                    &self.server.ip,
+                    &PORT.to_string(),
+                    &conns.to_string(),
+                    &file,
+                ],
+            )
             .unwrap();
         serde_json::from_slice(&out.stdout).unwrap()
     }
@@ -145,7 +167,9 @@ fn plan_30_ok_10_fail() -> Vec<(&'static str, &'static str)> {
 
 fn latency_req(pod_uid: &str) -> pb::GetLatencyRequest {
     pb::GetLatencyRequest {
-        selector: Some(pb::get_latency_request::Selector::PodUid(pod_uid.to_string())),
+        selector: Some(pb::get_latency_request::Selector::PodUid(
+            pod_uid.to_string(),
+        )),
         ..Default::default()
     }
 }
@@ -170,7 +194,7 @@ async fn latency_when(
         let got = c.get_latency(latency_req(pod_uid)).await;
         if let Ok(r) = &got {
             let w = &r.get_ref().workloads;
-            let total: u64 = w.iter().map(|w| w.total.clone().unwrap_or_default().requests).sum();
+            let total: u64 = w.iter().map(|w| w.total.unwrap_or_default().requests).sum();
             if (w.len() == 1 && total == n) || Instant::now() > deadline {
                 assert_eq!(w.len(), 1, "one workload for pod {pod_uid}: {w:?}");
                 return w[0].clone();
@@ -186,7 +210,11 @@ async fn latency_when(
 fn latency_network_and_workloads_are_exact() {
     let s = setup("grpc-exact");
     let truth = s.drive(&plan_30_ok_10_fail(), 2);
-    assert_eq!(truth, BTreeMap::from([("200".into(), 30), ("500".into(), 10)]), "the client's own tally");
+    assert_eq!(
+        truth,
+        BTreeMap::from([("200".into(), 30), ("500".into(), 10)]),
+        "the client's own tally"
+    );
     runtime().block_on(async {
         let mut c = connect(s.grpc()).await.unwrap();
 
@@ -196,24 +224,42 @@ fn latency_network_and_workloads_are_exact() {
         assert_eq!(by_status(&w), BTreeMap::from([(200, 30), (500, 10)]));
         for series in &w.server {
             assert_eq!(series.method, "GET");
-            let route = if series.status == 200 { "/users" } else { "/fail" };
+            let route = if series.status == 200 {
+                "/users"
+            } else {
+                "/fail"
+            };
             assert_eq!(series.route, route);
-            assert_eq!(series.errors, if series.status == 500 { series.count } else { 0 });
+            assert_eq!(
+                series.errors,
+                if series.status == 500 {
+                    series.count
+                } else {
+                    0
+                }
+            );
             let h = series.histogram.as_ref().unwrap();
             assert_eq!(h.count, series.count);
             assert_eq!(h.buckets.last().unwrap().cumulative_count, series.count);
             assert!(h.buckets.last().unwrap().le.is_infinite());
             let l = series.latency.as_ref().unwrap();
-            assert!(l.p50_seconds <= l.p95_seconds && l.p95_seconds <= l.p99_seconds, "{l:?}");
+            assert!(
+                l.p50_seconds <= l.p95_seconds && l.p95_seconds <= l.p99_seconds,
+                "{l:?}"
+            );
             assert!(l.mean_seconds > 0.0);
         }
-        let total = w.total.clone().unwrap();
+        let total = w.total.unwrap();
         assert_eq!((total.requests, total.errors), (40, 10));
         assert!((total.error_rate - 0.25).abs() < 1e-9);
-        let window = w.window.clone().unwrap();
-        assert_eq!((window.requests, window.errors), (40, 10), "the observer is younger than the window");
+        let window = w.window.unwrap();
+        assert_eq!(
+            (window.requests, window.errors),
+            (40, 10),
+            "the observer is younger than the window"
+        );
         assert!(window.requests_per_second > 0.0);
-        let a = w.apdex.clone().unwrap();
+        let a = w.apdex.unwrap();
         assert_eq!(a.satisfied + a.tolerating + a.frustrated, 40);
         assert!(a.frustrated >= 10, "5xx are frustrated: {a:?}");
         assert_eq!(a.threshold_seconds, 0.5);
@@ -222,7 +268,11 @@ fn latency_network_and_workloads_are_exact() {
         // The client pod's side of the same requests.
         let deadline = Instant::now() + scaled(Duration::from_secs(10));
         let client_status = loop {
-            let r = c.get_latency(latency_req(&s.client.uid)).await.unwrap().into_inner();
+            let r = c
+                .get_latency(latency_req(&s.client.uid))
+                .await
+                .unwrap()
+                .into_inner();
             let mut client_status = BTreeMap::new();
             for series in r.workloads.iter().flat_map(|w| &w.client) {
                 assert_eq!(
@@ -241,7 +291,9 @@ fn latency_network_and_workloads_are_exact() {
         // GetNetwork: the client pod's calls to the server's address, its TCP connections.
         let net = c
             .get_network(pb::GetNetworkRequest {
-                selector: Some(pb::get_network_request::Selector::PodUid(s.client.uid.clone())),
+                selector: Some(pb::get_network_request::Selector::PodUid(
+                    s.client.uid.clone(),
+                )),
                 namespace: String::new(),
             })
             .await
@@ -249,78 +301,134 @@ fn latency_network_and_workloads_are_exact() {
             .into_inner();
         assert_eq!(net.workloads.len(), 1);
         let n = &net.workloads[0];
-        let peers: Vec<(String, u32, u64, u64)> =
-            n.http_peers.iter().map(|p| (p.server_address.clone(), p.server_port, p.requests, p.errors)).collect();
+        let peers: Vec<(String, u32, u64, u64)> = n
+            .http_peers
+            .iter()
+            .map(|p| {
+                (
+                    p.server_address.clone(),
+                    p.server_port,
+                    p.requests,
+                    p.errors,
+                )
+            })
+            .collect();
         assert_eq!(peers, vec![(s.server.ip.clone(), PORT as u32, 40, 10)]);
         let tcp = n.tcp.clone().expect("TCP figures of the client pod");
-        assert_eq!(tcp.opened.unwrap().outbound, 2, "two keep-alive connections");
+        assert_eq!(
+            tcp.opened.unwrap().outbound,
+            2,
+            "two keep-alive connections"
+        );
         assert!(tcp.sent_bytes > 0 && tcp.received_bytes > 0);
-        let edge = n.edges.iter().find(|e| e.total.clone().unwrap_or_default().requests == 40);
-        assert!(edge.is_some(), "an edge with the 40 requests: {:?}", n.edges);
+        let edge = n
+            .edges
+            .iter()
+            .find(|e| e.total.unwrap_or_default().requests == 40);
+        assert!(
+            edge.is_some(),
+            "an edge with the 40 requests: {:?}",
+            n.edges
+        );
 
         // GetNetwork by service name finds the server pod.
         let by_name = c
             .get_network(pb::GetNetworkRequest {
-                selector: Some(pb::get_network_request::Selector::ServiceName("grpcsrv".into())),
+                selector: Some(pb::get_network_request::Selector::ServiceName(
+                    "grpcsrv".into(),
+                )),
                 namespace: String::new(),
             })
             .await
             .unwrap()
             .into_inner();
-        assert!(by_name.workloads.iter().any(|w| w.workload.as_ref().unwrap().pod_uid == s.server.uid));
+        assert!(by_name
+            .workloads
+            .iter()
+            .any(|w| w.workload.as_ref().unwrap().pod_uid == s.server.uid));
 
         // ListWorkloads: the server's row.
-        let list = c.list_workloads(pb::ListWorkloadsRequest { window_seconds: Some(60) }).await.unwrap().into_inner();
+        let list = c
+            .list_workloads(pb::ListWorkloadsRequest {
+                window_seconds: Some(60),
+            })
+            .await
+            .unwrap()
+            .into_inner();
         let row = list
             .workloads
             .iter()
             .find(|w| w.workload.as_ref().unwrap().pod_uid == s.server.uid)
             .expect("the server pod is listed");
-        let t = row.total.clone().unwrap();
+        let t = row.total.unwrap();
         assert_eq!((t.requests, t.errors), (40, 10));
-        assert_eq!(row.window.clone().unwrap().requests, 40);
+        assert_eq!(row.window.unwrap().requests, 40);
         assert_eq!(row.active_clients, 1);
         let crow = list
             .workloads
             .iter()
             .find(|w| w.workload.as_ref().unwrap().pod_uid == s.client.uid)
             .expect("the client pod is listed");
-        assert_eq!(crow.client_total.clone().unwrap().requests, 40);
-        assert_eq!(crow.total.clone().unwrap().requests, 0);
+        assert_eq!(crow.client_total.unwrap().requests, 40);
+        assert_eq!(crow.total.unwrap().requests, 0);
 
         // GetTopology: the client → server edge, counted once.
-        let topo = c.get_topology(pb::GetTopologyRequest { window_seconds: None }).await.unwrap().into_inner();
+        let topo = c
+            .get_topology(pb::GetTopologyRequest {
+                window_seconds: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(topo.window.unwrap().requested_seconds, 60);
         let node = |id: &str| topo.nodes.iter().find(|n| n.id == id).cloned().unwrap();
         let edges: Vec<&pb::Edge> = topo
             .edges
             .iter()
-            .filter(|e| node(&e.client).workload.is_some_and(|w| w.pod_uid == s.client.uid))
+            .filter(|e| {
+                node(&e.client)
+                    .workload
+                    .is_some_and(|w| w.pod_uid == s.client.uid)
+            })
             .collect();
         assert_eq!(edges.len(), 1, "{edges:?}");
         let e = edges[0];
         let server = node(&e.server);
         let server_addr = format!("{}:{PORT}", s.server.ip);
         assert!(
-            server.workload.as_ref().is_some_and(|w| w.pod_uid == s.server.uid)
+            server
+                .workload
+                .as_ref()
+                .is_some_and(|w| w.pod_uid == s.server.uid)
                 || server.address == server_addr,
             "{server:?}"
         );
-        let et = e.total.clone().unwrap();
+        let et = e.total.unwrap();
         assert_eq!((et.requests, et.errors), (40, 10));
-        assert_eq!(e.window.clone().unwrap().requests, 40);
-        assert_eq!(e.client_latency.clone().unwrap().count, 40);
+        assert_eq!(e.window.unwrap().requests, 40);
+        assert_eq!(e.client_latency.unwrap().count, 40);
     });
 
     // The CLI, as a script would use it.
     let cli = |args: &[&str]| {
-        let out = Command::new(binary()).args(args).args(["--server", s.grpc(), "--output", "json"]).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(binary())
+            .args(args)
+            .args(["--server", s.grpc(), "--output", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     let top = cli(&["top"]);
     let rows = top["workloads"].as_array().unwrap();
-    let row = rows.iter().find(|r| r["workload"]["pod_uid"] == s.server.uid.as_str()).expect("server in top");
+    let row = rows
+        .iter()
+        .find(|r| r["workload"]["pod_uid"] == s.server.uid.as_str())
+        .expect("server in top");
     assert_eq!(row["workload"]["service_name"], "grpcsrv");
     assert_eq!(row["total"]["requests"], 40);
     assert_eq!(row["total"]["errors"], 10);
@@ -342,14 +450,23 @@ fn latency_network_and_workloads_are_exact() {
         edges[0]
     );
     // And for people: an aligned table naming the service.
-    let out = Command::new(binary()).args(["top", "--server", s.grpc()]).output().unwrap();
+    let out = Command::new(binary())
+        .args(["top", "--server", s.grpc()])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    let header = text.lines().find(|l| l.starts_with("NAMESPACE")).expect("header");
+    let header = text
+        .lines()
+        .find(|l| l.starts_with("NAMESPACE"))
+        .expect("header");
     for col in ["TPS", "ERROR%", "MEAN(ms)", "P99(ms)", "APDEX", "CLIENTS"] {
         assert!(header.contains(col), "{header}");
     }
-    let line = text.lines().find(|l| l.contains(&s.server.uid)).expect("server row");
+    let line = text
+        .lines()
+        .find(|l| l.contains(&s.server.uid))
+        .expect("server row");
     assert!(line.contains("grpcsrv") && line.contains("25.0"), "{line}");
 }
 
@@ -377,12 +494,18 @@ fn stream_delivers_every_request_in_order() {
     let (mut server_stream, mut client_stream) = rt.block_on(async {
         let mut c = connect(s.grpc()).await.unwrap();
         let server = c
-            .stream_requests(pb::StreamRequestsRequest { pod_uid: s.server.uid.clone(), ..Default::default() })
+            .stream_requests(pb::StreamRequestsRequest {
+                pod_uid: s.server.uid.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
         let client = c
-            .stream_requests(pb::StreamRequestsRequest { pod_uid: s.client.uid.clone(), ..Default::default() })
+            .stream_requests(pb::StreamRequestsRequest {
+                pod_uid: s.client.uid.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -394,7 +517,12 @@ fn stream_delivers_every_request_in_order() {
     rt.block_on(async {
         for (side, stream, peer, peer_port) in [
             (pb::Side::Server, &mut server_stream, &s.client.ip, None),
-            (pb::Side::Client, &mut client_stream, &s.server.ip, Some(PORT as u32)),
+            (
+                pb::Side::Client,
+                &mut client_stream,
+                &s.server.ip,
+                Some(PORT as u32),
+            ),
         ] {
             let mut got = Vec::new();
             while got.len() < plan.len() {
@@ -410,7 +538,11 @@ fn stream_delivers_every_request_in_order() {
             }
             for (r, (method, path)) in got.iter().zip(&plan) {
                 assert_eq!(pb::Side::try_from(r.side), Ok(side));
-                assert_eq!((r.method.as_str(), r.route.as_str(), r.status), (*method, *path, status(path)), "{side:?}: {r:?}");
+                assert_eq!(
+                    (r.method.as_str(), r.route.as_str(), r.status),
+                    (*method, *path, status(path)),
+                    "{side:?}: {r:?}"
+                );
                 assert_eq!(r.error_type, "");
                 assert_eq!(&r.peer_address, peer);
                 if let Some(p) = peer_port {
@@ -420,13 +552,19 @@ fn stream_delivers_every_request_in_order() {
                 assert!(r.time_unix_nano > 0);
                 let w = r.workload.clone().unwrap();
                 if side == pb::Side::Server {
-                    assert_eq!((&w.pod_uid, w.service_name.as_str()), (&s.server.uid, "grpcsrv"));
+                    assert_eq!(
+                        (&w.pod_uid, w.service_name.as_str()),
+                        (&s.server.uid, "grpcsrv")
+                    );
                 } else {
                     assert_eq!(&w.pod_uid, &s.client.uid);
                 }
             }
             let times: Vec<i64> = got.iter().map(|r| r.time_unix_nano).collect();
-            assert!(times.windows(2).all(|w| w[0] <= w[1]), "in order of completion");
+            assert!(
+                times.windows(2).all(|w| w[0] <= w[1]),
+                "in order of completion"
+            );
         }
     });
 
@@ -435,7 +573,19 @@ fn stream_delivers_every_request_in_order() {
     let tail = Command::new("timeout")
         .arg("30")
         .arg(binary())
-        .args(["tail", "--server", s.grpc(), "--pod-uid", &s.server.uid, "--status", "404", "--count", "4", "--output", "json"])
+        .args([
+            "tail",
+            "--server",
+            s.grpc(),
+            "--pod-uid",
+            &s.server.uid,
+            "--status",
+            "404",
+            "--count",
+            "4",
+            "--output",
+            "json",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -466,8 +616,14 @@ fn stream_delivers_every_request_in_order() {
         assert_eq!(again.values().sum::<u64>(), 20);
         let mut n = 0;
         while n < 8 {
-            let msg = tokio::time::timeout(scaled(Duration::from_secs(10)), users.message()).await.unwrap().unwrap().unwrap();
-            let pb::request_event::Event::Request(r) = msg.event.unwrap() else { panic!("missed") };
+            let msg = tokio::time::timeout(scaled(Duration::from_secs(10)), users.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let pb::request_event::Event::Request(r) = msg.event.unwrap() else {
+                panic!("missed")
+            };
             assert_eq!((r.route.as_str(), r.status), ("/users", 200));
             n += 1;
         }
@@ -476,11 +632,20 @@ fn stream_delivers_every_request_in_order() {
     });
     let out = tail.wait_with_output().unwrap();
     assert!(out.status.success());
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 4, "{lines:?}");
     for l in &lines {
-        assert_eq!((l["method"].as_str(), l["route"].as_str(), l["status"].as_u64()), (Some("GET"), Some("/missing"), Some(404)));
+        assert_eq!(
+            (
+                l["method"].as_str(),
+                l["route"].as_str(),
+                l["status"].as_u64()
+            ),
+            (Some("GET"), Some("/missing"), Some(404))
+        );
         assert_eq!(l["side"], "server");
     }
 }
@@ -493,10 +658,13 @@ fn an_unread_stream_does_not_slow_the_observer() {
     // A reader with small flow-control windows that does not read while the load runs.
     let mut stream = rt.block_on(async {
         let mut c = connect_small_windows(s.grpc()).await.unwrap();
-        c.stream_requests(pb::StreamRequestsRequest { pod_uid: s.server.uid.clone(), ..Default::default() })
-            .await
-            .unwrap()
-            .into_inner()
+        c.stream_requests(pb::StreamRequestsRequest {
+            pod_uid: s.server.uid.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
     });
     let plan = vec![("GET", "/users"); N as usize];
     let t0 = Instant::now();
@@ -511,15 +679,27 @@ fn an_unread_stream_does_not_slow_the_observer() {
             sum(m, "http_server_request_duration_seconds_count", &pod) == N as f64
         })
         .unwrap();
-    assert_eq!(sum(&samples, "http_server_request_duration_seconds_count", &pod), N as f64);
+    assert_eq!(
+        sum(&samples, "http_server_request_duration_seconds_count", &pod),
+        N as f64
+    );
     let cpod = [("k8s_pod_uid", s.client.uid.as_str())];
-    assert_eq!(sum(&samples, "http_client_request_duration_seconds_count", &cpod), N as f64);
+    assert_eq!(
+        sum(
+            &samples,
+            "http_client_request_duration_seconds_count",
+            &cpod
+        ),
+        N as f64
+    );
     eprintln!("{N} requests in {took:?} with an unread stream open");
 
     // Reading now: what is delivered plus what is reported missed covers every request.
     let (delivered, missed) = rt.block_on(async {
         let (mut delivered, mut missed) = (0u64, 0u64);
-        while let Ok(Ok(Some(msg))) = tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
+        while let Ok(Ok(Some(msg))) =
+            tokio::time::timeout(Duration::from_secs(2), stream.message()).await
+        {
             match msg.event.unwrap() {
                 pb::request_event::Event::Request(r) => {
                     assert_eq!(r.workload.unwrap().pod_uid, s.server.uid);
@@ -531,9 +711,15 @@ fn an_unread_stream_does_not_slow_the_observer() {
         (delivered, missed)
     });
     eprintln!("delivered {delivered}, missed {missed}");
-    assert!(missed > 0, "the reader fell behind and is told so (delivered {delivered})");
+    assert!(
+        missed > 0,
+        "the reader fell behind and is told so (delivered {delivered})"
+    );
     assert!(delivered < N);
-    assert!(delivered + missed >= N, "delivered {delivered} + missed {missed} cover the {N} requests");
+    assert!(
+        delivered + missed >= N,
+        "delivered {delivered} + missed {missed} cover the {N} requests"
+    );
 }
 
 #[test]
@@ -548,14 +734,19 @@ fn bad_requests_get_invalid_argument_or_not_found() {
         assert!(e.message().contains(uid), "{e:?}");
         let e = c
             .get_network(pb::GetNetworkRequest {
-                selector: Some(pb::get_network_request::Selector::ServiceName("no-such-service".into())),
+                selector: Some(pb::get_network_request::Selector::ServiceName(
+                    "no-such-service".into(),
+                )),
                 namespace: String::new(),
             })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
         assert!(e.message().contains("no-such-service"), "{e:?}");
-        let e = c.get_latency(pb::GetLatencyRequest::default()).await.unwrap_err();
+        let e = c
+            .get_latency(pb::GetLatencyRequest::default())
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         for w in [4, 901] {
             let mut r = latency_req(uid);
@@ -563,17 +754,57 @@ fn bad_requests_get_invalid_argument_or_not_found() {
             let e = c.get_latency(r).await.unwrap_err();
             assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
             assert!(e.message().contains("between 5 and 900"), "{e:?}");
-            let e = c.get_topology(pb::GetTopologyRequest { window_seconds: Some(w) }).await.unwrap_err();
+            let e = c
+                .get_topology(pb::GetTopologyRequest {
+                    window_seconds: Some(w),
+                })
+                .await
+                .unwrap_err();
             assert_eq!(e.code(), Code::InvalidArgument);
-            let e = c.list_workloads(pb::ListWorkloadsRequest { window_seconds: Some(w) }).await.unwrap_err();
+            let e = c
+                .list_workloads(pb::ListWorkloadsRequest {
+                    window_seconds: Some(w),
+                })
+                .await
+                .unwrap_err();
             assert_eq!(e.code(), Code::InvalidArgument);
         }
         for (r, needle) in [
-            (pb::StreamRequestsRequest { status: 700, ..Default::default() }, "100 to 599"),
-            (pb::StreamRequestsRequest { status: 42, ..Default::default() }, "100 to 599"),
-            (pb::StreamRequestsRequest { min_latency_ms: -1.0, ..Default::default() }, "0 or more"),
-            (pb::StreamRequestsRequest { route: "users".into(), ..Default::default() }, "start with '/'"),
-            (pb::StreamRequestsRequest { side: 9, ..Default::default() }, "Side"),
+            (
+                pb::StreamRequestsRequest {
+                    status: 700,
+                    ..Default::default()
+                },
+                "100 to 599",
+            ),
+            (
+                pb::StreamRequestsRequest {
+                    status: 42,
+                    ..Default::default()
+                },
+                "100 to 599",
+            ),
+            (
+                pb::StreamRequestsRequest {
+                    min_latency_ms: -1.0,
+                    ..Default::default()
+                },
+                "0 or more",
+            ),
+            (
+                pb::StreamRequestsRequest {
+                    route: "users".into(),
+                    ..Default::default()
+                },
+                "start with '/'",
+            ),
+            (
+                pb::StreamRequestsRequest {
+                    side: 9,
+                    ..Default::default()
+                },
+                "Side",
+            ),
         ] {
             let e = c.stream_requests(r).await.unwrap_err();
             assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
@@ -581,13 +812,25 @@ fn bad_requests_get_invalid_argument_or_not_found() {
         }
 
         // StreamEvents: the probe states first.
-        let mut ev = c.stream_events(pb::StreamEventsRequest {}).await.unwrap().into_inner();
+        let mut ev = c
+            .stream_events(pb::StreamEventsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
         loop {
-            let e = tokio::time::timeout(Duration::from_secs(5), ev.message()).await.unwrap().unwrap().unwrap();
+            let e = tokio::time::timeout(Duration::from_secs(5), ev.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             assert_eq!(e.kind, "probe_status", "{e:?}");
             assert!(e.time_unix_nano > 0);
             if e.fields.get("probe").map(String::as_str) == Some("http") {
-                assert_eq!(e.fields.get("up").map(String::as_str), Some("true"), "{e:?}");
+                assert_eq!(
+                    e.fields.get("up").map(String::as_str),
+                    Some("true"),
+                    "{e:?}"
+                );
                 break;
             }
         }
@@ -603,13 +846,21 @@ fn bad_requests_get_invalid_argument_or_not_found() {
         vec!["top", "--bogus"],
     ] {
         let out = run(&args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let out = run(&["top", "--server", "127.0.0.1:1"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("cannot reach") && err.contains("127.0.0.1:1"), "{err}");
+    assert!(
+        err.contains("cannot reach") && err.contains("127.0.0.1:1"),
+        "{err}"
+    );
     let out = run(&["tail", "--server", &obs.grpc_addr, "--route", "users"]);
     assert_eq!(out.status.code(), Some(2), "the server's INVALID_ARGUMENT");
     assert!(String::from_utf8_lossy(&out.stderr).contains("start with '/'"));
@@ -671,7 +922,10 @@ print(json.dumps(out, sort_keys=True))
 fn python_grpcio_client_and_reflection() {
     let s = setup("grpc-python");
     let truth = s.drive(&plan_30_ok_10_fail(), 2);
-    assert_eq!(truth, BTreeMap::from([("200".into(), 30), ("500".into(), 10)]));
+    assert_eq!(
+        truth,
+        BTreeMap::from([("200".into(), 30), ("500".into(), 10)])
+    );
     // Wait until the observer has them all.
     runtime().block_on(async {
         let mut c = connect(s.grpc()).await.unwrap();
@@ -687,27 +941,47 @@ fn python_grpcio_client_and_reflection() {
             .args(files)
             .output()
             .expect("protoc (Debian's protobuf-compiler)");
-        assert!(out.status.success(), "protoc: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "protoc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     protoc(proto, &["observer/v1/observer.proto"]);
     protoc(
         "/usr/share/grpc-proto",
-        &["grpc/reflection/v1/reflection.proto", "grpc/reflection/v1alpha/reflection.proto", "grpc/health/v1/health.proto"],
+        &[
+            "grpc/reflection/v1/reflection.proto",
+            "grpc/reflection/v1alpha/reflection.proto",
+            "grpc/health/v1/health.proto",
+        ],
     );
     let script = s.dir.write("client.py", PY_CLIENT).unwrap();
     let out = Command::new("/usr/bin/python3")
         .args([&script, s.grpc(), &stubs, &s.server.uid])
         .output()
         .unwrap();
-    assert!(out.status.success(), "python client: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for v in ["v1", "v1alpha"] {
-        let services: Vec<&str> = got[v].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+        let services: Vec<&str> = got[v]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
         for want in ["observer.v1.Observer", "grpc.health.v1.Health"] {
             assert!(services.contains(&want), "{v}: {services:?}");
         }
     }
-    assert_eq!(got["health"], serde_json::json!({ "": "SERVING", "observer.v1.Observer": "SERVING" }));
+    assert_eq!(
+        got["health"],
+        serde_json::json!({ "": "SERVING", "observer.v1.Observer": "SERVING" })
+    );
     assert_eq!(got["counts"], serde_json::json!({ "200": 30, "500": 10 }));
     assert_eq!(got["window"], 60);
     assert_eq!(got["unknown"], "NOT_FOUND");

@@ -26,7 +26,11 @@ use tonic::{Request, Response, Status};
 use crate::{
     ebpf::load::ProbeStatus,
     error::StartError,
-    pipeline::{aggregate::{Pipeline, Totals}, live::Live, topology::Topology},
+    pipeline::{
+        aggregate::{Pipeline, Totals},
+        live::Live,
+        topology::Topology,
+    },
     shutdown::Shutdown,
 };
 
@@ -36,7 +40,8 @@ pub mod pb {
     tonic::include_proto!("observer.v1");
 
     /// The encoded file descriptor set the reflection service serves.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("observer_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("observer_descriptor");
 }
 
 pub use convert::quantile;

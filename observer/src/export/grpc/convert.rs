@@ -117,13 +117,28 @@ pub fn histogram(h: &Hist) -> pb::Histogram {
 }
 
 /// Requests and errors over `seconds` (0: figures since start, no rate).
-pub fn figures(requests: u64, errors: u64, hist: Option<&Hist>, seconds: f64) -> pb::RequestFigures {
-    let rate = |n: u64| if seconds > 0.0 { n as f64 / seconds } else { 0.0 };
+pub fn figures(
+    requests: u64,
+    errors: u64,
+    hist: Option<&Hist>,
+    seconds: f64,
+) -> pb::RequestFigures {
+    let rate = |n: u64| {
+        if seconds > 0.0 {
+            n as f64 / seconds
+        } else {
+            0.0
+        }
+    };
     pb::RequestFigures {
         requests,
         errors,
         requests_per_second: rate(requests),
-        error_rate: if requests > 0 { errors as f64 / requests as f64 } else { 0.0 },
+        error_rate: if requests > 0 {
+            errors as f64 / requests as f64
+        } else {
+            0.0
+        },
         latency: Some(summary(hist)),
     }
 }
@@ -249,7 +264,10 @@ mod tests {
     fn b(pairs: &[(f64, u64)]) -> Vec<pb::Bucket> {
         pairs
             .iter()
-            .map(|&(le, c)| pb::Bucket { le, cumulative_count: c })
+            .map(|&(le, c)| pb::Bucket {
+                le,
+                cumulative_count: c,
+            })
             .collect()
     }
 
@@ -266,7 +284,10 @@ mod tests {
     #[test]
     fn cumulative_buckets_end_with_inf() {
         let c = cumulative(&[0.1, 0.2], &[1, 0, 2]);
-        assert_eq!(c.iter().map(|x| x.cumulative_count).collect::<Vec<_>>(), vec![1, 1, 3]);
+        assert_eq!(
+            c.iter().map(|x| x.cumulative_count).collect::<Vec<_>>(),
+            vec![1, 1, 3]
+        );
         assert!(c[2].le.is_infinite());
     }
 

@@ -29,7 +29,11 @@ pub enum Selector {
 }
 
 impl Selector {
-    fn new(pod: Option<String>, service: Option<String>, namespace: String) -> Result<Self, ApiError> {
+    fn new(
+        pod: Option<String>,
+        service: Option<String>,
+        namespace: String,
+    ) -> Result<Self, ApiError> {
         match (pod, service) {
             (Some(p), _) if !p.trim().is_empty() => Ok(Selector::Pod(convert::normalize_uid(&p))),
             (_, Some(s)) if !s.trim().is_empty() => Ok(Selector::Service {
@@ -87,8 +91,11 @@ impl Selector {
             .chain(t.http.server.keys().map(|(id, _)| id))
             .chain(t.http.client.keys().map(|(id, _)| id))
             .collect();
-        let found: Vec<Arc<Identity>> =
-            known.into_iter().filter(|id| self.matches(id)).cloned().collect();
+        let found: Vec<Arc<Identity>> = known
+            .into_iter()
+            .filter(|id| self.matches(id))
+            .cloned()
+            .collect();
         if found.is_empty() {
             return Err(ApiError::NotFound(match self {
                 Selector::Pod(uid) => format!("no workload of pod {uid} on this node"),
@@ -114,7 +121,8 @@ pub struct Win {
 
 impl Win {
     pub fn new(shared: &Shared, cur: &Current, seconds: u32) -> Win {
-        let then = lock(&shared.ring).start_of(cur.at, std::time::Duration::from_secs(seconds.into()));
+        let then =
+            lock(&shared.ring).start_of(cur.at, std::time::Duration::from_secs(seconds.into()));
         let covered = then
             .as_ref()
             .map(|s| cur.at.saturating_duration_since(s.at).as_secs_f64())
@@ -140,11 +148,21 @@ impl Win {
 
     /// Total and window figures of one workload side.
     fn side(&self, id: &Arc<Identity>, server: bool) -> (pb::RequestFigures, pb::RequestFigures) {
-        let pick = |f: &Figures| if server { f.server.get(id).cloned() } else { f.client.get(id).cloned() };
+        let pick = |f: &Figures| {
+            if server {
+                f.server.get(id).cloned()
+            } else {
+                f.client.get(id).cloned()
+            }
+        };
         let now = pick(&self.now).unwrap_or_default();
         let then = self.then().and_then(pick);
         // Without a snapshot there is no window: nothing happened in it as far as we know.
-        let w = if self.then.is_some() { now.since(then.as_ref()) } else { Agg::default() };
+        let w = if self.then.is_some() {
+            now.since(then.as_ref())
+        } else {
+            Agg::default()
+        };
         (
             figures(now.requests, now.errors, now.hist.as_ref(), 0.0),
             figures(w.requests, w.errors, w.hist.as_ref(), self.covered),
@@ -171,7 +189,11 @@ impl Win {
             return 0.0;
         }
         let before = self.then().and_then(|f| f.series_count(hash)).unwrap_or(0);
-        let n = if before <= count { count - before } else { count };
+        let n = if before <= count {
+            count - before
+        } else {
+            count
+        };
         n as f64 / self.covered
     }
 }
@@ -311,7 +333,9 @@ pub fn network(cur: &Current, sel: &Selector) -> Result<pb::Network, ApiError> {
             if k.client == me || k.server == me {
                 edges.push(edge(k, &edge_totals(e), None));
                 for n in [&k.client, &k.server] {
-                    nodes.entry(convert::node_id(n)).or_insert_with(|| convert::node(n));
+                    nodes
+                        .entry(convert::node_id(n))
+                        .or_insert_with(|| convert::node(n));
                 }
             }
         }
@@ -338,7 +362,9 @@ pub fn topology(cur: &Current, win: &Win) -> pb::Topology {
         };
         edges.push(edge(k, &total, Some((&w, win.covered))));
         for n in [&k.client, &k.server] {
-            nodes.entry(convert::node_id(n)).or_insert_with(|| convert::node(n));
+            nodes
+                .entry(convert::node_id(n))
+                .or_insert_with(|| convert::node(n));
         }
     }
     pb::Topology {
@@ -350,7 +376,8 @@ pub fn topology(cur: &Current, win: &Win) -> pb::Topology {
 
 pub fn workloads(cur: &Current, win: &Win) -> pb::Workloads {
     let t = &cur.totals;
-    let ids: BTreeSet<&Arc<Identity>> = win.now.server.keys().chain(win.now.client.keys()).collect();
+    let ids: BTreeSet<&Arc<Identity>> =
+        win.now.server.keys().chain(win.now.client.keys()).collect();
     let workloads = ids
         .into_iter()
         .map(|id| {

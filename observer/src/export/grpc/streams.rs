@@ -54,7 +54,10 @@ impl TryFrom<pb::StreamRequestsRequest> for RequestFilter {
             s => return bad(format!("status must be 100 to 599 (or 0 for any), got {s}")),
         };
         if !(r.min_latency_ms.is_finite() && r.min_latency_ms >= 0.0) {
-            return bad(format!("min_latency_ms must be 0 or more, got {}", r.min_latency_ms));
+            return bad(format!(
+                "min_latency_ms must be 0 or more, got {}",
+                r.min_latency_ms
+            ));
         }
         let route = non_empty(r.route);
         if let Some(route) = &route {
@@ -81,8 +84,13 @@ impl TryFrom<pb::StreamRequestsRequest> for RequestFilter {
 
 impl RequestFilter {
     pub fn matches(&self, r: &LiveRequest) -> bool {
-        self.pod_uid.as_ref().is_none_or(|u| r.identity.k8s_pod_uid == *u)
-            && self.service.as_ref().is_none_or(|s| r.identity.service_name == *s)
+        self.pod_uid
+            .as_ref()
+            .is_none_or(|u| r.identity.k8s_pod_uid == *u)
+            && self
+                .service
+                .as_ref()
+                .is_none_or(|s| r.identity.service_name == *s)
             && self.route.as_ref().is_none_or(|x| r.route == *x)
             && self.status.is_none_or(|s| r.status == Some(s))
             && r.duration_ns >= self.min_duration_ns
@@ -116,7 +124,9 @@ pub fn requests(
             let event = match got {
                 Ok(r) if filter.matches(&r) => Event::Request(convert::request(&r)),
                 Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(n)) => Event::Missed(pb::Missed { count: n }),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    Event::Missed(pb::Missed { count: n })
+                }
                 Err(broadcast::error::RecvError::Closed) => return,
             };
             let msg = pb::RequestEvent { event: Some(event) };
@@ -251,9 +261,13 @@ mod tests {
         assert!(req(|r| r.status = 99).unwrap_err().contains("100 to 599"));
         assert!(req(|r| r.status = 600).is_err());
         assert!(req(|r| r.status = 404).is_ok());
-        assert!(req(|r| r.min_latency_ms = -1.0).unwrap_err().contains("0 or more"));
+        assert!(req(|r| r.min_latency_ms = -1.0)
+            .unwrap_err()
+            .contains("0 or more"));
         assert!(req(|r| r.min_latency_ms = f64::NAN).is_err());
-        assert!(req(|r| r.route = "users".into()).unwrap_err().contains("start with '/'"));
+        assert!(req(|r| r.route = "users".into())
+            .unwrap_err()
+            .contains("start with '/'"));
         assert!(req(|r| r.side = 7).is_err());
     }
 }

@@ -173,7 +173,8 @@ impl Figures {
                 a.add(h.count, failed(k.status, k.error_type), h);
             }
             if f.series.len() < series {
-                f.series.push((series_hash(id, SeriesSide::Server, k), h.count));
+                f.series
+                    .push((series_hash(id, SeriesSide::Server, k), h.count));
             }
         }
         for ((id, k), h) in &http.client {
@@ -182,7 +183,8 @@ impl Figures {
                 a.add(h.count, failed(k.status, k.error_type), h);
             }
             if f.series.len() < series {
-                f.series.push((series_hash(id, SeriesSide::Client, k), h.count));
+                f.series
+                    .push((series_hash(id, SeriesSide::Client, k), h.count));
             }
         }
         for (id, a) in &http.apdex {
@@ -274,13 +276,26 @@ mod tests {
 
     fn hist(counts: Vec<u64>, sum: f64) -> Hist {
         let count = counts.iter().sum();
-        Hist { bounds: Arc::new(vec![0.1, 1.0]), counts, sum, count }
+        Hist {
+            bounds: Arc::new(vec![0.1, 1.0]),
+            counts,
+            sum,
+            count,
+        }
     }
 
     #[test]
     fn window_is_the_difference_and_resets_count_from_zero() {
-        let now = Agg { requests: 10, errors: 3, hist: Some(hist(vec![5, 4, 1], 4.0)) };
-        let then = Agg { requests: 4, errors: 1, hist: Some(hist(vec![2, 2, 0], 1.0)) };
+        let now = Agg {
+            requests: 10,
+            errors: 3,
+            hist: Some(hist(vec![5, 4, 1], 4.0)),
+        };
+        let then = Agg {
+            requests: 4,
+            errors: 1,
+            hist: Some(hist(vec![2, 2, 0], 1.0)),
+        };
         let d = now.since(Some(&then));
         assert_eq!((d.requests, d.errors), (6, 2));
         let h = d.hist.unwrap();
@@ -305,13 +320,21 @@ mod tests {
         assert_eq!(now - s.at, Duration::from_secs(900));
         let mut young = Ring::default();
         young.push(t0, &http, &topo);
-        assert_eq!(young.start_of(t0 + Duration::from_secs(3), Duration::from_secs(60)).unwrap().at, t0);
+        assert_eq!(
+            young
+                .start_of(t0 + Duration::from_secs(3), Duration::from_secs(60))
+                .unwrap()
+                .at,
+            t0
+        );
     }
 
     #[test]
     fn window_bounds() {
         assert_eq!(window_seconds(None), Ok(60));
-        assert!(window_seconds(Some(4)).unwrap_err().contains("between 5 and 900"));
+        assert!(window_seconds(Some(4))
+            .unwrap_err()
+            .contains("between 5 and 900"));
         assert!(window_seconds(Some(901)).is_err());
         assert_eq!(window_seconds(Some(900)), Ok(900));
     }
