@@ -986,3 +986,78 @@ fn python_grpcio_client_and_reflection() {
     assert_eq!(got["window"], 60);
     assert_eq!(got["unknown"], "NOT_FOUND");
 }
+
+/// Holds 300 loopback TCP connections open for a second.
+const MANY_CONNECTIONS: &str = r#"
+import socket, time
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen(512)
+cs = [socket.create_connection(l.getsockname()) for _ in range(300)]
+ss = [l.accept()[0] for _ in range(300)]
+time.sleep(1)
+"#;
+
+#[test]
+fn events_report_lost_records_as_they_happen() {
+    require_root();
+    // A connection table of 64 entries overflows with 300 connections (600 sockets).
+    let obs = Observer::start(&["--probes", "tcp", "--conn-table-size", "64"]).unwrap();
+    let rt = runtime();
+    let event = rt.block_on(async {
+        let mut c = connect(&obs.grpc_addr).await.unwrap();
+        let mut ev = c
+            .stream_events(pb::StreamEventsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        // The poller takes its baseline within a second of the first subscriber.
+        tokio::time::sleep(scaled(Duration::from_millis(2500))).await;
+        let out = tokio::task::spawn_blocking(|| {
+            Command::new("/usr/bin/python3")
+                .args(["-c", MANY_CONNECTIONS])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + scaled(Duration::from_secs(10));
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let e = tokio::time::timeout(left, ev.message())
+                .await
+                .expect("a records_lost event within 10 s")
+                .unwrap()
+                .unwrap();
+            if e.kind == "records_lost"
+                && e.fields.get("source").map(String::as_str) == Some("connection_table_full")
+            {
+                return e;
+            }
+            assert!(
+                ["probe_status", "records_lost"].contains(&e.kind.as_str()),
+                "{e:?}"
+            );
+        }
+    });
+    let increase: u64 = event.fields["increase"].parse().unwrap();
+    let total: u64 = event.fields["total"].parse().unwrap();
+    assert!(increase > 0 && total >= increase, "{event:?}");
+    assert!(event.message.contains("connection_table_full"), "{event:?}");
+    // The counter on /metrics is the same one.
+    let samples = obs.scrape().unwrap();
+    let lost = sum(
+        &samples,
+        "observer_events_lost_total",
+        &[("source", "connection_table_full")],
+    );
+    assert!(
+        lost >= total as f64,
+        "/metrics {lost} < event total {total}"
+    );
+}
