@@ -488,6 +488,13 @@ async fn topology(a: &TopArgs, grpc_addr: SocketAddr) -> Result<(), Failure> {
                     "server_latency": lat(&e.server_latency),
                     "window_client_latency": lat(&e.window_client_latency),
                     "window_server_latency": lat(&e.window_server_latency),
+                    "tcp": e.tcp.map(|t| json!({
+                        "connections": t.connections,
+                        "connect_failures": t.connect_failures,
+                        "bytes_client_to_server": t.bytes_client_to_server,
+                        "bytes_server_to_client": t.bytes_server_to_client,
+                        "retransmits": t.retransmits,
+                    })),
                 })
             })
             .collect();

@@ -407,6 +407,12 @@ fn latency_network_and_workloads_are_exact() {
         assert_eq!((et.requests, et.errors), (40, 10));
         assert_eq!(e.window.unwrap().requests, 40);
         assert_eq!(e.client_latency.unwrap().count, 40);
+        let tcp = e.tcp.unwrap();
+        assert_eq!(tcp.connections, 2, "two keep-alive connections: {tcp:?}");
+        assert!(
+            tcp.bytes_client_to_server > 0 && tcp.bytes_server_to_client > 0,
+            "{tcp:?}"
+        );
     });
 
     // The CLI, as a script would use it.

@@ -268,7 +268,12 @@ pub fn latency(cur: &Current, win: &Win, sel: &Selector) -> Result<pb::Latency, 
     })
 }
 
-fn edge(k: &EdgeKey, total: &EdgeAgg, window: Option<(&EdgeAgg, f64)>) -> pb::Edge {
+fn edge(
+    k: &EdgeKey,
+    e: &crate::pipeline::topology::Edge,
+    total: &EdgeAgg,
+    window: Option<(&EdgeAgg, f64)>,
+) -> pb::Edge {
     let hist = |a: &EdgeAgg| a.client.clone().or_else(|| a.server.clone());
     let t_hist = hist(total);
     let (w, w_hist, seconds) = match window {
@@ -285,6 +290,13 @@ fn edge(k: &EdgeKey, total: &EdgeAgg, window: Option<(&EdgeAgg, f64)>) -> pb::Ed
         server_latency: Some(convert::summary(total.server.as_ref())),
         window_client_latency: window.map(|_| convert::summary(w.client.as_ref())),
         window_server_latency: window.map(|_| convert::summary(w.server.as_ref())),
+        tcp: Some(pb::EdgeTcp {
+            connections: e.tcp.connections,
+            connect_failures: e.tcp.connect_failures,
+            bytes_client_to_server: e.tcp.bytes_client_to_server,
+            bytes_server_to_client: e.tcp.bytes_server_to_client,
+            retransmits: e.tcp.retransmits,
+        }),
     }
 }
 
@@ -331,7 +343,7 @@ pub fn network(cur: &Current, sel: &Selector) -> Result<pb::Network, ApiError> {
         let mut nodes = BTreeMap::new();
         for (k, e) in &cur.topology.edges {
             if k.client == me || k.server == me {
-                edges.push(edge(k, &edge_totals(e), None));
+                edges.push(edge(k, e, &edge_totals(e), None));
                 for n in [&k.client, &k.server] {
                     nodes
                         .entry(convert::node_id(n))
@@ -360,7 +372,7 @@ pub fn topology(cur: &Current, win: &Win) -> pb::Topology {
             Some(s) => total.since(s.figures.edges.get(k)),
             None => EdgeAgg::default(),
         };
-        edges.push(edge(k, &total, Some((&w, win.covered))));
+        edges.push(edge(k, e, &total, Some((&w, win.covered))));
         for n in [&k.client, &k.server] {
             nodes
                 .entry(convert::node_id(n))
