@@ -620,7 +620,7 @@ async fn tail(a: &TailArgs, grpc_addr: SocketAddr) -> Result<(), Failure> {
     let mut seen = 0u64;
     while a.count.is_none_or(|n| seen < n) {
         let Some(msg) = stream.message().await? else {
-            return Ok(());
+            return Err(Failure("the observer ended the stream (it stopped)".into(), 1));
         };
         let line = match msg.event {
             Some(pb::request_event::Event::Request(r)) => {
