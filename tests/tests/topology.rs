@@ -4,7 +4,9 @@
 //! server outside the pods (on the host, at the test bridge's gateway address).
 //!
 //! Every pod runs Debian's python3 under its own executable name (a symlink), so each tier has
-//! its own `service_name` and the edges are told apart by the service-graph labels alone.
+//! its own `service_name` and the edges are told apart by the service-graph labels alone. The
+//! edges are read through `/metrics` (Tempo's service-graph families, TCP per edge) and through
+//! the gRPC API's `GetTopology`.
 
 use std::{
     collections::BTreeMap,
@@ -224,5 +226,31 @@ fn three_tier_chain_gives_exactly_the_expected_edges() {
     let failures = ours(graph(&samples, "observer_tcp_edge_connect_failures_total"));
     assert_eq!(failures.get(&refused_key), Some(&1.0), "the refused connect");
     assert_eq!(failures.values().sum::<f64>(), 1.0, "no other failed connect");
+
+    // The same edges through the gRPC API (a real tonic client): requests and errors per edge.
+    let rt = observer_tests::grpc::runtime();
+    let topo = rt.block_on(async {
+        let mut c = observer_tests::grpc::connect(&obs.grpc_addr).await.unwrap();
+        c.get_topology(observer_tests::grpc::pb::GetTopologyRequest { window_seconds: None })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    let name = |id: &str| -> String {
+        topo.nodes.iter().find(|n| n.id == id).map(|n| n.name.clone()).unwrap_or_default()
+    };
+    let mut api_edges = BTreeMap::new();
+    let mut api_errors = BTreeMap::new();
+    for e in &topo.edges {
+        let total = e.total.unwrap_or_default();
+        if total.requests == 0 {
+            continue; // TCP-only edges (the refused connect)
+        }
+        let key = (name(&e.client), name(&e.server), e.connection_type.clone());
+        api_edges.insert(key.clone(), total.requests as f64);
+        api_errors.insert(key, total.errors as f64);
+    }
+    assert_eq!(ours(api_edges), want, "edges through GetTopology");
+    assert_eq!(ours(api_errors), want_failed, "errors per edge through GetTopology");
     obs.stop().unwrap();
 }
