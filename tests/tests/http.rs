@@ -106,8 +106,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 
     def send(self, code, body):
-        self.head(code, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-        self.wfile.write(body)
+        # Head and body in one write, as most servers send a small response (pipelined
+        # responses then reach the client whole, never cut between head and body).
+        self.send_response_only(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self._headers_buffer.append(b"\r\n" + body)
+        self.flush_headers()
 
     def serve(self):
         got = self.read_body()
