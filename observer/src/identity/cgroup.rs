@@ -176,6 +176,16 @@ impl Resolver {
                     if !k.resolved || k.identity.service_name.is_empty() {
                         k.identity = Arc::new(resolve_path(&root, &dir));
                         k.resolved = true;
+                    } else if !k.identity.k8s_pod_uid.is_empty() {
+                        // A pod's workload is named after its main process, which may have been
+                        // a launcher when first seen (runc's init, `ip netns exec`): follow the
+                        // name once the process has exec'd, never back to none.
+                        let now_named = resolve_path(&root, &dir);
+                        if !now_named.service_name.is_empty()
+                            && now_named.service_name != k.identity.service_name
+                        {
+                            k.identity = Arc::new(now_named);
+                        }
                     }
                     if k.dir.is_none() {
                         k.dir = Some(dir.clone());
