@@ -1139,6 +1139,9 @@ fn latency_histograms_and_apdex_match_the_servers_own_timing() {
         // The server's own timing: from the request line read to the response written.
         let truth: Vec<f64> = logged.iter().map(|r| r.seconds).collect();
         let (lo, hi) = median_bucket(&s, Side::Server, server);
+        // Under software emulation the server's own span (Python, from its readline to its
+        // write) drifts from the kernel's by milliseconds: one bucket either side there.
+        let (lo, hi) = if slowdown() > 1 { (lo * 0.4, hi * 2.5) } else { (lo, hi) };
         let m = median(truth.clone());
         assert!(
             lo < m && m <= hi,
