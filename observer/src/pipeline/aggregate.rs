@@ -118,6 +118,24 @@ impl EdgePeer {
     }
 }
 
+/// Removes the entries of dead cgroups from a per-CPU kernel map, handing each entry's values
+/// to `retire` first (which adds them to the retired figures of its identity).
+fn retire_entries<K: aya::Pod, V: aya::Pod>(
+    map: &mut Option<PerCpuHashMap<MapData, K, V>>,
+    cgroup_of: impl Fn(&K) -> u64,
+    dead: &HashSet<u64>,
+    mut retire: impl FnMut(&K, &PerCpuValues<V>),
+) {
+    let Some(m) = map else { return };
+    let keys: Vec<K> = m.keys().flatten().filter(|k| dead.contains(&cgroup_of(k))).collect();
+    for k in keys {
+        if let Ok(v) = m.get(&k, 0) {
+            retire(&k, &v);
+        }
+        let _ = m.remove(&k);
+    }
+}
+
 /// Figures per identity (ordered, so the exposition is stable).
 #[derive(Debug, Default, Clone)]
 pub struct Totals {
@@ -305,67 +323,25 @@ impl Pipeline {
         for id in &expired {
             identities.insert(*id, self.resolver.identity(*id));
         }
-        if let Some(m) = &mut self.maps.syscall_stats {
-            let keys: Vec<_> = m
-                .keys()
-                .flatten()
-                .filter(|k| dead.contains(&k.cgroup_id))
-                .collect();
-            for k in keys {
-                if let Ok(v) = m.get(&k, 0) {
-                    let e = self
-                        .retired
-                        .syscalls
-                        .entry((identities[&k.cgroup_id].clone(), k.nr));
-                    add_syscall(e.or_default(), &sum_syscall(&v));
-                }
-                let _ = m.remove(&k);
-            }
-        }
-        if let Some(m) = &mut self.maps.syscall_errors {
-            let keys: Vec<_> = m
-                .keys()
-                .flatten()
-                .filter(|k| dead.contains(&k.cgroup_id))
-                .collect();
-            for k in keys {
-                if let Ok(v) = m.get(&k, 0) {
-                    let id = identities[&k.cgroup_id].clone();
-                    *self.retired.errors.entry((id, k.nr, k.errno)).or_default() +=
-                        v.iter().sum::<u64>();
-                }
-                let _ = m.remove(&k);
-            }
-        }
-        if let Some(m) = &mut self.maps.tcp_stats {
-            let keys: Vec<_> = m.keys().flatten().filter(|k| dead.contains(k)).collect();
-            for k in keys {
-                if let Ok(v) = m.get(&k, 0) {
-                    let e = self.retired.tcp.entry(identities[&k].clone()).or_default();
-                    for c in v.iter() {
-                        add_tcp(e, c);
-                    }
-                }
-                let _ = m.remove(&k);
-            }
-        }
-        if let Some(m) = &mut self.maps.tcp_edges {
-            let keys: Vec<_> = m
-                .keys()
-                .flatten()
-                .filter(|k| dead.contains(&k.cgroup_id))
-                .collect();
-            for k in keys {
-                if let Ok(v) = m.get(&k, 0) {
-                    let id = identities[&k.cgroup_id].clone();
-                    let e = self.retired.tcp_edges.entry((id, EdgePeer::from_key(&k))).or_default();
-                    for c in v.iter() {
-                        add_edge(e, c);
-                    }
-                }
-                let _ = m.remove(&k);
-            }
-        }
+        let retired = &mut self.retired;
+        let by_cgroup = |id: &u64| identities[id].clone();
+        retire_entries(&mut self.maps.syscall_stats, |k| k.cgroup_id, &dead, |k, v| {
+            let e = retired.syscalls.entry((by_cgroup(&k.cgroup_id), k.nr));
+            add_syscall(e.or_default(), &sum_syscall(v));
+        });
+        retire_entries(&mut self.maps.syscall_errors, |k| k.cgroup_id, &dead, |k, v| {
+            let e = retired.errors.entry((by_cgroup(&k.cgroup_id), k.nr, k.errno));
+            *e.or_default() += v.iter().sum::<u64>();
+        });
+        retire_entries(&mut self.maps.tcp_stats, |k| *k, &dead, |k, v| {
+            let e = retired.tcp.entry(by_cgroup(k)).or_default();
+            v.iter().for_each(|c| add_tcp(e, c));
+        });
+        retire_entries(&mut self.maps.tcp_edges, |k| k.cgroup_id, &dead, |k, v| {
+            let key = (by_cgroup(&k.cgroup_id), EdgePeer::from_key(k));
+            let e = retired.tcp_edges.entry(key).or_default();
+            v.iter().for_each(|c| add_edge(e, c));
+        });
         for cg in &expired {
             if let Some(c) = self.http.cgroups.remove(cg) {
                 let id = &identities[cg];
