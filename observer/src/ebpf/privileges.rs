@@ -1,38 +1,180 @@
-//! Checking, before anything is loaded, that the process may load eBPF programs.
+//! What the process may do, checked before anything is loaded. Loading and attaching the
+//! programs is essential: without it the observer stops with one line naming what is missing and
+//! what for. Every other capability serves one feature; a missing one is a warning naming the
+//! feature that degrades (or, when this kernel or node does not need it, an info line).
+//!
+//! The DaemonSet (`deploy/base/daemonset.yaml`) grants exactly the capabilities named here, each
+//! with the same reason in a comment; `tests/tests/capabilities.rs` runs the observer with only
+//! those.
 
 use crate::error::StartError;
 
+/// Capability numbers of linux/capability.h.
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_RESOURCE: u32 = 24;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-/// Effective capabilities of this process, from /proc/self/status.
-fn effective_caps() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0)
+/// tracefs directories the loader looks in (`ebpf::tracefs`), before mounting its own.
+const TRACEFS_DIRS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// What the check looks at, gathered once so that the decisions are a pure function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// Effective capability set (bit N = capability N).
+    pub effective: u64,
+    /// Highest capability this kernel knows (`/proc/sys/kernel/cap_last_cap`): below 39 the
+    /// kernel predates CAP_BPF and CAP_PERFMON (5.8).
+    pub cap_last_cap: u32,
+    /// Kernel release, major and minor.
+    pub kernel: (u32, u32),
+    /// Whether a tracefs is mounted where the loader looks.
+    pub tracefs_mounted: bool,
+    /// Soft RLIMIT_MEMLOCK in bytes (`u64::MAX`: unlimited).
+    pub memlock: u64,
 }
 
-/// Fails with one clear line naming what is missing.
+/// A missing optional capability: what degrades, or a note that nothing does here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// A feature is lost or at risk.
+    Degraded(String),
+    /// Not held, and not needed on this kernel or node.
+    NotNeeded(String),
+}
+
+impl Host {
+    /// This process on this kernel.
+    pub fn current() -> Host {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let effective = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0);
+        let cap_last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(CAP_BPF);
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut rlim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit fills the struct it is given.
+        let memlock = if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rlim) } == 0 {
+            if rlim.rlim_cur == libc::RLIM_INFINITY {
+                u64::MAX
+            } else {
+                rlim.rlim_cur
+            }
+        } else {
+            0
+        };
+        Host {
+            effective,
+            cap_last_cap,
+            kernel: kernel_version(&release),
+            tracefs_mounted: TRACEFS_DIRS
+                .iter()
+                .any(|d| std::path::Path::new(d).join("events").is_dir()),
+            memlock,
+        }
+    }
+
+    fn has(&self, cap: u32) -> bool {
+        self.effective & (1u64 << cap) != 0
+    }
+}
+
+/// `6.18.44-fc` → (6, 18); unparsable parts are 0.
+fn kernel_version(release: &str) -> (u32, u32) {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// The decisions. `Err` is the one line of what is missing to load programs at all; `Ok` lists
+/// what each missing optional capability costs.
+pub fn assess(host: &Host) -> Result<Vec<Finding>, String> {
+    let admin = host.has(CAP_SYS_ADMIN);
+    if host.cap_last_cap < CAP_BPF {
+        if !admin {
+            return Err(
+                "CAP_SYS_ADMIN to load and attach eBPF programs (this kernel predates CAP_BPF \
+                 and CAP_PERFMON, added in 5.8)"
+                    .into(),
+            );
+        }
+    } else if !admin {
+        let mut missing = Vec::new();
+        if !host.has(CAP_BPF) {
+            missing.push("CAP_BPF (to load the programs and create their maps)");
+        }
+        if !host.has(CAP_PERFMON) {
+            missing.push(
+                "CAP_PERFMON (to attach tracepoints and read kernel and socket memory from them)",
+            );
+        }
+        if !missing.is_empty() {
+            return Err(format!("{}, or CAP_SYS_ADMIN", missing.join(" and ")));
+        }
+    }
+
+    let mut findings = Vec::new();
+    if !host.has(CAP_SYS_RESOURCE) {
+        if host.kernel >= (5, 11) {
+            findings.push(Finding::NotNeeded(
+                "CAP_SYS_RESOURCE not held: raising RLIMIT_MEMLOCK for BPF maps is not needed \
+                 on this kernel (5.11 and later charge them to the memory cgroup)"
+                    .into(),
+            ));
+        } else if host.memlock != u64::MAX {
+            findings.push(Finding::Degraded(format!(
+                "CAP_SYS_RESOURCE missing: this kernel ({}.{}) charges BPF maps to RLIMIT_MEMLOCK \
+                 ({} KiB here) and only CAP_SYS_RESOURCE can raise it; creating the maps may \
+                 fail with EPERM",
+                host.kernel.0,
+                host.kernel.1,
+                host.memlock / 1024
+            )));
+        }
+    }
+    if !host.tracefs_mounted && !admin {
+        findings.push(Finding::Degraded(
+            "tracefs is not mounted at /sys/kernel/tracing and CAP_SYS_ADMIN, needed to mount \
+             it, is missing: the tcp_connections and http probes (classic tracepoint \
+             sock:inet_sock_set_state) will be down; mount the node's tracefs there"
+                .into(),
+        ));
+    }
+    if !host.has(CAP_SYS_PTRACE) {
+        findings.push(Finding::Degraded(
+            "CAP_SYS_PTRACE missing: the network namespace of another process \
+             (/proc/<pid>/ns/net) cannot be identified, so local pods' addresses are not \
+             resolved to their workloads in the topology from /proc (peers the Kubernetes API \
+             does not name stay ip:port)"
+                .into(),
+        ));
+    }
+    Ok(findings)
+}
+
+/// Fails with one clear line naming what is missing to load programs; logs what each missing
+/// optional capability costs.
 pub fn check() -> Result<(), StartError> {
-    let caps = effective_caps();
-    let has = |c: u32| caps & (1u64 << c) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        return Ok(());
+    let findings =
+        assess(&Host::current()).map_err(|missing| StartError::Privileges { missing })?;
+    for f in findings {
+        match f {
+            Finding::Degraded(m) => tracing::warn!("{m}"),
+            Finding::NotNeeded(m) => tracing::info!("{m}"),
+        }
     }
-    let mut missing = Vec::new();
-    if !has(CAP_BPF) {
-        missing.push("CAP_BPF");
-    }
-    if !has(CAP_PERFMON) {
-        missing.push("CAP_PERFMON");
-    }
-    Err(StartError::Privileges {
-        missing: format!("{} (or CAP_SYS_ADMIN)", missing.join(" and ")),
-    })
+    Ok(())
 }
 
 /// Lifts RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps to.
@@ -47,5 +189,87 @@ pub fn raise_memlock() {
             "could not raise RLIMIT_MEMLOCK: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(list: &[u32]) -> u64 {
+        list.iter().fold(0, |a, c| a | 1u64 << c)
+    }
+
+    /// The DaemonSet's set on a current kernel with the node's tracefs mounted.
+    fn manifest_host() -> Host {
+        Host {
+            effective: caps(&[CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE]),
+            cap_last_cap: 40,
+            kernel: (6, 18),
+            tracefs_mounted: true,
+            memlock: 8 << 20,
+        }
+    }
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(kernel_version("6.18.44-fc-v782"), (6, 18));
+        assert_eq!(kernel_version("5.10.0-28-amd64\n"), (5, 10));
+        assert_eq!(kernel_version("garbage"), (0, 0));
+    }
+
+    #[test]
+    fn essential_capabilities_are_named_with_what_they_are_for() {
+        let mut h = manifest_host();
+        h.effective = caps(&[CAP_PERFMON]);
+        let e = assess(&h).unwrap_err();
+        assert!(e.starts_with("CAP_BPF (to load the programs"), "{e}");
+        assert!(!e.contains("CAP_PERFMON"), "{e}");
+        h.effective = 0;
+        let e = assess(&h).unwrap_err();
+        assert!(
+            e.contains("CAP_BPF") && e.contains("CAP_PERFMON") && e.ends_with("or CAP_SYS_ADMIN")
+        );
+        // CAP_SYS_ADMIN covers both.
+        h.effective = caps(&[CAP_SYS_ADMIN, CAP_SYS_PTRACE]);
+        assert!(assess(&h).is_ok());
+        // Before 5.8 only CAP_SYS_ADMIN loads programs.
+        h.cap_last_cap = 37;
+        h.effective = caps(&[CAP_BPF, CAP_PERFMON]);
+        assert!(assess(&h).unwrap_err().contains("predates CAP_BPF"));
+    }
+
+    #[test]
+    fn optional_capabilities_name_the_feature_that_degrades() {
+        let f = assess(&manifest_host()).unwrap();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            matches!(&f[0], Finding::Degraded(m) if m.starts_with("CAP_SYS_PTRACE missing") && m.contains("topology"))
+        );
+
+        let mut h = manifest_host();
+        h.effective = caps(&[CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE]);
+        let f = assess(&h).unwrap();
+        assert!(
+            matches!(&f[..], [Finding::NotNeeded(m)] if m.contains("CAP_SYS_RESOURCE")),
+            "{f:?}"
+        );
+        h.kernel = (5, 10);
+        let f = assess(&h).unwrap();
+        assert!(
+            matches!(&f[..], [Finding::Degraded(m)] if m.contains("(8192 KiB here)") && m.contains("5.10")),
+            "{f:?}"
+        );
+        h.memlock = u64::MAX;
+        assert_eq!(assess(&h).unwrap(), vec![]);
+
+        h.tracefs_mounted = false;
+        let f = assess(&h).unwrap();
+        assert!(
+            matches!(&f[..], [Finding::Degraded(m)] if m.contains("tcp_connections and http probes")),
+            "{f:?}"
+        );
+        h.effective |= caps(&[CAP_SYS_ADMIN]);
+        assert_eq!(assess(&h).unwrap(), vec![]);
     }
 }
