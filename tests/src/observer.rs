@@ -56,13 +56,27 @@ impl Observer {
     /// and (unless `extra` names one) its gRPC API listen on free loopback ports, so that
     /// observers of tests running side by side never share a port.
     pub fn start(extra: &[&str]) -> anyhow::Result<Observer> {
+        Observer::start_wrapped(&[], extra)
+    }
+
+    /// Like [`Observer::start`], under a wrapper command that gets the observer's path and
+    /// flags as its last arguments (e.g. `capsh --drop=... -- -c 'exec "$0" "$@"'`); the
+    /// wrapper must exec it, so that [`Observer::pid`] is the observer's.
+    pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> anyhow::Result<Observer> {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let grpc_addr = match extra.iter().position(|a| *a == "--grpc-addr") {
             Some(i) => extra.get(i + 1).map(|a| a.to_string()).unwrap_or_default(),
             None => format!("127.0.0.1:{}", free_port()),
         };
-        let mut cmd = Command::new(binary());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
         cmd.arg("--metrics-addr").arg(&addr);
         if !extra.contains(&"--grpc-addr") && has_grpc() {
             cmd.arg("--grpc-addr").arg(&grpc_addr);

@@ -25,6 +25,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "network namespaces and veths of the simulated pods",
     ),
     ("util-linux", "setpriv for the unprivileged-start test"),
+    (
+        "libcap2-bin",
+        "capsh: the capabilities test runs the observer with only the DaemonSet's",
+    ),
     ("python3", "test servers and clients"),
     ("curl", "HTTP client"),
     ("nginx", "benchmark and test server"),
