@@ -180,6 +180,8 @@ pub struct Pipeline {
     pub live: super::live::Live,
     /// Local pods by address (topology peers).
     pub peers: crate::identity::netns::PeerMap,
+    /// Lifecycle events (OOM kills, exits, restarts, Kubernetes events, replica changes).
+    pub lifecycle: super::events::Lifecycle,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -201,6 +203,7 @@ impl Pipeline {
             http_health: HttpHealth::default(),
             live: super::live::Live::new(),
             peers: crate::identity::netns::PeerMap::default(),
+            lifecycle: super::events::Lifecycle::default(),
         }
     }
 
@@ -365,6 +368,7 @@ impl Pipeline {
         self.retired.tcp.retain(|id, _| alive.contains(id));
         self.retired.http.retain(&alive);
         self.retired.tcp_edges.retain(|(id, _), _| alive.contains(id));
+        self.lifecycle.retain(&alive);
         tracing::debug!(cgroups = expired.len(), "retired deleted cgroups");
     }
 }

@@ -3,6 +3,7 @@
 pub mod aggregate;
 pub mod http;
 pub mod names;
+pub mod events;
 pub mod exchange;
 pub mod httpagg;
 pub mod httpcapture;

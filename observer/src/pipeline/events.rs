@@ -1,0 +1,251 @@
+//! Lifecycle events: what happened to a workload (OOM kill, exit of its main process, container
+//! restart, a Kubernetes Warning event, a replica change). Sources (the kernel's lifecycle ring,
+//! the Kubernetes watchers) `publish` here; the Prometheus collector reads the counters, the gRPC
+//! event stream subscribes to the broadcast and replays the recent ones.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Arc,
+    time::SystemTime,
+};
+
+use tokio::sync::broadcast;
+
+use crate::identity::Identity;
+
+/// How many recent events a new gRPC subscriber is replayed (the evidence of a pod that is
+/// gone is kept outside it).
+pub const RECENT_EVENTS: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    /// The kernel's OOM killer chose a process of the workload (`oom:mark_victim`, confirmed
+    /// at its exit).
+    OomKill,
+    /// The main process of a container (or of a host service) exited.
+    ProcessExit,
+    /// A container of a pod was started again (new container id, or restart count up).
+    ContainerRestart,
+    /// A Warning event Kubernetes recorded for a pod of this node.
+    KubernetesEvent,
+    /// A workload's desired replica count changed (Deployment/StatefulSet/ReplicaSet or HPA).
+    WorkloadScale,
+}
+
+impl EventKind {
+    /// The `kind` string of the gRPC event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::OomKill => "oom_kill",
+            EventKind::ProcessExit => "process_exit",
+            EventKind::ContainerRestart => "container_restart",
+            EventKind::KubernetesEvent => "kubernetes_event",
+            EventKind::WorkloadScale => "workload_scale",
+        }
+    }
+}
+
+/// One event. `fields` carry the kind's details (documented in the proto); `identity` is the
+/// workload it is about (empty labels for cluster-level events without a pod).
+#[derive(Clone, Debug)]
+pub struct LifecycleEvent {
+    pub kind: EventKind,
+    pub time: SystemTime,
+    pub identity: Arc<Identity>,
+    pub fields: BTreeMap<String, String>,
+    /// One line for people.
+    pub message: String,
+}
+
+/// Why a main process ended, as the `reason` label of `observer_container_exits_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExitReason {
+    /// exit() with a code (0 included).
+    Exited,
+    /// Killed by a signal other than the OOM killer's.
+    Signaled,
+    /// Killed by the OOM killer.
+    OomKilled,
+}
+
+impl ExitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Exited => "exited",
+            ExitReason::Signaled => "signaled",
+            ExitReason::OomKilled => "oom_killed",
+        }
+    }
+}
+
+/// Labels of `observer_kubernetes_events_total`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KubeEventKey {
+    /// `Warning` (Normal events are not counted).
+    pub event_type: String,
+    /// The Kubernetes reason (`FailedScheduling`, `FailedMount`, `Unhealthy`, `BackOff`, ...).
+    pub reason: String,
+    pub namespace: String,
+    pub pod: String,
+}
+
+/// Labels of `observer_workload_replicas`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkloadKey {
+    pub namespace: String,
+    /// `Deployment`, `StatefulSet`, `ReplicaSet`, `DaemonSet`.
+    pub kind: String,
+    pub name: String,
+}
+
+/// Replica counts of a workload; `hpa_desired` when an HPA targets it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replicas {
+    pub desired: i64,
+    pub ready: i64,
+    pub hpa_desired: Option<i64>,
+}
+
+/// Counters and the event fan-out.
+pub struct Lifecycle {
+    pub oom_kills: BTreeMap<Arc<Identity>, u64>,
+    /// (identity, reason, code or signal number) → count.
+    pub exits: BTreeMap<(Arc<Identity>, ExitReason), u64>,
+    /// (identity, Kubernetes reason) → count.
+    pub restarts: BTreeMap<(Arc<Identity>, String), u64>,
+    pub kube_events: BTreeMap<KubeEventKey, u64>,
+    pub replicas: BTreeMap<WorkloadKey, Replicas>,
+    recent: VecDeque<LifecycleEvent>,
+    tx: broadcast::Sender<LifecycleEvent>,
+}
+
+impl std::fmt::Debug for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifecycle")
+            .field("recent", &self.recent.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self {
+            oom_kills: BTreeMap::new(),
+            exits: BTreeMap::new(),
+            restarts: BTreeMap::new(),
+            kube_events: BTreeMap::new(),
+            replicas: BTreeMap::new(),
+            recent: VecDeque::new(),
+            tx: broadcast::channel(RECENT_EVENTS).0,
+        }
+    }
+}
+
+impl Lifecycle {
+    /// Counts an event and hands it to the subscribers. Counting is done here, synchronously,
+    /// so the Prometheus figures never depend on anyone listening.
+    pub fn publish(&mut self, ev: LifecycleEvent) {
+        match ev.kind {
+            EventKind::OomKill => *self.oom_kills.entry(ev.identity.clone()).or_default() += 1,
+            EventKind::ProcessExit => {
+                let reason = match ev.fields.get("reason").map(String::as_str) {
+                    Some("oom_killed") => ExitReason::OomKilled,
+                    Some("signaled") => ExitReason::Signaled,
+                    _ => ExitReason::Exited,
+                };
+                *self.exits.entry((ev.identity.clone(), reason)).or_default() += 1;
+            }
+            EventKind::ContainerRestart => {
+                let reason = ev.fields.get("reason").cloned().unwrap_or_default();
+                *self
+                    .restarts
+                    .entry((ev.identity.clone(), reason))
+                    .or_default() += 1;
+            }
+            EventKind::KubernetesEvent => {
+                let key = KubeEventKey {
+                    event_type: ev.fields.get("type").cloned().unwrap_or_default(),
+                    reason: ev.fields.get("reason").cloned().unwrap_or_default(),
+                    namespace: ev.identity.k8s_namespace_name.clone(),
+                    pod: ev.identity.k8s_pod_name.clone(),
+                };
+                *self.kube_events.entry(key).or_default() += 1;
+            }
+            EventKind::WorkloadScale => {}
+        }
+        if self.recent.len() == RECENT_EVENTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(ev.clone());
+        let _ = self.tx.send(ev);
+    }
+
+    /// Sets a workload's replica counts (the gauge); the caller publishes a `WorkloadScale`
+    /// event when the desired count changed.
+    pub fn set_replicas(&mut self, key: WorkloadKey, r: Replicas) -> Option<Replicas> {
+        self.replicas.insert(key, r)
+    }
+
+    /// Drops the gauge of a deleted workload.
+    pub fn remove_workload(&mut self, key: &WorkloadKey) {
+        self.replicas.remove(key);
+    }
+
+    /// The recent events (oldest first) and a receiver for what comes after them.
+    pub fn subscribe(&self) -> (Vec<LifecycleEvent>, broadcast::Receiver<LifecycleEvent>) {
+        (self.recent.iter().cloned().collect(), self.tx.subscribe())
+    }
+
+    /// Forgets the per-workload counters of identities that are gone (after the grace
+    /// period, with the workload's other series).
+    pub fn retain(&mut self, alive: &std::collections::HashSet<Arc<Identity>>) {
+        self.oom_kills.retain(|id, _| alive.contains(id));
+        self.exits.retain(|(id, _), _| alive.contains(id));
+        self.restarts.retain(|(id, _), _| alive.contains(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: EventKind, pod: &str, fields: &[(&str, &str)]) -> LifecycleEvent {
+        LifecycleEvent {
+            kind,
+            time: SystemTime::now(),
+            identity: Arc::new(Identity {
+                k8s_pod_name: pod.into(),
+                ..Default::default()
+            }),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn counts_and_replays() {
+        let mut l = Lifecycle::default();
+        l.publish(ev(EventKind::OomKill, "a", &[]));
+        l.publish(ev(EventKind::ProcessExit, "a", &[("reason", "oom_killed")]));
+        l.publish(ev(EventKind::ProcessExit, "b", &[("reason", "exited"), ("code", "3")]));
+        l.publish(ev(EventKind::ContainerRestart, "a", &[("reason", "OOMKilled")]));
+        l.publish(ev(
+            EventKind::KubernetesEvent,
+            "a",
+            &[("type", "Warning"), ("reason", "BackOff")],
+        ));
+        assert_eq!(l.oom_kills.values().sum::<u64>(), 1);
+        assert_eq!(l.exits.len(), 2);
+        assert_eq!(l.restarts.values().sum::<u64>(), 1);
+        assert_eq!(l.kube_events.values().sum::<u64>(), 1);
+        let (recent, _rx) = l.subscribe();
+        assert_eq!(recent.len(), 5);
+        for _ in 0..RECENT_EVENTS {
+            l.publish(ev(EventKind::WorkloadScale, "", &[]));
+        }
+        assert_eq!(l.subscribe().0.len(), RECENT_EVENTS);
+    }
+}
