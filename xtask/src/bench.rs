@@ -1,12 +1,14 @@
 //! `cargo xtask bench`: what the observer costs a busy server.
 //!
 //! nginx (one worker, access log on) serves a ~600-byte page on loopback and wrk loads it under
-//! three setups: no observer, the observer with only empty syscall hooks (the floor any syscall
-//! tracer pays) and the observer with its default probes. Each round runs every setup once, in
-//! an order rotated per round; the report gives medians. While the observer runs, one scrape
-//! of /metrics lands mid-run, as Prometheus would. The run time of each of our programs comes
-//! from a short extra wrk run with kernel.bpf_stats_enabled=1, kept apart because the stats
-//! cost every program run two clock reads, which would bias the throughput.
+//! several setups: no observer, the observer with only empty syscall hooks (the floor any syscall
+//! tracer pays), the observer with its default probes, with syscalls and TCP only, and with each
+//! probe alone. Each round runs every setup once, in an order rotated per round; the report
+//! gives medians. While the observer runs, one scrape of /metrics lands mid-run, as Prometheus
+//! would. The run time of each program the observer holds (found from its file descriptors,
+//! whatever the program's name) comes from a short extra wrk run with
+//! kernel.bpf_stats_enabled=1, kept apart because the stats cost every program run two clock
+//! reads, which would bias the throughput.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -46,8 +48,6 @@ const TARGET: f64 = 0.85;
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// Length of the wrk run with BPF stats on, in seconds at most.
 const STATS_SECS: u64 = 3;
-/// Name prefixes of our programs as the kernel shows them (truncated to 15 characters).
-const OUR_PROGRAMS: &str = "sys_ empty_ inet_sock_set_s sock_send sock_recv tcp_retransmit";
 /// USER_HZ, the unit of utime and stime in /proc/<pid>/stat (100 on every usual architecture).
 const CLOCK_TICKS: f64 = 100.0;
 
@@ -56,12 +56,14 @@ const SETUPS: [(&str, Option<&str>); NSETUPS] = [
     ("none", None),
     ("empty-hooks", Some("empty-hooks")),
     ("observer", Some("syscalls,tcp,http")),
+    // The foundation's own scope (syscalls and TCP, without HTTP).
+    ("syscalls,tcp", Some("syscalls,tcp")),
     // Each probe alone, for the cost per probe.
     ("syscalls", Some("syscalls")),
     ("tcp", Some("tcp")),
     ("http", Some("http")),
 ];
-const NSETUPS: usize = 6;
+const NSETUPS: usize = 7;
 const NONE: usize = 0;
 const EMPTY: usize = 1;
 const OBSERVER: usize = 2;
@@ -310,7 +312,6 @@ fn run_setup(g: &mut Guard, bin: &Path, i: usize, args: &BenchArgs, port: u16) -
             ..Default::default()
         });
     };
-    let known: HashSet<u32> = bpf_programs()?.into_iter().map(|p| p.id).collect();
     let log = g.dir.join(format!("observer-{name}.log"));
     let (pid, addr) = start_observer(g, bin, probes, &log)?;
     thread::sleep(Duration::from_secs(1));
@@ -327,8 +328,10 @@ fn run_setup(g: &mut Guard, bin: &Path, i: usize, args: &BenchArgs, port: u16) -
     let rss_kib = proc_status(pid, "VmHWM", 0)?;
     scrape.join().expect("scrape thread")?;
 
-    let ours =
-        |p: &Prog| !known.contains(&p.id) && OUR_PROGRAMS.split(' ').any(|n| p.name.starts_with(n));
+    // Every program the observer holds, whatever its name (other programs, ours loaded by
+    // another process included, are left out).
+    let own = observer_programs(pid)?;
+    let ours = |p: &Prog| own.contains(&p.id);
     let progs_before: Vec<Prog> = bpf_programs()?.into_iter().filter(ours).collect();
     bpf_stats(true)?;
     let requests = wrk(c, secs.min(STATS_SECS), port);
@@ -529,6 +532,21 @@ fn bpf_programs() -> Result<Vec<Prog>> {
         })
     };
     Ok(text.lines().filter_map(prog).collect())
+}
+
+/// Ids of the BPF programs a process holds: its program and link file descriptors name them in
+/// their fdinfo (`prog_id:`).
+fn observer_programs(pid: u32) -> Result<HashSet<u32>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut ids = HashSet::new();
+    for entry in fs::read_dir(&dir).with_context(|| dir.clone())? {
+        // An fd closed since the listing is not an error.
+        let Ok(info) = fs::read_to_string(entry?.path()) else { continue };
+        let id =
+            (info.lines()).find_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u32>().ok());
+        ids.extend(id);
+    }
+    Ok(ids)
 }
 
 /// utime + stime of a process, in clock ticks.
