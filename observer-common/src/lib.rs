@@ -269,6 +269,10 @@ pub const LOST_HTTP_CONN_MAP_FULL: u32 = 7;
 pub const LOST_HTTP_USER_READ: u32 = 8;
 /// A per-edge TCP figure found the edge table full.
 pub const LOST_TCP_EDGE_MAP_FULL: u32 = 9;
+/// A lifecycle record (exit, OOM kill) found its ring buffer full.
+pub const LOST_LIFECYCLE_RINGBUF_FULL: u32 = 10;
+/// An OOM victim found the victim table full (its kill is then reported as a plain SIGKILL).
+pub const LOST_OOM_VICTIM_MAP_FULL: u32 = 11;
 pub const LOST_COUNTERS: u32 = 16;
 
 /// Bits of the `WORK` global: what the shared hooks do.
@@ -333,6 +337,67 @@ pub struct SetStateOffsets {
 }
 const _: () = assert!(core::mem::size_of::<SetStateOffsets>() == 16);
 
+/// Kernel layout the lifecycle probe reads from the exiting task, located from BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LifecycleOffsets {
+    /// `task_struct` -> `signal` (pointer to `signal_struct`).
+    pub task_signal: u32,
+    /// `signal_struct` -> `live` (threads still alive, atomic_t).
+    pub signal_live: u32,
+    /// `task_struct` -> `exit_code` (status << 8 | signal, as wait(2) reports it).
+    pub task_exit_code: u32,
+    /// `task_struct` -> `real_parent`.
+    pub task_real_parent: u32,
+    /// `task_struct` -> `tgid`.
+    pub task_tgid: u32,
+    /// `task_struct` -> `cgroups` (pointer to `css_set`).
+    pub task_cgroups: u32,
+    /// `css_set` -> `dfl_cgrp` (the cgroup v2 cgroup).
+    pub css_set_dfl_cgrp: u32,
+    /// `task_struct` -> `thread_pid` (pointer to `struct pid`).
+    pub task_thread_pid: u32,
+    /// `struct pid` -> `level` (depth of the task's pid namespace).
+    pub pid_level: u32,
+    /// `struct pid` -> `numbers` (array of `struct upid`, one per level).
+    pub pid_numbers: u32,
+    /// Size of `struct upid`.
+    pub upid_size: u32,
+    /// `struct upid` -> `nr`.
+    pub upid_nr: u32,
+    /// `cgroup` -> `kn`, `kernfs_node` -> `id` (the cgroup id).
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    /// Offset of `pid` in the `oom:mark_victim` tracepoint record (tracefs format).
+    pub mark_victim_pid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<LifecycleOffsets>() == 64);
+
+/// The exiting process was chosen by the OOM killer.
+pub const EXIT_OOM_KILLED: u32 = 1;
+/// The exiting process is the main process of its container or service: pid 1 of its pid
+/// namespace, or (without a pid namespace) a process whose parent lives in another cgroup.
+pub const EXIT_MAIN: u32 = 2;
+
+/// The end of a process, sent once when its last thread exits (main processes and OOM victims
+/// only: other processes of a container come and go without a record).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExitRecord {
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    pub ppid: u32,
+    /// As wait(2) reports it: exit status in bits 8-15, terminating signal in bits 0-6,
+    /// core dump in bit 7.
+    pub exit_code: u32,
+    /// `EXIT_*` bits.
+    pub flags: u32,
+    pub comm: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<ExitRecord>() == 48);
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -350,4 +415,6 @@ mod pod {
     unsafe impl aya::Pod for SyscallTpOffsets {}
     unsafe impl aya::Pod for TcpEdgeKey {}
     unsafe impl aya::Pod for TcpEdgeStats {}
+    unsafe impl aya::Pod for LifecycleOffsets {}
+    unsafe impl aya::Pod for ExitRecord {}
 }

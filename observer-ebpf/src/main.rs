@@ -9,6 +9,7 @@
 
 mod empty;
 mod http;
+mod lifecycle;
 mod maps;
 mod selftest;
 mod sock;

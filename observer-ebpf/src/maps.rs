@@ -7,7 +7,7 @@ use aya_ebpf::{
     Global,
 };
 use observer_common::{
-    CgroupFilter, ConnInfo, HttpConn, HttpEvent, SyscallTpOffsets, TcpEdgeKey, TcpEdgeStats, KernelOffsets, SetStateOffsets, SyscallEntry, SyscallErrKey,
+    CgroupFilter, ConnInfo, LifecycleOffsets, HttpConn, HttpEvent, SyscallTpOffsets, TcpEdgeKey, TcpEdgeStats, KernelOffsets, SetStateOffsets, SyscallEntry, SyscallErrKey,
     SyscallKey, SyscallStats, TcpStats, LOST_COUNTERS, MAX_CGROUP_FILTERS, SYSCALL_SLOTS,
 };
 
@@ -51,6 +51,27 @@ pub static SET_STATE: Global<SetStateOffsets> = Global::new(SetStateOffsets {
     oldstate: 0,
     newstate: 0,
     protocol: 0,
+});
+
+/// Task layout for the lifecycle probe, located from BTF by user space.
+#[unsafe(no_mangle)]
+pub static LIFECYCLE: Global<LifecycleOffsets> = Global::new(LifecycleOffsets {
+    task_signal: 0,
+    signal_live: 0,
+    task_exit_code: 0,
+    task_real_parent: 0,
+    task_tgid: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    task_thread_pid: 0,
+    pid_level: 0,
+    pid_numbers: 0,
+    upid_size: 0,
+    upid_nr: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    mark_victim_pid: 0,
+    _pad: 0,
 });
 
 /// Number of used entries in [`CGROUP_FILTERS`]; 0 means "trace every cgroup".
@@ -106,6 +127,14 @@ pub static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 pub static HTTP_SCRATCH: PerCpuArray<HttpEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Records the kernel side could not keep, by `LOST_*` index.
+/// Processes the OOM killer chose (`oom:mark_victim`), by pid, until they exit.
+#[map]
+pub static OOM_VICTIMS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
+
+/// Exits of main processes and OOM victims (rare: a few per second on a busy node).
+#[map]
+pub static LIFECYCLE_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_COUNTERS, 0);
 

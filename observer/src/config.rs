@@ -27,7 +27,7 @@ pub struct Args {
         long,
         env = "OBSERVER_PROBES",
         value_delimiter = ',',
-        default_value = "syscalls,tcp,http"
+        default_value = "syscalls,tcp,http,lifecycle"
     )]
     pub probes: Vec<ProbeKind>,
 
@@ -90,6 +90,8 @@ pub enum ProbeKind {
     Tcp,
     /// HTTP/1.x requests, server and client side: rate, status, route, duration, APDEX.
     Http,
+    /// OOM kills and exits of main processes (exit code or signal), per container.
+    Lifecycle,
     /// Empty programs on syscall entry and exit: the benchmark's cost floor.
     #[value(hide = true)]
     EmptyHooks,
@@ -139,6 +141,7 @@ pub struct Config {
     pub syscalls: bool,
     pub tcp: bool,
     pub http: bool,
+    pub lifecycle: bool,
     pub http_request_timeout: Duration,
     pub apdex_threshold: f64,
     pub apdex_threshold_for: Vec<(String, f64)>,
@@ -194,6 +197,7 @@ impl TryFrom<Args> for Config {
             syscalls: a.probes.contains(&ProbeKind::Syscalls),
             tcp: a.probes.contains(&ProbeKind::Tcp),
             http: a.probes.contains(&ProbeKind::Http),
+            lifecycle: a.probes.contains(&ProbeKind::Lifecycle),
             http_request_timeout: a.http_request_timeout,
             apdex_threshold: a.apdex_threshold,
             apdex_threshold_for: a.apdex_threshold_for,

@@ -58,6 +58,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     );
     let http_ring = loaded.ebpf.take_map("HTTP_EVENTS");
     let http_conns = loaded.ebpf.take_map("HTTP_CONNS");
+    let lifecycle_ring = loaded.ebpf.take_map("LIFECYCLE_EVENTS");
     let mut resolver = Resolver::new(cgroups);
     resolver.rescan();
     let http = pipeline::httpagg::HttpAgg::new(pipeline::httpagg::HttpSettings {
@@ -97,6 +98,18 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                 ));
             }
             _ => tracing::error!("HTTP ring buffer missing from the object; HTTP figures off"),
+        }
+    }
+    if loaded.probes.iter().any(|p| p.probe == "lifecycle" && p.up) {
+        match lifecycle_ring.map(aya::maps::RingBuf::try_from) {
+            Some(Ok(ring)) => {
+                tokio::spawn(pipeline::lifecyclecapture::run(
+                    ring,
+                    pipeline.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            _ => tracing::error!("lifecycle ring buffer missing from the object; events off"),
         }
     }
     let gc_pipeline = pipeline.clone();

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use observer_common::KernelOffsets;
+use observer_common::{KernelOffsets, LifecycleOffsets};
 
 use crate::error::ProbeError;
 
@@ -60,6 +60,24 @@ impl KernelBtf {
             }
         }
         Ok(total)
+    }
+
+    /// Size in bytes of `struct name`.
+    pub fn struct_size(&self, name: &str) -> Result<u32, ProbeError> {
+        let types = self.btf.resolve_types_by_name(name).map_err(|_| ProbeError::Btf {
+            what: format!("struct {name}"),
+            reason: "not in this kernel's BTF".into(),
+        })?;
+        types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) => Some(s.size() as u32),
+                _ => None,
+            })
+            .ok_or_else(|| ProbeError::Btf {
+                what: format!("struct {name}"),
+                reason: "not a struct".into(),
+            })
     }
 
     fn find_in(
@@ -163,6 +181,28 @@ pub fn tcp_offsets(btf: &KernelBtf) -> Result<KernelOffsets, ProbeError> {
     })
 }
 
+/// Task layout the lifecycle probe needs (`mark_victim_pid` comes from tracefs, not BTF).
+pub fn lifecycle_offsets(btf: &KernelBtf) -> Result<LifecycleOffsets, ProbeError> {
+    Ok(LifecycleOffsets {
+        task_signal: btf.member_offset("task_struct", "signal")?,
+        signal_live: btf.member_offset("signal_struct", "live")?,
+        task_exit_code: btf.member_offset("task_struct", "exit_code")?,
+        task_real_parent: btf.member_offset("task_struct", "real_parent")?,
+        task_tgid: btf.member_offset("task_struct", "tgid")?,
+        task_cgroups: btf.member_offset("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: btf.member_offset("css_set", "dfl_cgrp")?,
+        task_thread_pid: btf.member_offset("task_struct", "thread_pid")?,
+        pid_level: btf.member_offset("pid", "level")?,
+        pid_numbers: btf.member_offset("pid", "numbers")?,
+        upid_size: btf.struct_size("upid")?,
+        upid_nr: btf.member_offset("upid", "nr")?,
+        cgroup_kn: btf.member_offset("cgroup", "kn")?,
+        kernfs_node_id: btf.member_offset("kernfs_node", "id")?,
+        mark_victim_pid: 0,
+        _pad: 0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +224,9 @@ mod tests {
         assert!(o.tcp_srtt_us > o.sock_err);
         assert!(btf.member_offset("sock", "no_such_field").is_err());
         assert!(btf.member_offset("no_such_struct", "x").is_err());
+        let l = lifecycle_offsets(&btf).unwrap();
+        // struct upid is { int nr; struct pid_namespace *ns; } on every 64-bit kernel.
+        assert_eq!((l.upid_size, l.upid_nr), (16, 0), "{l:?}");
+        assert!(l.task_signal > 0 && l.task_real_parent > 0, "{l:?}");
     }
 }

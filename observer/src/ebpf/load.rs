@@ -9,7 +9,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
 };
 use observer_common::{
-    CgroupFilter, KernelOffsets, SetStateOffsets, SyscallTpOffsets, WORK_HTTP,
+    CgroupFilter, KernelOffsets, LifecycleOffsets, SetStateOffsets, SyscallTpOffsets, WORK_HTTP,
     WORK_HTTP_IN_SYS_ENTER, WORK_SYSCALLS, WORK_TCP,
 };
 
@@ -109,6 +109,16 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
         Err(e) => Err(clone_err(e)),
     };
     let default_syscall_tp = SyscallTpOffsets { nr: 8, arg2: 24 };
+    // The lifecycle probe: task layout from BTF, the OOM victim's pid from tracefs.
+    let lifecycle: Result<LifecycleOffsets, ProbeError> = match (&kernel_btf, &tracefs) {
+        (Err(e), _) | (_, Err(e)) => Err(clone_err(e)),
+        (Ok(kb), Ok(dir)) => btf::lifecycle_offsets(kb).and_then(|mut l| {
+            let f = tracefs::field_offsets(dir, "oom", "mark_victim", &["pid"])?;
+            l.mark_victim_pid = f["pid"];
+            Ok(l)
+        }),
+    };
+    let default_lifecycle = LifecycleOffsets::default();
     let mut loader = EbpfLoader::new();
     loader
         .override_global(
@@ -119,6 +129,11 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
         .override_global(
             "SET_STATE",
             set_state.as_ref().unwrap_or(&default_set_state),
+            true,
+        )
+        .override_global(
+            "LIFECYCLE",
+            lifecycle.as_ref().unwrap_or(&default_lifecycle),
             true,
         )
         .override_global("CGROUP_FILTER_COUNT", &filter_count, true)
@@ -234,6 +249,15 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
             };
             probes.push(status("http", r));
         }
+    }
+    if cfg.lifecycle {
+        let r = match &lifecycle {
+            Err(e) => Err(clone_err(e)),
+            Ok(_) => attach_tracepoint(&mut ebpf, "oom_mark_victim", "oom", "mark_victim").and_then(
+                |_| attach_tracepoint(&mut ebpf, "process_exit", "sched", "sched_process_exit"),
+            ),
+        };
+        probes.push(status("lifecycle", r));
     }
     for p in &probes {
         match &p.reason {

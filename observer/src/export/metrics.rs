@@ -12,7 +12,7 @@ use observer_common::{
     FAIL_TIMEOUT, FAIL_UNREACHABLE, LOST_CONN_MAP_FULL, LOST_SOCK_READ,
     LOST_SYSCALL_ERRNO_MAP_FULL, LOST_SYSCALL_MAP_FULL, LOST_SYSCALL_SLOT_COLLISION,
     LOST_TCP_MAP_FULL, RTT_BUCKETS_US, LOST_HTTP_CONN_MAP_FULL, LOST_HTTP_RINGBUF_FULL,
-    LOST_HTTP_USER_READ, LOST_TCP_EDGE_MAP_FULL, SYSCALL_BUCKETS_NS,
+    LOST_HTTP_USER_READ, LOST_TCP_EDGE_MAP_FULL, LOST_LIFECYCLE_RINGBUF_FULL, LOST_OOM_VICTIM_MAP_FULL, SYSCALL_BUCKETS_NS,
 };
 use prometheus_client::{
     collector::Collector,
@@ -27,13 +27,14 @@ use crate::{
     pipeline::{
         aggregate::{add_syscall, KernelHealth, Pipeline, Totals},
         httpagg::{Hist, APDEX_LEVELS},
+        events::LifecycleCounts,
         topology::{Edge, Node, Topology},
         names::{errno_name, syscall_name},
     },
 };
 
 /// Names of the `LOST_*` counters, as the `source` label of `observer_events_lost_total`.
-pub const LOST_SOURCES: [(u32, &str); 10] = [
+pub const LOST_SOURCES: [(u32, &str); 12] = [
     (LOST_SYSCALL_MAP_FULL, "syscall_table_full"),
     (LOST_SYSCALL_ERRNO_MAP_FULL, "syscall_errno_table_full"),
     (LOST_SYSCALL_SLOT_COLLISION, "syscall_entry_unmatched"),
@@ -44,6 +45,8 @@ pub const LOST_SOURCES: [(u32, &str); 10] = [
     (LOST_HTTP_CONN_MAP_FULL, "http_connection_table_full"),
     (LOST_HTTP_USER_READ, "http_user_read_failed"),
     (LOST_TCP_EDGE_MAP_FULL, "tcp_edge_table_full"),
+    (LOST_LIFECYCLE_RINGBUF_FULL, "lifecycle_ringbuf_full"),
+    (LOST_OOM_VICTIM_MAP_FULL, "oom_victim_table_full"),
 ];
 
 const FAIL_NAMES: [(usize, &str); 5] = [
@@ -610,7 +613,77 @@ fn encode_http(enc: &mut DescriptorEncoder, totals: &Totals, health: &KernelHeal
             .iter()
             .map(|(svc, n)| (vec![("service_name", svc.as_str())], *n)),
     )?;
-    Ok(())
+    encode_lifecycle(enc, &totals.lifecycle)
+}
+
+/// OOM kills, exits, restarts, Kubernetes Warning events and replica counts.
+fn encode_lifecycle(enc: &mut DescriptorEncoder, l: &LifecycleCounts) -> fmt::Result {
+    counter(
+        enc,
+        "observer_container_oom_kills",
+        "Processes of the container the kernel's OOM killer killed",
+        None,
+        l.oom_kills.iter().map(|(id, n)| (with(id, &[]), *n)),
+    )?;
+    counter(
+        enc,
+        "observer_container_exits",
+        "Exits of a container's (or host service's) main process: exited (with a code), signaled, oom_killed",
+        None,
+        l.exits
+            .iter()
+            .map(|((id, r), n)| (with(id, &[("reason", r.as_str())]), *n)),
+    )?;
+    counter(
+        enc,
+        "observer_container_restarts",
+        "Container restarts, with the reason Kubernetes gives (OOMKilled, Error, CrashLoopBackOff, ...)",
+        None,
+        l.restarts
+            .iter()
+            .map(|((id, r), n)| (with(id, &[("reason", r.as_str())]), *n)),
+    )?;
+    counter(
+        enc,
+        "observer_kubernetes_events",
+        "Kubernetes Warning events of this node's pods, by reason",
+        None,
+        l.kube_events.iter().map(|(k, n)| {
+            let labels: Labels = vec![
+                ("type", k.event_type.as_str()),
+                ("reason", k.reason.as_str()),
+                ("k8s_namespace_name", k.namespace.as_str()),
+                ("k8s_pod_name", k.pod.as_str()),
+            ];
+            (labels, *n)
+        }),
+    )?;
+    gauge(
+        enc,
+        "observer_workload_replicas",
+        "Replicas of a workload: desired (spec), ready, hpa_desired (when an HPA targets it)",
+        l.replicas.iter().flat_map(|(k, r)| {
+            let base = [
+                ("k8s_namespace_name", k.namespace.as_str()),
+                ("kind", k.kind.as_str()),
+                ("workload", k.name.as_str()),
+            ];
+            let mut rows = vec![
+                (state_labels(&base, "desired"), r.desired),
+                (state_labels(&base, "ready"), r.ready),
+            ];
+            if let Some(h) = r.hpa_desired {
+                rows.push((state_labels(&base, "hpa_desired"), h));
+            }
+            rows
+        }),
+    )
+}
+
+fn state_labels<'a>(base: &[(&'static str, &'a str); 3], state: &'static str) -> Labels<'a> {
+    let mut l = base.to_vec();
+    l.push(("state", state));
+    l
 }
 
 #[cfg(test)]

@@ -9,9 +9,11 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{HashMap as AyaHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{
+    HashMap as AyaHashMap, IterableMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
+};
 use observer_common::{
-    ConnInfo, SyscallErrKey, SyscallKey, SyscallStats, TcpEdgeKey, TcpEdgeStats, TcpStats,
+    ConnInfo, HttpConn, SyscallErrKey, SyscallKey, SyscallStats, TcpEdgeKey, TcpEdgeStats, TcpStats,
     LOST_COUNTERS,
 };
 
@@ -28,6 +30,8 @@ pub struct KernelMaps {
     pub tcp_stats: Option<PerCpuHashMap<MapData, u64, TcpStats>>,
     pub tcp_edges: Option<PerCpuHashMap<MapData, TcpEdgeKey, TcpEdgeStats>>,
     pub conns: Option<AyaHashMap<MapData, u64, ConnInfo>>,
+    /// A second handle on HTTP_CONNS (the HTTP reader owns the first), for its fill level.
+    pub http_conns: Option<AyaHashMap<MapData, u64, HttpConn>>,
     pub lost: Option<PerCpuArray<MapData, u64>>,
     pub syscall_capacity: u32,
     pub conn_capacity: u32,
@@ -44,11 +48,34 @@ impl KernelMaps {
             tcp_stats: take(ebpf, "TCP_STATS"),
             tcp_edges: take(ebpf, "TCP_EDGES"),
             conns: take(ebpf, "CONNS"),
+            http_conns: second_handle(ebpf, "HTTP_CONNS"),
             lost: take(ebpf, "LOST"),
             syscall_capacity,
             conn_capacity,
         }
     }
+}
+
+/// A handle of its own on a hash map someone else takes: a duplicate of the map's fd (no
+/// CAP_SYS_ADMIN needed, unlike opening it by id).
+fn second_handle<K: aya::Pod, V: aya::Pod>(
+    ebpf: &aya::Ebpf,
+    name: &str,
+) -> Option<AyaHashMap<MapData, K, V>> {
+    let map = ebpf.map(name)?;
+    let first: AyaHashMap<&MapData, K, V> = AyaHashMap::try_from(map).ok()?;
+    let fd = std::os::fd::AsFd::as_fd(first.map().fd()).try_clone_to_owned().ok()?;
+    let data = MapData::from_fd(fd).ok()?;
+    let map = match map {
+        aya::maps::Map::LruHashMap(_) => aya::maps::Map::LruHashMap(data),
+        _ => aya::maps::Map::HashMap(data),
+    };
+    AyaHashMap::try_from(map).ok()
+}
+
+/// The capacity the kernel gave a map (0 when it cannot be read).
+fn capacity(map: &MapData) -> u64 {
+    map.info().map_or(0, |i| u64::from(i.max_entries()))
 }
 
 fn sum_syscall(v: &PerCpuValues<SyscallStats>) -> SyscallStats {
@@ -145,6 +172,8 @@ pub struct Totals {
     /// TCP figures per (workload, peer).
     pub tcp_edges: BTreeMap<(Arc<Identity>, EdgePeer), TcpEdgeStats>,
     pub http: HttpTotals,
+    /// Lifecycle counters (filled by `snapshot`, not retired: they are kept by identity).
+    pub lifecycle: super::events::LifecycleCounts,
 }
 
 /// Counters of the user-space HTTP pipeline (messages it could not use, routes capped).
@@ -275,7 +304,14 @@ impl Pipeline {
                 t.http.add(&id, c, now, tt);
             }
         }
+        t.lifecycle = self.lifecycle.counts();
         t
+    }
+
+    /// The identity of a cgroup an event just came from (walks the hierarchy for a new one).
+    pub fn identity_now(&mut self, cgroup_id: u64, tgid: u32) -> Arc<Identity> {
+        self.resolver.begin_round();
+        self.resolver.identity_hinted(cgroup_id, tgid)
     }
 
     pub fn health(&self) -> KernelHealth {
@@ -302,6 +338,22 @@ impl Pipeline {
                 m.keys().count() as u64,
                 self.maps.conn_capacity as u64,
             ));
+        }
+        let maps = &self.maps;
+        let mut fill = |name, entries: usize, map: &MapData| {
+            h.fill.push((name, entries as u64, capacity(map)));
+        };
+        if let Some(m) = &maps.syscall_errors {
+            fill("SYSCALL_ERRORS", m.keys().count(), m.map());
+        }
+        if let Some(m) = &maps.tcp_stats {
+            fill("TCP_STATS", m.keys().count(), m.map());
+        }
+        if let Some(m) = &maps.tcp_edges {
+            fill("TCP_EDGES", m.keys().count(), m.map());
+        }
+        if let Some(m) = &maps.http_conns {
+            fill("HTTP_CONNS", m.keys().count(), m.map());
         }
         h
     }
@@ -418,5 +470,53 @@ mod tests {
         assert_eq!(t.closed, 4);
         assert_eq!(t.connect_failures, [1, 0, 0, 0, 2]);
         assert_eq!(t.rtt_count, 1);
+    }
+
+    /// Entries of dead cgroups go to `retire` with every CPU's value and leave the map; the
+    /// others stay untouched. On a real (standalone) per-CPU hash map, so as root only.
+    #[test]
+    fn retiring_takes_out_exactly_the_dead_cgroups_entries() {
+        let map = PerCpuHashMap::<MapData, SyscallErrKey, u64>::create(64, 0);
+        let mut map = match map {
+            Err(e) if unsafe { libc::geteuid() } != 0 => {
+                eprintln!("skipped: creating a BPF map needs root ({e})");
+                return;
+            }
+            m => Some(m.expect("a standalone per-CPU hash map")),
+        };
+        let cpus = aya::util::nr_cpus().expect("possible CPUs");
+        let key = |cgroup_id, nr| SyscallErrKey {
+            cgroup_id,
+            nr,
+            errno: 2,
+        };
+        // Cgroup c, syscall nr: value c * 100 + nr + cpu on each CPU.
+        let entries = [(1, 0), (2, 0), (2, 1), (3, 5)];
+        for (c, nr) in entries {
+            let v: Vec<u64> = (0..cpus as u64).map(|cpu| c * 100 + nr as u64 + cpu).collect();
+            let m = map.as_mut().unwrap();
+            m.insert(key(c, nr), PerCpuValues::try_from(v).unwrap(), 0)
+                .unwrap();
+        }
+        let dead: HashSet<u64> = [2, 4].into_iter().collect();
+        let mut retired = BTreeMap::new();
+        retire_entries(&mut map, |k| k.cgroup_id, &dead, |k, v| {
+            retired.insert((k.cgroup_id, k.nr), v.iter().copied().collect::<Vec<u64>>());
+        });
+        let per_cpu = |base: u64| (0..cpus as u64).map(|cpu| base + cpu).collect::<Vec<_>>();
+        assert_eq!(
+            retired,
+            BTreeMap::from([((2, 0), per_cpu(200)), ((2, 1), per_cpu(201))])
+        );
+        let mut left: Vec<(u64, u32)> = (map.as_ref().unwrap().keys())
+            .map(|k| k.map(|k| (k.cgroup_id, k.nr)).unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [(1, 0), (3, 5)]);
+        // Nothing dead: nothing retired, nothing removed; no map: nothing to do.
+        retire_entries(&mut map, |k| k.cgroup_id, &HashSet::new(), |_, _| panic!("retired"));
+        assert_eq!(map.as_ref().unwrap().keys().count(), 2);
+        let mut none: Option<PerCpuHashMap<MapData, SyscallErrKey, u64>> = None;
+        retire_entries(&mut none, |k| k.cgroup_id, &dead, |_, _| panic!("retired"));
     }
 }

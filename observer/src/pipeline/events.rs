@@ -106,6 +106,16 @@ pub struct Replicas {
     pub hpa_desired: Option<i64>,
 }
 
+/// A copy of the counters, for one scrape.
+#[derive(Clone, Debug, Default)]
+pub struct LifecycleCounts {
+    pub oom_kills: BTreeMap<Arc<Identity>, u64>,
+    pub exits: BTreeMap<(Arc<Identity>, ExitReason), u64>,
+    pub restarts: BTreeMap<(Arc<Identity>, String), u64>,
+    pub kube_events: BTreeMap<KubeEventKey, u64>,
+    pub replicas: BTreeMap<WorkloadKey, Replicas>,
+}
+
 /// Counters and the event fan-out.
 pub struct Lifecycle {
     pub oom_kills: BTreeMap<Arc<Identity>, u64>,
@@ -178,6 +188,17 @@ impl Lifecycle {
         }
         self.recent.push_back(ev.clone());
         let _ = self.tx.send(ev);
+    }
+
+    /// The counters as they are now.
+    pub fn counts(&self) -> LifecycleCounts {
+        LifecycleCounts {
+            oom_kills: self.oom_kills.clone(),
+            exits: self.exits.clone(),
+            restarts: self.restarts.clone(),
+            kube_events: self.kube_events.clone(),
+            replicas: self.replicas.clone(),
+        }
     }
 
     /// Sets a workload's replica counts (the gauge); the caller publishes a `WorkloadScale`

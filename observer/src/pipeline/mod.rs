@@ -7,6 +7,7 @@ pub mod events;
 pub mod exchange;
 pub mod httpagg;
 pub mod httpcapture;
+pub mod lifecyclecapture;
 pub mod live;
 pub mod topology;
 
