@@ -1,25 +1,37 @@
-//! The Kubernetes manifests, rendered with the real `kubectl kustomize` and checked for what a
-//! security review asks: read-only RBAC, no privileged container, only the capabilities the
-//! probes need, read-only root and host mounts; the alert rules pass `promtool check rules`; the APM
-//! recording rules (deploy/rules) pass their `promtool test rules` unit tests and the
-//! PrometheusRule that ships them carries exactly those rules.
+//! The Kubernetes manifests, rendered with the real `kubectl kustomize`, parsed into the
+//! `k8s-openapi` types (and written back, so that a misspelt field, which serde would skip, shows)
+//! and checked for what a security review asks: read-only RBAC on exactly what the observer reads,
+//! no privileged container, only the capabilities the probes need (each with its reason in a
+//! comment, and each known to the observer's own start-up check), read-only root and host mounts;
+//! the Dockerfile agrees with the DaemonSet and with xtask's toolchain; every alert rule passes
+//! `promtool check rules` and its `promtool test rules` unit tests, and the PrometheusRules ship
+//! exactly the tested rules.
 
 use std::{
     collections::BTreeSet,
     io::Write,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
-use observer_tests::random_hex;
+use k8s_openapi::{
+    api::{
+        apps::v1::DaemonSet,
+        core::v1::{Container, Namespace, Service, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding},
+    },
+    apimachinery::pkg::api::resource::Quantity,
+    serde::de::DeserializeOwned,
+};
+use observer_tests::observer::binary;
 use serde_json::Value;
 
-fn deploy_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/base")
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn rules_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/rules")
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// Parses a YAML stream into its (non-empty) documents, as JSON, through python3's yaml.
@@ -36,25 +48,19 @@ fn yaml_docs(yaml: &[u8]) -> Vec<Value> {
     serde_json::from_slice(&json.stdout).unwrap()
 }
 
-/// Renders the kustomize base and returns its objects (YAML → JSON through python3's yaml).
-fn render() -> Vec<Value> {
+/// Renders a kustomization of deploy/ and returns its objects.
+fn render(dir: &str) -> Vec<Value> {
     let out = Command::new("kubectl")
         .arg("kustomize")
-        .arg(deploy_dir())
+        .arg(repo().join("deploy").join(dir))
         .output()
         .expect("kubectl");
     assert!(
         out.status.success(),
-        "kubectl kustomize: {}",
+        "kubectl kustomize {dir}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     yaml_docs(&out.stdout)
-}
-
-fn kind<'a>(objs: &'a [Value], k: &str) -> &'a Value {
-    objs.iter()
-        .find(|o| o["kind"] == k)
-        .unwrap_or_else(|| panic!("no {k}"))
 }
 
 fn named<'a>(objs: &'a [Value], k: &str, name: &str) -> &'a Value {
@@ -63,8 +69,650 @@ fn named<'a>(objs: &'a [Value], k: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {k} {name}"))
 }
 
+/// The object of that kind and name as its k8s-openapi type. Written back, it must give the
+/// rendered object again: a field the type does not know (a typo, a field of another version)
+/// would otherwise be dropped without a word.
+fn typed<T: DeserializeOwned + k8s_openapi::serde::Serialize>(
+    objs: &[Value],
+    k: &str,
+    name: &str,
+) -> T {
+    let raw = named(objs, k, name);
+    let t: T = serde_json::from_value(raw.clone()).unwrap_or_else(|e| panic!("{k} {name}: {e}"));
+    assert_eq!(
+        &serde_json::to_value(&t).unwrap(),
+        raw,
+        "{k} {name}: fields k8s-openapi does not know"
+    );
+    t
+}
+
+fn daemonset(objs: &[Value]) -> DaemonSet {
+    typed(objs, "DaemonSet", "observer")
+}
+
+fn container(ds: &DaemonSet) -> Container {
+    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.containers.len(), 1);
+    pod.containers[0].clone()
+}
+
+fn added_caps(c: &Container) -> BTreeSet<String> {
+    let caps = c
+        .security_context
+        .as_ref()
+        .unwrap()
+        .capabilities
+        .as_ref()
+        .unwrap();
+    caps.add.clone().unwrap_or_default().into_iter().collect()
+}
+
+/// The comment lines right above line `i`, joined.
+fn comment_above(lines: &[&str], i: usize) -> String {
+    let mut c: Vec<&str> = lines[..i]
+        .iter()
+        .rev()
+        .take_while(|p| p.starts_with('#'))
+        .map(|p| p.trim_start_matches('#').trim())
+        .collect();
+    c.reverse();
+    c.join(" ")
+}
+
+/// Each capability a YAML file adds, with the comment right above it: the `- NAME` entries of
+/// an `add:` list, or the `value: NAME` of a JSON patch adding to `.../capabilities/add/-` (its
+/// comment is the one above the patch's `- op:`).
+fn commented_caps(yaml: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = yaml.lines().map(str::trim).collect();
+    let mut out = Vec::new();
+    let mut in_add = false;
+    let mut op = 0;
+    for (i, t) in lines.iter().enumerate() {
+        if *t == "add:" {
+            in_add = true;
+            continue;
+        }
+        if t.starts_with("- op:") {
+            op = i;
+        }
+        if in_add && !t.starts_with('#') {
+            match t.strip_prefix("- ") {
+                Some(cap) => out.push((cap.to_string(), comment_above(&lines, i))),
+                None => in_add = false,
+            }
+        }
+        if let Some(cap) = t.strip_prefix("value: ") {
+            if lines[..i]
+                .iter()
+                .rev()
+                .find(|l| l.starts_with("path:"))
+                .is_some_and(|l| l.ends_with("/capabilities/add/-"))
+            {
+                out.push((cap.to_string(), comment_above(&lines, op)));
+            }
+        }
+    }
+    out
+}
+
+fn quantity_bytes(q: &Quantity) -> f64 {
+    let s = q.0.as_str();
+    let (n, mul) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (
+            &s[..i],
+            match &s[i..] {
+                "Ki" => 1024.0,
+                "Mi" => 1024.0 * 1024.0,
+                "Gi" => 1024.0 * 1024.0 * 1024.0,
+                u => panic!("unit {u}"),
+            },
+        ),
+        None => (s, 1.0),
+    };
+    n.parse::<f64>().unwrap() * mul
+}
+
+fn quantity_cores(q: &Quantity) -> f64 {
+    match q.0.strip_suffix('m') {
+        Some(m) => m.parse::<f64>().unwrap() / 1000.0,
+        None => q.0.parse().unwrap(),
+    }
+}
+
+/// A figure of the README, the number right after `prefix`.
+fn readme_figure(prefix: &str) -> f64 {
+    let readme = read("README.md");
+    let at = readme
+        .find(prefix)
+        .unwrap_or_else(|| panic!("README has no {prefix:?}"))
+        + prefix.len();
+    let num: String = readme[at..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    num.parse()
+        .unwrap_or_else(|_| panic!("README: {prefix:?} {num:?}"))
+}
+
+#[test]
+fn every_manifest_parses_into_its_kubernetes_type() {
+    let objs = render("base");
+    let kinds: BTreeSet<&str> = objs.iter().filter_map(|o| o["kind"].as_str()).collect();
+    let want = [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "DaemonSet",
+        "Namespace",
+        "PrometheusRule",
+        "Service",
+        "ServiceAccount",
+        "ServiceMonitor",
+    ];
+    assert_eq!(kinds, want.into_iter().collect());
+    assert_eq!(objs.len(), 9, "one of each, two PrometheusRules");
+    for o in &objs {
+        let cluster_scoped = ["Namespace", "ClusterRole", "ClusterRoleBinding"]
+            .contains(&o["kind"].as_str().unwrap());
+        assert_eq!(
+            o["metadata"]["namespace"].is_null(),
+            cluster_scoped,
+            "{}",
+            o["kind"]
+        );
+        if !cluster_scoped {
+            assert_eq!(o["metadata"]["namespace"], "observer", "{}", o["kind"]);
+        }
+    }
+    let _: Namespace = typed(&objs, "Namespace", "observer");
+    let _: ServiceAccount = typed(&objs, "ServiceAccount", "observer");
+    let _: ClusterRole = typed(&objs, "ClusterRole", "observer");
+    let _: ClusterRoleBinding = typed(&objs, "ClusterRoleBinding", "observer");
+    let _: Service = typed(&objs, "Service", "observer");
+    let _ = daemonset(&objs);
+    // The CRDs (prometheus-operator's) have no k8s-openapi type.
+    for (k, n) in [
+        ("ServiceMonitor", "observer"),
+        ("PrometheusRule", "observer"),
+        ("PrometheusRule", "observer-apm"),
+    ] {
+        assert_eq!(named(&objs, k, n)["apiVersion"], "monitoring.coreos.com/v1");
+    }
+}
+
+#[test]
+fn daemonset_is_least_privilege() {
+    let objs = render("base");
+    let ds = daemonset(&objs);
+    let pod = ds.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let c = container(&ds);
+    let sc = c.security_context.clone().unwrap();
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    assert_eq!(sc.proc_mount.as_deref(), Some("Default"));
+    // User 0 with the capabilities below only (the Dockerfile says why; see dockerfile_agrees...).
+    assert_eq!(sc.run_as_user, Some(0));
+    assert_eq!(sc.run_as_non_root, Some(false));
+    assert!(pod.security_context.is_none(), "no pod-level override");
+    let caps = sc.capabilities.clone().unwrap();
+    assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(added_caps(&c), ["BPF", "PERFMON"].map(String::from).into());
+
+    // hostPID gives the node's /proc; nothing else of the host's namespaces.
+    assert_eq!(pod.host_pid, Some(true));
+    assert_ne!(pod.host_network, Some(true));
+    assert_ne!(pod.host_ipc, Some(true));
+    assert_eq!(pod.service_account_name.as_deref(), Some("observer"));
+    assert!(c.command.is_none(), "the image's entrypoint runs");
+
+    // Host paths: exactly what is read, each mounted read-only at the same path; no /proc mount.
+    let volumes = pod.volumes.clone().unwrap();
+    let mounts = c.volume_mounts.clone().unwrap();
+    assert_eq!(volumes.len(), mounts.len());
+    let mut paths = BTreeSet::new();
+    for v in &volumes {
+        let hp = v
+            .host_path
+            .as_ref()
+            .unwrap_or_else(|| panic!("volume {} is not a host path", v.name));
+        assert_eq!(hp.type_.as_deref(), Some("Directory"));
+        let m = mounts.iter().find(|m| m.name == v.name).unwrap();
+        assert_eq!(m.read_only, Some(true), "{}", v.name);
+        assert_eq!(m.mount_path, hp.path);
+        paths.insert(hp.path.as_str());
+    }
+    assert_eq!(
+        paths,
+        ["/sys/fs/cgroup", "/sys/kernel/btf", "/sys/kernel/tracing"].into()
+    );
+
+    // Node name from the downward API, in the variable the observer reads.
+    let env = c.env.clone().unwrap();
+    let node = env
+        .iter()
+        .find(|e| e.name == "OBSERVER_NODE_NAME")
+        .expect("OBSERVER_NODE_NAME");
+    let field = node
+        .value_from
+        .as_ref()
+        .unwrap()
+        .field_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(field.field_path, "spec.nodeName");
+
+    // Probes on the admin endpoint's port; the ports are the ones the flags bind.
+    let port_of = |name: &str| {
+        c.ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name))
+            .unwrap()
+            .container_port
+    };
+    let live = c
+        .liveness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    let ready = c
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(live.path.as_deref(), Some("/healthz"));
+    assert_eq!(ready.path.as_deref(), Some("/readyz"));
+    for p in [live, ready] {
+        assert_eq!(
+            p.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("metrics".into())
+        );
+    }
+    let args = c.args.clone().unwrap();
+    assert!(
+        args.contains(&format!("--metrics-addr=0.0.0.0:{}", port_of("metrics"))),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&format!("--grpc-addr=0.0.0.0:{}", port_of("grpc"))),
+        "{args:?}"
+    );
+
+    // Sizing against the measured footprint (README, Cost): the memory request holds the peak
+    // RSS, the limit more; the CPU request holds the measured share of a core at 10,000
+    // requests/s; no CPU limit (throttling would lose ring-buffer records).
+    let res = c.resources.clone().unwrap();
+    let (req, lim) = (res.requests.unwrap(), res.limits.unwrap());
+    let peak_rss = readme_figure("Peak RSS") * 1024.0 * 1024.0;
+    let mem_req = quantity_bytes(&req["memory"]);
+    assert!(
+        mem_req >= peak_rss,
+        "memory request {mem_req} under the measured peak {peak_rss}"
+    );
+    assert!(quantity_bytes(&lim["memory"]) >= 2.0 * mem_req);
+    let cpu_share =
+        readme_figure("| observer CPU (user space + its threads), % of one core |") / 100.0;
+    assert!(
+        quantity_cores(&req["cpu"]) >= cpu_share,
+        "cpu request under {cpu_share} cores"
+    );
+    assert!(!lim.contains_key("cpu"));
+
+    // Every node: one toleration of everything.
+    let tol = pod.tolerations.clone().unwrap();
+    assert_eq!(tol.len(), 1);
+    assert_eq!(tol[0].operator.as_deref(), Some("Exists"));
+    assert!(tol[0].key.is_none() && tol[0].effect.is_none());
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+}
+
+/// The flags and variables the DaemonSet passes are the observer's own (its `--help`).
+#[test]
+fn daemonset_flags_are_the_observers() {
+    let c = container(&daemonset(&render("base")));
+    let help = Command::new(binary())
+        .arg("--help")
+        .output()
+        .expect("observer --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for a in c.args.unwrap() {
+        let flag = a.split('=').next().unwrap();
+        assert!(
+            help.contains(&format!("{flag} ")),
+            "observer --help has no {flag}"
+        );
+    }
+    for e in c.env.unwrap() {
+        assert!(
+            help.contains(&format!("env: {}", e.name)),
+            "observer --help has no {}",
+            e.name
+        );
+    }
+}
+
+/// Each added capability has its reason in a comment above it, in the base and in the overlay
+/// for kernels before 5.11; the overlay adds SYS_RESOURCE and changes nothing else; and the
+/// observer's start-up check knows each one (it names what a missing one costs).
+#[test]
+fn each_capability_has_its_reason() {
+    let privileges = read("observer/src/ebpf/privileges.rs");
+    for file in [
+        "deploy/base/daemonset.yaml",
+        "deploy/overlays/kernel-before-5.11/sys-resource.yaml",
+    ] {
+        let caps = commented_caps(&read(file));
+        assert!(!caps.is_empty(), "{file}");
+        for (cap, why) in caps {
+            assert!(
+                why.split_whitespace().count() >= 4,
+                "{file}: {cap} has no reason: {why:?}"
+            );
+            assert!(
+                privileges.contains(&format!("CAP_{cap}")),
+                "privileges.rs does not check CAP_{cap}"
+            );
+        }
+    }
+    let base = render("base");
+    let old = render("overlays/kernel-before-5.11");
+    let (b, o) = (container(&daemonset(&base)), container(&daemonset(&old)));
+    let mut want = added_caps(&b);
+    want.insert("SYS_RESOURCE".into());
+    assert_eq!(added_caps(&o), want);
+    // Apart from that one capability, the overlay renders the base.
+    let strip = |objs: &[Value]| -> Vec<Value> {
+        objs.iter()
+            .cloned()
+            .map(|mut v| {
+                if v["kind"] == "DaemonSet" {
+                    v["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+                        ["capabilities"]["add"] = Value::Null;
+                }
+                v
+            })
+            .collect()
+    };
+    assert_eq!(strip(&base), strip(&old));
+    // The base's list is what the raw file comments.
+    let commented: BTreeSet<String> = commented_caps(&read("deploy/base/daemonset.yaml"))
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
+    assert_eq!(commented, added_caps(&b));
+}
+
+/// The Kubernetes API resources the observer's watchers read (`Api<T>` in observer/src/k8s),
+/// or None while it has no Kubernetes client.
+fn resources_read() -> Option<BTreeSet<(String, String)>> {
+    use k8s_openapi::Resource;
+    fn r<T: Resource>() -> (String, String) {
+        (T::GROUP.to_string(), T::URL_PATH_SEGMENT.to_string())
+    }
+    let dir = repo().join("observer/src/k8s");
+    let mut src = String::new();
+    for e in std::fs::read_dir(&dir).ok()? {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "rs") {
+            src.push_str(&std::fs::read_to_string(p).unwrap());
+        }
+    }
+    use k8s_openapi::api::{
+        apps::v1 as apps, autoscaling::v2 as hpa, batch::v1 as batch, core::v1 as core,
+    };
+    let known = [
+        ("Pod", r::<core::Pod>()),
+        ("Service", r::<core::Service>()),
+        ("Node", r::<core::Node>()),
+        ("Namespace", r::<core::Namespace>()),
+        ("ReplicaSet", r::<apps::ReplicaSet>()),
+        ("Deployment", r::<apps::Deployment>()),
+        ("StatefulSet", r::<apps::StatefulSet>()),
+        ("DaemonSet", r::<apps::DaemonSet>()),
+        ("Job", r::<batch::Job>()),
+        ("CronJob", r::<batch::CronJob>()),
+        (
+            "HorizontalPodAutoscaler",
+            r::<hpa::HorizontalPodAutoscaler>(),
+        ),
+        (
+            "EndpointSlice",
+            r::<k8s_openapi::api::discovery::v1::EndpointSlice>(),
+        ),
+    ];
+    let mut read = BTreeSet::new();
+    let uses = |t: &str| src.contains(&format!("Api<{t}>")) || src.contains(&format!("Api::<{t}>"));
+    for (name, res) in known {
+        if uses(name) {
+            read.insert(res);
+        }
+    }
+    // Events exist in two API groups under one type name.
+    if uses("Event") || uses("CoreEvent") || uses("EventsV1Event") {
+        if src.contains("events::v1::Event") {
+            read.insert(r::<k8s_openapi::api::events::v1::Event>());
+        }
+        if src.contains("core::v1::Event")
+            || src.contains("Event as CoreEvent")
+            || src.contains("core::v1::{") && src.contains(" Event")
+        {
+            read.insert(r::<k8s_openapi::api::core::v1::Event>());
+        }
+    }
+    Some(read)
+}
+
+#[test]
+fn rbac_reads_only_what_the_observer_reads() {
+    let objs = render("base");
+    let role: ClusterRole = typed(&objs, "ClusterRole", "observer");
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.unwrap() {
+        assert_eq!(rule.verbs, ["get", "list", "watch"], "read-only verbs");
+        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+        for g in rule.api_groups.unwrap() {
+            for r in rule.resources.clone().unwrap() {
+                assert!(
+                    !r.contains('*') && !g.contains('*') && r != "secrets" && !r.contains('/'),
+                    "{g}/{r}"
+                );
+                granted.insert((g.clone(), r));
+            }
+        }
+    }
+    if let Some(read) = resources_read() {
+        assert_eq!(
+            granted, read,
+            "ClusterRole vs the Api<T> the observer's watchers use"
+        );
+    } else {
+        eprintln!("observer/src/k8s not there yet: RBAC checked for read-only verbs only");
+    }
+    let binding: ClusterRoleBinding = typed(&objs, "ClusterRoleBinding", "observer");
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(binding.role_ref.name, "observer");
+    let subjects = binding.subjects.unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(
+        (subjects[0].kind.as_str(), subjects[0].name.as_str()),
+        ("ServiceAccount", "observer")
+    );
+    assert_eq!(subjects[0].namespace.as_deref(), Some("observer"));
+}
+
+#[test]
+fn service_and_service_monitor_reach_the_daemonset() {
+    let objs = render("base");
+    let ds = daemonset(&objs);
+    let c = container(&ds);
+    let pod_labels = ds
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    let svc: Service = typed(&objs, "Service", "observer");
+    let spec = svc.spec.unwrap();
+    for (k, v) in spec.selector.unwrap() {
+        assert_eq!(pod_labels.get(&k), Some(&v), "selector {k}={v}");
+    }
+    let ports: BTreeSet<(String, i32, String)> = spec
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| {
+            let target = match p.target_port.unwrap() {
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s,
+                other => panic!("target port {other:?}: name it"),
+            };
+            (p.name.unwrap(), p.port, target)
+        })
+        .collect();
+    let container_ports: BTreeSet<(String, i32, String)> = c
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name.clone().unwrap(), p.container_port, p.name.unwrap()))
+        .collect();
+    assert_eq!(
+        ports, container_ports,
+        "metrics and gRPC, by the container's port names"
+    );
+    let sm = named(&objs, "ServiceMonitor", "observer");
+    let svc_labels = named(&objs, "Service", "observer")["metadata"]["labels"].clone();
+    for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&svc_labels[k], v);
+    }
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+}
+
+/// The image the DaemonSet runs is built by the Dockerfile: Debian bookworm stages, the toolchain
+/// of xtask, the entrypoint it runs, the user it runs as, the ports it serves.
+#[test]
+fn dockerfile_agrees_with_the_daemonset_and_xtask() {
+    let docker = read("Dockerfile");
+    let lines: Vec<&str> = docker
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    let froms: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .collect();
+    assert_eq!(
+        froms,
+        ["rust:1.95-bookworm AS build", "debian:bookworm-slim"]
+    );
+    let final_stage: Vec<&str> = lines
+        .iter()
+        .skip_while(|l| !l.starts_with("FROM debian:bookworm-slim"))
+        .copied()
+        .collect();
+    let users: Vec<&str> = final_stage
+        .iter()
+        .filter_map(|l| l.strip_prefix("USER "))
+        .collect();
+    assert_eq!(users, ["0:0"]);
+    // The build stage does not build as root.
+    let build_stage: Vec<&str> = lines
+        .iter()
+        .take_while(|l| !l.starts_with("FROM debian"))
+        .copied()
+        .collect();
+    let build_user = build_stage
+        .iter()
+        .position(|l| l.starts_with("USER builder"))
+        .expect("USER builder");
+    let cargo_build = build_stage
+        .iter()
+        .position(|l| l.contains("cargo build"))
+        .unwrap();
+    assert!(build_user < cargo_build);
+
+    let ds = daemonset(&render("base"));
+    let c = container(&ds);
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_user, Some(0), "the Dockerfile's user");
+    let version = read("Cargo.toml")
+        .lines()
+        .find_map(|l| l.strip_prefix("version = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    assert_eq!(
+        c.image.as_deref(),
+        Some(format!("observer:{version}").as_str())
+    );
+    assert!(docker.contains(&format!("docker build -t observer:{version} .")));
+    assert!(final_stage.contains(&r#"ENTRYPOINT ["/usr/local/bin/observer"]"#));
+    let exposed: BTreeSet<i32> = final_stage
+        .iter()
+        .filter_map(|l| l.strip_prefix("EXPOSE "))
+        .flat_map(|l| l.split_whitespace().map(|p| p.parse().unwrap()))
+        .collect();
+    let ports: BTreeSet<i32> = c.ports.unwrap().iter().map(|p| p.container_port).collect();
+    assert_eq!(exposed, ports);
+
+    // The toolchain is xtask's: the same Debian packages, the same bpf-linker.
+    let install = read("xtask/src/install.rs");
+    let apt = docker
+        .split("apt-get install")
+        .nth(1)
+        .unwrap()
+        .split("&&")
+        .next()
+        .unwrap()
+        .replace('\\', " ");
+    let packages: Vec<&str> = apt
+        .split_whitespace()
+        .filter(|w| !w.starts_with('-'))
+        .collect();
+    assert!(packages.contains(&"rustc-web") && packages.contains(&"libstd-rust-web-dev-bpf"));
+    for p in packages {
+        assert!(
+            install.contains(&format!("\"{p}\"")),
+            "{p} is not in xtask's install list"
+        );
+    }
+    assert!(docker.contains(
+        "cargo install bpf-linker --version 0.13.0 --no-default-features --features llvm-22"
+    ));
+    for w in [
+        "\"bpf-linker\"",
+        "\"0.13.0\"",
+        "\"llvm-22\"",
+        "/usr/lib/llvm-22/bin",
+    ] {
+        assert!(
+            install.contains(w),
+            "xtask installs bpf-linker otherwise ({w})"
+        );
+    }
+    let ignore = read(".dockerignore");
+    assert!(ignore.lines().any(|l| l == "target/"));
+}
+
 /// Runs promtool and returns whether it succeeded and what it printed.
-fn promtool(args: &[&str], file: &std::path::Path) -> (bool, String) {
+fn promtool(args: &[&str], file: &Path) -> (bool, String) {
     let out = Command::new("promtool")
         .args(args)
         .arg(file)
@@ -78,133 +726,84 @@ fn promtool(args: &[&str], file: &std::path::Path) -> (bool, String) {
     (out.status.success(), report)
 }
 
-#[test]
-fn manifests_are_least_privilege() {
-    let objs = render();
-    let kinds: BTreeSet<&str> = objs.iter().filter_map(|o| o["kind"].as_str()).collect();
-    let want = [
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "DaemonSet",
-        "Namespace",
-        "PrometheusRule",
-        "Service",
-        "ServiceAccount",
-        "ServiceMonitor",
-    ];
-    assert_eq!(kinds, want.into_iter().collect());
-    for o in &objs {
-        if o["kind"] != "Namespace"
-            && o["kind"] != "ClusterRole"
-            && o["kind"] != "ClusterRoleBinding"
-        {
-            assert_eq!(o["metadata"]["namespace"], "observer", "{}", o["kind"]);
+/// A rule file of deploy/rules: promtool checks it and runs its unit tests; every alert is tested
+/// firing with each severity it has and not firing; the PrometheusRule of the base carries exactly
+/// its groups.
+fn rule_file_is_tested_and_shipped(rules: &str, tests: &str, prometheus_rule: &str, count: usize) {
+    let dir = repo().join("deploy/rules");
+    let (ok, report) = promtool(&["check", "rules"], &dir.join(rules));
+    println!("promtool check rules {rules}:\n{report}");
+    assert!(ok, "{report}");
+    assert!(
+        report.contains(&format!("SUCCESS: {count} rules found")),
+        "{report}"
+    );
+    let (ok, report) = promtool(&["test", "rules"], &dir.join(tests));
+    println!("promtool test rules {tests}:\n{report}");
+    assert!(ok && report.contains("SUCCESS"), "{report}");
+
+    let plain = yaml_docs(read(&format!("deploy/rules/{rules}")).as_bytes());
+    let cases = yaml_docs(read(&format!("deploy/rules/{tests}")).as_bytes());
+    let mut firing = BTreeSet::new();
+    let mut quiet = BTreeSet::new();
+    for t in cases[0]["tests"].as_array().unwrap() {
+        for a in t["alert_rule_test"].as_array().into_iter().flatten() {
+            let name = a["alertname"].as_str().unwrap().to_string();
+            let exp = a["exp_alerts"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if exp.is_empty() {
+                quiet.insert(name.clone());
+            }
+            for e in exp {
+                firing.insert((
+                    name.clone(),
+                    e["exp_labels"]["severity"].as_str().unwrap().to_string(),
+                ));
+            }
         }
     }
-
-    // RBAC: get/list/watch only.
-    for rule in kind(&objs, "ClusterRole")["rules"].as_array().unwrap() {
-        for verb in rule["verbs"].as_array().unwrap() {
+    for g in plain[0]["groups"].as_array().unwrap() {
+        for r in g["rules"].as_array().unwrap() {
+            let Some(alert) = r["alert"].as_str() else {
+                continue;
+            };
+            let severity = r["labels"]["severity"].as_str().unwrap();
             assert!(
-                ["get", "list", "watch"].contains(&verb.as_str().unwrap()),
-                "{rule}"
+                ["warning", "critical"].contains(&severity),
+                "{alert}: {severity}"
             );
+            assert!(
+                firing.contains(&(alert.to_string(), severity.to_string())),
+                "{alert} ({severity}) never tested firing"
+            );
+            assert!(quiet.contains(alert), "{alert} never tested not firing");
         }
     }
-
-    let spec = &kind(&objs, "DaemonSet")["spec"]["template"]["spec"];
-    assert_eq!(spec["hostPID"], true);
-    assert_ne!(spec["hostNetwork"], true);
-    assert_eq!(spec["serviceAccountName"], "observer");
-    let containers = spec["containers"].as_array().unwrap();
-    assert_eq!(containers.len(), 1);
-    let c = &containers[0];
-    let sc = &c["securityContext"];
-    assert_ne!(sc["privileged"], true);
-    assert_eq!(sc["allowPrivilegeEscalation"], false);
-    assert_eq!(sc["readOnlyRootFilesystem"], true);
-    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
-    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    let added: BTreeSet<&str> = sc["capabilities"]["add"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|v| v.as_str())
-        .collect();
-    assert_eq!(
-        added,
-        ["BPF", "PERFMON", "SYS_RESOURCE"].into_iter().collect()
-    );
-    // Every host path is mounted read-only.
-    let host_volumes: BTreeSet<&str> = spec["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|v| v.get("hostPath").is_some())
-        .filter_map(|v| v["name"].as_str())
-        .collect();
-    assert!(!host_volumes.is_empty());
-    for m in c["volumeMounts"].as_array().unwrap() {
-        if host_volumes.contains(m["name"].as_str().unwrap()) {
-            assert_eq!(m["readOnly"], true, "{m}");
-        }
-    }
-    // The probes and the Service use the ports the observer serves.
-    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
-    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
-    let args: Vec<&str> = c["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|a| a.as_str())
-        .collect();
-    assert_eq!(args, ["--metrics-addr", "0.0.0.0:9464"]);
-}
-
-#[test]
-fn alert_rules_pass_promtool() {
-    let objs = render();
-    let groups = &named(&objs, "PrometheusRule", "observer")["spec"]["groups"];
-    let file = std::env::temp_dir().join(format!("observer-rules-{}.json", random_hex(8)));
-    // promtool reads YAML, and JSON is YAML.
-    std::fs::write(&file, serde_json::json!({ "groups": groups }).to_string()).unwrap();
-    let out = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&file);
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{report}");
-    assert!(report.contains("SUCCESS: 3 rules found"), "{report}");
-}
-
-#[test]
-fn apm_recording_rules_pass_promtool_unit_tests() {
-    let rules = rules_dir().join("apm.rules.yaml");
-    let (ok, report) = promtool(&["check", "rules"], &rules);
-    println!("promtool check rules:\n{report}");
-    assert!(ok, "{report}");
-    // 13 recording rules, 10 alerts (warning and critical of 5).
-    assert!(report.contains("SUCCESS: 23 rules found"), "{report}");
-
-    let (ok, report) = promtool(&["test", "rules"], &rules_dir().join("apm.rules.test.yaml"));
-    println!("promtool test rules:\n{report}");
-    assert!(ok, "{report}");
-    assert!(report.contains("SUCCESS"), "{report}");
-
-    // The PrometheusRule the kustomize base renders carries exactly the tested groups.
-    let objs = render();
-    let rendered = &named(&objs, "PrometheusRule", "observer-apm")["spec"]["groups"];
-    let plain = yaml_docs(&std::fs::read(&rules).unwrap());
-    assert_eq!(plain.len(), 1);
+    let objs = render("base");
+    let rendered = &named(&objs, "PrometheusRule", prometheus_rule)["spec"]["groups"];
     assert!(rendered.as_array().is_some_and(|g| !g.is_empty()));
     assert_eq!(
         rendered, &plain[0]["groups"],
-        "deploy/base/apm-rules.yaml spec.groups differ from deploy/rules/apm.rules.yaml"
+        "PrometheusRule {prometheus_rule}: spec.groups differ from deploy/rules/{rules}"
     );
+}
+
+#[test]
+fn self_and_lifecycle_alerts_pass_promtool_unit_tests() {
+    // 5 recording rules; 12 alerts (ProbeDown, TableNearlyFull; EventsLost, OOMKilled,
+    // CrashLooping, RestartRateHigh, ReplicasNotReady as warning and critical).
+    rule_file_is_tested_and_shipped(
+        "observer.rules.yaml",
+        "observer.rules.test.yaml",
+        "observer",
+        17,
+    );
+}
+
+#[test]
+fn apm_rules_pass_promtool_unit_tests() {
+    // 13 recording rules, 10 alerts (warning and critical of 5).
+    rule_file_is_tested_and_shipped("apm.rules.yaml", "apm.rules.test.yaml", "observer-apm", 23);
 }
