@@ -8,6 +8,7 @@
 //! broadcast channel (`streams`), whose slow readers lose records instead of slowing it.
 
 mod convert;
+mod lifecycle;
 mod query;
 mod streams;
 pub mod window;
@@ -77,6 +78,8 @@ struct Shared {
     ring: Mutex<window::Ring>,
     live: Live,
     events: broadcast::Sender<pb::Event>,
+    /// Lifecycle events already converted, for `replay`.
+    recent: Mutex<lifecycle::Recent>,
     shutdown: Shutdown,
 }
 
@@ -189,10 +192,20 @@ impl pb::observer_server::Observer for Api {
 
     async fn stream_events(
         &self,
-        _req: Request<pb::StreamEventsRequest>,
+        req: Request<pb::StreamEventsRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        let rx = self.shared.events.subscribe();
-        let s = streams::events(&self.shared.probes, rx, self.shared.shutdown.clone());
+        // Under the lock of the replay buffer: every lifecycle event either is in the replay
+        // or comes through the receiver, never both.
+        let (replay, rx) = {
+            let recent = lock(&self.shared.recent);
+            let replay = if req.into_inner().replay {
+                recent.snapshot()
+            } else {
+                Vec::new()
+            };
+            (replay, self.shared.events.subscribe())
+        };
+        let s = streams::events(&self.shared.probes, replay, rx, self.shared.shutdown.clone());
         Ok(Response::new(Box::pin(s)))
     }
 }
@@ -217,9 +230,11 @@ pub async fn serve(
         ring: Mutex::new(window::Ring::default()),
         live,
         events,
+        recent: Mutex::new(lifecycle::Recent::default()),
         shutdown: shutdown.clone(),
     });
     tokio::spawn(keep_snapshots(shared.clone()));
+    tokio::spawn(lifecycle::forward(shared.clone()));
     tokio::spawn(streams::poll_lost(
         shared.pipeline.clone(),
         shared.events.clone(),

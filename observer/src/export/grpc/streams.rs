@@ -145,6 +145,8 @@ fn event(kind: &str, message: String, fields: HashMap<String, String>) -> pb::Ev
         workload: None,
         fields,
         message,
+        figures_before: None,
+        figures_window: None,
     }
 }
 
@@ -168,10 +170,12 @@ fn probe_event(p: &ProbeStatus) -> pb::Event {
 /// The `StreamEvents` stream of one reader: probe states, then what the poller broadcasts.
 pub fn events(
     probes: &[ProbeStatus],
+    replay: Vec<pb::Event>,
     mut rx: broadcast::Receiver<pb::Event>,
     shutdown: Shutdown,
 ) -> ReceiverStream<Result<pb::Event, Status>> {
-    let first: Vec<pb::Event> = probes.iter().map(probe_event).collect();
+    let mut first: Vec<pb::Event> = probes.iter().map(probe_event).collect();
+    first.extend(replay);
     let (tx, out) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
         for e in first {
