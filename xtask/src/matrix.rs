@@ -30,6 +30,40 @@ pub struct Outcome {
     pub finished: bool,
     /// Things worth saying that are not failures (a guest that had to be run twice).
     pub notes: Vec<String>,
+    /// Failed tests, as `binary: test`.
+    pub failures: Vec<String>,
+}
+
+/// What `run` records when the script does not reach its end.
+const STOPPED_EARLY: &str = "the run did not finish";
+
+impl Outcome {
+    /// The outcome of a rerun after `first` stopped early: what the first run already reported
+    /// failing still fails (its tests keep their names, counted once when both runs failed them);
+    /// only its early stop is forgiven, and noted.
+    pub fn after_rerun(mut self, first: Outcome) -> Outcome {
+        for name in &first.failures {
+            if !self.failures.contains(name) {
+                self.failures.push(format!("{name} (first run)"));
+                self.failed += 1;
+            }
+        }
+        let unnamed = first.failed.saturating_sub(first.failures.len() as u64);
+        if unnamed > 0 {
+            self.problems.push(format!(
+                "first run: {unnamed} failed tests whose names were not seen"
+            ));
+        }
+        let (stop, others): (Vec<String>, Vec<String>) =
+            (first.problems.into_iter()).partition(|p| p.starts_with(STOPPED_EARLY));
+        self.problems
+            .extend(others.into_iter().map(|p| format!("first run: {p}")));
+        self.notes.push(format!(
+            "first run stopped early ({}); rerun",
+            stop.join("; ")
+        ));
+        self
+    }
 }
 
 /// Kernel console lines kept from a guest, shown when its run did not finish.
@@ -136,10 +170,18 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
             let mut c = crate::install::vng();
             // --verbose: the guest kernel's console comes on stderr, so that a guest that stops
             // early (panic, oops, out of memory) shows why.
-            c.args(["--disable-kvm", "--verbose", "--memory", "3G", "--cpus", "2", "-r"])
-                .arg(image)
-                .arg("--")
-                .arg(format!("sh {}", script_path.display()));
+            c.args([
+                "--disable-kvm",
+                "--verbose",
+                "--memory",
+                "3G",
+                "--cpus",
+                "2",
+                "-r",
+            ])
+            .arg(image)
+            .arg("--")
+            .arg(format!("sh {}", script_path.display()));
             c
         }
     };
@@ -185,8 +227,15 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
     let mut out = Outcome::default();
     let stdout = child.stdout.take().expect("piped");
     let mut saw_end = false;
+    let mut binary = String::new();
     for line in BufReader::new(stdout).lines().map_while(Result::ok) {
         println!("[{label}] {line}");
+        if let Some(b) = line.strip_prefix("MATRIX-BINARY ") {
+            binary = b.to_string();
+        }
+        if let Some(test) = failed_test(&line) {
+            out.failures.push(format!("{binary}: {test}"));
+        }
         if let Some(rest) = line.trim().strip_prefix("test result: ") {
             let (p, f) = parse_result(rest);
             out.passed += p;
@@ -208,8 +257,7 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
     }
     out.finished = saw_end;
     if !saw_end {
-        out.problems
-            .push(format!("the run did not finish ({status})"));
+        out.problems.push(format!("{STOPPED_EARLY} ({status})"));
         println!("[{label}] the run stopped early; the last lines of the kernel console:");
         for line in &console {
             println!("[{label}] console {line}");
@@ -222,6 +270,22 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
 /// Where the script the guests run is written (the guests see this machine's /tmp).
 fn script_path() -> PathBuf {
     std::env::temp_dir().join(format!("observer-matrix-{}.sh", std::process::id()))
+}
+
+/// `test tcp_exact ... FAILED` → `tcp_exact` (libtest's line for a failed test).
+fn failed_test(line: &str) -> Option<&str> {
+    line.trim_end()
+        .strip_prefix("test ")?
+        .strip_suffix(" ... FAILED")
+}
+
+/// A test binary's name without cargo's hash: `/t/deps/kernel-0123abcd` → `kernel`.
+fn binary_name(b: &Path) -> String {
+    let name = b.file_name().unwrap_or_default().to_string_lossy();
+    match name.rsplit_once('-') {
+        Some((stem, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => stem.to_string(),
+        _ => name.into_owned(),
+    }
 }
 
 /// `ok. 7 passed; 0 failed; ...` → (7, 0)
@@ -260,7 +324,8 @@ fn script(binaries: &[PathBuf], observer_bin: &Path, slowdown: u32) -> String {
     let guest = slowdown > 1;
     for b in binaries.iter().filter(|b| !(guest && host_only(b))) {
         s.push_str(&format!(
-            "{b} --test-threads=1 || echo MATRIX-FAILED {b}\n",
+            "echo MATRIX-BINARY {n}\n{b} --test-threads=1 || echo MATRIX-FAILED {b}\n",
+            n = binary_name(b),
             b = b.display()
         ));
     }
@@ -274,7 +339,9 @@ mod tests {
 
     #[test]
     fn tells_console_lines_from_test_output() {
-        assert!(is_console_line("[   12.345678] Out of memory: Killed process 42"));
+        assert!(is_console_line(
+            "[   12.345678] Out of memory: Killed process 42"
+        ));
         assert!(is_console_line("[0.000000] Linux version 6.12"));
         assert!(!is_console_line("[6.1] test x ... ok"));
         assert!(!is_console_line("thread 'main' panicked at src/lib.rs:1:1"));
@@ -283,11 +350,65 @@ mod tests {
 
     #[test]
     fn kernel_independent_binaries_run_on_the_host_only() {
-        let bins = [PathBuf::from("/t/deps/deploy-0123abcd"), PathBuf::from("/t/deps/http-4567")];
+        let bins = [
+            PathBuf::from("/t/deps/deploy-0123abcd"),
+            PathBuf::from("/t/deps/http-4567"),
+        ];
         let host = script(&bins, Path::new("/o"), 1);
         let guest = script(&bins, Path::new("/o"), 8);
         assert!(host.contains("deploy-0123abcd") && host.contains("http-4567"));
         assert!(!guest.contains("deploy-0123abcd") && guest.contains("http-4567"));
+    }
+
+    #[test]
+    fn names_failed_tests() {
+        assert_eq!(failed_test("test tcp_exact ... FAILED"), Some("tcp_exact"));
+        assert_eq!(failed_test("test tcp_exact ... ok"), None);
+        assert_eq!(failed_test("test result: FAILED. 1 passed; 1 failed"), None);
+        assert_eq!(binary_name(Path::new("/t/deps/kernel-0123abcd")), "kernel");
+    }
+
+    #[test]
+    fn a_rerun_keeps_the_failures_of_the_first_run() {
+        let first = Outcome {
+            passed: 3,
+            failed: 1,
+            problems: vec![
+                "/t/kernel-1 exited with an error".into(),
+                format!("{STOPPED_EARLY} (signal: 9)"),
+            ],
+            finished: false,
+            failures: vec!["kernel: a".into(), "http: b".into()],
+            ..Default::default()
+        };
+        let rerun = Outcome {
+            passed: 9,
+            failed: 1,
+            finished: true,
+            failures: vec!["http: b".into()],
+            ..Default::default()
+        };
+        let r = rerun.after_rerun(first);
+        // "http: b" failed in both runs: once; "kernel: a" failed only in the first: still failed.
+        assert_eq!(r.failed, 2);
+        assert_eq!(r.failures, ["http: b", "kernel: a (first run)"]);
+        assert_eq!(r.problems, ["first run: /t/kernel-1 exited with an error"]);
+        assert_eq!(
+            r.notes,
+            ["first run stopped early (the run did not finish (signal: 9)); rerun"]
+        );
+        // A clean rerun after an early stop without failures passes.
+        let first = Outcome {
+            problems: vec![format!("{STOPPED_EARLY} (signal: 9)")],
+            ..Default::default()
+        };
+        let clean = Outcome {
+            passed: 9,
+            finished: true,
+            ..Default::default()
+        }
+        .after_rerun(first);
+        assert_eq!((clean.failed, clean.problems.len()), (0, 0));
     }
 
     #[test]

@@ -80,9 +80,8 @@ pub fn test(kernel: &str) -> Result<()> {
                 "test: kernel {}: the guest stopped before the end; running it once more",
                 k.release()
             );
-            let first = r.problems.join("; ");
-            r = matrix::run(k, &binaries, &observer_bin)?;
-            r.notes.push(format!("first run stopped early ({first}); rerun"));
+            // What the first run reported failing still fails the run.
+            r = matrix::run(k, &binaries, &observer_bin)?.after_rerun(r);
         }
         results.push((k.release(), r));
     }
@@ -91,6 +90,9 @@ pub fn test(kernel: &str) -> Result<()> {
     println!();
     for (release, r) in &results {
         println!("kernel {release}: {} passed, {} failed", r.passed, r.failed);
+        for f in &r.failures {
+            println!("kernel {release}: FAILED {f}");
+        }
         for p in &r.problems {
             println!("kernel {release}: {p}");
         }
