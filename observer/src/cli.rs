@@ -62,7 +62,13 @@ pub struct Conn {
     pub server: Option<String>,
 
     /// Output format.
-    #[arg(long, short, value_enum, default_value = "table")]
+    #[arg(
+        long,
+        short,
+        env = "OBSERVER_OUTPUT",
+        value_enum,
+        default_value = "table"
+    )]
     pub output: Output,
 }
 
@@ -72,7 +78,12 @@ pub struct TopArgs {
     pub conn: Conn,
 
     /// Window of the rates and latencies, in seconds (5 to 900).
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(5..=900))]
+    #[arg(
+        long,
+        env = "OBSERVER_WINDOW",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u32).range(5..=900)
+    )]
     pub window: u32,
 }
 
@@ -88,31 +99,40 @@ pub struct TailArgs {
     pub conn: Conn,
 
     /// Only requests of this pod (UID).
-    #[arg(long)]
+    #[arg(long, env = "OBSERVER_POD_UID")]
     pub pod_uid: Option<String>,
 
     /// Only requests of workloads with this service name.
-    #[arg(long)]
+    #[arg(long, env = "OBSERVER_SERVICE")]
     pub service: Option<String>,
 
     /// Only this route (server side: the templated route, e.g. /users/{id}).
-    #[arg(long)]
+    #[arg(long, env = "OBSERVER_ROUTE")]
     pub route: Option<String>,
 
     /// Only this HTTP status (100 to 599).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(100..=599))]
+    #[arg(
+        long,
+        env = "OBSERVER_STATUS",
+        value_parser = clap::value_parser!(u32).range(100..=599)
+    )]
     pub status: Option<u32>,
 
     /// Only requests that took at least this long (milliseconds).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_min_latency)]
+    #[arg(
+        long,
+        env = "OBSERVER_MIN_LATENCY_MS",
+        default_value_t = 0.0,
+        value_parser = parse_min_latency
+    )]
     pub min_latency_ms: f64,
 
     /// Only requests the workload answered (server) or made (client).
-    #[arg(long, value_enum)]
+    #[arg(long, env = "OBSERVER_SIDE", value_enum)]
     pub side: Option<SideArg>,
 
     /// Stop after this many requests.
-    #[arg(long)]
+    #[arg(long, env = "OBSERVER_COUNT")]
     pub count: Option<u64>,
 }
 

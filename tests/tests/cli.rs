@@ -20,6 +20,57 @@ fn bad_flags_fail_with_a_clear_error() {
 }
 
 #[test]
+fn environment_variables_set_flags_as_the_flags_do() {
+    // (subcommand, flag, its variable, a value it refuses): the same refusal, word for word,
+    // whether the value comes from the flag or from the variable, for the daemon and the clients.
+    for (sub, flag, var, value) in [
+        (
+            None,
+            "--metrics-addr",
+            "OBSERVER_METRICS_ADDR",
+            "not-an-address",
+        ),
+        (None, "--hooks", "OBSERVER_HOOKS", "kprobe"),
+        (Some("top"), "--window", "OBSERVER_WINDOW", "3"),
+        (Some("topology"), "--output", "OBSERVER_OUTPUT", "yaml"),
+        (Some("tail"), "--status", "OBSERVER_STATUS", "99"),
+        (
+            Some("tail"),
+            "--min-latency-ms",
+            "OBSERVER_MIN_LATENCY_MS",
+            "soon",
+        ),
+        (Some("tail"), "--side", "OBSERVER_SIDE", "both"),
+        (Some("tail"), "--count", "OBSERVER_COUNT", "many"),
+    ] {
+        let run = |args: &[&str], env: Option<(&str, &str)>| {
+            let mut c = Command::new(binary());
+            c.args(sub).args(args).env_remove(var);
+            if let Some((k, v)) = env {
+                c.env(k, v);
+            }
+            c.output().unwrap()
+        };
+        let by_flag = run(&[flag, value], None);
+        let by_env = run(&[], Some((var, value)));
+        let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(by_flag.status.code(), Some(2), "{flag} {value}");
+        assert_eq!(
+            by_env.status.code(),
+            Some(2),
+            "{var}={value}: {}",
+            err(&by_env)
+        );
+        assert!(
+            err(&by_env).contains(&format!("'{value}'")),
+            "{var}: {}",
+            err(&by_env)
+        );
+        assert_eq!(err(&by_env), err(&by_flag), "{var} against {flag}");
+    }
+}
+
+#[test]
 fn without_privileges_one_line_names_what_is_missing() {
     require_root();
     let out = Command::new("setpriv")
