@@ -120,36 +120,19 @@ fn comment_above(lines: &[&str], i: usize) -> String {
     c.join(" ")
 }
 
-/// Each capability a YAML file adds, with the comment right above it: the `- NAME` entries of
-/// an `add:` list, or the `value: NAME` of a JSON patch adding to `.../capabilities/add/-` (its
-/// comment is the one above the patch's `- op:`).
+/// Each capability of the `add:` list of a YAML file (its `- NAME` entries), with the comment
+/// right above it.
 fn commented_caps(yaml: &str) -> Vec<(String, String)> {
     let lines: Vec<&str> = yaml.lines().map(str::trim).collect();
     let mut out = Vec::new();
     let mut in_add = false;
-    let mut op = 0;
     for (i, t) in lines.iter().enumerate() {
         if *t == "add:" {
             in_add = true;
-            continue;
-        }
-        if t.starts_with("- op:") {
-            op = i;
-        }
-        if in_add && !t.starts_with('#') {
+        } else if in_add && !t.starts_with('#') {
             match t.strip_prefix("- ") {
                 Some(cap) => out.push((cap.to_string(), comment_above(&lines, i))),
                 None => in_add = false,
-            }
-        }
-        if let Some(cap) = t.strip_prefix("value: ") {
-            if lines[..i]
-                .iter()
-                .rev()
-                .find(|l| l.starts_with("path:"))
-                .is_some_and(|l| l.ends_with("/capabilities/add/-"))
-            {
-                out.push((cap.to_string(), comment_above(&lines, op)));
             }
         }
     }
@@ -405,55 +388,29 @@ fn daemonset_flags_are_the_observers() {
     }
 }
 
-/// Each added capability has its reason in a comment above it, in the base and in the overlay
-/// for kernels before 5.11; the overlay adds SYS_RESOURCE and changes nothing else; and the
-/// observer's start-up check knows each one (it names what a missing one costs).
+/// Each added capability has its reason in a comment above it, and the observer's start-up check
+/// knows each one (it names what a missing one costs).
 #[test]
 fn each_capability_has_its_reason() {
     let privileges = read("observer/src/ebpf/privileges.rs");
-    for file in [
-        "deploy/base/daemonset.yaml",
-        "deploy/overlays/kernel-before-5.11/sys-resource.yaml",
-    ] {
-        let caps = commented_caps(&read(file));
-        assert!(!caps.is_empty(), "{file}");
-        for (cap, why) in caps {
-            assert!(
-                why.split_whitespace().count() >= 4,
-                "{file}: {cap} has no reason: {why:?}"
-            );
-            assert!(
-                privileges.contains(&format!("CAP_{cap}")),
-                "privileges.rs does not check CAP_{cap}"
-            );
-        }
+    let raw = read("deploy/base/daemonset.yaml");
+    let caps = commented_caps(&raw);
+    for (cap, why) in &caps {
+        assert!(
+            why.split_whitespace().count() >= 4,
+            "{cap} has no reason: {why:?}"
+        );
+        assert!(
+            privileges.contains(&format!("CAP_{cap}")),
+            "privileges.rs does not check CAP_{cap}"
+        );
     }
-    let base = render("base");
-    let old = render("overlays/kernel-before-5.11");
-    let (b, o) = (container(&daemonset(&base)), container(&daemonset(&old)));
-    let mut want = added_caps(&b);
-    want.insert("SYS_RESOURCE".into());
-    assert_eq!(added_caps(&o), want);
-    // Apart from that one capability, the overlay renders the base.
-    let strip = |objs: &[Value]| -> Vec<Value> {
-        objs.iter()
-            .cloned()
-            .map(|mut v| {
-                if v["kind"] == "DaemonSet" {
-                    v["spec"]["template"]["spec"]["containers"][0]["securityContext"]
-                        ["capabilities"]["add"] = Value::Null;
-                }
-                v
-            })
-            .collect()
-    };
-    assert_eq!(strip(&base), strip(&old));
-    // The base's list is what the raw file comments.
-    let commented: BTreeSet<String> = commented_caps(&read("deploy/base/daemonset.yaml"))
-        .into_iter()
-        .map(|(c, _)| c)
-        .collect();
-    assert_eq!(commented, added_caps(&b));
+    // The rendered list is the commented one.
+    let commented: BTreeSet<String> = caps.into_iter().map(|(c, _)| c).collect();
+    assert_eq!(
+        commented,
+        added_caps(&container(&daemonset(&render("base"))))
+    );
 }
 
 /// Every `.rs` file under `dir`, concatenated.

@@ -136,7 +136,7 @@ pub fn assess(host: &Host) -> Result<Vec<Finding>, String> {
             findings.push(Finding::Degraded(format!(
                 "CAP_SYS_RESOURCE missing: this kernel ({}.{}) charges BPF maps to RLIMIT_MEMLOCK \
                  ({} KiB here) and only CAP_SYS_RESOURCE can raise it; creating the maps may \
-                 fail with EPERM (the DaemonSet overlay kernel-before-5.11 grants it)",
+                 fail with EPERM (the observer is made for 5.17 and later)",
                 host.kernel.0,
                 host.kernel.1,
                 host.memlock / 1024
