@@ -477,6 +477,7 @@ mod tests {
     #[test]
     fn retiring_takes_out_exactly_the_dead_cgroups_entries() {
         let map = PerCpuHashMap::<MapData, SyscallErrKey, u64>::create(64, 0);
+        // SAFETY (geteuid): no preconditions.
         let mut map = match map {
             Err(e) if unsafe { libc::geteuid() } != 0 => {
                 eprintln!("skipped: creating a BPF map needs root ({e})");
