@@ -6,9 +6,12 @@
 //! deploy/rules/apm.rules.yaml, and `kubectl kustomize deploy/grafana` ships it as a ConfigMap.
 //!
 //! As root: the observer runs with its default probes while a client pod calls a server pod over
-//! HTTP; then every metric a query of the dashboard names (targets and template variables) must
-//! be among the scraped series, and every label a query groups by, matches on or asks
-//! `label_values` for must be on a sample of the metrics it is used with.
+//! HTTP and a process of the client pod exits with code 3; then every metric a query of the
+//! dashboard names (targets, template variables and annotations) must be among the scraped series,
+//! and every label a query groups by, matches on or asks `label_values` for must be on a sample of
+//! the metrics it is used with. The lifecycle families that only an OOM kill or the Kubernetes API
+//! produce (restarts, Warning events, replicas), which this test does not cause, are checked
+//! against the observer's source instead: the family is encoded there with those label names.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -579,6 +582,15 @@ fn queries(d: &Value) -> Vec<(String, String)> {
             ));
         }
     }
+    for a in annotations(d) {
+        out.push((
+            format!("annotation {}", a["name"]),
+            a["expr"]
+                .as_str()
+                .expect("annotation without expr")
+                .to_string(),
+        ));
+    }
     for v in d["templating"]["list"].as_array().expect("templating") {
         if v["type"] == "query" {
             let q = v["query"]["query"]
@@ -590,6 +602,16 @@ fn queries(d: &Value) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// The dashboard's Prometheus annotations (Grafana's built-in one left out).
+fn annotations(d: &Value) -> Vec<&Value> {
+    d["annotations"]["list"]
+        .as_array()
+        .expect("annotations")
+        .iter()
+        .filter(|a| a["builtIn"] != 1)
+        .collect()
 }
 
 /// Parses a YAML file into JSON through python3's yaml (as tests/tests/deploy.rs does).
@@ -718,6 +740,43 @@ fn dashboard_is_well_formed() {
     for t in ["timeseries", "heatmap", "nodeGraph", "table", "stat"] {
         assert!(types.contains(t), "no {t} panel");
     }
+    // Lifecycle annotations: on the data source variable, and every label their title, text and
+    // tags name is one the query keeps (its `sum by`).
+    let anns = annotations(&d);
+    assert_eq!(anns.len(), 5);
+    for a in &anns {
+        let name = &a["name"];
+        assert_eq!(a["datasource"], ds, "annotation {name}");
+        assert!(a["step"].is_string(), "annotation {name}");
+        let by: BTreeSet<String> = promql::analyze(a["expr"].as_str().unwrap())
+            .unwrap()
+            .labels
+            .into_iter()
+            .filter(|u| u.kind == promql::Kind::By)
+            .map(|u| u.label)
+            .collect();
+        let mut used: Vec<String> = a["tagKeys"]
+            .as_str()
+            .unwrap()
+            .split(',')
+            .map(String::from)
+            .collect();
+        for f in ["titleFormat", "textFormat"] {
+            let text = a[f].as_str().unwrap();
+            used.extend(
+                text.split("{{")
+                    .skip(1)
+                    .filter_map(|t| t.split_once("}}"))
+                    .map(|(l, _)| l.trim().to_string()),
+            );
+        }
+        for l in used {
+            assert!(
+                by.contains(&l),
+                "annotation {name}: {l} is not kept by {by:?}"
+            );
+        }
+    }
     let heatmap = ps.iter().find(|p| p["type"] == "heatmap").unwrap();
     assert_eq!(heatmap["targets"][0]["format"], "heatmap");
     assert_eq!(heatmap["options"]["calculate"], false);
@@ -770,6 +829,11 @@ fn dashboard_is_well_formed() {
         "observer_events_lost_total",
         "observer_http_messages_unparsed_total",
         "service:http_server_apdex:ratio_rate1m",
+        "observer_container_oom_kills_total",
+        "observer_container_restarts_total",
+        "observer_container_exits_total",
+        "observer_kubernetes_events_total",
+        "observer_workload_replicas",
     ] {
         assert!(metrics.contains(m), "the dashboard does not show {m}");
     }
@@ -874,6 +938,53 @@ fn grafana_kustomization_ships_the_dashboard() {
     );
 }
 
+/// Families the observer exports only after an OOM kill or from the Kubernetes API, neither of
+/// which this test causes (tests/tests/lifecycle.rs and kubernetes.rs do, with exact counts).
+const FROM_EVENTS: &[&str] = &[
+    "observer_container_oom_kills_total",
+    "observer_container_restarts_total",
+    "observer_kubernetes_events_total",
+    "observer_workload_replicas",
+];
+
+/// The label names the observer's collector (observer/src/export/metrics.rs) gives a family's
+/// rows: the string literals `("name", ...)` of the call that encodes it, the labels of
+/// `state_labels` where it calls that, and `identity` where it builds them `with(id, ...)`.
+/// None when the source encodes no such family.
+fn source_labels(family: &str, identity: &BTreeSet<String>) -> Option<BTreeSet<String>> {
+    let src = std::fs::read_to_string(repo().join("observer/src/export/metrics.rs")).unwrap();
+    // prometheus-client adds `_total` to counter names.
+    let base = family.strip_suffix("_total").unwrap_or(family);
+    let at = src.find(&format!("\"{base}\","))?;
+    let rest = &src[at..];
+    let end = ["\n    counter(", "\n    gauge(", "\n}\n"]
+        .iter()
+        .filter_map(|m| rest.find(m))
+        .min()
+        .unwrap_or(rest.len());
+    let literals = |text: &str| -> BTreeSet<String> {
+        text.split("(\"")
+            .skip(1)
+            .filter_map(|t| t.split_once("\","))
+            .map(|(l, _)| l.to_string())
+            .filter(|l| {
+                l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            })
+            .collect()
+    };
+    let block = &rest[..end];
+    let mut labels = literals(block);
+    if block.contains("with(id") {
+        labels.extend(identity.iter().cloned());
+    }
+    if block.contains("state_labels(") {
+        let f = &src[src.find("fn state_labels")?..];
+        labels.extend(literals(&f[..f.find("\n}\n")?]));
+    }
+    Some(labels)
+}
+
 /// The server: /ok answers 200, anything else 500, on keep-alive connections.
 const SERVER: &str = r#"
 import http.server, sys
@@ -953,6 +1064,9 @@ fn every_metric_and_label_of_the_dashboard_is_exported() {
     client
         .run(&exe("dashclient"), &[&client_script, &server.ip, "8080"])
         .unwrap();
+    // A main process that exits with code 3 (observer_container_exits_total).
+    let exit = client.run(&exe("dashexit"), &["-c", "import sys; sys.exit(3)"]);
+    assert!(exit.is_err(), "the exit code is 3");
 
     let ours = |s: &[Sample], name: &str, label: &str, value: &str| {
         metrics::sum(s, name, &[(label, value)]) > 0.0
@@ -979,6 +1093,11 @@ fn every_metric_and_label_of_the_dashboard_is_exported() {
                 "observer_tcp_edge_connections_total",
                 "client",
                 "dashclient",
+            ) && ours(
+                s,
+                "observer_container_exits_total",
+                "service_name",
+                "dashexit",
             )
         })
         .unwrap();
@@ -1003,6 +1122,29 @@ fn every_metric_and_label_of_the_dashboard_is_exported() {
             .extend(s.labels.keys().map(String::as_str));
     }
     let records = recording_rules();
+    // Rows built `with(id, ...)` carry the identity labels: those of the exits family here.
+    let identity: BTreeSet<String> = labels
+        .get("observer_container_exits_total")
+        .map(|l| {
+            l.iter()
+                .filter(|l| **l != "reason")
+                .map(|l| l.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(identity.contains("k8s_pod_uid"), "{identity:?}");
+    // The families that need events this test does not cause, from the source.
+    let mut from_source: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for f in FROM_EVENTS {
+        if !labels.contains_key(f) {
+            match source_labels(f, &identity) {
+                Some(l) => {
+                    from_source.insert(f, l);
+                }
+                None => println!("{f}: not encoded by observer/src/export/metrics.rs"),
+            }
+        }
+    }
 
     let d = dashboard();
     let mut problems = Vec::new();
@@ -1015,6 +1157,8 @@ fn every_metric_and_label_of_the_dashboard_is_exported() {
                 if !records.contains_key(m) {
                     problems.push(format!("{at}: {m} is no record: of apm.rules.yaml"));
                 }
+            } else if from_source.contains_key(m.as_str()) {
+                // Checked against the source (see FROM_EVENTS).
             } else if family_of(m, &types).is_none() {
                 problems.push(format!("{at}: {m} is no family the observer exports"));
             } else if !labels.contains_key(m.as_str()) {
@@ -1028,9 +1172,14 @@ fn every_metric_and_label_of_the_dashboard_is_exported() {
             }
             let on = |m: &String| match records.get(m) {
                 Some(by) => by.contains(&u.label),
-                None => labels
-                    .get(m.as_str())
-                    .is_some_and(|l| l.contains(u.label.as_str())),
+                None => {
+                    labels
+                        .get(m.as_str())
+                        .is_some_and(|l| l.contains(u.label.as_str()))
+                        || from_source
+                            .get(m.as_str())
+                            .is_some_and(|l| l.contains(&u.label))
+                }
             };
             let found = if u.metrics.is_empty() {
                 labels.values().any(|l| l.contains(u.label.as_str()))
