@@ -553,6 +553,8 @@ fn service_and_service_monitor_reach_the_daemonset() {
         .unwrap();
     let svc: Service = typed(&objs, "Service", "observer");
     let spec = svc.spec.unwrap();
+    // A node whose observer is not ready (metadata missing) is still scraped.
+    assert_eq!(spec.publish_not_ready_addresses, Some(true));
     for (k, v) in spec.selector.unwrap() {
         assert_eq!(pod_labels.get(&k), Some(&v), "selector {k}={v}");
     }
