@@ -80,6 +80,27 @@ pub struct Args {
     /// Log filter (tracing EnvFilter syntax), e.g. info or observer=debug.
     #[arg(long, env = "OBSERVER_LOG", default_value = "info")]
     pub log: String,
+
+    /// Pod names, workloads and events from the Kubernetes API: auto = on inside a cluster
+    /// (KUBERNETES_SERVICE_HOST set) or when --kubeconfig is given, off otherwise.
+    #[arg(long, env = "OBSERVER_KUBERNETES", default_value = "auto")]
+    pub kubernetes: KubernetesMode,
+
+    /// Kubeconfig file to reach the API with (default: the in-cluster service account).
+    #[arg(long, env = "OBSERVER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// This node's name, as the pods' spec.nodeName has it (set it from the downward API,
+    /// fieldRef spec.nodeName). Default: the host name.
+    #[arg(long, env = "OBSERVER_NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KubernetesMode {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -154,6 +175,47 @@ pub struct Config {
     pub hooks: HookPreference,
     pub conn_table_size: u32,
     pub syscall_table_size: u32,
+    /// Kubernetes metadata, when on.
+    pub kubernetes: Option<crate::identity::kube::KubeSettings>,
+}
+
+/// Whether and how to reach the Kubernetes API. `in_cluster`: KUBERNETES_SERVICE_HOST is set.
+fn kubernetes_settings(
+    a: &Args,
+    in_cluster: bool,
+    hostname: impl FnOnce() -> String,
+) -> Result<Option<crate::identity::kube::KubeSettings>, StartError> {
+    // KUBECONFIG as kubectl has it, unless the flag (or OBSERVER_KUBECONFIG) says otherwise.
+    let kubeconfig = a
+        .kubeconfig
+        .clone()
+        .or_else(|| std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
+    let on = match a.kubernetes {
+        KubernetesMode::Off => false,
+        KubernetesMode::On => true,
+        KubernetesMode::Auto => in_cluster || a.kubeconfig.is_some(),
+    };
+    if !on {
+        return Ok(None);
+    }
+    if kubeconfig.is_none() && !in_cluster {
+        return Err(StartError::Config(
+            "--kubernetes on needs --kubeconfig (or KUBECONFIG) outside a cluster".into(),
+        ));
+    }
+    let node_name = a.node_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(hostname);
+    Ok(Some(crate::identity::kube::KubeSettings {
+        kubeconfig: if in_cluster && a.kubeconfig.is_none() { None } else { kubeconfig },
+        node_name,
+        // The names of a deleted pod's series are kept as long as the series are.
+        keep_deleted: a.cgroup_grace + Duration::from_secs(30),
+    }))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
 }
 
 impl TryFrom<Args> for Config {
@@ -191,6 +253,8 @@ impl TryFrom<Args> for Config {
         if a.probes.is_empty() {
             return Err(StartError::Config("--probes lists no probe".into()));
         }
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty());
+        let kubernetes = kubernetes_settings(&a, in_cluster, hostname)?;
         Ok(Config {
             metrics_addr: a.metrics_addr,
             grpc_addr: a.grpc_addr,
@@ -210,6 +274,7 @@ impl TryFrom<Args> for Config {
             hooks: a.hooks,
             conn_table_size: a.conn_table_size,
             syscall_table_size: a.syscall_table_size,
+            kubernetes,
         })
     }
 }
@@ -261,6 +326,26 @@ mod tests {
         assert!(parse(&["--apdex-threshold", "0"]).is_err());
         assert!(parse(&["--apdex-threshold-for", "nameonly"]).unwrap_err().contains("SERVICE=SECONDS"));
         assert!(parse(&["--http-route-cap", "0"]).unwrap_err().contains("between"));
+    }
+
+    #[test]
+    fn kubernetes_modes() {
+        let args = |v: &[&str]| {
+            Args::try_parse_from(std::iter::once("observer").chain(v.iter().copied())).unwrap()
+        };
+        let host = || "node-a".to_string();
+        assert!(kubernetes_settings(&args(&["--kubernetes", "off"]), true, host).unwrap().is_none());
+        let k = kubernetes_settings(&args(&[]), true, host).unwrap().unwrap();
+        assert_eq!((k.kubeconfig, k.node_name.as_str()), (None, "node-a"));
+        let k = kubernetes_settings(&args(&["--kubeconfig", "/k", "--node-name", "n1"]), false, host)
+            .unwrap()
+            .unwrap();
+        assert_eq!((k.kubeconfig.unwrap().to_str(), k.node_name.as_str()), (Some("/k"), "n1"));
+        assert_eq!(k.keep_deleted, Duration::from_secs(330));
+        if std::env::var_os("KUBECONFIG").is_none() {
+            assert!(kubernetes_settings(&args(&[]), false, host).unwrap().is_none());
+            assert!(kubernetes_settings(&args(&["--kubernetes", "on"]), false, host).is_err());
+        }
     }
 
     #[test]

@@ -80,6 +80,10 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     )));
 
     let shutdown = shutdown::on_signals();
+    let kube_status = match &cfg.kubernetes {
+        Some(settings) => Some(start_kubernetes(settings, &pipeline, &mut registry, &shutdown).await?),
+        None => None,
+    };
     if let Some(logger) = logger {
         tokio::spawn(forward_kernel_log(logger, shutdown.clone()));
     }
@@ -146,13 +150,55 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     println!("observer: gRPC API on http://{grpc_addr}");
     tracing::info!("serving http://{addr}/metrics (also /healthz, /readyz)");
     println!("observer: serving http://{addr}/metrics");
-    export::admin::serve(listener, registry, true, shutdown).await;
+    export::admin::serve(listener, registry, true, kube_status, shutdown).await;
     // Open streams end at shutdown; give the gRPC server a moment to say goodbye.
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
     // Dropping `loaded` detaches every program.
     drop(loaded);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the Kubernetes watchers: the resolver names pods from their store, lifecycle events
+/// and replica gauges go to the pipeline. Returns the status `/readyz` reports.
+async fn start_kubernetes(
+    settings: &identity::kube::KubeSettings,
+    pipeline: &Arc<Mutex<Pipeline>>,
+    registry: &mut Registry,
+    shutdown: &shutdown::Shutdown,
+) -> Result<Arc<identity::kube::status::KubeStatus>, StartError> {
+    use identity::kube::{self, Output};
+    let client = kube::client(settings).await?;
+    let store = Arc::new(std::sync::RwLock::new(kube::store::MetaStore::default()));
+    let status = kube::status::KubeStatus::new();
+    registry.register_collector(Box::new(kube::status::KubeCollector(status.clone())));
+    pipeline
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .set_metadata(store.clone());
+    let sink_pipeline = pipeline.clone();
+    let sink: kube::Sink = Box::new(move |outputs| {
+        let mut p = sink_pipeline.lock().unwrap_or_else(|e| e.into_inner());
+        for o in outputs {
+            match o {
+                Output::Event(e) => p.lifecycle.publish(e),
+                Output::Replicas(k, r) => {
+                    p.lifecycle.set_replicas(k, r);
+                }
+                Output::RemoveWorkload(k) => p.lifecycle.remove_workload(&k),
+            }
+        }
+    });
+    tracing::info!(node = %settings.node_name, "Kubernetes metadata on");
+    tokio::spawn(kube::run(
+        client,
+        settings.clone(),
+        store,
+        status.clone(),
+        sink,
+        shutdown.clone(),
+    ));
+    Ok(status)
 }
 
 /// Forwards the kernel programs' aya-log records to the observer's own log.

@@ -1,5 +1,6 @@
 //! The HTTP endpoint: `/metrics` (OpenMetrics when the scraper asks for it, Prometheus text
-//! 0.0.4 otherwise), `/healthz` (the process serves) and `/readyz` (probes are attached).
+//! 0.0.4 otherwise), `/healthz` (the process serves) and `/readyz` (probes are attached and,
+//! with Kubernetes metadata on, every watched resource was listed once).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -13,7 +14,7 @@ use axum::{
 use prometheus_client::{encoding, registry::Registry};
 use tokio::net::TcpListener;
 
-use crate::{error::StartError, shutdown::Shutdown};
+use crate::{error::StartError, identity::kube::status::KubeStatus, shutdown::Shutdown};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -21,6 +22,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 struct AppState {
     registry: Registry,
     ready: bool,
+    kube: Option<Arc<KubeStatus>>,
 }
 
 /// Binds the endpoint (so a bad address fails at start) and returns its server.
@@ -30,8 +32,18 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
-pub async fn serve(listener: TcpListener, registry: Registry, ready: bool, shutdown: Shutdown) {
-    let state = Arc::new(AppState { registry, ready });
+pub async fn serve(
+    listener: TcpListener,
+    registry: Registry,
+    ready: bool,
+    kube: Option<Arc<KubeStatus>>,
+    shutdown: Shutdown,
+) {
+    let state = Arc::new(AppState {
+        registry,
+        ready,
+        kube,
+    });
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -46,10 +58,12 @@ pub async fn serve(listener: TcpListener, registry: Registry, ready: bool, shutd
 }
 
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
-    if s.ready {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no probe attached\n").into_response()
+    if !s.ready {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no probe attached\n").into_response();
+    }
+    match s.kube.as_ref().map(|k| k.ready()) {
+        Some(Err(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+        _ => (StatusCode::OK, "ready\n").into_response(),
     }
 }
 

@@ -6,11 +6,11 @@ use std::{
     fs,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
-use super::{runtime, Identity};
+use super::{kube::store::MetaStore, runtime, Identity};
 use crate::error::StartError;
 
 /// The mounted cgroup v2 hierarchy.
@@ -89,6 +89,8 @@ pub struct Resolver {
     known: HashMap<u64, Known>,
     /// Whether the current round of lookups (one scrape) already walked the hierarchy.
     walked_this_round: bool,
+    /// Kubernetes metadata, when the watchers run: names pods and workloads.
+    meta: Option<Arc<RwLock<MetaStore>>>,
 }
 
 /// Directory depth below which the walk does not descend (pod containers sit at depth 4-6).
@@ -100,7 +102,23 @@ impl Resolver {
             fs,
             known: HashMap::new(),
             walked_this_round: false,
+            meta: None,
         }
+    }
+
+    /// Names pods from Kubernetes metadata from now on (identities already cached are
+    /// refreshed by the next walk).
+    pub fn set_metadata(&mut self, meta: Arc<RwLock<MetaStore>>) {
+        self.meta = Some(meta);
+    }
+
+    pub fn metadata(&self) -> Option<&Arc<RwLock<MetaStore>>> {
+        self.meta.as_ref()
+    }
+
+    fn resolve(&self, root: &Path, dir: &Path) -> Identity {
+        let meta = self.meta.as_ref().map(|m| m.read().unwrap_or_else(|e| e.into_inner()));
+        resolve_path(root, dir, meta.as_deref())
     }
 
     /// Starts a round of lookups (one scrape): at most one walk per round for unknown ids.
@@ -171,28 +189,42 @@ impl Resolver {
             let id = meta.ino();
             seen.insert(id);
             match self.known.get_mut(&id) {
+                Some(k) if !k.resolved || k.identity.service_name.is_empty() => {
+                    k.gone_since = None;
+                    let identity = Arc::new(self.resolve(&root, &dir));
+                    let k = self.known.get_mut(&id).expect("just found");
+                    k.identity = identity;
+                    k.resolved = true;
+                    if k.dir.is_none() {
+                        k.dir = Some(dir.clone());
+                    }
+                }
                 Some(k) => {
                     k.gone_since = None;
-                    if !k.resolved || k.identity.service_name.is_empty() {
-                        k.identity = Arc::new(resolve_path(&root, &dir));
-                        k.resolved = true;
-                    } else if !k.identity.k8s_pod_uid.is_empty() {
-                        // A pod's workload is named after its main process, which may have been
-                        // a launcher when first seen (runc's init, `ip netns exec`): follow the
-                        // name once the process has exec'd, never back to none.
-                        let now_named = resolve_path(&root, &dir);
+                    if !k.identity.k8s_pod_uid.is_empty() {
+                        // A pod's names change when Kubernetes metadata arrives (or its owner
+                        // chain completes), and without metadata its workload is named after
+                        // its main process, which may have been a launcher when first seen
+                        // (runc's init, `ip netns exec`): follow both, never back to less
+                        // (metadata of a deleted pod is dropped while its cgroup may live on).
+                        let had_pod_name = !k.identity.k8s_pod_name.is_empty();
+                        let now_named = self.resolve(&root, &dir);
+                        let k = self.known.get_mut(&id).expect("just found");
+                        let downgrade = had_pod_name && now_named.k8s_pod_name.is_empty();
                         if !now_named.service_name.is_empty()
-                            && now_named.service_name != k.identity.service_name
+                            && !downgrade
+                            && now_named != *k.identity
                         {
                             k.identity = Arc::new(now_named);
                         }
                     }
+                    let k = self.known.get_mut(&id).expect("just found");
                     if k.dir.is_none() {
                         k.dir = Some(dir.clone());
                     }
                 }
                 None => {
-                    let identity = Arc::new(resolve_path(&root, &dir));
+                    let identity = Arc::new(self.resolve(&root, &dir));
                     self.known.insert(
                         id,
                         Known {
@@ -253,11 +285,15 @@ impl Resolver {
     }
 }
 
-/// Identity of the cgroup directory `dir` below the v2 mount `root`.
-fn resolve_path(root: &Path, dir: &Path) -> Identity {
+/// Identity of the cgroup directory `dir` below the v2 mount `root`: from Kubernetes metadata
+/// when it knows the pod, from the path (and the main process's name) otherwise.
+fn resolve_path(root: &Path, dir: &Path, meta: Option<&MetaStore>) -> Identity {
     let rel = dir.strip_prefix(root).unwrap_or(dir);
     let path = format!("/{}", rel.to_string_lossy());
     let kind = runtime::parse_cgroup_path(&path);
+    if let Some(id) = meta.and_then(|m| m.identity(&kind)) {
+        return id;
+    }
     let process = match kind {
         runtime::CgroupKind::Container { .. } | runtime::CgroupKind::Pod { .. } => {
             process_name(dir)

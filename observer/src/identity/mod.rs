@@ -2,6 +2,7 @@
 //! The pipeline asks; identity never calls into the pipeline.
 
 pub mod cgroup;
+pub mod kube;
 pub mod netns;
 pub mod runtime;
 

@@ -26,6 +26,10 @@ pub struct PeerMap {
     /// Addresses per network namespace inode (read once per namespace).
     by_netns: HashMap<u64, Vec<IpAddr>>,
     map: HashMap<IpAddr, Arc<Identity>>,
+    /// Cluster-wide addresses from Kubernetes metadata (pods of every node, Service
+    /// ClusterIPs), and the metadata generation they were built from.
+    cluster: HashMap<IpAddr, Arc<Identity>>,
+    cluster_generation: Option<u64>,
 }
 
 impl PeerMap {
@@ -36,6 +40,19 @@ impl PeerMap {
 
     pub fn map(&self) -> &HashMap<IpAddr, Arc<Identity>> {
         &self.map
+    }
+
+    /// A cluster address (a pod on another node, a Service) from Kubernetes metadata.
+    pub fn cluster(&self, ip: &IpAddr) -> Option<Arc<Identity>> {
+        self.cluster.get(ip).cloned()
+    }
+
+    /// Rebuilds the cluster addresses when the metadata changed since the last time.
+    pub fn refresh_cluster(&mut self, meta: &super::kube::store::MetaStore) {
+        if self.cluster_generation != Some(meta.generation) {
+            self.cluster = meta.peers();
+            self.cluster_generation = Some(meta.generation);
+        }
     }
 
     /// Rebuilds the map from the live pod cgroups.

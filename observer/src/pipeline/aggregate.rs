@@ -236,6 +236,14 @@ impl Pipeline {
         }
     }
 
+    /// Names pods from Kubernetes metadata (see `identity::kube`).
+    pub fn set_metadata(
+        &mut self,
+        meta: Arc<std::sync::RwLock<crate::identity::kube::store::MetaStore>>,
+    ) {
+        self.resolver.set_metadata(meta);
+    }
+
     /// Records finished HTTP exchanges (at most one hierarchy walk per batch for new cgroups).
     pub fn record_http(&mut self, exchanges: &[Exchange], now_ns: u64) {
         self.resolver.begin_round();
@@ -360,8 +368,8 @@ impl Pipeline {
 
     /// The topology from current figures (see `topology.rs`).
     pub fn topology(&self, totals: &Totals) -> super::topology::Topology {
-        let mut t = super::topology::Topology::build(&totals.http, self.peers.map());
-        t.add_tcp(&totals.tcp_edges, self.peers.map());
+        let mut t = super::topology::Topology::build(&totals.http, &self.peers);
+        t.add_tcp(&totals.tcp_edges, &self.peers);
         t
     }
 
@@ -369,6 +377,10 @@ impl Pipeline {
     pub fn collect_garbage(&mut self) {
         self.resolver.rescan();
         self.peers.refresh(&self.resolver.pod_dirs());
+        if let Some(meta) = self.resolver.metadata() {
+            self.peers
+                .refresh_cluster(&meta.read().unwrap_or_else(|e| e.into_inner()));
+        }
         let expired = self.resolver.expired(self.grace);
         if expired.is_empty() {
             return;

@@ -92,6 +92,30 @@ pub struct EdgeTcp {
 /// Local workloads by the addresses they own (learned from their network namespaces).
 pub trait PeerLookup {
     fn workload(&self, ip: &IpAddr) -> Option<Arc<Identity>>;
+
+    /// A workload elsewhere in the cluster owning `ip` (a pod on another node, a Service's
+    /// ClusterIP): it names the node, but its requests are not seen from its side here.
+    fn remote(&self, _ip: &IpAddr) -> Option<Arc<Identity>> {
+        None
+    }
+}
+
+impl PeerLookup for crate::identity::netns::PeerMap {
+    fn workload(&self, ip: &IpAddr) -> Option<Arc<Identity>> {
+        self.get(ip)
+    }
+
+    fn remote(&self, ip: &IpAddr) -> Option<Arc<Identity>> {
+        self.cluster(ip)
+    }
+}
+
+/// A peer that no local workload owns: a cluster workload by name, or its address.
+fn elsewhere(peers: &dyn PeerLookup, ip: &IpAddr, text: impl FnOnce() -> String) -> Node {
+    match peers.remote(ip) {
+        Some(w) => Node::Workload(w),
+        None => Node::External(text()),
+    }
 }
 
 impl PeerLookup for HashMap<IpAddr, Arc<Identity>> {
@@ -125,7 +149,9 @@ impl Topology {
         for ((id, k), h) in &http.client {
             let server = match peers.workload(&k.server_address) {
                 Some(w) => Node::Workload(w),
-                None => Node::External(socket(&k.server_address, k.server_port)),
+                None => elsewhere(peers, &k.server_address, || {
+                    socket(&k.server_address, k.server_port)
+                }),
             };
             let key = EdgeKey { client: Node::Workload(id.clone()), server };
             let e = t.edges.entry(key).or_default();
@@ -139,7 +165,7 @@ impl Topology {
         for ((id, client_ip), p) in &http.server_peers {
             let (client, local) = match peers.workload(client_ip) {
                 Some(w) => (Node::Workload(w), true),
-                None => (Node::External(client_ip.to_string()), false),
+                None => (elsewhere(peers, client_ip, || client_ip.to_string()), false),
             };
             let key = EdgeKey { client, server: Node::Workload(id.clone()) };
             if local {
@@ -174,7 +200,7 @@ impl Topology {
             if peer.outbound {
                 let server = match local {
                     Some(w) => Node::Workload(w),
-                    None => Node::External(socket(&peer.addr, peer.port)),
+                    None => elsewhere(peers, &peer.addr, || socket(&peer.addr, peer.port)),
                 };
                 let e = self
                     .edges
@@ -188,7 +214,7 @@ impl Topology {
             } else {
                 let (client, is_local) = match local {
                     Some(w) => (Node::Workload(w), true),
-                    None => (Node::External(peer.addr.to_string()), false),
+                    None => (elsewhere(peers, &peer.addr, || peer.addr.to_string()), false),
                 };
                 let key = EdgeKey { client, server: Node::Workload(id.clone()) };
                 if is_local {
