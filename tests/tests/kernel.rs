@@ -107,13 +107,75 @@ fn netns_tcp_counter(pod: &Pod, name: &str) -> f64 {
     values.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
+/// The running kernel's (major, minor), from its release (`uname -r`, e.g. `6.1.0-37-amd64`).
+fn kernel_version() -> (u32, u32) {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release.trim().split(['.', '-']);
+    let mut num = || parts.next().and_then(|p| p.parse().ok()).unwrap();
+    (num(), num())
+}
+
+/// The hook that must serve `probe` on this kernel, worked out from the kernel version alone (the
+/// README's kernel table), not from what the observer chose. `raw`: run with `--hooks raw`.
+/// - `tcp_connections` is the classic `sock:inet_sock_set_state` tracepoint everywhere;
+/// - `syscalls` and `tcp_retransmits`: BTF tracepoints (every kernel of the matrix has BTF), raw
+///   tracepoints when asked for;
+/// - `tcp_bytes`, and `http`, which rides on the same socket hooks: the `sock:sock_send_length` /
+///   `sock_recv_length` tracepoints came in 6.3; before that fexit on the TCP functions, the only
+///   way there, whatever `--hooks` asks.
+fn expected_hook(probe: &str, raw: bool) -> &'static str {
+    let tracepoint_or_raw = if raw { "raw_tp" } else { "tp_btf" };
+    match probe {
+        "tcp_connections" => "tracepoint",
+        "syscalls" | "tcp_retransmits" => tracepoint_or_raw,
+        "tcp_bytes" | "http" if kernel_version() < (6, 3) => "fexit",
+        "tcp_bytes" | "http" => tracepoint_or_raw,
+        other => panic!("no expected hook for probe {other}"),
+    }
+}
+
+/// Every `probes` is up with its expected hook (and with no other).
+fn assert_hooks(s: &[Sample], probes: &[&str], raw: bool) {
+    for probe in probes {
+        let want = expected_hook(probe, raw);
+        let rows: Vec<(String, f64)> = s
+            .iter()
+            .filter(|x| {
+                x.name == "observer_probe_up"
+                    && x.labels.get("probe").map(String::as_str) == Some(*probe)
+            })
+            .map(|x| (x.labels.get("hook").cloned().unwrap_or_default(), x.value))
+            .collect();
+        let (major, minor) = kernel_version();
+        assert_eq!(
+            rows,
+            vec![(want.to_string(), 1.0)],
+            "observer_probe_up{{probe={probe:?}}} on kernel {major}.{minor} (raw: {raw})"
+        );
+    }
+}
+
+/// `--hooks raw`: the raw tracepoint programs, which serve kernels without BTF.
+const RAW: &[&str] = &["--hooks", "raw"];
+
 #[test]
 fn syscalls_are_counted_exactly_per_pod() {
+    syscalls_exact(&[]);
+}
+
+#[test]
+fn syscalls_are_counted_exactly_through_raw_tracepoints() {
+    syscalls_exact(RAW);
+}
+
+/// K calls of a syscall in pod A count exactly K there and none in pod B; `args` go to the
+/// observer.
+fn syscalls_exact(args: &[&str]) {
     require_root();
     let bridge = Bridge::new().unwrap();
     let a = Pod::new(&bridge).unwrap();
     let b = Pod::new(&bridge).unwrap();
-    let obs = Observer::start(&[]).unwrap();
+    let obs = Observer::start(args).unwrap();
     a.python(SYSCALLS, &["37", "11"]).unwrap();
     b.python(SYSCALLS, &["5", "0"]).unwrap();
     let gp = [("syscall", "getpriority")];
@@ -164,11 +226,26 @@ fn syscalls_are_counted_exactly_per_pod() {
             calls
         );
     }
+    assert_hooks(&s, &["syscalls"], args == RAW);
     obs.stop().unwrap();
 }
 
 #[test]
 fn tcp_connections_bytes_and_failures_are_exact_per_pod() {
+    tcp_exact(&[]);
+}
+
+/// The same exact figures through the raw tracepoint programs (connections stay on their classic
+/// tracepoint; bytes on fexit before 6.3, where the raw tracepoints do not exist).
+#[test]
+fn tcp_figures_are_the_same_through_raw_tracepoints() {
+    tcp_exact(RAW);
+}
+
+/// N connects from one pod to another, bytes both ways, refused and timed-out connects,
+/// retransmits, RTT samples: exact per pod, each probe on the hook expected for this kernel;
+/// `args` go to the observer.
+fn tcp_exact(args: &[&str]) {
     require_root();
     let bridge = Bridge::new().unwrap();
     let client = Pod::new(&bridge).unwrap();
@@ -183,7 +260,7 @@ fn tcp_connections_bytes_and_failures_are_exact_per_pod() {
     .unwrap();
     server.spawn_python(SERVER, &["8080"]).unwrap();
     server.wait_listening(8080).unwrap();
-    let obs = Observer::start(&[]).unwrap();
+    let obs = Observer::start(args).unwrap();
 
     let (n, m) = (20u64, 3000u64);
     let got = client
@@ -296,6 +373,33 @@ fn tcp_connections_bytes_and_failures_are_exact_per_pod() {
         pod_sum(&s, "observer_tcp_connect_failures_total", &sink, &[]),
         0.0
     );
+    let probes = [
+        "syscalls",
+        "tcp_connections",
+        "tcp_retransmits",
+        "tcp_bytes",
+        "http",
+    ];
+    assert_hooks(&s, &probes, args == RAW);
+    // Every kernel table has its fill level; the two pods have TCP entries and edges.
+    let tables = [
+        "SYSCALL_STATS",
+        "SYSCALL_ERRORS",
+        "TCP_STATS",
+        "TCP_EDGES",
+        "CONNS",
+        "HTTP_CONNS",
+    ];
+    for map in tables {
+        let entries = sum(&s, "observer_map_entries", &[("map", map)]);
+        let capacity = sum(&s, "observer_map_capacity", &[("map", map)]);
+        assert!(
+            capacity > 0.0 && entries <= capacity,
+            "{map}: {entries} of {capacity}"
+        );
+    }
+    assert!(sum(&s, "observer_map_entries", &[("map", "TCP_STATS")]) >= 2.0);
+    assert!(sum(&s, "observer_map_entries", &[("map", "TCP_EDGES")]) >= 2.0);
     obs.stop().unwrap();
 }
 
@@ -479,7 +583,8 @@ fn series_of_a_deleted_pod_are_dropped_after_the_grace_period() {
     let bridge = Bridge::new().unwrap();
     let a = Pod::new(&bridge).unwrap();
     let keep = Pod::new(&bridge).unwrap();
-    let obs = Observer::start(&["--cgroup-grace", "3s"]).unwrap();
+    let grace = Duration::from_secs(4);
+    let obs = Observer::start(&["--cgroup-grace", "4s"]).unwrap();
     a.python(SYSCALLS, &["3", "0"]).unwrap();
     keep.python(SYSCALLS, &["4", "0"]).unwrap();
     let gp = [("syscall", "getpriority")];
@@ -489,17 +594,45 @@ fn series_of_a_deleted_pod_are_dropped_after_the_grace_period() {
         })
         .unwrap();
     assert_eq!(pod_sum(&s, "observer_syscalls_total", &a, &gp), 3.0);
+    // Every series of the pod with its value (the pod's processes have all exited: final).
     let uid = a.uid.clone();
+    let of_pod = |s: &[Sample]| -> Vec<(String, String, f64)> {
+        s.iter()
+            .filter(|x| x.labels.get("k8s_pod_uid") == Some(&uid))
+            .map(|x| (x.name.clone(), format!("{:?}", x.labels), x.value))
+            .collect()
+    };
+    let before = of_pod(&s);
+    // Taken before the deletion: the series must outlive it by the grace period at least.
+    let deleted = std::time::Instant::now();
     drop(a);
-    let s = obs
-        .scrape_until(Duration::from_secs(20), |s| {
-            !s.iter().any(|x| x.labels.get("k8s_pod_uid") == Some(&uid))
-        })
-        .unwrap();
+    // Scrape until the series are gone; until then, every scrape has all of them, unchanged.
+    let (mut during, mut gone) = (0, None);
+    let deadline = deleted + observer_tests::scaled(Duration::from_secs(20));
+    let s = loop {
+        let s = obs.scrape().unwrap();
+        let now = of_pod(&s);
+        if now.is_empty() {
+            gone = Some(deleted.elapsed());
+            break s;
+        }
+        assert_eq!(
+            now, before,
+            "a deleted pod's series changed within its grace period"
+        );
+        during += 1;
+        if std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let gone = gone.expect("deleted pod still exported");
+    eprintln!("series kept, unchanged, through {during} scrapes; gone {gone:?} after the deletion");
     assert!(
-        !s.iter().any(|x| x.labels.get("k8s_pod_uid") == Some(&uid)),
-        "deleted pod still exported"
+        gone >= grace,
+        "series dropped {gone:?} after the deletion, inside the {grace:?} grace period"
     );
+    assert!(during > 0);
     assert_eq!(
         pod_sum(&s, "observer_syscalls_total", &keep, &gp),
         4.0,
