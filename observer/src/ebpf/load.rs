@@ -24,7 +24,7 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct ProbeStatus {
     pub probe: &'static str,
-    /// Hook type that serves it (`tp_btf`, `raw_tp`, `tracepoint`), or `none`.
+    /// Hook type that serves it (`tp_btf`, `raw_tp`, `tracepoint`, `fexit`), or `none`.
     pub hook: &'static str,
     pub up: bool,
     pub reason: Option<String>,
