@@ -4,6 +4,7 @@
 //! panics.
 
 pub mod grpc;
+pub mod kubeapi;
 pub mod metrics;
 pub mod net;
 pub mod observer;

@@ -57,6 +57,8 @@ pub struct State {
     listing: HashMap<&'static str, HashSet<String>>,
     /// Resources whose first list completed (before that, changes only seed the trackers).
     listed: HashSet<&'static str>,
+    /// Resources whose last list or watch failed (warned once until they list again).
+    failing: HashSet<&'static str>,
     out: Vec<Output>,
 }
 
@@ -112,6 +114,7 @@ impl State {
             present: HashMap::new(),
             listing: HashMap::new(),
             listed: HashSet::new(),
+            failing: HashSet::new(),
             out: Vec::new(),
         }
     }
@@ -138,7 +141,14 @@ impl State {
             Msg::Event(e) => self.step("events", e, |m| m.uid.clone().unwrap_or_default(), Self::kube_event, Self::delete_event),
             Msg::Error(resource, e) => {
                 self.status.add_error(resource);
-                tracing::warn!(resource, "Kubernetes watch: {e} (retrying with backoff)");
+                let gone = matches!(&e, kube::runtime::watcher::Error::WatchError(s) if s.code == 410);
+                if gone {
+                    tracing::info!(resource, "Kubernetes watch: {e}; listing again");
+                } else if self.failing.insert(resource) {
+                    tracing::warn!(resource, "Kubernetes watch: {e} (retrying with backoff)");
+                } else {
+                    tracing::debug!(resource, "Kubernetes watch: {e} (retrying with backoff)");
+                }
             }
         }
         if !self.out.is_empty() {
@@ -178,8 +188,11 @@ impl State {
                     delete(self, k);
                 }
                 self.present.insert(resource, listed);
+                let was_failing = self.failing.remove(resource);
                 if self.listed.insert(resource) {
                     tracing::info!(resource, "Kubernetes metadata listed");
+                } else if was_failing {
+                    tracing::info!(resource, "Kubernetes metadata listed again");
                 }
                 self.status.set_synced(resource);
             }
