@@ -44,6 +44,27 @@ pub enum Command {
     Topology(TopArgs),
     /// Requests as they complete, one line each, from a running observer (Ctrl-C stops).
     Tail(TailArgs),
+    /// Lifecycle events (OOM kills, exits, restarts, Kubernetes Warning events, scaling) with
+    /// the workload's request figures of the minute before, one line each (Ctrl-C stops).
+    Events(EventsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+
+    /// First the lifecycle events the observer still holds (the last 1024).
+    #[arg(long, env = "OBSERVER_REPLAY")]
+    pub replay: bool,
+
+    /// Also the observer's own events (probe states, lost records).
+    #[arg(long, env = "OBSERVER_ALL")]
+    pub all: bool,
+
+    /// Stop after this many events.
+    #[arg(long, env = "OBSERVER_COUNT")]
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -174,6 +195,7 @@ pub fn client(cmd: Command, grpc_addr: SocketAddr) -> ExitCode {
             Command::Top(a) => top(&a, grpc_addr).await,
             Command::Topology(a) => topology(&a, grpc_addr).await,
             Command::Tail(a) => tail(&a, grpc_addr).await,
+            Command::Events(a) => events(&a, grpc_addr).await,
             Command::Run(_) => unreachable!("the daemon is not a client"),
         }
     });
@@ -659,4 +681,73 @@ async fn tail(a: &TailArgs, grpc_addr: SocketAddr) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// Kinds that are the observer's own, not a workload's.
+const OWN_EVENTS: [&str; 3] = ["probe_status", "records_lost", "events_missed"];
+
+async fn events(a: &EventsArgs, grpc_addr: SocketAddr) -> Result<(), Failure> {
+    let mut c = connect(&a.conn, grpc_addr).await?;
+    let req = pb::StreamEventsRequest { replay: a.replay };
+    let mut stream = c.stream_events(req).await?.into_inner();
+    let mut seen = 0u64;
+    while a.count.is_none_or(|n| seen < n) {
+        let Some(e) = stream.message().await? else {
+            return Err(Failure("the observer ended the stream (it stopped)".into(), 1));
+        };
+        if !a.all && OWN_EVENTS.contains(&e.kind.as_str()) {
+            continue;
+        }
+        seen += 1;
+        let line = event_line(&e, a.conn.output);
+        let mut o = std::io::stdout().lock();
+        if writeln!(o, "{line}").and_then(|()| o.flush()).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn event_line(e: &pb::Event, output: Output) -> String {
+    let time = humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + Duration::from_nanos(e.time_unix_nano.max(0) as u64),
+    );
+    match output {
+        Output::Json => {
+            let fields: serde_json::Map<String, Value> = e
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            json!({
+                "time": time.to_string(),
+                "kind": e.kind,
+                "workload": workload_json(e.workload.as_ref()),
+                "fields": fields,
+                "message": e.message,
+                "figures_before": e.figures_before.as_ref().map(|f| figures_json(Some(f))),
+                "figures_window_seconds": e.figures_window.as_ref().map(|w| w.covered_seconds),
+            })
+            .to_string()
+        }
+        Output::Table => {
+            let before = match &e.figures_before {
+                Some(f) => {
+                    let l = f.latency.clone().unwrap_or_default();
+                    format!(
+                        "  [before: {:.2} req/s, {:.1}% errors, p99 {}]",
+                        f.requests_per_second,
+                        f.error_rate * 100.0,
+                        if l.count > 0 {
+                            format!("{:.2} ms", l.p99_seconds * 1e3)
+                        } else {
+                            "-".into()
+                        }
+                    )
+                }
+                None => String::new(),
+            };
+            format!("{time}  {:<17}  {}{before}", e.kind, e.message)
+        }
+    }
 }

@@ -196,6 +196,23 @@ fn exit_code_and_signal_with_figures_before() {
     assert_eq!(ev[0].fields["signal"], "15");
     assert_eq!(ev[0].fields["pid"], killed_pid.to_string());
     assert_eq!(figures(&ev[0]), (9, 2), "{:#?}", ev[0]);
+
+    // The command line shows the same, replayed: one JSON object per event.
+    let out = std::process::Command::new("timeout")
+        .args(["5", observer_tests::observer::binary().to_str().unwrap()])
+        .args(["events", "--replay", "--output", "json", "--server", &obs.grpc_addr])
+        .output()
+        .unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["workload"]["pod_uid"] == exits.uid.as_str())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines[0]["kind"], "process_exit");
+    assert_eq!(lines[0]["fields"]["code"], "3");
+    assert_eq!(lines[0]["figures_before"]["requests"], 12);
+    assert_eq!(lines[0]["figures_before"]["errors"], 3);
 }
 
 /// A memory limit on a pod's container: cgroup v2 `memory.max` when the v2 hierarchy has the
