@@ -67,7 +67,12 @@ pub struct KubeApi {
     shared: Arc<Shared>,
     rt: tokio::runtime::Runtime,
     pub addr: SocketAddr,
-    server: Mutex<Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
+    server: Mutex<
+        Option<(
+            tokio::sync::oneshot::Sender<()>,
+            tokio::task::JoinHandle<()>,
+        )>,
+    >,
 }
 
 /// `<group>/<version>/<plural>` of a type.
@@ -85,7 +90,9 @@ fn parse_path(path: &str) -> Option<(String, Option<String>)> {
     };
     match rest {
         [plural] => Some((format!("{group}/{version}/{plural}"), None)),
-        ["namespaces", ns, plural] => Some((format!("{group}/{version}/{plural}"), Some(ns.to_string()))),
+        ["namespaces", ns, plural] => {
+            Some((format!("{group}/{version}/{plural}"), Some(ns.to_string())))
+        }
         _ => None,
     }
 }
@@ -152,8 +159,13 @@ struct Params {
 
 impl Params {
     fn matches(&self, obj: &Value) -> bool {
-        self.field_selector.as_deref().is_none_or(|s| fields_match(obj, s))
-            && self.label_selector.as_deref().is_none_or(|s| labels_match(obj, s))
+        self.field_selector
+            .as_deref()
+            .is_none_or(|s| fields_match(obj, s))
+            && self
+                .label_selector
+                .as_deref()
+                .is_none_or(|s| labels_match(obj, s))
     }
 }
 
@@ -165,9 +177,16 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 async fn handle(State(shared): State<Arc<Shared>>, uri: Uri, Query(p): Query<Params>) -> Response {
     shared.log.lock().unwrap().push(uri.to_string());
     let Some((resource, ns)) = parse_path(uri.path()) else {
-        return (StatusCode::NOT_FOUND, axum::Json(status(404, "NotFound", "no such path"))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(status(404, "NotFound", "no such path")),
+        )
+            .into_response();
     };
-    let in_ns = |obj: &Value| ns.as_deref().is_none_or(|n| field(obj, "metadata.namespace") == n);
+    let in_ns = |obj: &Value| {
+        ns.as_deref()
+            .is_none_or(|n| field(obj, "metadata.namespace") == n)
+    };
     if matches!(p.watch.as_deref(), Some("true" | "1")) {
         return watch_stream(shared, resource, p, ns).await;
     }
@@ -181,15 +200,31 @@ async fn handle(State(shared): State<Arc<Shared>>, uri: Uri, Query(p): Query<Par
             .collect();
         (s.rv, items)
     };
-    let start: usize = p.continue_.as_deref().and_then(|c| c.parse().ok()).unwrap_or(0);
-    let end = p.limit.filter(|l| *l > 0).map_or(items.len(), |l| (start + l).min(items.len()));
-    let cont = if end < items.len() { end.to_string() } else { String::new() };
+    let start: usize = p
+        .continue_
+        .as_deref()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let end = p
+        .limit
+        .filter(|l| *l > 0)
+        .map_or(items.len(), |l| (start + l).min(items.len()));
+    let cont = if end < items.len() {
+        end.to_string()
+    } else {
+        String::new()
+    };
     let kind = items
         .first()
         .and_then(|o| o.get("kind"))
         .and_then(Value::as_str)
         .map_or_else(|| "List".to_string(), |k| format!("{k}List"));
-    let api_version = resource.split('/').take(2).filter(|s| !s.is_empty()).collect::<Vec<_>>().join("/");
+    let api_version = resource
+        .split('/')
+        .take(2)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("/");
     let body = json!({
         "apiVersion": api_version,
         "kind": kind,
@@ -205,11 +240,20 @@ fn line(kind: &str, object: &Value) -> Result<Vec<u8>, std::io::Error> {
     Ok(v)
 }
 
-async fn watch_stream(shared: Arc<Shared>, resource: String, p: Params, ns: Option<String>) -> Response {
+async fn watch_stream(
+    shared: Arc<Shared>,
+    resource: String,
+    p: Params,
+    ns: Option<String>,
+) -> Response {
     // Subscribe before reading the history, so nothing falls between them.
     let mut live = shared.changes.subscribe();
     let mut kicked = shared.kick.subscribe();
-    let from: u64 = p.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let from: u64 = p
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let (first, gone): (Vec<Change>, bool) = {
         let s = shared.store.lock().unwrap();
         if from == 0 {
@@ -218,19 +262,36 @@ async fn watch_stream(shared: Arc<Shared>, resource: String, p: Params, ns: Opti
                 .objects
                 .iter()
                 .filter(|((r, _, _), _)| *r == resource)
-                .map(|(_, o)| Change { rv: s.rv, resource: resource.clone(), kind: "ADDED", object: o.clone() })
+                .map(|(_, o)| Change {
+                    rv: s.rv,
+                    resource: resource.clone(),
+                    kind: "ADDED",
+                    object: o.clone(),
+                })
                 .collect();
             (now, false)
         } else if from < s.compacted {
             (Vec::new(), true)
         } else {
-            (s.history.iter().filter(|c| c.rv > from && c.resource == resource).cloned().collect(), false)
+            (
+                s.history
+                    .iter()
+                    .filter(|c| c.rv > from && c.resource == resource)
+                    .cloned()
+                    .collect(),
+                false,
+            )
         }
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(64);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(p.timeout_seconds.unwrap_or(1800));
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(p.timeout_seconds.unwrap_or(1800));
     let bookmarks = p.allow_watch_bookmarks.unwrap_or(false);
-    let ok = move |o: &Value| ns.as_deref().is_none_or(|n| field(o, "metadata.namespace") == n) && p.matches(o);
+    let ok = move |o: &Value| {
+        ns.as_deref()
+            .is_none_or(|n| field(o, "metadata.namespace") == n)
+            && p.matches(o)
+    };
     tokio::spawn(async move {
         if gone {
             let s = status(410, "Expired", &format!("too old resource version: {from}"));
@@ -271,13 +332,20 @@ async fn watch_stream(shared: Arc<Shared>, resource: String, p: Params, ns: Opti
         }
     });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx).map(|r| r));
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 impl KubeApi {
     /// Starts the stand-in on a free loopback port.
     pub fn start() -> anyhow::Result<KubeApi> {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -286,13 +354,20 @@ impl KubeApi {
             kick: watch::channel(0).0,
             log: Mutex::new(Vec::new()),
         });
-        let api = KubeApi { shared, rt, addr, server: Mutex::new(None) };
+        let api = KubeApi {
+            shared,
+            rt,
+            addr,
+            server: Mutex::new(None),
+        };
         api.serve(listener);
         Ok(api)
     }
 
     fn serve(&self, listener: tokio::net::TcpListener) {
-        let app = Router::new().fallback(handle).with_state(self.shared.clone());
+        let app = Router::new()
+            .fallback(handle)
+            .with_state(self.shared.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = self.rt.spawn(async move {
             let _ = axum::serve(listener, app)
@@ -306,10 +381,14 @@ impl KubeApi {
 
     /// Makes the API go away: open watches end, the port refuses connections.
     pub fn stop(&self) {
-        let Some((stop, task)) = self.server.lock().unwrap().take() else { return };
+        let Some((stop, task)) = self.server.lock().unwrap().take() else {
+            return;
+        };
         let _ = stop.send(());
         self.shared.kick.send_modify(|k| *k += 1);
-        let _ = self.rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
+        let _ = self
+            .rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
     }
 
     /// Brings it back on the same port.
@@ -358,12 +437,24 @@ impl KubeApi {
                 format!("00000000-0000-4000-8000-{:012x}", s.uid_seq)
             }
         };
-        let meta = v.get_mut("metadata").and_then(Value::as_object_mut).expect("metadata");
+        let meta = v
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+            .expect("metadata");
         meta.insert("uid".into(), json!(uid));
         meta.insert("resourceVersion".into(), json!(rv.to_string()));
-        let kind = if existing.is_some() { "MODIFIED" } else { "ADDED" };
+        let kind = if existing.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
         s.objects.insert(key, v.clone());
-        let c = Change { rv, resource, kind, object: v };
+        let c = Change {
+            rv,
+            resource,
+            kind,
+            object: v,
+        };
         s.history.push(c.clone());
         drop(s);
         let _ = self.shared.changes.send(c);
@@ -374,13 +465,21 @@ impl KubeApi {
     pub fn delete<K: k8s_openapi::Resource>(&self, namespace: &str, name: &str) -> bool {
         let resource = resource_of::<K>();
         let mut s = self.shared.store.lock().unwrap();
-        let Some(mut v) = s.objects.remove(&(resource.clone(), namespace.to_string(), name.to_string())) else {
+        let Some(mut v) =
+            s.objects
+                .remove(&(resource.clone(), namespace.to_string(), name.to_string()))
+        else {
             return false;
         };
         s.rv += 1;
         let rv = s.rv;
         v["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let c = Change { rv, resource, kind: "DELETED", object: v };
+        let c = Change {
+            rv,
+            resource,
+            kind: "DELETED",
+            object: v,
+        };
         s.history.push(c.clone());
         drop(s);
         let _ = self.shared.changes.send(c);
@@ -452,14 +551,32 @@ mod tests {
         assert_eq!(list["metadata"]["resourceVersion"], "2");
         assert_eq!(list["items"].as_array().unwrap().len(), 1);
         // A watch from version 1 sees b's ADDED, then ends at its timeout.
-        let (_, body) = get(&api, "/api/v1/pods?watch=true&resourceVersion=1&timeoutSeconds=1");
-        let events: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let (_, body) = get(
+            &api,
+            "/api/v1/pods?watch=true&resourceVersion=1&timeoutSeconds=1",
+        );
+        let events: Vec<Value> = body
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(events.len(), 1);
-        assert_eq!((events[0]["type"].as_str(), events[0]["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("b")));
+        assert_eq!(
+            (
+                events[0]["type"].as_str(),
+                events[0]["object"]["metadata"]["name"].as_str()
+            ),
+            (Some("ADDED"), Some("b"))
+        );
         api.compact();
-        let (_, body) = get(&api, "/api/v1/pods?watch=true&resourceVersion=2&timeoutSeconds=1");
+        let (_, body) = get(
+            &api,
+            "/api/v1/pods?watch=true&resourceVersion=2&timeoutSeconds=1",
+        );
         let ev: Value = serde_json::from_str(body.lines().next().unwrap()).unwrap();
-        assert_eq!((ev["type"].as_str(), ev["object"]["code"].as_u64()), (Some("ERROR"), Some(410)));
+        assert_eq!(
+            (ev["type"].as_str(), ev["object"]["code"].as_u64()),
+            (Some("ERROR"), Some(410))
+        );
         api.stop();
         assert!(crate::observer::http_get(&api.addr.to_string(), "/api/v1/pods", None).is_err());
         api.resume().unwrap();

@@ -117,7 +117,10 @@ impl Resolver {
     }
 
     fn resolve(&self, root: &Path, dir: &Path) -> Identity {
-        let meta = self.meta.as_ref().map(|m| m.read().unwrap_or_else(|e| e.into_inner()));
+        let meta = self
+            .meta
+            .as_ref()
+            .map(|m| m.read().unwrap_or_else(|e| e.into_inner()));
         resolve_path(root, dir, meta.as_deref())
     }
 

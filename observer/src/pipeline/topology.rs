@@ -153,7 +153,10 @@ impl Topology {
                     socket(&k.server_address, k.server_port)
                 }),
             };
-            let key = EdgeKey { client: Node::Workload(id.clone()), server };
+            let key = EdgeKey {
+                client: Node::Workload(id.clone()),
+                server,
+            };
             let e = t.edges.entry(key).or_default();
             e.requests += h.count;
             if failed(k.status, k.error_type) {
@@ -167,7 +170,10 @@ impl Topology {
                 Some(w) => (Node::Workload(w), true),
                 None => (elsewhere(peers, client_ip, || client_ip.to_string()), false),
             };
-            let key = EdgeKey { client, server: Node::Workload(id.clone()) };
+            let key = EdgeKey {
+                client,
+                server: Node::Workload(id.clone()),
+            };
             if local {
                 // Counted from the client side; keep the server's view of the same requests.
                 // (A local client that reached this server through an address no pod owns, a
@@ -204,7 +210,10 @@ impl Topology {
                 };
                 let e = self
                     .edges
-                    .entry(EdgeKey { client: Node::Workload(id.clone()), server })
+                    .entry(EdgeKey {
+                        client: Node::Workload(id.clone()),
+                        server,
+                    })
                     .or_default();
                 e.tcp.connections += s.connections;
                 e.tcp.connect_failures += s.connect_failures;
@@ -214,9 +223,15 @@ impl Topology {
             } else {
                 let (client, is_local) = match local {
                     Some(w) => (Node::Workload(w), true),
-                    None => (elsewhere(peers, &peer.addr, || peer.addr.to_string()), false),
+                    None => (
+                        elsewhere(peers, &peer.addr, || peer.addr.to_string()),
+                        false,
+                    ),
                 };
-                let key = EdgeKey { client, server: Node::Workload(id.clone()) };
+                let key = EdgeKey {
+                    client,
+                    server: Node::Workload(id.clone()),
+                };
                 if is_local {
                     if let Some(e) = self.edges.get_mut(&key) {
                         e.tcp.retransmits += s.retransmits;

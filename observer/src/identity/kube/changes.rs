@@ -45,10 +45,20 @@ impl ContainerState {
             .last_state
             .as_ref()
             .and_then(|st| st.terminated.as_ref())
-            .map(|t| (t.reason.clone().unwrap_or_else(|| "Unknown".into()), t.exit_code));
+            .map(|t| {
+                (
+                    t.reason.clone().unwrap_or_else(|| "Unknown".into()),
+                    t.exit_code,
+                )
+            });
         ContainerState {
             name: s.name.clone(),
-            id: s.container_id.as_deref().map(strip_runtime).unwrap_or_default().to_string(),
+            id: s
+                .container_id
+                .as_deref()
+                .map(strip_runtime)
+                .unwrap_or_default()
+                .to_string(),
             restarts: s.restart_count,
             waiting,
             last_terminated,
@@ -58,7 +68,9 @@ impl ContainerState {
 
 /// The container states of a pod (init containers included).
 pub fn container_states(pod: &Pod) -> Vec<ContainerState> {
-    let Some(st) = &pod.status else { return Vec::new() };
+    let Some(st) = &pod.status else {
+        return Vec::new();
+    };
     st.init_container_statuses
         .iter()
         .flatten()
@@ -108,9 +120,9 @@ impl RestartTracker {
                 .as_deref()
                 .filter(|w| FAILURE_WAITING.contains(w));
             if restarted || failing.is_some() {
-                let fresh =
-                    self.published
-                        .insert((uid.to_string(), st.name.clone(), st.restarts));
+                let fresh = self
+                    .published
+                    .insert((uid.to_string(), st.name.clone(), st.restarts));
                 if fresh && !seed {
                     let terminated = st.last_terminated.as_ref();
                     let reason = match (terminated, failing) {
@@ -192,7 +204,12 @@ pub struct ScaleTracker {
 
 impl ScaleTracker {
     /// `Some(previous)` when the desired count of (namespace, kind, name) changed; records it.
-    pub fn observe(&mut self, key: (String, String, String), desired: i32, seed: bool) -> Option<i32> {
+    pub fn observe(
+        &mut self,
+        key: (String, String, String),
+        desired: i32,
+        seed: bool,
+    ) -> Option<i32> {
         let prev = self.desired.insert(key, desired);
         match prev {
             Some(p) if p != desired && !seed => Some(p),
@@ -222,19 +239,35 @@ mod tests {
     #[test]
     fn a_restart_is_published_once() {
         let mut t = RestartTracker::default();
-        assert!(t.observe("u", &[st("a", 0, None, None)], None, true).is_empty());
+        assert!(t
+            .observe("u", &[st("a", 0, None, None)], None, true)
+            .is_empty());
         let r = t.observe("u", &[st("b", 1, None, Some("OOMKilled"))], None, false);
         assert_eq!(r.len(), 1);
         assert_eq!(
-            (r[0].reason.as_str(), r[0].restart_count, r[0].previous_container_id.as_str(), r[0].container_id.as_str()),
+            (
+                r[0].reason.as_str(),
+                r[0].restart_count,
+                r[0].previous_container_id.as_str(),
+                r[0].container_id.as_str()
+            ),
             ("OOMKilled", 1, "a", "b")
         );
         // The same status again (a resync or relist): nothing.
-        assert!(t.observe("u", &[st("b", 1, None, Some("OOMKilled"))], None, false).is_empty());
+        assert!(t
+            .observe("u", &[st("b", 1, None, Some("OOMKilled"))], None, false)
+            .is_empty());
         // Crash loop: waiting with the count up, then running again with the same count.
-        let r = t.observe("u", &[st("", 2, Some("CrashLoopBackOff"), Some("Error"))], None, false);
+        let r = t.observe(
+            "u",
+            &[st("", 2, Some("CrashLoopBackOff"), Some("Error"))],
+            None,
+            false,
+        );
         assert_eq!(r[0].reason, "CrashLoopBackOff");
-        assert!(t.observe("u", &[st("c", 2, None, Some("Error"))], None, false).is_empty());
+        assert!(t
+            .observe("u", &[st("c", 2, None, Some("Error"))], None, false)
+            .is_empty());
         // A plain error exit.
         let r = t.observe("u", &[st("d", 3, None, Some("Error"))], None, false);
         assert_eq!((r[0].reason.as_str(), r[0].exit_code), ("Error", Some(137)));
@@ -245,14 +278,40 @@ mod tests {
         let mut t = RestartTracker::default();
         let r = t.observe("u", &[st("", 0, Some("ErrImagePull"), None)], None, false);
         assert_eq!(r[0].reason, "ErrImagePull");
-        assert!(t.observe("u", &[st("", 0, Some("ImagePullBackOff"), None)], None, false).is_empty());
-        let r = t.observe("u", &[st("", 0, Some("ImagePullBackOff"), None)], Some("Evicted"), false);
+        assert!(t
+            .observe(
+                "u",
+                &[st("", 0, Some("ImagePullBackOff"), None)],
+                None,
+                false
+            )
+            .is_empty());
+        let r = t.observe(
+            "u",
+            &[st("", 0, Some("ImagePullBackOff"), None)],
+            Some("Evicted"),
+            false,
+        );
         assert_eq!(r[0].reason, "Evicted");
         assert!(t.observe("u", &[], Some("Evicted"), false).is_empty());
         // Seeding publishes nothing and remembers.
         let mut t = RestartTracker::default();
-        assert!(t.observe("v", &[st("", 4, Some("CrashLoopBackOff"), None)], None, true).is_empty());
-        assert!(t.observe("v", &[st("", 4, Some("CrashLoopBackOff"), None)], None, false).is_empty());
+        assert!(t
+            .observe(
+                "v",
+                &[st("", 4, Some("CrashLoopBackOff"), None)],
+                None,
+                true
+            )
+            .is_empty());
+        assert!(t
+            .observe(
+                "v",
+                &[st("", 4, Some("CrashLoopBackOff"), None)],
+                None,
+                false
+            )
+            .is_empty());
     }
 
     #[test]
@@ -268,7 +327,11 @@ mod tests {
     #[test]
     fn scale_changes() {
         let mut s = ScaleTracker::default();
-        let k = ("ns".to_string(), "Deployment".to_string(), "web".to_string());
+        let k = (
+            "ns".to_string(),
+            "Deployment".to_string(),
+            "web".to_string(),
+        );
         assert_eq!(s.observe(k.clone(), 2, false), None);
         assert_eq!(s.observe(k.clone(), 2, false), None);
         assert_eq!(s.observe(k.clone(), 5, false), Some(2));

@@ -63,7 +63,10 @@ pub struct State {
 }
 
 fn ns_name(m: &ObjectMeta) -> (String, String) {
-    (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default())
+    (
+        m.namespace.clone().unwrap_or_default(),
+        m.name.clone().unwrap_or_default(),
+    )
 }
 
 fn key_of(m: &ObjectMeta) -> String {
@@ -84,12 +87,20 @@ fn controller(m: &ObjectMeta) -> Option<(String, String)> {
         .map(|o| (o.kind.clone(), o.name.clone()))
 }
 
-fn event(kind: EventKind, identity: Identity, fields: &[(&str, String)], message: String) -> LifecycleEvent {
+fn event(
+    kind: EventKind,
+    identity: Identity,
+    fields: &[(&str, String)],
+    message: String,
+) -> LifecycleEvent {
     LifecycleEvent {
         kind,
         time: SystemTime::now(),
         identity: Arc::new(identity),
-        fields: fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        fields: fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
         message,
     }
 }
@@ -130,18 +141,63 @@ impl State {
 
     pub fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Pod(e) => self.step("pods", e, |m| m.uid.clone().unwrap_or_default(), Self::pod, Self::delete_pod),
-            Msg::Service(e) => self.step("services", e, key_of, Self::service, Self::delete_service),
-            Msg::ReplicaSet(e) => self.step("replicasets", e, key_of, Self::replicaset, Self::delete_replicaset),
+            Msg::Pod(e) => self.step(
+                "pods",
+                e,
+                |m| m.uid.clone().unwrap_or_default(),
+                Self::pod,
+                Self::delete_pod,
+            ),
+            Msg::Service(e) => {
+                self.step("services", e, key_of, Self::service, Self::delete_service)
+            }
+            Msg::ReplicaSet(e) => self.step(
+                "replicasets",
+                e,
+                key_of,
+                Self::replicaset,
+                Self::delete_replicaset,
+            ),
             Msg::Job(e) => self.step("jobs", e, key_of, Self::job, Self::delete_job),
-            Msg::Deployment(e) => self.step("deployments", e, key_of, Self::deployment, Self::delete_deployment),
-            Msg::StatefulSet(e) => self.step("statefulsets", e, key_of, Self::statefulset, Self::delete_statefulset),
-            Msg::DaemonSet(e) => self.step("daemonsets", e, key_of, Self::daemonset, Self::delete_daemonset),
-            Msg::Hpa(e) => self.step("horizontalpodautoscalers", e, key_of, Self::hpa, Self::delete_hpa),
-            Msg::Event(e) => self.step("events", e, |m| m.uid.clone().unwrap_or_default(), Self::kube_event, Self::delete_event),
+            Msg::Deployment(e) => self.step(
+                "deployments",
+                e,
+                key_of,
+                Self::deployment,
+                Self::delete_deployment,
+            ),
+            Msg::StatefulSet(e) => self.step(
+                "statefulsets",
+                e,
+                key_of,
+                Self::statefulset,
+                Self::delete_statefulset,
+            ),
+            Msg::DaemonSet(e) => self.step(
+                "daemonsets",
+                e,
+                key_of,
+                Self::daemonset,
+                Self::delete_daemonset,
+            ),
+            Msg::Hpa(e) => self.step(
+                "horizontalpodautoscalers",
+                e,
+                key_of,
+                Self::hpa,
+                Self::delete_hpa,
+            ),
+            Msg::Event(e) => self.step(
+                "events",
+                e,
+                |m| m.uid.clone().unwrap_or_default(),
+                Self::kube_event,
+                Self::delete_event,
+            ),
             Msg::Error(resource, e) => {
                 self.status.add_error(resource);
-                let gone = matches!(&e, kube::runtime::watcher::Error::WatchError(s) if s.code == 410);
+                let gone =
+                    matches!(&e, kube::runtime::watcher::Error::WatchError(s) if s.code == 410);
                 if gone {
                     tracing::info!(resource, "Kubernetes watch: {e}; listing again");
                 } else if self.failing.insert(resource) {
@@ -197,7 +253,10 @@ impl State {
                 self.status.set_synced(resource);
             }
             Event::Apply(obj) => {
-                self.present.entry(resource).or_default().insert(key(obj.meta()));
+                self.present
+                    .entry(resource)
+                    .or_default()
+                    .insert(key(obj.meta()));
                 apply(self, &obj, seed);
             }
             Event::Delete(obj) => {
@@ -268,7 +327,12 @@ impl State {
                 r.container, r.reason, r.restart_count
             );
             tracing::info!("{msg}");
-            self.out.push(Output::Event(event(EventKind::ContainerRestart, identity, &fields, msg)));
+            self.out.push(Output::Event(event(
+                EventKind::ContainerRestart,
+                identity,
+                &fields,
+                msg,
+            )));
         }
     }
 
@@ -286,13 +350,17 @@ impl State {
             .iter()
             .filter_map(|i| i.parse().ok())
             .collect();
-        if let Some(ip) = spec.and_then(|s| s.cluster_ip.as_deref()).and_then(|i| i.parse().ok()) {
+        if let Some(ip) = spec
+            .and_then(|s| s.cluster_ip.as_deref())
+            .and_then(|i| i.parse().ok())
+        {
             if !ips.contains(&ip) {
                 ips.push(ip);
             }
         }
         let selector = spec.and_then(|s| s.selector.clone()).unwrap_or_default();
-        self.store().put_service(&ns, &name, Some(ServiceMeta { ips, selector }));
+        self.store()
+            .put_service(&ns, &name, Some(ServiceMeta { ips, selector }));
     }
 
     fn delete_service(&mut self, key: &str) {
@@ -302,14 +370,20 @@ impl State {
 
     fn replicaset(&mut self, rs: &ReplicaSet, seed: bool) {
         let (ns, name) = ns_name(&rs.metadata);
-        let deployment = controller(&rs.metadata).filter(|(k, _)| k == "Deployment").map(|(_, n)| n);
+        let deployment = controller(&rs.metadata)
+            .filter(|(k, _)| k == "Deployment")
+            .map(|(_, n)| n);
         let owned = deployment.is_some();
         self.store().put_rs_owner(&ns, &name, deployment);
         if owned {
             return;
         }
         let desired = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        let ready = rs.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+        let ready = rs
+            .status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
         self.workload(&ns, "ReplicaSet", &name, desired, ready, seed, true);
     }
 
@@ -321,7 +395,9 @@ impl State {
 
     fn job(&mut self, j: &Job, _seed: bool) {
         let (ns, name) = ns_name(&j.metadata);
-        let cron = controller(&j.metadata).filter(|(k, _)| k == "CronJob").map(|(_, n)| n);
+        let cron = controller(&j.metadata)
+            .filter(|(k, _)| k == "CronJob")
+            .map(|(_, n)| n);
         self.store().put_job_owner(&ns, &name, cron);
     }
 
@@ -333,7 +409,11 @@ impl State {
     fn deployment(&mut self, d: &Deployment, seed: bool) {
         let (ns, name) = ns_name(&d.metadata);
         let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+        let ready = d
+            .status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
         self.workload(&ns, "Deployment", &name, desired, ready, seed, true);
     }
 
@@ -345,7 +425,11 @@ impl State {
     fn statefulset(&mut self, s: &StatefulSet, seed: bool) {
         let (ns, name) = ns_name(&s.metadata);
         let desired = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        let ready = s.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+        let ready = s
+            .status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
         self.workload(&ns, "StatefulSet", &name, desired, ready, seed, true);
     }
 
@@ -369,9 +453,25 @@ impl State {
     }
 
     /// Updates a workload's gauge; publishes a scale event when its desired count changed.
-    #[expect(clippy::too_many_arguments, reason = "one call per workload kind, all positional")]
-    fn workload(&mut self, ns: &str, kind: &str, name: &str, desired: i32, ready: i32, seed: bool, scale: bool) {
-        let key = WorkloadKey { namespace: ns.into(), kind: kind.into(), name: name.into() };
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call per workload kind, all positional"
+    )]
+    fn workload(
+        &mut self,
+        ns: &str,
+        kind: &str,
+        name: &str,
+        desired: i32,
+        ready: i32,
+        seed: bool,
+        scale: bool,
+    ) {
+        let key = WorkloadKey {
+            namespace: ns.into(),
+            kind: kind.into(),
+            name: name.into(),
+        };
         let g = self.gauges.entry(key.clone()).or_default();
         let before = *g;
         g.desired = desired.into();
@@ -380,7 +480,9 @@ impl State {
         if now != before {
             self.out.push(Output::Replicas(key.clone(), now));
         }
-        let changed = self.scale.observe((ns.into(), kind.into(), name.into()), desired, seed);
+        let changed = self
+            .scale
+            .observe((ns.into(), kind.into(), name.into()), desired, seed);
         if let (Some(from), true) = (changed, scale) {
             self.scale_event(ns, kind, name, from, desired, "spec");
         }
@@ -402,11 +504,20 @@ impl State {
         let dir = if to > from { "up" } else { "down" };
         let msg = format!("{kind} {ns}/{name} scaled {dir} from {from} to {to} ({source})");
         tracing::info!("{msg}");
-        self.out.push(Output::Event(event(EventKind::WorkloadScale, identity, &fields, msg)));
+        self.out.push(Output::Event(event(
+            EventKind::WorkloadScale,
+            identity,
+            &fields,
+            msg,
+        )));
     }
 
     fn delete_workload(&mut self, ns: &str, kind: &str, name: &str) {
-        let key = WorkloadKey { namespace: ns.into(), kind: kind.into(), name: name.into() };
+        let key = WorkloadKey {
+            namespace: ns.into(),
+            kind: kind.into(),
+            name: name.into(),
+        };
         self.scale.forget(&(ns.into(), kind.into(), name.into()));
         if self.gauges.remove(&key).is_some() {
             self.out.push(Output::RemoveWorkload(key));
@@ -415,17 +526,28 @@ impl State {
 
     fn hpa(&mut self, h: &HorizontalPodAutoscaler, seed: bool) {
         let (ns, name) = ns_name(&h.metadata);
-        let Some(target) = h.spec.as_ref().map(|s| &s.scale_target_ref) else { return };
+        let Some(target) = h.spec.as_ref().map(|s| &s.scale_target_ref) else {
+            return;
+        };
         let desired = h.status.as_ref().map_or(0, |s| s.desired_replicas);
-        let key = WorkloadKey { namespace: ns.clone(), kind: target.kind.clone(), name: target.name.clone() };
-        self.hpa_targets.insert((ns.clone(), name.clone()), key.clone());
+        let key = WorkloadKey {
+            namespace: ns.clone(),
+            kind: target.kind.clone(),
+            name: target.name.clone(),
+        };
+        self.hpa_targets
+            .insert((ns.clone(), name.clone()), key.clone());
         let g = self.gauges.entry(key.clone()).or_default();
         if g.hpa_desired != Some(desired.into()) {
             g.hpa_desired = Some(desired.into());
             let now = *g;
             self.out.push(Output::Replicas(key, now));
         }
-        let changed = self.scale.observe((ns.clone(), "HorizontalPodAutoscaler".into(), name), desired, seed);
+        let changed = self.scale.observe(
+            (ns.clone(), "HorizontalPodAutoscaler".into(), name),
+            desired,
+            seed,
+        );
         if let Some(from) = changed {
             let (kind, workload) = (target.kind.clone(), target.name.clone());
             self.scale_event(&ns, &kind, &workload, from, desired, "hpa");
@@ -434,7 +556,8 @@ impl State {
 
     fn delete_hpa(&mut self, key: &str) {
         let (ns, name) = split_key(key);
-        self.scale.forget(&(ns.clone(), "HorizontalPodAutoscaler".into(), name.clone()));
+        self.scale
+            .forget(&(ns.clone(), "HorizontalPodAutoscaler".into(), name.clone()));
         if let Some(target) = self.hpa_targets.remove(&(ns, name)) {
             if let Some(g) = self.gauges.get_mut(&target) {
                 g.hpa_desired = None;
@@ -446,7 +569,12 @@ impl State {
 
     fn kube_event(&mut self, e: &KubeEvent, seed: bool) {
         let uid = e.metadata.uid.clone().unwrap_or_default();
-        let count = e.series.as_ref().and_then(|s| s.count).or(e.count).unwrap_or(1);
+        let count = e
+            .series
+            .as_ref()
+            .and_then(|s| s.count)
+            .or(e.count)
+            .unwrap_or(1);
         let delta = self.events.observe(&uid, count, seed);
         if delta == 0 || e.type_.as_deref() != Some("Warning") {
             return;
@@ -465,7 +593,9 @@ impl State {
             .unwrap_or_default();
         let identity = {
             let store = self.store.read().unwrap_or_else(|e| e.into_inner());
-            let local = store.pod(&pod_uid).is_some_and(|p| p.node == self.settings.node_name);
+            let local = store
+                .pod(&pod_uid)
+                .is_some_and(|p| p.node == self.settings.node_name);
             if !local {
                 return;
             }
@@ -483,7 +613,12 @@ impl State {
         let message = e.message.clone().unwrap_or_default();
         // One publication per occurrence: the counters add one each.
         for _ in 0..delta {
-            self.out.push(Output::Event(event(EventKind::KubernetesEvent, identity.clone(), &fields, message.clone())));
+            self.out.push(Output::Event(event(
+                EventKind::KubernetesEvent,
+                identity.clone(),
+                &fields,
+                message.clone(),
+            )));
         }
     }
 

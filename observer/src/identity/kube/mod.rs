@@ -50,9 +50,8 @@ pub struct KubeSettings {
 pub async fn client(s: &KubeSettings) -> Result<Client, StartError> {
     let config = match &s.kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
-                StartError::Config(format!("kubeconfig {}: {e}", path.display()))
-            })?;
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| StartError::Config(format!("kubeconfig {}: {e}", path.display())))?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
                 .map_err(|e| StartError::Config(format!("kubeconfig {}: {e}", path.display())))?

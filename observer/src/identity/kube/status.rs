@@ -44,7 +44,9 @@ pub struct KubeStatus {
 
 impl Default for KubeStatus {
     fn default() -> Self {
-        Self { each: RESOURCES.iter().map(|_| One::default()).collect() }
+        Self {
+            each: RESOURCES.iter().map(|_| One::default()).collect(),
+        }
     }
 }
 
@@ -54,19 +56,28 @@ impl KubeStatus {
     }
 
     fn index(resource: &str) -> usize {
-        RESOURCES.iter().position(|r| *r == resource).expect("known resource")
+        RESOURCES
+            .iter()
+            .position(|r| *r == resource)
+            .expect("known resource")
     }
 
     pub fn set_synced(&self, resource: &str) {
-        self.each[Self::index(resource)].synced.store(true, Ordering::Relaxed);
+        self.each[Self::index(resource)]
+            .synced
+            .store(true, Ordering::Relaxed);
     }
 
     pub fn add_error(&self, resource: &str) {
-        self.each[Self::index(resource)].errors.fetch_add(1, Ordering::Relaxed);
+        self.each[Self::index(resource)]
+            .errors
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn synced(&self, resource: &str) -> bool {
-        self.each[Self::index(resource)].synced.load(Ordering::Relaxed)
+        self.each[Self::index(resource)]
+            .synced
+            .load(Ordering::Relaxed)
     }
 
     /// `Err(reason)` while some resource has not been listed once.
@@ -136,7 +147,13 @@ mod tests {
         s.add_error("pods");
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
-        assert!(out.contains("observer_kubernetes_metadata_synced{resource=\"events\"} 1"), "{out}");
-        assert!(out.contains("observer_kubernetes_watch_errors_total{resource=\"pods\"} 1"), "{out}");
+        assert!(
+            out.contains("observer_kubernetes_metadata_synced{resource=\"events\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("observer_kubernetes_watch_errors_total{resource=\"pods\"} 1"),
+            "{out}"
+        );
     }
 }

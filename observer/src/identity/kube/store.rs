@@ -64,7 +64,9 @@ impl MetaStore {
         if let Some((old, _)) = self.pods.get(&p.uid) {
             // Keep the names of earlier container ids (the old cgroup may still be aggregated).
             for (id, name) in &old.containers {
-                p.containers.entry(id.clone()).or_insert_with(|| name.clone());
+                p.containers
+                    .entry(id.clone())
+                    .or_insert_with(|| name.clone());
             }
             if *old == p && self.pods[&p.uid].1.is_none() {
                 return;
@@ -171,12 +173,19 @@ impl MetaStore {
     /// not name (the sandbox's pause container) gets an empty container name.
     pub fn identity(&self, kind: &CgroupKind) -> Option<Identity> {
         let (uid, cid) = match kind {
-            CgroupKind::Container { pod_uid, container_id, .. } => (pod_uid, container_id.as_deref()),
+            CgroupKind::Container {
+                pod_uid,
+                container_id,
+                ..
+            } => (pod_uid, container_id.as_deref()),
             CgroupKind::Pod { pod_uid, .. } => (pod_uid, None),
             _ => return None,
         };
         let p = self.pod(uid)?;
-        let name = cid.and_then(|c| p.containers.get(c)).cloned().unwrap_or_default();
+        let name = cid
+            .and_then(|c| p.containers.get(c))
+            .cloned()
+            .unwrap_or_default();
         self.container_identity(uid, &name)
     }
 
@@ -269,19 +278,30 @@ mod tests {
         assert!(s.generation > g);
         let id = s.identity(&kind).unwrap();
         assert_eq!(
-            (id.k8s_namespace_name.as_str(), id.k8s_pod_name.as_str(), id.k8s_container_name.as_str(), id.service_name.as_str()),
+            (
+                id.k8s_namespace_name.as_str(),
+                id.k8s_pod_name.as_str(),
+                id.k8s_container_name.as_str(),
+                id.service_name.as_str()
+            ),
             ("shop", "web-7d9f-abcde", "nginx", "web")
         );
         let mut p = pod(Some(("Job", "backup-2901")));
         p.uid = "u2".into();
         s.put_pod(p);
         s.put_job_owner("shop", "backup-2901", Some("backup".into()));
-        assert_eq!(s.container_identity("u2", "c").unwrap().service_name, "backup");
+        assert_eq!(
+            s.container_identity("u2", "c").unwrap().service_name,
+            "backup"
+        );
         let mut bare = pod(None);
         bare.uid = "u3".into();
         bare.name = "debug".into();
         s.put_pod(bare);
-        assert_eq!(s.container_identity("u3", "c").unwrap().service_name, "debug");
+        assert_eq!(
+            s.container_identity("u3", "c").unwrap().service_name,
+            "debug"
+        );
     }
 
     #[test]
@@ -312,11 +332,20 @@ mod tests {
         s.put_service(
             "shop",
             "empty",
-            Some(ServiceMeta { ips: vec!["10.96.0.11".parse().unwrap()], selector: BTreeMap::new() }),
+            Some(ServiceMeta {
+                ips: vec!["10.96.0.11".parse().unwrap()],
+                selector: BTreeMap::new(),
+            }),
         );
         let p = s.peers();
         assert_eq!(p[&"10.1.2.3".parse::<IpAddr>().unwrap()].service_name, "db");
-        assert_eq!(p[&"10.96.0.10".parse::<IpAddr>().unwrap()].service_name, "db");
-        assert_eq!(p[&"10.96.0.11".parse::<IpAddr>().unwrap()].service_name, "empty");
+        assert_eq!(
+            p[&"10.96.0.10".parse::<IpAddr>().unwrap()].service_name,
+            "db"
+        );
+        assert_eq!(
+            p[&"10.96.0.11".parse::<IpAddr>().unwrap()].service_name,
+            "empty"
+        );
     }
 }
