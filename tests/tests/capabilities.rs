@@ -4,6 +4,12 @@
 //! a simulated pod's syscalls, TCP connections and HTTP requests are counted exactly. Without any
 //! one of those capabilities the observer does not start, and says in one line which one is
 //! missing and what for. Run as root by `cargo xtask test`.
+//!
+//! Debian's and Ubuntu's kernels refuse perf_event_open (classic tracepoints) to anything but
+//! CAP_SYS_ADMIN when `kernel.perf_event_paranoid` is above 2, and Debian's default is 3: nodes with
+//! such kernels need `kernel.perf_event_paranoid=2` (README, Deployment). The first test sets that
+//! where it is higher, as such a node would have it; the last one shows that at 3 the observer's
+//! start-up check says so exactly when the kernel enforces it.
 
 use std::{
     collections::BTreeSet,
@@ -22,6 +28,36 @@ use observer_tests::{
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(10);
+
+/// The tests of this file one at a time: one of them changes a sysctl of the whole machine.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+const PARANOID: &str = "/proc/sys/kernel/perf_event_paranoid";
+
+/// Sets `kernel.perf_event_paranoid` and puts the old value back when dropped.
+struct Paranoid(String);
+
+impl Paranoid {
+    fn set(v: i32) -> Paranoid {
+        let old = std::fs::read_to_string(PARANOID).unwrap();
+        std::fs::write(PARANOID, v.to_string()).unwrap();
+        Paranoid(old.trim().to_string())
+    }
+}
+
+impl Drop for Paranoid {
+    fn drop(&mut self) {
+        let _ = std::fs::write(PARANOID, &self.0);
+    }
+}
+
+fn paranoid() -> i32 {
+    std::fs::read_to_string(PARANOID)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
 
 /// The capabilities the DaemonSet adds, as capsh names them (`BPF` → `cap_bpf`).
 fn manifest_caps() -> BTreeSet<String> {
@@ -164,7 +200,15 @@ print(" ".join(str(s) for s in sorted(set(got))), got.count(200), got.count(404)
 #[test]
 fn with_only_the_manifests_capabilities_everything_works() {
     require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     ensure_tracefs();
+    let _paranoid = (paranoid() > 2).then(|| {
+        println!(
+            "kernel.perf_event_paranoid is {}: 2, as the README asks of such nodes",
+            paranoid()
+        );
+        Paranoid::set(2)
+    });
     let keep = manifest_caps();
     let wrapper = capsh_keeping(&keep);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
@@ -294,6 +338,7 @@ fn with_only_the_manifests_capabilities_everything_works() {
     let log = obs.stderr.lock().unwrap().clone();
     assert!(log.contains("CAP_SYS_PTRACE missing"), "{log}");
     assert!(!log.contains("tracefs is not mounted"), "{log}");
+    assert!(!log.contains("perf_event_open is refused"), "{log}");
     assert!(!log.contains("probe down"), "{log}");
     assert!(obs.stop().unwrap().success());
 }
@@ -301,6 +346,7 @@ fn with_only_the_manifests_capabilities_everything_works() {
 #[test]
 fn without_any_one_of_them_one_line_names_it_and_the_observer_exits() {
     require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let keep = manifest_caps();
     for missing in &keep {
         let mut fewer = keep.clone();
@@ -331,4 +377,42 @@ fn without_any_one_of_them_one_line_names_it_and_the_observer_exits() {
             );
         }
     }
+}
+
+/// At `kernel.perf_event_paranoid` 3, with the manifest's capabilities: where the kernel enforces
+/// it (Debian's, Ubuntu's), the start-up check says that perf_event_open is refused and names the
+/// probes that need it, and exactly those are down; where it does not (this machine's kernel), no
+/// such line and every probe up.
+#[test]
+fn perf_event_paranoid_above_2_is_named_where_the_kernel_enforces_it() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_tracefs();
+    let _paranoid = Paranoid::set(3);
+    let keep = manifest_caps();
+    let wrapper = capsh_keeping(&keep);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let obs = Observer::start_wrapped(&wrapper, &[]).unwrap();
+    let s = obs.scrape().unwrap();
+    let log = obs.stderr.lock().unwrap().clone();
+    let up = |probe: &str| sum(&s, "observer_probe_up", &[("probe", probe)]);
+    let classic = ["tcp_connections", "http"];
+    if log.contains("perf_event_open is refused") {
+        println!("this kernel enforces perf_event_paranoid 3");
+        assert!(log.contains("kernel.perf_event_paranoid is 3"), "{log}");
+        for p in classic {
+            assert!(log.contains(p), "the warning names {p}: {log}");
+            assert_eq!(up(p), 0.0, "{p}");
+        }
+        // The rest does not need perf_event_open.
+        for p in ["syscalls", "tcp_retransmits", "tcp_bytes"] {
+            assert_eq!(up(p), 1.0, "{p}");
+        }
+    } else {
+        println!("this kernel does not enforce perf_event_paranoid 3");
+        for x in s.iter().filter(|x| x.name == "observer_probe_up") {
+            assert_eq!(x.value, 1.0, "{:?}", x.labels);
+        }
+    }
+    obs.stop().unwrap();
 }

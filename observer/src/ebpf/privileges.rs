@@ -33,6 +33,10 @@ pub struct Host {
     pub tracefs_mounted: bool,
     /// Soft RLIMIT_MEMLOCK in bytes (`u64::MAX`: unlimited).
     pub memlock: u64,
+    /// Whether this process may call perf_event_open (which attaches classic tracepoints), or
+    /// the errno it got, and `kernel.perf_event_paranoid`.
+    pub perf_event_open: Result<(), i32>,
+    pub perf_event_paranoid: Option<i32>,
 }
 
 /// A missing optional capability: what degrades, or a note that nothing does here.
@@ -80,12 +84,44 @@ impl Host {
                 .iter()
                 .any(|d| std::path::Path::new(d).join("events").is_dir()),
             memlock,
+            perf_event_open: try_perf_event_open(),
+            perf_event_paranoid: std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+                .ok()
+                .and_then(|s| s.trim().parse().ok()),
         }
     }
 
     fn has(&self, cap: u32) -> bool {
         self.effective & (1u64 << cap) != 0
     }
+}
+
+/// Opens and closes a system-wide software perf event (PERF_COUNT_SW_DUMMY on CPU 0): the
+/// permission checks of perf_event_open without measuring anything. CAP_PERFMON passes them,
+/// except where a kernel patch (Debian's and Ubuntu's, at `kernel.perf_event_paranoid` 3 and
+/// above) demands CAP_SYS_ADMIN for every perf_event_open.
+fn try_perf_event_open() -> Result<(), i32> {
+    // struct perf_event_attr, PERF_ATTR_SIZE_VER0 (64 bytes): type, size, config; the rest 0.
+    let mut attr = [0u64; 8];
+    attr[0] = 1 | (64u64 << 32); // type PERF_TYPE_SOFTWARE, size 64
+    attr[1] = 9; // config PERF_COUNT_SW_DUMMY
+                 // SAFETY: perf_event_open with a valid, fully initialised attr of the size it states.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            attr.as_ptr(),
+            -1 as libc::pid_t,
+            0 as libc::c_int,
+            -1 as libc::c_int,
+            libc::c_ulong::from(8u32), // PERF_FLAG_FD_CLOEXEC
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    // SAFETY: closing the descriptor just opened.
+    unsafe { libc::close(fd as libc::c_int) };
+    Ok(())
 }
 
 /// `6.18.44-fc` → (6, 18); unparsable parts are 0.
@@ -142,6 +178,23 @@ pub fn assess(host: &Host) -> Result<Vec<Finding>, String> {
                 host.memlock / 1024
             )));
         }
+    }
+    if let Err(errno) = host.perf_event_open {
+        let paranoid = host
+            .perf_event_paranoid
+            .map_or(String::from("unknown"), |p| p.to_string());
+        findings.push(Finding::Degraded(format!(
+            "perf_event_open is refused ({}; kernel.perf_event_paranoid is {paranoid}, and above \
+             2 Debian's and Ubuntu's kernels allow it only with CAP_SYS_ADMIN): classic \
+             tracepoints cannot be attached, so the tcp_connections, http and lifecycle probes \
+             (sock:inet_sock_set_state, oom:mark_victim) will be down; set \
+             kernel.perf_event_paranoid=2 on the node",
+            match errno {
+                libc::EACCES => "EACCES".to_string(),
+                libc::EPERM => "EPERM".to_string(),
+                e => std::io::Error::from_raw_os_error(e).to_string(),
+            }
+        )));
     }
     if !host.tracefs_mounted && !admin {
         findings.push(Finding::Degraded(
@@ -208,6 +261,8 @@ mod tests {
             kernel: (6, 18),
             tracefs_mounted: true,
             memlock: 8 << 20,
+            perf_event_open: Ok(()),
+            perf_event_paranoid: Some(2),
         }
     }
 
@@ -271,5 +326,18 @@ mod tests {
         );
         h.effective |= caps(&[CAP_SYS_ADMIN]);
         assert_eq!(assess(&h).unwrap(), vec![]);
+
+        // Debian's kernels at perf_event_paranoid 3: CAP_PERFMON is not enough.
+        let mut h = manifest_host();
+        h.effective |= caps(&[CAP_SYS_PTRACE]);
+        h.perf_event_open = Err(libc::EACCES);
+        h.perf_event_paranoid = Some(3);
+        let f = assess(&h).unwrap();
+        assert!(
+            matches!(&f[..], [Finding::Degraded(m)] if m.starts_with("perf_event_open is refused (EACCES;")
+                && m.contains("perf_event_paranoid is 3")
+                && m.contains("tcp_connections, http and lifecycle probes")),
+            "{f:?}"
+        );
     }
 }
