@@ -14,6 +14,7 @@ use std::{
 
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet, StatefulSet},
+    autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::{CronJob, Job},
     core::v1::{Event, Pod as KPod, Service},
 };
@@ -68,6 +69,16 @@ fn deployment(name: &str, replicas: i32) -> Deployment {
                  "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
                           "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "main"}]}}},
                  "status": {"readyReplicas": 1}}))
+}
+
+/// An HPA on Deployment `target` whose controller wants `desired` replicas.
+fn hpa(target: &str, desired: i32) -> HorizontalPodAutoscaler {
+    typed(
+        json!({"metadata": {"name": format!("{target}-hpa"), "namespace": NS},
+                 "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+                          "minReplicas": 1, "maxReplicas": 10},
+                 "status": {"currentReplicas": 2, "desiredReplicas": desired}}),
+    )
 }
 
 fn warning(
@@ -184,6 +195,7 @@ fn names_peers_restarts_events_and_scale_follow_the_api() {
     // Owners: Deployment web → ReplicaSet web-5d8f; StatefulSet db; CronJob backup → Job.
     api.apply(&deployment("web", 2));
     api.apply(&deployment("marker", 1));
+    api.apply(&hpa("web", 2));
     api.apply::<ReplicaSet>(&typed(owned(
         "ReplicaSet",
         "web-5d8f",
@@ -433,6 +445,7 @@ fn names_peers_restarts_events_and_scale_follow_the_api() {
     ));
     api.apply(&warning("db-0.pulled", &db, "db-0", "Pulled", "Normal", 1));
     api.apply(&deployment("web", 5));
+    api.apply(&hpa("web", 7));
 
     let restarts = |s: &[Sample], pod: &str, reason: &str| {
         value(
@@ -464,11 +477,23 @@ fn names_peers_restarts_events_and_scale_follow_the_api() {
             ],
         )
     };
+    let hpa_desired = |s: &[Sample]| {
+        value(
+            s,
+            "observer_workload_replicas",
+            &[
+                ("kind", "Deployment"),
+                ("workload", "web"),
+                ("state", "hpa_desired"),
+            ],
+        )
+    };
     let done = |s: &[Sample]| {
         restarts(s, "web-5d8f-abcde", "OOMKilled") == Some(1.0)
             && restarts(s, "db-0", "CrashLoopBackOff") == Some(1.0)
             && backoffs(s) == Some(1.0)
             && desired(s) == Some(5.0)
+            && hpa_desired(s) == Some(7.0)
     };
     let s = obs.scrape_until(Duration::from_secs(20), done).unwrap();
     assert_eq!(restarts(&s, "web-5d8f-abcde", "OOMKilled"), Some(1.0));
@@ -489,6 +514,7 @@ fn names_peers_restarts_events_and_scale_follow_the_api() {
         None
     );
     assert_eq!(desired(&s), Some(5.0));
+    assert_eq!(hpa_desired(&s), Some(7.0));
     assert_eq!(
         value(
             &s,
@@ -595,17 +621,23 @@ fn names_peers_restarts_events_and_scale_follow_the_api() {
             )
         })
         .collect();
-    let scale = |w: &str, from: &str, to: &str| {
+    let scale = |w: &str, from: &str, to: &str, source: &str| {
         (
             w.to_string(),
             from.to_string(),
             to.to_string(),
-            "spec".to_string(),
+            source.to_string(),
         )
     };
+    let mut scales = scales;
+    scales.sort();
     assert_eq!(
         scales,
-        vec![scale("web", "2", "5"), scale("marker", "1", "2")]
+        vec![
+            scale("marker", "1", "2", "spec"),
+            scale("web", "2", "5", "spec"),
+            scale("web", "2", "7", "hpa"),
+        ]
     );
     let mut restart_events: Vec<(String, String, String, String)> = got
         .iter()
