@@ -322,17 +322,26 @@ impl Pipeline {
         self.resolver.identity_hinted(cgroup_id, tgid)
     }
 
+    /// The kernel side's lost-record counters, summed over the CPUs (cheap: one lookup each).
+    pub fn lost(&self) -> [u64; LOST_COUNTERS as usize] {
+        let mut lost = [0; LOST_COUNTERS as usize];
+        if let Some(l) = &self.maps.lost {
+            for i in 0..LOST_COUNTERS {
+                if let Ok(v) = l.get(&i, 0) {
+                    lost[i as usize] = v.iter().sum();
+                }
+            }
+        }
+        lost
+    }
+
+    /// Loss counters and fill levels. Counting a table's entries costs one syscall per entry,
+    /// so this runs per scrape only (every 15-60 s), never on a short timer.
     pub fn health(&self) -> KernelHealth {
         let mut h = KernelHealth::default();
         h.http = self.http_health.clone();
         h.http.routes_overflow = self.http.routes.overflow_counts();
-        if let Some(l) = &self.maps.lost {
-            for i in 0..LOST_COUNTERS {
-                if let Ok(v) = l.get(&i, 0) {
-                    h.lost[i as usize] = v.iter().sum();
-                }
-            }
-        }
+        h.lost = self.lost();
         if let Some(m) = &self.maps.syscall_stats {
             h.fill.push((
                 "SYSCALL_STATS",

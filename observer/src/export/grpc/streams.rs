@@ -227,7 +227,7 @@ pub async fn poll_lost(
             continue;
         }
         let p = pipeline.clone();
-        let Ok(lost) = tokio::task::spawn_blocking(move || lock(&p).health().lost.to_vec()).await
+        let Ok(lost) = tokio::task::spawn_blocking(move || lock(&p).lost().to_vec()).await
         else {
             continue;
         };
