@@ -80,8 +80,18 @@ impl PeerMap {
             if pods.len() != 1 {
                 continue;
             }
+            // A named container before the sandbox, whose cgroup Kubernetes metadata names
+            // after the pod with an empty container name (the sandbox's `pause` is left out
+            // above only while no metadata names it).
             ids.sort_by(|a, b| {
-                (&a.k8s_container_name, &a.service_name).cmp(&(&b.k8s_container_name, &b.service_name))
+                let key = |i: &Identity| {
+                    (
+                        i.k8s_container_name.is_empty(),
+                        i.k8s_container_name.clone(),
+                        i.service_name.clone(),
+                    )
+                };
+                key(a).cmp(&key(b))
             });
             self.map.insert(ip, ids[0].clone());
         }
