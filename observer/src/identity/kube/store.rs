@@ -209,18 +209,23 @@ impl MetaStore {
                 out.insert(*ip, id.clone());
             }
         }
+        // Selectors only pick pods of their own namespace.
+        let mut by_ns: HashMap<&str, Vec<&PodMeta>> = HashMap::new();
+        for (p, gone) in self.pods.values() {
+            if gone.is_none() {
+                by_ns.entry(p.namespace.as_str()).or_default().push(p);
+            }
+        }
         for ((ns, name), s) in &self.services {
             let mut workloads: Vec<String> = if s.selector.is_empty() {
                 Vec::new()
             } else {
-                self.pods
-                    .values()
-                    .filter(|(p, g)| {
-                        g.is_none()
-                            && p.namespace == *ns
-                            && s.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
-                    })
-                    .map(|(p, _)| self.workload(p))
+                by_ns
+                    .get(ns.as_str())
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| s.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+                    .map(|p| self.workload(p))
                     .collect()
             };
             workloads.sort();
