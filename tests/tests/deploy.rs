@@ -23,7 +23,11 @@ use k8s_openapi::{
     apimachinery::pkg::api::resource::Quantity,
     serde::de::DeserializeOwned,
 };
-use observer_tests::observer::binary;
+use observer_tests::{
+    kubeapi::KubeApi,
+    observer::{binary, Observer},
+    require_root, TempDir,
+};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -501,7 +505,12 @@ fn rbac_reads_only_what_the_observer_reads() {
     let role: ClusterRole = typed(&objs, "ClusterRole", "observer");
     let mut granted = BTreeSet::new();
     for rule in role.rules.unwrap() {
-        assert_eq!(rule.verbs, ["get", "list", "watch"], "read-only verbs");
+        for v in &rule.verbs {
+            assert!(
+                ["get", "list", "watch"].contains(&v.as_str()),
+                "{v}: read-only verbs only"
+            );
+        }
         assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
         for g in rule.api_groups.unwrap() {
             for r in rule.resources.clone().unwrap() {
@@ -533,6 +542,91 @@ fn rbac_reads_only_what_the_observer_reads() {
         ("ServiceAccount", "observer")
     );
     assert_eq!(subjects[0].namespace.as_deref(), Some("observer"));
+}
+
+/// (API group, resource, verb) of a request to the API: `/api/v1/pods?watch=true&...` →
+/// ("", "pods", "watch"); `/apis/apps/v1/namespaces/x/replicasets/y` → ("apps", "replicasets", "get").
+fn api_request(uri: &str) -> (String, String, String) {
+    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => panic!("not an API path: {uri}"),
+    };
+    let rest = match rest {
+        ["namespaces", _ns, rest @ ..] if !rest.is_empty() => rest,
+        r => r,
+    };
+    let watch = query
+        .split('&')
+        .any(|q| q == "watch=true" || q == "watch=1");
+    let verb = match (rest.len(), watch) {
+        (_, true) => "watch",
+        (1, false) => "list",
+        _ => "get",
+    };
+    (group.to_string(), rest[0].to_string(), verb.to_string())
+}
+
+/// What the observer really asks the API for, against the stand-in (`observer_tests::kubeapi`),
+/// is exactly what the ClusterRole grants: every (group, resource) it lists or watches has a rule
+/// with that verb, and the ClusterRole grants nothing it does not ask for.
+#[test]
+fn rbac_is_what_the_observer_requests() {
+    require_root();
+    let dir = TempDir::new("deploy-rbac").unwrap();
+    let api = KubeApi::start().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    let kc = kubeconfig.to_string_lossy().into_owned();
+    let obs = Observer::start(&["--kubeconfig", &kc, "--node-name", "node-rbac"]).unwrap();
+    // Ready: every watched resource was listed once; then a moment for the watches.
+    let deadline =
+        std::time::Instant::now() + observer_tests::scaled(std::time::Duration::from_secs(30));
+    while obs.get("/readyz", None).unwrap().0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    obs.stop().unwrap();
+    let requested: BTreeSet<(String, String, String)> =
+        api.requests().iter().map(|r| api_request(r)).collect();
+    println!("requests: {requested:?}");
+
+    let role: ClusterRole = typed(&render("base"), "ClusterRole", "observer");
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.unwrap() {
+        for g in rule.api_groups.unwrap() {
+            for r in rule.resources.clone().unwrap() {
+                for v in &rule.verbs {
+                    granted.insert((g.clone(), r.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    for req in &requested {
+        assert!(
+            granted.contains(req),
+            "the observer asks for {req:?}, the ClusterRole does not grant it"
+        );
+    }
+    let resources = |set: &BTreeSet<(String, String, String)>| -> BTreeSet<(String, String)> {
+        set.iter().map(|(g, r, _)| (g.clone(), r.clone())).collect()
+    };
+    assert_eq!(
+        resources(&granted),
+        resources(&requested),
+        "granted but never requested"
+    );
+    // Nor a verb it does not use (its watchers list and watch; they never get one object).
+    assert_eq!(granted, requested, "verbs granted but never used");
+    for verb in ["list", "watch"] {
+        assert!(
+            requested.iter().any(|(_, _, v)| v == verb),
+            "no {verb} request: {requested:?}"
+        );
+    }
 }
 
 #[test]
