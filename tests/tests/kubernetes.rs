@@ -160,6 +160,53 @@ impl Drop for HostAddrs {
     }
 }
 
+/// A sandbox (`pause`-like) container of a simulated pod: a cgroup of its own in the pod's
+/// cgroup, a process in the pod's network namespace; removed on drop (before the pod).
+struct Sandbox {
+    dir: std::path::PathBuf,
+    child: Child,
+}
+
+impl Sandbox {
+    fn new(pod: &Pod) -> anyhow::Result<Sandbox> {
+        let id = format!(
+            "{}{}",
+            observer_tests::random_hex(32),
+            observer_tests::random_hex(32)
+        );
+        let dir = pod.pod_dir.join(format!("cri-containerd-{id}.scope"));
+        std::fs::create_dir(&dir)?;
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec ip netns exec {} sleep 300",
+                dir.display(),
+                pod.netns
+            ))
+            .spawn();
+        match child {
+            Ok(child) => Ok(Sandbox { dir, child }),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 struct HostProcess(Child);
 
 impl Drop for HostProcess {
@@ -317,6 +364,10 @@ fn names_peers_restarts_events_and_scale_follow_the_api() {
     for p in [&mut web, &mut db, &mut job, &mut bare] {
         p.spawn("sleep", &["300"]).unwrap();
     }
+    // The db pod also has a sandbox container (not in its statuses) and an HTTP server.
+    let _sandbox = Sandbox::new(&db).unwrap();
+    db.spawn("python3", &["-m", "http.server", "8080"]).unwrap();
+    db.wait_listening(8080).unwrap();
     // Ready once every resource was listed.
     let deadline = std::time::Instant::now() + observer_tests::scaled(Duration::from_secs(30));
     while obs.get("/readyz", None).unwrap().0 != 200 && std::time::Instant::now() < deadline {
@@ -326,7 +377,12 @@ fn names_peers_restarts_events_and_scale_follow_the_api() {
 
     let expected = [
         (web.uid.clone(), names(NS, "web-5d8f-abcde", "main", "web")),
-        (db.uid.clone(), names(NS, "db-0", "main", "db")),
+        (db.uid.clone(), {
+            // The sandbox: the pod's names, no container name.
+            let mut both = names(NS, "db-0", "", "db");
+            both.extend(names(NS, "db-0", "main", "db"));
+            both
+        }),
         (
             job.uid.clone(),
             names(NS, "backup-29000-x7k2p", "main", "backup"),
@@ -353,12 +409,13 @@ fn names_peers_restarts_events_and_scale_follow_the_api() {
         Some(1.0)
     );
 
-    // Topology: the web pod calls the remote pod's IP and the Service's ClusterIP.
+    // Topology: the web pod calls the remote pod's IP, the Service's ClusterIP and the db pod.
     let n = 4;
     web.python(
         CLIENT,
         &[
             &n.to_string(),
+            &format!("{}:8080", db.ip),
             &format!("{remote_ip}:{port}"),
             &format!("{cluster_ip}:{port}"),
         ],
@@ -379,6 +436,7 @@ fn names_peers_restarts_events_and_scale_follow_the_api() {
         out
     };
     let want_edges: BTreeMap<(String, String), f64> = [
+        (("db".to_string(), String::new()), n as f64),
         (("payments".to_string(), String::new()), n as f64),
         (("remote-api".to_string(), String::new()), n as f64),
     ]
@@ -387,6 +445,21 @@ fn names_peers_restarts_events_and_scale_follow_the_api() {
         .scrape_until(Duration::from_secs(20), |s| edges(s) == want_edges)
         .unwrap();
     assert_eq!(edges(&s), want_edges);
+    // The local server's side of the same requests joins the edge: the db pod's address stands
+    // for its named container, not its sandbox.
+    let server_side = |s: &[Sample]| {
+        value(
+            s,
+            "traces_service_graph_request_server_seconds_count",
+            &[("client", "web"), ("server", "db")],
+        )
+    };
+    let s = obs
+        .scrape_until(Duration::from_secs(10), |s| {
+            server_side(s) == Some(n as f64)
+        })
+        .unwrap();
+    assert_eq!(server_side(&s), Some(n as f64));
     drop(server);
 
     // The gRPC event stream, from here on (collected in the background).
