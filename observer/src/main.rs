@@ -25,6 +25,13 @@ fn daemon(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // kube-client logs every failed connection attempt at ERROR; the Kubernetes watchers report
+    // the same failure once per outage (and count each), unless the filter asks for kube_client.
+    let filter = if args.log.contains("kube_client") {
+        filter
+    } else {
+        filter.add_directive("kube_client::client::builder=off".parse().expect("a directive"))
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
