@@ -334,9 +334,9 @@ fn with_only_the_manifests_capabilities_everything_works() {
         1.0
     );
 
-    // What it cannot do without more is named, with the feature it costs; nothing else is.
+    // Nothing it does needs more than the manifest grants: no feature is named as degraded.
     let log = obs.stderr.lock().unwrap().clone();
-    assert!(log.contains("CAP_SYS_PTRACE missing"), "{log}");
+    assert!(!log.contains(" missing"), "{log}");
     assert!(!log.contains("tracefs is not mounted"), "{log}");
     assert!(!log.contains("perf_event_open is refused"), "{log}");
     assert!(!log.contains("probe down"), "{log}");

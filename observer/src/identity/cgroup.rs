@@ -282,6 +282,11 @@ impl Resolver {
             .collect()
     }
 
+    /// Identities of the cgroups still known, without collecting them.
+    pub fn known_identities_ref(&self) -> impl Iterator<Item = &Arc<Identity>> {
+        self.known.values().map(|k| &k.identity)
+    }
+
     /// Identities of the cgroups still known (alive or within their grace period).
     pub fn known_identities(&self) -> HashSet<Arc<Identity>> {
         self.known.values().map(|k| k.identity.clone()).collect()

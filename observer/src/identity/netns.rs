@@ -1,6 +1,6 @@
 //! Local pods by the IP addresses of their network namespaces: the topology's peer resolution
 //! for this node, without any API. A pod's namespace is found through a process of its cgroup
-//! (`/proc/<pid>/ns/net`); its addresses are read once per namespace from that process's view of
+//! (the inode of `/proc/<pid>/net/fib_trie`, one per namespace); its addresses are read once per namespace from that process's view of
 //! `/proc/net/fib_trie` (IPv4 local addresses) and `/proc/net/if_inet6` (IPv6), loopback and
 //! link-local left out.
 //!
@@ -64,7 +64,7 @@ impl PeerMap {
                 continue;
             }
             let Some(pid) = first_pid(dir) else { continue };
-            let Ok(ns) = fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino()) else {
+            let Some(ns) = netns_key(pid) else {
                 continue;
             };
             seen_ns.insert(ns);
@@ -115,6 +115,17 @@ fn addresses(pid: u32) -> Vec<IpAddr> {
     out.sort();
     out.dedup();
     out
+}
+
+/// A key that tells network namespaces apart: the inode of `/proc/<pid>/net/fib_trie`, which
+/// the kernel creates once per namespace and anyone may stat (unlike `/proc/<pid>/ns/net`,
+/// which needs CAP_SYS_PTRACE for another user's or a more privileged process); the namespace
+/// inode where fib_trie is missing (no IPv4).
+fn netns_key(pid: u32) -> Option<u64> {
+    fs::metadata(format!("/proc/{pid}/net/fib_trie"))
+        .or_else(|_| fs::metadata(format!("/proc/{pid}/ns/net")))
+        .map(|m| m.ino())
+        .ok()
 }
 
 /// The `/32 host LOCAL` leaves of a fib_trie dump, loopback left out.

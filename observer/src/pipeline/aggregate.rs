@@ -313,6 +313,18 @@ impl Pipeline {
             }
         }
         t.lifecycle = self.lifecycle.counts();
+        // Replica gauges only for workloads with a pod on this node: every observer of the
+        // cluster watches every workload, and a gauge per workload per node would multiply the
+        // series by the node count (scale events, rare and not series, stay on every node).
+        let local: HashSet<(&str, &str)> = self
+            .resolver
+            .known_identities_ref()
+            .filter(|i| !i.k8s_pod_name.is_empty())
+            .map(|i| (i.k8s_namespace_name.as_str(), i.service_name.as_str()))
+            .collect();
+        t.lifecycle
+            .replicas
+            .retain(|k, _| local.contains(&(k.namespace.as_str(), k.name.as_str())));
         t
     }
 
@@ -441,7 +453,20 @@ impl Pipeline {
         self.retired.tcp.retain(|id, _| alive.contains(id));
         self.retired.http.retain(&alive);
         self.retired.tcp_edges.retain(|(id, _), _| alive.contains(id));
-        self.lifecycle.retain(&alive);
+        let live_pods: Vec<(String, String, String)> = match self.resolver.metadata() {
+            Some(meta) => {
+                let m = meta.read().unwrap_or_else(|e| e.into_inner());
+                m.live_pods()
+                    .into_iter()
+                    .filter_map(|uid| {
+                        let p = m.pod(&uid)?;
+                        Some((uid.clone(), p.namespace.clone(), p.name.clone()))
+                    })
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        self.lifecycle.retain(&alive, &live_pods);
         tracing::debug!(cgroups = expired.len(), "retired deleted cgroups");
     }
 }

@@ -217,12 +217,32 @@ impl Lifecycle {
         (self.recent.iter().cloned().collect(), self.tx.subscribe())
     }
 
-    /// Forgets the per-workload counters of identities that are gone (after the grace
-    /// period, with the workload's other series).
-    pub fn retain(&mut self, alive: &std::collections::HashSet<Arc<Identity>>) {
-        self.oom_kills.retain(|id, _| alive.contains(id));
-        self.exits.retain(|(id, _), _| alive.contains(id));
-        self.restarts.retain(|(id, _), _| alive.contains(id));
+    /// Forgets the counters of workloads that are gone: no known cgroup has their identity
+    /// any more (after the grace period, with their other series) and the Kubernetes API no
+    /// longer lists their pod. `live_pods` are (UID, namespace, name) of the pods the API
+    /// lists: a container that never started (ImagePullBackOff) has restarts but no cgroup.
+    pub fn retain(
+        &mut self,
+        alive: &std::collections::HashSet<Arc<Identity>>,
+        live_pods: &[(String, String, String)],
+    ) {
+        let uids: std::collections::HashSet<&str> =
+            live_pods.iter().map(|(u, _, _)| u.as_str()).collect();
+        let names: std::collections::HashSet<(&str, &str)> = live_pods
+            .iter()
+            .map(|(_, ns, n)| (ns.as_str(), n.as_str()))
+            .chain(
+                alive
+                    .iter()
+                    .map(|i| (i.k8s_namespace_name.as_str(), i.k8s_pod_name.as_str())),
+            )
+            .collect();
+        let keep = |id: &Arc<Identity>| alive.contains(id) || uids.contains(id.k8s_pod_uid.as_str());
+        self.oom_kills.retain(|id, _| keep(id));
+        self.exits.retain(|(id, _), _| keep(id));
+        self.restarts.retain(|(id, _), _| keep(id));
+        self.kube_events
+            .retain(|k, _| names.contains(&(k.namespace.as_str(), k.pod.as_str())));
     }
 }
 
