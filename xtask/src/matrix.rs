@@ -309,9 +309,10 @@ fn parse_result(s: &str) -> (u64, u64) {
 
 /// A shell script that runs every test binary serially (each test starts its own observer and
 /// pods) and marks failures and the end.
-/// Test binaries that do not depend on the kernel (manifests, rules, dashboards): run on the
-/// host only, not again in every guest.
-const HOST_ONLY: [&str; 2] = ["deploy-", "dashboard-"];
+/// Test binaries that do not depend on the kernel (manifests, rules, dashboards, Kubernetes
+/// metadata from the API stand-in: no probe of its own): run on the host only, not again in
+/// every guest.
+const HOST_ONLY: [&str; 3] = ["deploy-", "dashboard-", "kubernetes-"];
 
 fn host_only(b: &Path) -> bool {
     let name = b.file_name().unwrap_or_default().to_string_lossy();
