@@ -819,7 +819,7 @@ fn bad_requests_get_invalid_argument_or_not_found() {
 
         // StreamEvents: the probe states first.
         let mut ev = c
-            .stream_events(pb::StreamEventsRequest {})
+            .stream_events(pb::StreamEventsRequest { replay: false })
             .await
             .unwrap()
             .into_inner();
@@ -1013,7 +1013,7 @@ fn events_report_lost_records_as_they_happen() {
     let event = rt.block_on(async {
         let mut c = connect(&obs.grpc_addr).await.unwrap();
         let mut ev = c
-            .stream_events(pb::StreamEventsRequest {})
+            .stream_events(pb::StreamEventsRequest { replay: false })
             .await
             .unwrap()
             .into_inner();
