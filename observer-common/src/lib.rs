@@ -64,102 +64,132 @@ pub struct SyscallEntry {
     pub ts_ns: u64,
     pub tid: u32,
     pub nr: u32,
-    /// For the socket I/O syscalls of [`io_kind`]: the user buffer (`read`/`write`/`sendto`/
-    /// `recvfrom`), the `struct iovec *` (`readv`/`writev`) or the `struct msghdr *`
-    /// (`sendmsg`/`recvmsg`); 0 otherwise.
-    pub buf: u64,
-    /// `IO_*` kind of the syscall, `IO_NONE` for any other.
-    pub io: u32,
-    /// Socket send/receive calls seen inside this syscall so far (only the first one starts at
-    /// the beginning of the user buffer).
-    pub io_calls: u32,
 }
-const _: () = assert!(core::mem::size_of::<SyscallEntry>() == 32);
+const _: () = assert!(core::mem::size_of::<SyscallEntry>() == 16);
 
-/// Kinds of socket I/O syscalls whose data the HTTP probe looks at.
-pub const IO_NONE: u32 = 0;
-/// One flat buffer (`read`, `write`, `recvfrom`, `sendto`).
-pub const IO_BUF: u32 = 1;
-/// A `struct iovec` array (`readv`, `writev`).
-pub const IO_IOVEC: u32 = 2;
-/// A `struct msghdr` (`recvmsg`, `sendmsg`).
-pub const IO_MSGHDR: u32 = 3;
-/// No user buffer (`sendfile`: the body comes from a file).
-pub const IO_NOBUF: u32 = 4;
+/// L7 protocol ids (`L7Conn::proto`, `L7Event::proto`). 0 is "not decided yet", [`L7_NONE`]
+/// "no protocol wants this connection". Each id is also a bit (`1 << id`) of the
+/// `L7_PROTOCOLS` global that says which detectors run.
+pub const L7_UNDECIDED: u8 = 0;
+/// HTTP/1.0 and HTTP/1.1.
+pub const L7_HTTP1: u8 = 1;
+/// No registered protocol matched the connection's first bytes.
+pub const L7_NONE: u8 = 255;
 
-/// The I/O kind of syscall `nr` on x86_64 (the numbering of the only architecture built for).
-#[inline(always)]
-pub fn io_kind(nr: u32) -> u32 {
-    match nr {
-        0 | 1 | 44 | 45 => IO_BUF,      // read, write, sendto, recvfrom
-        19 | 20 => IO_IOVEC,            // readv, writev
-        46 | 47 => IO_MSGHDR,           // sendmsg, recvmsg
-        40 => IO_NOBUF,                 // sendfile
-        _ => IO_NONE,
-    }
-}
+/// Bytes of a request's first call kept per connection (and sent with its exchange).
+pub const L7_REQ_MAX: usize = 256;
+/// Bytes of a response's first call sent with its exchange.
+pub const L7_RESP_MAX: usize = 256;
 
-/// Bytes of the start of each HTTP message the kernel hands to user space.
-pub const HTTP_PREFIX: usize = 512;
+/// Which end of an exchange the observed process is.
+pub const L7_SIDE_UNKNOWN: u8 = 0;
+pub const L7_SIDE_SERVER: u8 = 1;
+pub const L7_SIDE_CLIENT: u8 = 2;
 
-/// [`HttpEvent::kind`]: a message starts (request or response line at the start of the data).
-pub const HTTP_EV_START: u8 = 0;
-/// [`HttpEvent::kind`]: a connection with HTTP traffic closed.
-pub const HTTP_EV_CLOSE: u8 = 1;
-/// [`HttpEvent::dir`]: the process sent the data.
-pub const HTTP_DIR_SEND: u8 = 0;
-/// [`HttpEvent::dir`]: the process received the data.
-pub const HTTP_DIR_RECV: u8 = 1;
+/// [`L7Event::kind`]: a response started (with the request it answers, when one was pending).
+pub const L7_EV_EXCHANGE: u8 = 0;
+/// [`L7Event::kind`]: a request whose response had not started when the next request started
+/// (requests pipelined call by call); its response comes in a later `EXCHANGE` without request.
+pub const L7_EV_REQUEST: u8 = 1;
+/// [`L7Event::kind`]: the socket is gone while a request was pending or a response was still
+/// being transferred.
+pub const L7_EV_CLOSE: u8 = 2;
 
-/// Per-connection state of an HTTP connection (key: `struct sock *`): byte accounting of the
-/// current message in each direction, and the socket's addresses (read once, when the
-/// connection is entered). `*_bytes` counts from the start of the current message (the call
-/// that started it included); `*_last_ns` is the time of the last call; `*_tail` the last up to
-/// 8 bytes moved by calls whose data went beyond the captured prefix, right-aligned.
+/// The calls of one direction since its current message started: bytes, time of the last
+/// call, and its last up to 8 bytes (right-aligned; for the end of a chunked body).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HttpConn {
-    pub out_bytes: u64,
-    pub out_last_ns: u64,
-    pub in_bytes: u64,
-    pub in_last_ns: u64,
-    pub out_tail: [u8; 8],
-    pub in_tail: [u8; 8],
-    pub cgroup_id: u64,
-    /// `AF_INET` or `AF_INET6`.
-    pub family: u16,
-    /// Local and remote port (host byte order).
-    pub lport: u16,
-    pub rport: u16,
-    pub _pad: u16,
-    /// Local and remote address (IPv4 in the first 4 bytes).
-    pub laddr: [u8; 16],
-    pub raddr: [u8; 16],
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L7Dir {
+    pub bytes: u64,
+    pub last_ns: u64,
+    pub tail: [u8; 8],
 }
-const _: () = assert!(core::mem::size_of::<HttpConn>() == 96);
+const _: () = assert!(core::mem::size_of::<L7Dir>() == 24);
 
-/// A record of the HTTP probe's ring buffer, sent cut after `prefix_len` bytes of `prefix`.
+/// The peer of a connection: family (`AF_INET`/`AF_INET6`), its port (host order) and
+/// address (IPv4 in the first 4 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L7Peer {
+    pub family: u16,
+    pub port: u16,
+    pub _pad: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<L7Peer>() == 24);
+
+/// Per-connection state of an L7 connection (key: `struct sock *`), made when a protocol's
+/// detector claims the connection and removed when the socket is destroyed. The framer of the
+/// protocol keeps here the request waiting for its response (time, first bytes) and the
+/// counters of the response in flight.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct HttpEvent {
+pub struct L7Conn {
+    /// The socket's cgroup (v2 id), checked again at every request start.
+    pub cgroup_id: u64,
+    /// First byte of the pending request (0: none pending).
+    pub req_ts: u64,
+    /// The response direction since the current response started.
+    pub resp: L7Dir,
+    pub peer: L7Peer,
+    /// Bytes of the pending request's first call.
+    pub req_len: u32,
+    /// Bytes of the current response's first call.
+    pub resp_first: u32,
+    /// The process that made the pending request's call.
+    pub tgid: u32,
+    pub proto: u8,
+    pub side: u8,
+    /// `L7_F_*` bits the protocol's framer keeps.
+    pub flags: u8,
+    pub _pad: u8,
+    /// Bytes of `req` holding the pending request's first bytes.
+    pub req_snip: u16,
+    pub _pad2: [u16; 3],
+    pub req: [u8; L7_REQ_MAX],
+}
+const _: () = assert!(core::mem::size_of::<L7Conn>() == 16 + 24 + 24 + 24 + L7_REQ_MAX);
+
+/// [`L7Conn::flags`]: user space may hold an exchange of this connection open that only the
+/// socket's end can finish (e.g. an interim HTTP response whose final one never came), so its
+/// destruction sends a `CLOSE` record even with nothing pending here.
+pub const L7_F_OPEN_AT_USER: u8 = 1;
+
+/// A record of the L7 ring: the exchange (or request, or close) of one connection, cut after
+/// `L7_EVENT_HEADER + req_snip + resp_snip` bytes. `data` holds the request's first bytes,
+/// then the response's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct L7Event {
     pub sk: u64,
     pub cgroup_id: u64,
-    /// When the call that started the message moved its data (monotonic ns).
+    /// When the record's event happened: the response's first byte (`EXCHANGE`), the flushed
+    /// request's first byte (`REQUEST`), the socket's end (`CLOSE`); monotonic ns.
     pub ts_ns: u64,
-    /// The connection's state just before this event: for a start, the previous message in
-    /// the same direction ended with these counters; for a close, the last message of each
-    /// direction.
-    pub conn: HttpConn,
-    /// Bytes moved by the starting call (`START`), 0 for `CLOSE`.
-    pub len: u32,
+    /// First byte of the request this record carries (0: none).
+    pub req_ts: u64,
+    /// The response direction's counters just before this record: the previous response
+    /// ended with them.
+    pub prev: L7Dir,
+    pub peer: L7Peer,
+    /// Bytes of the response's first call (`EXCHANGE`).
+    pub resp_len: u32,
+    /// Bytes of the request's first call.
+    pub req_len: u32,
+    /// The process that made the request's call (else the response's).
     pub tgid: u32,
+    pub proto: u8,
     pub kind: u8,
-    pub dir: u8,
-    pub prefix_len: u16,
-    pub _pad0: u32,
-    pub prefix: [u8; HTTP_PREFIX],
+    pub side: u8,
+    pub _pad: u8,
+    pub req_snip: u16,
+    pub resp_snip: u16,
+    pub _pad2: u32,
+    pub data: [u8; L7_REQ_MAX + L7_RESP_MAX],
 }
-const _: () = assert!(core::mem::size_of::<HttpEvent>() == 24 + 96 + 8 + 8 + HTTP_PREFIX);
+/// Bytes of an [`L7Event`] before its data.
+pub const L7_EVENT_HEADER: usize = 32 + 24 + 24 + 16 + 8;
+const _: () = assert!(core::mem::size_of::<L7Event>() == L7_EVENT_HEADER + L7_REQ_MAX + L7_RESP_MAX);
 
 /// A cgroup subtree the syscall probe is restricted to: the ancestor of the current cgroup at
 /// `level` must have id `cgroup_id`. `level == 0` marks an unused slot.
@@ -208,6 +238,9 @@ const _: () = assert!(
 /// Direction index for [`TcpStats::opened`].
 pub const DIR_INBOUND: usize = 0;
 pub const DIR_OUTBOUND: usize = 1;
+/// [`ConnInfo::direction`] of a connection whose opening was not seen (it predates the
+/// observer).
+pub const DIR_UNKNOWN: u32 = 2;
 
 /// Key of the per-edge TCP map: a workload (cgroup) and its peer. For an outbound connection
 /// the peer is the server's address and port; for an inbound one the client's address alone
@@ -248,7 +281,15 @@ pub struct ConnInfo {
     pub last_rtt_ns: u64,
     /// [`DIR_INBOUND`] or [`DIR_OUTBOUND`]; `u32::MAX` while a connect is in progress.
     pub direction: u32,
-    pub _pad: u32,
+    /// The connection's L7 protocol (`L7_*` id): [`L7_UNDECIDED`] until its first bytes were
+    /// looked at, [`L7_NONE`] once no protocol wanted them.
+    pub l7: u8,
+    /// Calls whose bytes were looked at while undecided.
+    pub l7_tries: u8,
+    /// 1 once the connection passed through its close transition (counted then); the entry
+    /// stays until the socket is destroyed, so data read after the close still belongs to it.
+    pub closed: u8,
+    pub _pad: u8,
     /// The connection's edge (per-edge figures are added under it).
     pub edge: TcpEdgeKey,
 }
@@ -261,38 +302,28 @@ pub const LOST_SYSCALL_SLOT_COLLISION: u32 = 2;
 pub const LOST_TCP_MAP_FULL: u32 = 3;
 pub const LOST_CONN_MAP_FULL: u32 = 4;
 pub const LOST_SOCK_READ: u32 = 5;
-/// An HTTP record found the ring buffer full.
-pub const LOST_HTTP_RINGBUF_FULL: u32 = 6;
-/// An HTTP connection found the HTTP connection table full.
-pub const LOST_HTTP_CONN_MAP_FULL: u32 = 7;
-/// The start of a message could not be read from user memory.
-pub const LOST_HTTP_USER_READ: u32 = 8;
+/// An L7 record found the ring buffer full.
+pub const LOST_L7_RINGBUF_FULL: u32 = 6;
+/// An L7 connection found the L7 connection table full.
+pub const LOST_L7_CONN_MAP_FULL: u32 = 7;
+/// A call's data could not be read from user memory.
+pub const LOST_L7_USER_READ: u32 = 8;
 /// A per-edge TCP figure found the edge table full.
 pub const LOST_TCP_EDGE_MAP_FULL: u32 = 9;
 /// A lifecycle record (exit, OOM kill) found its ring buffer full.
 pub const LOST_LIFECYCLE_RINGBUF_FULL: u32 = 10;
 /// An OOM victim found the victim table full (its kill is then reported as a plain SIGKILL).
 pub const LOST_OOM_VICTIM_MAP_FULL: u32 = 11;
+/// A connection's L7 state was found changed under it (another cgroup at a request start:
+/// the socket memory was reused without its destruction being seen); the state was reset.
+pub const LOST_L7_STALE_STATE: u32 = 12;
 pub const LOST_COUNTERS: u32 = 16;
 
 /// Bits of the `WORK` global: what the shared hooks do.
 pub const WORK_SYSCALLS: u32 = 1;
 pub const WORK_TCP: u32 = 2;
-pub const WORK_HTTP: u32 = 4;
-/// The HTTP probe takes syscall buffers in `sys_enter` (set when the syscall probe runs it
-/// anyway); otherwise it has its own `syscalls:sys_enter_*`/`sys_exit_*` tracepoints on the
-/// socket I/O syscalls only.
-pub const WORK_HTTP_IN_SYS_ENTER: u32 = 8;
-
-/// Offsets in the `syscalls:sys_enter_*` records, from their format files: the syscall number
-/// and the second argument (the buffer, iovec or msghdr of the I/O syscalls).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SyscallTpOffsets {
-    pub nr: u32,
-    pub arg2: u32,
-}
-const _: () = assert!(core::mem::size_of::<SyscallTpOffsets>() == 8);
+/// The L7 path runs (which protocols: the `L7_PROTOCOLS` global).
+pub const WORK_L7: u32 = 4;
 
 /// Kernel struct offsets located at start from BTF and handed to the programs.
 #[repr(C)]
@@ -411,8 +442,8 @@ mod pod {
     unsafe impl aya::Pod for ConnInfo {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for SetStateOffsets {}
-    unsafe impl aya::Pod for HttpConn {}
-    unsafe impl aya::Pod for SyscallTpOffsets {}
+    unsafe impl aya::Pod for L7Conn {}
+    unsafe impl aya::Pod for L7Dir {}
     unsafe impl aya::Pod for TcpEdgeKey {}
     unsafe impl aya::Pod for TcpEdgeStats {}
     unsafe impl aya::Pod for LifecycleOffsets {}

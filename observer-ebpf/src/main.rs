@@ -8,7 +8,7 @@
 #![no_main]
 
 mod empty;
-mod http;
+mod l7;
 mod lifecycle;
 mod maps;
 mod selftest;

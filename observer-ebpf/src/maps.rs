@@ -7,8 +7,9 @@ use aya_ebpf::{
     Global,
 };
 use observer_common::{
-    CgroupFilter, ConnInfo, LifecycleOffsets, HttpConn, HttpEvent, SyscallTpOffsets, TcpEdgeKey, TcpEdgeStats, KernelOffsets, SetStateOffsets, SyscallEntry, SyscallErrKey,
-    SyscallKey, SyscallStats, TcpStats, LOST_COUNTERS, MAX_CGROUP_FILTERS, SYSCALL_SLOTS,
+    CgroupFilter, ConnInfo, KernelOffsets, L7Conn, L7Event, LifecycleOffsets, SyscallEntry,
+    SyscallErrKey, SyscallKey, SyscallStats, TcpEdgeKey, TcpEdgeStats, TcpStats, LOST_COUNTERS,
+    MAX_CGROUP_FILTERS, SYSCALL_SLOTS,
 };
 
 /// Kernel struct offsets, located from BTF by user space at load time.
@@ -30,28 +31,18 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     sock_v6_rcv_saddr: 0,
 });
 
-/// What the shared hooks do (`WORK_*` bits): the syscall, TCP and HTTP probes share the
-/// `sys_enter` and socket I/O hooks, each attached once.
+/// What the shared socket hooks do (`WORK_*` bits): the TCP probe and the L7 path share the
+/// connection and socket I/O hooks, each attached once.
 #[unsafe(no_mangle)]
 pub static WORK: Global<u32> = Global::new(0);
 
-/// Record offsets of the `syscalls:sys_enter_*` tracepoints (HTTP probe without `sys_enter`).
+/// The L7 protocols whose detectors run (bit `1 << id` per `L7_*` id).
 #[unsafe(no_mangle)]
-pub static SYSCALL_TP: Global<SyscallTpOffsets> =
-    Global::new(SyscallTpOffsets { nr: 8, arg2: 24 });
+pub static L7_PROTOCOLS: Global<u32> = Global::new(0);
 
-/// Bytes waiting in [`HTTP_EVENTS`] from which a record wakes the reader up at once.
+/// Bytes waiting in [`L7_EVENTS`] from which a record wakes the reader up at once.
 #[unsafe(no_mangle)]
 pub static RINGBUF_WAKEUP_BYTES: Global<u64> = Global::new(64 * 1024);
-
-/// Field offsets of the `sock:inet_sock_set_state` record, from its tracefs format file.
-#[unsafe(no_mangle)]
-pub static SET_STATE: Global<SetStateOffsets> = Global::new(SetStateOffsets {
-    skaddr: 0,
-    oldstate: 0,
-    newstate: 0,
-    protocol: 0,
-});
 
 /// Task layout for the lifecycle probe, located from BTF by user space.
 #[unsafe(no_mangle)]
@@ -109,22 +100,26 @@ pub static TCP_STATS: PerCpuHashMap<u64, TcpStats> = PerCpuHashMap::with_max_ent
 pub static TCP_EDGES: PerCpuHashMap<TcpEdgeKey, TcpEdgeStats> =
     PerCpuHashMap::with_max_entries(16384, 0);
 
-/// Established TCP connections, keyed by `struct sock *`: owner cgroup and direction.
+/// The connection table, keyed by `struct sock *`: owner cgroup, direction, edge, and what
+/// the L7 path decided about the connection. Entered at establishment (or at the first call of
+/// a connection that predates the observer), removed at the close transition.
 #[map]
 pub static CONNS: HashMap<u64, ConnInfo> = HashMap::with_max_entries(65536, 0);
 
-/// Connections that carried an HTTP message start, keyed by `struct sock *`: byte accounting
-/// of the current message in each direction. Removed at close; LRU as a backstop.
+/// Connections an L7 protocol claimed, keyed by `struct sock *`: the framer's state. Removed
+/// when the socket is destroyed (`tcp_destroy_sock`). Preallocated: tracing programs of older
+/// kernels may not use allocating hash maps.
 #[map]
-pub static HTTP_CONNS: LruHashMap<u64, HttpConn> = LruHashMap::with_max_entries(65536, 0);
+pub static L7_CONNS: HashMap<u64, L7Conn> = HashMap::with_max_entries(16384, 0);
 
-/// Message starts and closes of HTTP connections, for user space.
+/// One record per exchange (and the rare request or close records), for user space.
 #[map]
-pub static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+pub static L7_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
-/// Per-CPU scratch record: built here, sent with only the prefix bytes it holds.
+/// Per-CPU scratch: slot 0 holds a call's first bytes and the record built around them, slot 1
+/// a connection state being entered.
 #[map]
-pub static HTTP_SCRATCH: PerCpuArray<HttpEvent> = PerCpuArray::with_max_entries(1, 0);
+pub static L7_SCRATCH: PerCpuArray<L7Event> = PerCpuArray::with_max_entries(2, 0);
 
 /// Records the kernel side could not keep, by `LOST_*` index.
 /// Processes the OOM killer chose (`oom:mark_victim`), by pid, until they exit.

@@ -37,14 +37,11 @@ pub fn cgroup_id(sk: u64) -> Result<u64, i64> {
 #[inline(always)]
 pub fn is_tcp(sk: u64) -> bool {
     let o = OFFSETS.load();
-    let family: u16 = match unsafe { read_at(sk, o.sock_family) } {
-        Ok(f) => f,
-        Err(_) => return false,
-    };
-    if family != AF_INET && family != AF_INET6 {
-        return false;
-    }
-    matches!(unsafe { read_at::<u16>(sk, o.sock_protocol) }, Ok(IPPROTO_TCP))
+    // Both fields read before deciding (an early return between the two reads made LLVM reuse
+    // a helper's argument register after the call, which the verifier refuses).
+    let family: u16 = unsafe { read_at(sk, o.sock_family) }.unwrap_or(0);
+    let protocol: u16 = unsafe { read_at(sk, o.sock_protocol) }.unwrap_or(0);
+    (family == AF_INET || family == AF_INET6) && protocol == IPPROTO_TCP
 }
 
 /// `sk->sk_err`: the error that ended a connection attempt.
@@ -68,28 +65,24 @@ pub fn state(sk: u64) -> u8 {
     unsafe { read_at::<u8>(sk, o.sock_state) }.unwrap_or(0)
 }
 
-/// Family, ports (host order) and addresses (IPv4 in the first 4 bytes) of a socket, into `c`.
+/// The peer of a socket: family, remote port (host order) and remote address.
 #[inline(always)]
-pub fn addrs_into(c: &mut observer_common::HttpConn, sk: u64) {
+pub fn peer(sk: u64) -> observer_common::L7Peer {
     let o = OFFSETS.load();
+    let mut p = observer_common::L7Peer::default();
     unsafe {
         let family: u16 = read_at(sk, o.sock_family).unwrap_or(0);
         let dport: u16 = read_at(sk, o.sock_dport).unwrap_or(0);
-        c.family = family;
-        c.lport = read_at(sk, o.sock_num).unwrap_or(0);
-        c.rport = u16::from_be(dport);
+        p.family = family;
+        p.port = u16::from_be(dport);
         if family == AF_INET6 {
-            c.laddr = read_at(sk, o.sock_v6_rcv_saddr).unwrap_or([0; 16]);
-            c.raddr = read_at(sk, o.sock_v6_daddr).unwrap_or([0; 16]);
+            p.addr = read_at(sk, o.sock_v6_daddr).unwrap_or([0; 16]);
         } else {
-            c.laddr = [0; 16];
-            c.raddr = [0; 16];
-            let l: [u8; 4] = read_at(sk, o.sock_rcv_saddr).unwrap_or([0; 4]);
             let r: [u8; 4] = read_at(sk, o.sock_daddr).unwrap_or([0; 4]);
-            c.laddr[..4].copy_from_slice(&l);
-            c.raddr[..4].copy_from_slice(&r);
+            p.addr[..4].copy_from_slice(&r);
         }
     }
+    p
 }
 
 /// Lowest port of Linux's default ephemeral range (`ip_local_port_range`).

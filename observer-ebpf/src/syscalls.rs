@@ -11,12 +11,11 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use observer_common::{
-    io_kind, IO_NONE, WORK_HTTP_IN_SYS_ENTER, WORK_SYSCALLS, SyscallEntry, SyscallErrKey, SyscallKey, SyscallStats, LOST_SYSCALL_ERRNO_MAP_FULL,
+    WORK_SYSCALLS, SyscallEntry, SyscallErrKey, SyscallKey, SyscallStats, LOST_SYSCALL_ERRNO_MAP_FULL,
     LOST_SYSCALL_MAP_FULL, LOST_SYSCALL_SLOT_COLLISION, MAX_CGROUP_FILTERS, SYSCALL_BUCKETS_NS,
     SYSCALL_NBUCKETS, SYSCALL_SLOTS,
 };
 
-use crate::http;
 use crate::maps::{
     count_lost, WORK, CGROUP_FILTERS, CGROUP_FILTER_COUNT, SYSCALL_ENTRY, SYSCALL_ERRORS,
     SYSCALL_STATS,
@@ -28,13 +27,13 @@ const EEXIST: i32 = 17;
 #[btf_tracepoint(function = "sys_enter")]
 pub fn sys_enter_btf(ctx: BtfTracePointContext) -> i32 {
     // sys_enter(struct pt_regs *regs, long id)
-    on_enter(ctx.arg::<u64>(0), ctx.arg::<i64>(1));
+    on_enter(ctx.arg::<i64>(1));
     0
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter_raw(ctx: RawTracePointContext) -> i32 {
-    on_enter(ctx.arg::<u64>(0), ctx.arg::<i64>(1));
+    on_enter(ctx.arg::<i64>(1));
     0
 }
 
@@ -52,21 +51,13 @@ pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn on_enter(regs: u64, nr: i64) {
+fn on_enter(nr: i64) {
     let tid = bpf_get_current_pid_tgid() as u32;
     if let Some(slot) = SYSCALL_ENTRY.get_ptr_mut(tid & (SYSCALL_SLOTS - 1)) {
         let ts_ns = unsafe { bpf_ktime_get_ns() };
-        let nr = nr as u32;
-        // The HTTP probe needs the buffer of socket I/O syscalls (one read, only for those).
-        let (io, buf) = if WORK.load() & WORK_HTTP_IN_SYS_ENTER != 0 {
-            let io = io_kind(nr);
-            (io, http::enter_buf(regs, io))
-        } else {
-            (IO_NONE, 0)
-        };
         // SAFETY: array slot pointer checked by the verifier.
         unsafe {
-            *slot = SyscallEntry { ts_ns, tid, nr, buf, io, io_calls: 0 };
+            *slot = SyscallEntry { ts_ns, tid, nr: nr as u32 };
         }
     }
 }

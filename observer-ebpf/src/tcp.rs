@@ -6,20 +6,19 @@
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, fexit, raw_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, FExitContext, RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, fexit, raw_tracepoint},
+    programs::{BtfTracePointContext, FExitContext, RawTracePointContext},
 };
-use aya_log_ebpf::warn;
 use observer_common::{
-    ConnInfo, TcpStats, DIR_INBOUND, DIR_OUTBOUND, FAIL_OTHER, FAIL_REFUSED, FAIL_RESET,
-    FAIL_TIMEOUT, FAIL_UNREACHABLE, LOST_CONN_MAP_FULL, LOST_SOCK_READ, LOST_TCP_MAP_FULL,
-    RTT_BUCKETS_US, RTT_NBUCKETS, TcpEdgeKey, TcpEdgeStats, LOST_TCP_EDGE_MAP_FULL, WORK_HTTP,
-    WORK_TCP,
+    ConnInfo, TcpEdgeKey, TcpEdgeStats, TcpStats, DIR_INBOUND, DIR_OUTBOUND, DIR_UNKNOWN,
+    FAIL_OTHER, FAIL_REFUSED, FAIL_RESET, FAIL_TIMEOUT, FAIL_UNREACHABLE, L7_UNDECIDED,
+    LOST_CONN_MAP_FULL, LOST_SOCK_READ, LOST_TCP_EDGE_MAP_FULL, LOST_TCP_MAP_FULL,
+    RTT_BUCKETS_US, RTT_NBUCKETS, WORK_L7, WORK_TCP,
 };
 
 use crate::{
-    http,
-    maps::{count_lost, CONNS, SET_STATE, TCP_EDGES, TCP_STATS, WORK},
+    l7::{self, Sock},
+    maps::{count_lost, CONNS, TCP_EDGES, TCP_STATS, WORK},
     sock,
 };
 
@@ -41,8 +40,6 @@ const ETIMEDOUT: i32 = 110;
 const ECONNREFUSED: i32 = 111;
 const EHOSTUNREACH: i32 = 113;
 
-/// Direction of a connection whose opening was not seen (it predates the observer).
-const DIR_UNKNOWN: u32 = 2;
 /// Minimum interval between two RTT samples of one connection.
 const RTT_SAMPLE_INTERVAL_NS: u64 = 1_000_000_000;
 
@@ -124,52 +121,78 @@ fn observe_rtt(s: &mut TcpStats, us: u32) {
     }
 }
 
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    match try_set_state(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    // inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)
+    let _ = try_set_state(ctx.arg::<u64>(0), ctx.arg::<i32>(1), ctx.arg::<i32>(2));
+    0
 }
 
-fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
-    let off = SET_STATE.load();
-    // SAFETY: offsets come from this kernel's format file for this tracepoint.
-    let protocol: u16 = unsafe { ctx.read_at(off.protocol as usize) }.map_err(|e| e as i64)?;
-    if protocol != sock::IPPROTO_TCP {
-        return Ok(());
-    }
-    let sk: u64 = unsafe { ctx.read_at(off.skaddr as usize) }.map_err(|e| e as i64)?;
-    let old: i32 = unsafe { ctx.read_at(off.oldstate as usize) }.map_err(|e| e as i64)?;
-    let new: i32 = unsafe { ctx.read_at(off.newstate as usize) }.map_err(|e| e as i64)?;
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
+    let _ = try_set_state(ctx.arg::<u64>(0), ctx.arg::<i64>(1) as i32, ctx.arg::<i64>(2) as i32);
+    0
+}
 
-    let work = WORK.load();
-    if work & WORK_HTTP != 0 && new == TCP_CLOSE && is_open_state(old) {
-        http::on_close(sk);
+/// A socket is destroyed (after its close, once the process let go of it): the end of its L7
+/// state.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock_btf(ctx: BtfTracePointContext) -> i32 {
+    // tcp_destroy_sock(struct sock *sk)
+    if WORK.load() & WORK_L7 != 0 {
+        l7::on_destroy(ctx.arg::<u64>(0));
     }
-    if work & WORK_TCP == 0 {
+    0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock_raw(ctx: RawTracePointContext) -> i32 {
+    if WORK.load() & WORK_L7 != 0 {
+        l7::on_destroy(ctx.arg::<u64>(0));
+    }
+    0
+}
+
+fn try_set_state(sk: u64, old: i32, new: i32) -> Result<(), i64> {
+    if !sock::is_tcp(sk) {
         return Ok(());
     }
+    let work = WORK.load();
     let opened = match (old, new) {
         (TCP_SYN_SENT, TCP_ESTABLISHED) => Some(DIR_OUTBOUND),
         (TCP_SYN_RECV, TCP_ESTABLISHED) => Some(DIR_INBOUND),
         _ => None,
     };
     if let Some(dir) = opened {
+        if work & WORK_L7 != 0 {
+            // A new connection on this socket memory starts with no L7 state.
+            l7::forget(sk);
+        }
         let cgroup_id = sock::cgroup_id(sk).inspect_err(|_| count_lost(LOST_SOCK_READ))?;
-        let rtt = sock::srtt_us(sk);
         let now = unsafe { bpf_ktime_get_ns() };
         let edge = sock::edge_key(sk, cgroup_id, dir as u32);
-        with_edge(&edge, |e| e.connections += 1);
-        let info = ConnInfo { cgroup_id, last_rtt_ns: now, direction: dir as u32, _pad: 0, edge };
+        let info = ConnInfo {
+            cgroup_id,
+            last_rtt_ns: now,
+            direction: dir as u32,
+            l7: L7_UNDECIDED,
+            l7_tries: 0,
+            closed: 0,
+            _pad: 0,
+            edge,
+        };
         let tracked = match CONNS.insert(&sk, &info, 0) {
             Ok(()) => true,
             Err(_) => {
                 count_lost(LOST_CONN_MAP_FULL);
-                // Rare (the table is full): worth a line in the observer's log.
-                warn!(ctx, "connection table full: connection of cgroup {} not tracked", cgroup_id);
                 false
             }
         };
+        if work & WORK_TCP == 0 {
+            return Ok(());
+        }
+        let rtt = sock::srtt_us(sk);
+        with_edge(&edge, |e| e.connections += 1);
         with_stats(cgroup_id, |s| {
             s.opened[dir] += 1;
             if tracked {
@@ -185,6 +208,9 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     if old == TCP_SYN_SENT {
+        if work & WORK_TCP == 0 {
+            return Ok(());
+        }
         let reason = match sock::error(sk) {
             ECONNREFUSED => FAIL_REFUSED,
             ETIMEDOUT => FAIL_TIMEOUT,
@@ -202,14 +228,15 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     // A close of an established connection.
-    let (cgroup_id, dir) = match unsafe { CONNS.get(&sk) } {
-        Some(c) => (c.cgroup_id, c.direction),
-        None => (
-            sock::cgroup_id(sk).inspect_err(|_| count_lost(LOST_SOCK_READ))?,
-            DIR_UNKNOWN,
-        ),
-    };
+    let found = unsafe { CONNS.get(&sk) }.map(|c| (c.cgroup_id, c.direction));
     let _ = CONNS.remove(&sk);
+    if work & WORK_TCP == 0 {
+        return Ok(());
+    }
+    let (cgroup_id, dir) = match found {
+        Some(f) => f,
+        None => (sock::cgroup_id(sk).inspect_err(|_| count_lost(LOST_SOCK_READ))?, DIR_UNKNOWN),
+    };
     with_stats(cgroup_id, |s| {
         s.closed += 1;
         if let Some(c) = s.closed_tracked.get_mut(dir as usize) {
@@ -280,30 +307,73 @@ pub fn sock_recv_raw(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Bytes of one send or receive call. Known connections are found in `CONNS` (one lookup);
-/// a TCP socket not in it (opened before the observer started) is added on first sight, so
-/// the socket reads happen once per connection, not per call.
+/// One send or receive call. Known connections are found in `CONNS` (one lookup, shared by
+/// the TCP figures and the L7 path); an open TCP socket not in it (opened before the observer
+/// started) is entered on first sight, so the socket reads happen once per connection.
 #[inline(always)]
 fn on_io(sk: u64, ret: i32, send: bool) {
     if ret <= 0 {
         return;
     }
     let work = WORK.load();
-    if work & WORK_HTTP != 0 {
-        http::on_io(sk, ret as u32, send);
-    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let s = match CONNS.get_ptr_mut(&sk) {
+        Some(c) => Sock::known(c),
+        None => enter(sk, now),
+    };
     if work & WORK_TCP != 0 {
-        tcp_bytes(sk, ret, send);
+        tcp_bytes(sk, s, ret, send, now);
+    }
+    if work & WORK_L7 != 0 {
+        l7::on_io(sk, s, ret as u32, send, now);
+    }
+}
+
+/// Enters a TCP socket the table does not know. Only a connection that will still pass through
+/// a traced close is entered (a socket the peer already closed is read from after its close
+/// transition). Its first RTT sample is taken when it is entered.
+#[inline(always)]
+fn enter(sk: u64, now: u64) -> Sock {
+    if !sock::is_tcp(sk) {
+        return Sock::NOT_TCP;
+    }
+    if !is_open_state(sock::state(sk) as i32) {
+        return Sock::LOOSE;
+    }
+    let Ok(cgroup_id) = sock::cgroup_id(sk) else {
+        count_lost(LOST_SOCK_READ);
+        return Sock::LOOSE;
+    };
+    let edge = sock::edge_key(sk, cgroup_id, DIR_UNKNOWN);
+    let info = ConnInfo {
+        cgroup_id,
+        // An RTT sample is due at once.
+        last_rtt_ns: now.wrapping_sub(RTT_SAMPLE_INTERVAL_NS),
+        direction: DIR_UNKNOWN,
+        l7: L7_UNDECIDED,
+        l7_tries: 0,
+        closed: 0,
+        _pad: 0,
+        edge,
+    };
+    if CONNS.insert(&sk, &info, BPF_NOEXIST).is_err() {
+        count_lost(LOST_CONN_MAP_FULL);
+    }
+    match CONNS.get_ptr_mut(&sk) {
+        Some(c) => Sock::known(c),
+        None => Sock::LOOSE,
     }
 }
 
 #[inline(always)]
-fn tcp_bytes(sk: u64, ret: i32, send: bool) {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let (cgroup_id, rtt) = match CONNS.get_ptr_mut(&sk) {
-        Some(c) => {
+fn tcp_bytes(sk: u64, s: Sock, ret: i32, send: bool, now: u64) {
+    if !s.tcp {
+        return;
+    }
+    let (cgroup_id, rtt) = if !s.conn.is_null() {
+        {
             // SAFETY: map value pointer checked by the verifier.
-            let c = unsafe { &mut *c };
+            let c = unsafe { &mut *s.conn };
             let rtt = if now.wrapping_sub(c.last_rtt_ns) >= RTT_SAMPLE_INTERVAL_NS {
                 c.last_rtt_ns = now;
                 sock::srtt_us(sk)
@@ -313,30 +383,13 @@ fn tcp_bytes(sk: u64, ret: i32, send: bool) {
             edge_bytes(&c.edge, ret, send);
             (c.cgroup_id, rtt)
         }
-        None => {
-            if !sock::is_tcp(sk) {
-                return;
-            }
-            let Ok(cgroup_id) = sock::cgroup_id(sk) else {
+    } else {
+        match sock::cgroup_id(sk) {
+            Ok(id) => (id, 0),
+            Err(_) => {
                 count_lost(LOST_SOCK_READ);
                 return;
-            };
-            // Only a connection that will still pass through a traced close is entered (a
-            // socket the peer already closed is read from after its close transition).
-            // Its first RTT sample is taken when it is entered.
-            let mut rtt = 0;
-            if is_open_state(sock::state(sk) as i32) {
-                let edge = sock::edge_key(sk, cgroup_id, DIR_UNKNOWN);
-                edge_bytes(&edge, ret, send);
-                let info =
-                    ConnInfo { cgroup_id, last_rtt_ns: now, direction: DIR_UNKNOWN, _pad: 0, edge };
-                if CONNS.insert(&sk, &info, BPF_NOEXIST).is_err() {
-                    count_lost(LOST_CONN_MAP_FULL);
-                } else {
-                    rtt = sock::srtt_us(sk);
-                }
             }
-            (cgroup_id, rtt)
         }
     };
     with_stats(cgroup_id, |s| {

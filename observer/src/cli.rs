@@ -152,6 +152,10 @@ pub struct TailArgs {
     #[arg(long, env = "OBSERVER_SIDE", value_enum)]
     pub side: Option<SideArg>,
 
+    /// Only requests of this L7 protocol (its probe name, e.g. http).
+    #[arg(long, env = "OBSERVER_PROTOCOL")]
+    pub protocol: Option<String>,
+
     /// Stop after this many requests.
     #[arg(long, env = "OBSERVER_COUNT")]
     pub count: Option<u64>,
@@ -607,9 +611,11 @@ fn request_line(r: &pb::Request, output: Output) -> String {
             "time_unix_nano": r.time_unix_nano,
             "side": side_name(r.side),
             "workload": workload_json(Some(&w)),
+            "protocol": r.protocol,
             "method": r.method,
             "route": r.route,
             "status": r.status,
+            "status_code": r.status_code,
             "error_type": r.error_type,
             "duration_ms": r.duration_seconds * 1e3,
             "peer_address": r.peer_address,
@@ -617,8 +623,8 @@ fn request_line(r: &pb::Request, output: Output) -> String {
         })
         .to_string();
     }
-    let status = if r.status > 0 {
-        r.status.to_string()
+    let status = if !r.status_code.is_empty() {
+        r.status_code.clone()
     } else {
         or_dash(&r.error_type)
     };
@@ -633,10 +639,11 @@ fn request_line(r: &pb::Request, output: Output) -> String {
         "←"
     };
     format!(
-        "{} {:<6} {}{pod} {} {} {} {:.3}ms {arrow} {peer}",
+        "{} {:<6} {}{pod} {} {} {} {} {:.3}ms {arrow} {peer}",
         time_text(r.time_unix_nano),
         side_name(r.side),
         or_dash(&w.service_name),
+        r.protocol,
         r.method,
         r.route,
         status,
@@ -657,6 +664,7 @@ async fn tail(a: &TailArgs, grpc_addr: SocketAddr) -> Result<(), Failure> {
             Some(SideArg::Server) => pb::Side::Server,
             Some(SideArg::Client) => pb::Side::Client,
         } as i32,
+        protocol: a.protocol.clone().unwrap_or_default(),
     };
     let mut stream = c.stream_requests(req).await?.into_inner();
     let mut seen = 0u64;

@@ -43,8 +43,9 @@ pub struct Args {
     #[arg(long = "apdex-threshold-for", env = "OBSERVER_APDEX_THRESHOLD_FOR", value_delimiter = ',', value_parser = parse_service_threshold)]
     pub apdex_threshold_for: Vec<(String, f64)>,
 
-    /// Distinct http_route values per service; further routes are counted under /{overflow}.
-    #[arg(long, env = "OBSERVER_HTTP_ROUTE_CAP", default_value_t = 500)]
+    /// Distinct http_route values (and targets of other protocols) per service; further ones
+    /// are counted under /{overflow}.
+    #[arg(long, env = "OBSERVER_HTTP_ROUTE_CAP", default_value_t = 500, allow_negative_numbers = true)]
     pub http_route_cap: usize,
 
     /// Restrict the syscall probe to these cgroup subtrees (paths under the cgroup v2 mount,
@@ -70,11 +71,16 @@ pub struct Args {
     pub hooks: HookPreference,
 
     /// Capacity of the in-kernel table of tracked TCP connections.
-    #[arg(long, env = "OBSERVER_CONN_TABLE_SIZE", default_value_t = 65536)]
+    #[arg(long, env = "OBSERVER_CONN_TABLE_SIZE", default_value_t = 65536, allow_negative_numbers = true)]
     pub conn_table_size: u32,
 
+    /// Capacity of the in-kernel table of connections an L7 protocol follows (344 bytes each,
+    /// preallocated).
+    #[arg(long, env = "OBSERVER_L7_TABLE_SIZE", default_value_t = 16384, allow_negative_numbers = true)]
+    pub l7_table_size: u32,
+
     /// Capacity of the in-kernel (cgroup, syscall) aggregation table.
-    #[arg(long, env = "OBSERVER_SYSCALL_TABLE_SIZE", default_value_t = 16384)]
+    #[arg(long, env = "OBSERVER_SYSCALL_TABLE_SIZE", default_value_t = 16384, allow_negative_numbers = true)]
     pub syscall_table_size: u32,
 
     /// Log filter (tracing EnvFilter syntax), e.g. info or observer=debug.
@@ -122,6 +128,16 @@ pub enum ProbeKind {
     VerifierSelftest,
 }
 
+impl ProbeKind {
+    /// The L7 protocol a probe turns on (its `Spec::name`).
+    pub fn l7_name(self) -> Option<&'static str> {
+        match self {
+            ProbeKind::Http => Some("http"),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum HookPreference {
     Auto,
@@ -161,7 +177,8 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     pub syscalls: bool,
     pub tcp: bool,
-    pub http: bool,
+    /// The L7 protocols to follow.
+    pub l7: Vec<&'static crate::l7::Spec>,
     pub lifecycle: bool,
     pub http_request_timeout: Duration,
     pub apdex_threshold: f64,
@@ -174,6 +191,7 @@ pub struct Config {
     pub btf: PathBuf,
     pub hooks: HookPreference,
     pub conn_table_size: u32,
+    pub l7_table_size: u32,
     pub syscall_table_size: u32,
     /// Kubernetes metadata, when on.
     pub kubernetes: Option<crate::identity::kube::KubeSettings>,
@@ -203,6 +221,13 @@ fn kubernetes_settings(
             "--kubernetes on needs --kubeconfig (or KUBECONFIG) outside a cluster".into(),
         ));
     }
+    if let Some(k) = &kubeconfig {
+        // A kubeconfig that cannot be read is a configuration error, found before anything
+        // is loaded.
+        if let Err(e) = std::fs::File::open(k) {
+            return Err(StartError::Config(format!("--kubeconfig {}: {e}", k.display())));
+        }
+    }
     let node_name = a.node_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(hostname);
     Ok(Some(crate::identity::kube::KubeSettings {
         kubeconfig: if in_cluster && a.kubeconfig.is_none() { None } else { kubeconfig },
@@ -231,6 +256,7 @@ impl TryFrom<Args> for Config {
         }
         for (name, v) in [
             ("--conn-table-size", a.conn_table_size),
+            ("--l7-table-size", a.l7_table_size),
             ("--syscall-table-size", a.syscall_table_size),
         ] {
             if !(64..=1 << 22).contains(&v) {
@@ -260,7 +286,11 @@ impl TryFrom<Args> for Config {
             grpc_addr: a.grpc_addr,
             syscalls: a.probes.contains(&ProbeKind::Syscalls),
             tcp: a.probes.contains(&ProbeKind::Tcp),
-            http: a.probes.contains(&ProbeKind::Http),
+            l7: crate::l7::SPECS
+                .iter()
+                .copied()
+                .filter(|s| a.probes.iter().any(|p| p.l7_name() == Some(s.name)))
+                .collect(),
             lifecycle: a.probes.contains(&ProbeKind::Lifecycle),
             http_request_timeout: a.http_request_timeout,
             apdex_threshold: a.apdex_threshold,
@@ -273,6 +303,7 @@ impl TryFrom<Args> for Config {
             btf: a.btf,
             hooks: a.hooks,
             conn_table_size: a.conn_table_size,
+            l7_table_size: a.l7_table_size,
             syscall_table_size: a.syscall_table_size,
             kubernetes,
         })
@@ -294,7 +325,8 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:9464");
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
-        assert!(c.syscalls && c.tcp && c.http);
+        assert!(c.syscalls && c.tcp && c.lifecycle);
+        assert_eq!(c.l7.iter().map(|s| s.name).collect::<Vec<_>>(), ["http"]);
         assert_eq!(c.apdex_threshold, 0.5);
         assert_eq!(c.http_request_timeout, Duration::from_secs(30));
         assert_eq!(c.cgroup_grace, Duration::from_secs(300));
@@ -326,6 +358,11 @@ mod tests {
         assert!(parse(&["--apdex-threshold", "0"]).is_err());
         assert!(parse(&["--apdex-threshold-for", "nameonly"]).unwrap_err().contains("SERVICE=SECONDS"));
         assert!(parse(&["--http-route-cap", "0"]).unwrap_err().contains("between"));
+        // A negative number is a value of the flag, and its error names the flag.
+        let e = parse(&["--http-route-cap", "-1"]).unwrap_err();
+        assert!(e.contains("--http-route-cap"), "{e}");
+        let e = parse(&["--l7-table-size", "-5"]).unwrap_err();
+        assert!(e.contains("--l7-table-size"), "{e}");
     }
 
     #[test]
@@ -337,15 +374,27 @@ mod tests {
         assert!(kubernetes_settings(&args(&["--kubernetes", "off"]), true, host).unwrap().is_none());
         let k = kubernetes_settings(&args(&[]), true, host).unwrap().unwrap();
         assert_eq!((k.kubeconfig, k.node_name.as_str()), (None, "node-a"));
-        let k = kubernetes_settings(&args(&["--kubeconfig", "/k", "--node-name", "n1"]), false, host)
+        let file = std::env::temp_dir().join(format!("observer-kubeconfig-{}", std::process::id()));
+        std::fs::write(&file, "apiVersion: v1\n").unwrap();
+        let path = file.to_str().unwrap();
+        let k = kubernetes_settings(&args(&["--kubeconfig", path, "--node-name", "n1"]), false, host)
             .unwrap()
             .unwrap();
-        assert_eq!((k.kubeconfig.unwrap().to_str(), k.node_name.as_str()), (Some("/k"), "n1"));
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!((k.kubeconfig.unwrap().to_str(), k.node_name.as_str()), (Some(path), "n1"));
         assert_eq!(k.keep_deleted, Duration::from_secs(330));
         if std::env::var_os("KUBECONFIG").is_none() {
             assert!(kubernetes_settings(&args(&[]), false, host).unwrap().is_none());
             assert!(kubernetes_settings(&args(&["--kubernetes", "on"]), false, host).is_err());
         }
+        let e = kubernetes_settings(
+            &args(&["--kubernetes", "on", "--kubeconfig", "/nonexistent/kubeconfig"]),
+            false,
+            host,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("/nonexistent/kubeconfig"), "{e}");
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! The observer: eBPF programs (`ebpf`) → aggregation per identity (`pipeline`, asking
-//! `identity`) → exporters (`export`).
+//! The observer: eBPF programs (`ebpf`) → L7 protocols (`l7`) → aggregation per identity
+//! (`pipeline`, asking `identity`) → exporters (`export`), all reading one snapshot.
 
 pub mod config;
 pub mod ebpf;
 pub mod error;
 pub mod export;
 pub mod identity;
+pub mod l7;
+pub mod model;
 pub mod pipeline;
 pub mod shutdown;
 
@@ -19,9 +21,13 @@ use prometheus_client::registry::Registry;
 use crate::{
     config::Config,
     error::StartError,
-    export::metrics::ObserverCollector,
+    export::{metrics::ObserverCollector, snapshot::Snapshots},
     identity::cgroup::{CgroupFs, Resolver},
-    pipeline::aggregate::{KernelMaps, Pipeline},
+    pipeline::{
+        aggregate::{KernelMaps, Pipeline},
+        capture::{KernelConns, L7Reader, DRAIN_INTERVAL},
+        requests::{RequestAgg, RequestSettings},
+    },
 };
 
 /// How often the cgroup hierarchy is walked for new and deleted cgroups.
@@ -56,26 +62,27 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         cfg.syscall_table_size,
         cfg.conn_table_size,
     );
-    let http_ring = loaded.ebpf.take_map("HTTP_EVENTS");
-    let http_conns = loaded.ebpf.take_map("HTTP_CONNS");
+    let l7_ring = loaded.ebpf.take_map("L7_EVENTS");
+    let l7_conns = loaded.ebpf.take_map("L7_CONNS");
     let lifecycle_ring = loaded.ebpf.take_map("LIFECYCLE_EVENTS");
     let mut resolver = Resolver::new(cgroups);
     resolver.rescan();
-    let http = pipeline::httpagg::HttpAgg::new(pipeline::httpagg::HttpSettings {
+    let requests = RequestAgg::new(RequestSettings {
         apdex_t: cfg.apdex_threshold,
         apdex_for: cfg.apdex_threshold_for.iter().cloned().collect(),
-        route_cap: cfg.http_route_cap,
+        target_cap: cfg.http_route_cap,
     });
     let pipeline = Arc::new(Mutex::new(Pipeline::new(
         maps,
         resolver,
         cfg.cgroup_grace,
-        http,
+        requests,
     )));
+    let snapshots = Arc::new(Snapshots::new(pipeline.clone()));
 
     let mut registry = Registry::default();
     registry.register_collector(Box::new(ObserverCollector::new(
-        pipeline.clone(),
+        snapshots.clone(),
         loaded.probes.clone(),
     )));
 
@@ -85,31 +92,51 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         None => None,
     };
     if let Some(logger) = logger {
-        tokio::spawn(forward_kernel_log(logger, shutdown.clone()));
+        tokio::spawn(ebpf::reader::run(
+            "kernel log",
+            logger,
+            KernelLog,
+            None,
+            shutdown.clone(),
+        ));
     }
-    let http_up = loaded.probes.iter().any(|p| p.probe == "http" && p.up);
-    if http_up {
-        let ring = http_ring.map(aya::maps::RingBuf::try_from);
-        match ring {
+    let l7_up: Vec<&str> = cfg
+        .l7
+        .iter()
+        .map(|s| s.name)
+        .filter(|n| loaded.probes.iter().any(|p| p.probe == *n && p.up))
+        .collect();
+    if !l7_up.is_empty() {
+        match l7_ring.map(aya::maps::RingBuf::try_from) {
             Some(Ok(ring)) => {
-                let conns = http_conns.and_then(|m| aya::maps::HashMap::try_from(m).ok());
-                tokio::spawn(pipeline::httpcapture::run(
+                let conns = l7_conns.and_then(|m| aya::maps::HashMap::try_from(m).ok());
+                let settings = l7::Settings {
+                    request_timeout_ns: cfg.http_request_timeout.as_nanos() as u64,
+                };
+                let protocols = l7::registry(&settings)
+                    .into_iter()
+                    .filter(|p| l7_up.contains(&p.spec().name))
+                    .collect();
+                let reader = L7Reader::new(protocols, KernelConns(conns), pipeline.clone());
+                tokio::spawn(ebpf::reader::run(
+                    "L7",
                     ring,
-                    conns,
-                    pipeline.clone(),
-                    cfg.http_request_timeout,
+                    reader,
+                    Some(DRAIN_INTERVAL),
                     shutdown.clone(),
                 ));
             }
-            _ => tracing::error!("HTTP ring buffer missing from the object; HTTP figures off"),
+            _ => tracing::error!("L7 ring buffer missing from the object; request figures off"),
         }
     }
     if loaded.probes.iter().any(|p| p.probe == "lifecycle" && p.up) {
         match lifecycle_ring.map(aya::maps::RingBuf::try_from) {
             Some(Ok(ring)) => {
-                tokio::spawn(pipeline::lifecyclecapture::run(
+                tokio::spawn(ebpf::reader::run(
+                    "lifecycle",
                     ring,
-                    pipeline.clone(),
+                    pipeline::lifecyclecapture::LifecycleReader::new(pipeline.clone()),
+                    None,
                     shutdown.clone(),
                 ));
             }
@@ -142,7 +169,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let grpc_addr = grpc_listener.local_addr().unwrap_or(cfg.grpc_addr);
     let grpc = tokio::spawn(export::grpc::serve(
         grpc_listener,
-        pipeline.clone(),
+        snapshots.clone(),
         loaded.probes.clone(),
         shutdown.clone(),
     ));
@@ -202,27 +229,12 @@ async fn start_kubernetes(
 }
 
 /// Forwards the kernel programs' aya-log records to the observer's own log.
-async fn forward_kernel_log(
-    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
-    shutdown: shutdown::Shutdown,
-) {
-    // SAFETY: the logger owns its ring-buffer fd and lives inside the AsyncFd until this task
-    // ends, so the fd is never closed while registered.
-    let registered = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
-    };
-    let Ok(mut fd) = registered else {
-        tracing::warn!("cannot poll the kernel-side log");
-        return;
-    };
-    loop {
-        tokio::select! {
-            guard = fd.readable_mut() => {
-                let Ok(mut guard) = guard else { return };
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
-            }
-            _ = shutdown.clone().wait() => return,
-        }
+struct KernelLog;
+
+impl ebpf::reader::Reader for KernelLog {
+    type Fd = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+    fn drain(&mut self, logger: &mut Self::Fd) {
+        logger.flush();
     }
 }

@@ -9,8 +9,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
 };
 use observer_common::{
-    CgroupFilter, KernelOffsets, LifecycleOffsets, SetStateOffsets, SyscallTpOffsets, WORK_HTTP,
-    WORK_HTTP_IN_SYS_ENTER, WORK_SYSCALLS, WORK_TCP,
+    CgroupFilter, KernelOffsets, LifecycleOffsets, WORK_L7, WORK_SYSCALLS, WORK_TCP,
 };
 
 use super::{btf, tracefs};
@@ -56,96 +55,52 @@ fn program_error(program: &str, e: ProgramError) -> ProbeError {
     }
 }
 
+/// What the running kernel offers, found once before loading.
+struct Kernel {
+    offsets: Result<KernelOffsets, ProbeError>,
+    lifecycle: Result<LifecycleOffsets, ProbeError>,
+    /// aya needs the BTF to find the attach targets of BTF tracepoints and fexit.
+    btf: Option<Btf>,
+}
+
+impl Kernel {
+    fn discover(cfg: &Config) -> Self {
+        let tracefs = tracefs::ensure_mounted();
+        if let Err(e) = &tracefs {
+            tracing::warn!("{e}; classic tracepoints are unavailable");
+        }
+        let kernel_btf = btf::KernelBtf::open(&cfg.btf);
+        let offsets = kernel_btf.as_ref().map_err(clone_err).and_then(btf::tcp_offsets);
+        // The lifecycle probe: task layout from BTF, the OOM victim's pid from tracefs.
+        let lifecycle = match (&kernel_btf, &tracefs) {
+            (Err(e), _) | (_, Err(e)) => Err(clone_err(e)),
+            (Ok(kb), Ok(dir)) => btf::lifecycle_offsets(kb).and_then(|mut l| {
+                let f = tracefs::field_offsets(dir, "oom", "mark_victim", &["pid"])?;
+                l.mark_victim_pid = f["pid"];
+                Ok(l)
+            }),
+        };
+        let btf = match Btf::parse_file(&cfg.btf, Endianness::default()) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!("{}: {e}; BTF tracepoints are unavailable", cfg.btf.display());
+                None
+            }
+        };
+        Kernel { offsets, lifecycle, btf }
+    }
+
+    /// The socket offsets, or why they are missing (as a probe error).
+    fn sockets(&self) -> Result<(), ProbeError> {
+        self.offsets.as_ref().map(|_| ()).map_err(clone_err)
+    }
+}
+
 /// Loads and attaches everything the configuration asks for.
 pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, StartError> {
-    let tracefs = tracefs::ensure_mounted();
-    if let Err(e) = &tracefs {
-        tracing::warn!("{e}; classic tracepoints are unavailable");
-    }
-    let kernel_btf = btf::KernelBtf::open(&cfg.btf);
-    let offsets: Result<KernelOffsets, ProbeError> = kernel_btf
-        .as_ref()
-        .map_err(clone_err)
-        .and_then(btf::tcp_offsets);
-    let set_state: Result<SetStateOffsets, ProbeError> = match &tracefs {
-        Ok(dir) => tracefs::field_offsets(
-            dir,
-            "sock",
-            "inet_sock_set_state",
-            &["skaddr", "oldstate", "newstate", "protocol"],
-        )
-        .map(|f| SetStateOffsets {
-            skaddr: f["skaddr"],
-            oldstate: f["oldstate"],
-            newstate: f["newstate"],
-            protocol: f["protocol"],
-        }),
-        Err(e) => Err(clone_err(e)),
-    };
-    // aya needs the BTF to find the attach targets of BTF tracepoints.
-    let aya_btf = match Btf::parse_file(&cfg.btf, Endianness::default()) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            tracing::warn!(
-                "{}: {e}; BTF tracepoints are unavailable",
-                cfg.btf.display()
-            );
-            None
-        }
-    };
-
+    let k = Kernel::discover(cfg);
     let filters = cgroup_filters(cfg, cgroups)?;
-    let default_offsets = KernelOffsets::default();
-    let default_set_state = SetStateOffsets::default();
-    let filter_count = filters.len() as u32;
-    let work = (cfg.syscalls as u32 * WORK_SYSCALLS)
-        | (cfg.tcp as u32 * WORK_TCP)
-        | (cfg.http as u32 * WORK_HTTP)
-        | ((cfg.http && cfg.syscalls) as u32 * WORK_HTTP_IN_SYS_ENTER);
-    // The syscall tracepoints' record layout (for the HTTP probe without sys_enter).
-    let syscall_tp: Result<SyscallTpOffsets, ProbeError> = match &tracefs {
-        Ok(dir) => tracefs::field_offsets(dir, "syscalls", "sys_enter_write", &["__syscall_nr", "buf"])
-            .map(|f| SyscallTpOffsets { nr: f["__syscall_nr"], arg2: f["buf"] }),
-        Err(e) => Err(clone_err(e)),
-    };
-    let default_syscall_tp = SyscallTpOffsets { nr: 8, arg2: 24 };
-    // The lifecycle probe: task layout from BTF, the OOM victim's pid from tracefs.
-    let lifecycle: Result<LifecycleOffsets, ProbeError> = match (&kernel_btf, &tracefs) {
-        (Err(e), _) | (_, Err(e)) => Err(clone_err(e)),
-        (Ok(kb), Ok(dir)) => btf::lifecycle_offsets(kb).and_then(|mut l| {
-            let f = tracefs::field_offsets(dir, "oom", "mark_victim", &["pid"])?;
-            l.mark_victim_pid = f["pid"];
-            Ok(l)
-        }),
-    };
-    let default_lifecycle = LifecycleOffsets::default();
-    let mut loader = EbpfLoader::new();
-    loader
-        .override_global(
-            "OFFSETS",
-            offsets.as_ref().unwrap_or(&default_offsets),
-            true,
-        )
-        .override_global(
-            "SET_STATE",
-            set_state.as_ref().unwrap_or(&default_set_state),
-            true,
-        )
-        .override_global(
-            "LIFECYCLE",
-            lifecycle.as_ref().unwrap_or(&default_lifecycle),
-            true,
-        )
-        .override_global("CGROUP_FILTER_COUNT", &filter_count, true)
-        .override_global("WORK", &work, true)
-        .override_global(
-            "SYSCALL_TP",
-            syscall_tp.as_ref().unwrap_or(&default_syscall_tp),
-            true,
-        )
-        .map_max_entries("CONNS", cfg.conn_table_size)
-        .map_max_entries("SYSCALL_STATS", cfg.syscall_table_size);
-    let mut ebpf = loader.load(object)?;
+    let mut ebpf = load_object(cfg, &k, filters.len() as u32, object)?;
     if let Some(map) = ebpf.map_mut("CGROUP_FILTERS") {
         let mut arr: aya::maps::Array<_, CgroupFilter> =
             aya::maps::Array::try_from(map).map_err(|e| StartError::Config(e.to_string()))?;
@@ -154,109 +109,38 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
                 .map_err(|e| StartError::Config(e.to_string()))?;
         }
     }
-
     let mut probes = Vec::new();
-    let btf_ref = aya_btf.as_ref();
+    let btf = k.btf.as_ref();
     let hooks = cfg.hooks;
-    // The syscall and HTTP probes share sys_enter (HTTP needs only the entry).
-    let enter = if cfg.syscalls {
-        let r = attach_pair(&mut ebpf, hooks, btf_ref, "sys_enter", "sys_exit");
-        probes.push(status("syscalls", clone_result(&r)));
-        Some(r)
-    } else if cfg.http {
-        // Only the socket I/O syscalls, not every syscall of the host.
-        Some(match &syscall_tp {
-            Ok(_) => attach_io_syscalls(&mut ebpf),
-            Err(e) => Err(clone_err(e)),
-        })
-    } else {
-        None
-    };
+    if cfg.syscalls {
+        let r = attach_pair(&mut ebpf, hooks, btf, "sys_enter", "sys_exit");
+        probes.push(status("syscalls", r));
+    }
     if cfg.empty_hooks {
-        probes.push(status(
-            "empty_hooks",
-            attach_pair_named(
-                &mut ebpf,
-                HookPreference::Btf,
-                btf_ref,
-                ("empty_enter", "sys_enter"),
-                ("empty_exit", "sys_exit"),
-            ),
-        ));
+        let r = attach_pair_named(
+            &mut ebpf,
+            HookPreference::Btf,
+            btf,
+            ("empty_enter", "sys_enter"),
+            ("empty_exit", "sys_exit"),
+        );
+        probes.push(status("empty_hooks", r));
     }
     if cfg.verifier_selftest {
-        let r = match btf_ref {
-            Some(btf) => {
-                attach_btf_prog(&mut ebpf, "selftest_btf", "sys_enter", btf).map(|()| "tp_btf")
-            }
+        let r = match btf {
+            Some(btf) => attach_btf_prog(&mut ebpf, "selftest_btf", "sys_enter", btf).map(|()| "tp_btf"),
             None => Err(ProbeError::Other("no kernel BTF".into())),
         };
         probes.push(status("verifier_selftest", r));
     }
-    // The TCP and HTTP probes share the connection and socket I/O hooks.
-    if cfg.tcp || cfg.http {
-        let conn = match (&offsets, &set_state, &tracefs) {
-            (Err(e), _, _) | (_, Err(e), _) => Err(clone_err(e)),
-            _ => attach_tracepoint(
-                &mut ebpf,
-                "inet_sock_set_state",
-                "sock",
-                "inet_sock_set_state",
-            ),
-        };
-        let bytes = match &offsets {
-            Err(e) => Err(clone_err(e)),
-            Ok(_) => attach_pair_named(
-                &mut ebpf,
-                hooks,
-                btf_ref,
-                ("sock_send", "sock_send_length"),
-                ("sock_recv", "sock_recv_length"),
-            ),
-        };
-        // Kernels before 6.3 lack the sock_*_length tracepoints: fexit on the TCP functions.
-        let bytes = match bytes {
-            Ok(hook) => Ok(hook),
-            Err(tp_err) if offsets.is_ok() => match btf_ref {
-                Some(btf) => attach_fexit_bytes(&mut ebpf, btf)
-                    .map_err(|e| ProbeError::Other(format!("{tp_err}; fexit fallback: {e}"))),
-                None => Err(tp_err),
-            },
-            Err(e) => Err(e),
-        };
-        if cfg.tcp {
-            probes.push(status("tcp_connections", clone_result(&conn)));
-            let retrans = match &offsets {
-                Err(e) => Err(clone_err(e)),
-                Ok(_) => attach_one(
-                    &mut ebpf,
-                    hooks,
-                    btf_ref,
-                    "tcp_retransmit",
-                    "tcp_retransmit_skb",
-                ),
-            };
-            probes.push(status("tcp_retransmits", retrans));
-            probes.push(status("tcp_bytes", clone_result(&bytes)));
-        }
-        if cfg.http {
-            // Needs all three: the buffers (sys_enter), the socket calls, the closes.
-            let r = match (enter.as_ref(), &conn, &bytes) {
-                (Some(Err(e)), _, _) => Err(ProbeError::Other(format!("sys_enter: {e}"))),
-                (_, Err(e), _) => Err(ProbeError::Other(format!("connection closes: {e}"))),
-                (_, _, Err(e)) => Err(ProbeError::Other(format!("socket I/O: {e}"))),
-                (_, _, Ok(hook)) => Ok(*hook),
-            };
-            probes.push(status("http", r));
-        }
+    if cfg.tcp || !cfg.l7.is_empty() {
+        attach_sockets(&mut ebpf, cfg, &k, &mut probes);
     }
     if cfg.lifecycle {
-        let r = match &lifecycle {
-            Err(e) => Err(clone_err(e)),
-            Ok(_) => attach_tracepoint(&mut ebpf, "oom_mark_victim", "oom", "mark_victim").and_then(
-                |_| attach_tracepoint(&mut ebpf, "process_exit", "sched", "sched_process_exit"),
-            ),
-        };
+        let r = k.lifecycle.as_ref().map_err(clone_err).and_then(|_| {
+            attach_tracepoint(&mut ebpf, "oom_mark_victim", "oom", "mark_victim")?;
+            attach_tracepoint(&mut ebpf, "process_exit", "sched", "sched_process_exit")
+        });
         probes.push(status("lifecycle", r));
     }
     for p in &probes {
@@ -273,6 +157,78 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
         return Err(StartError::NoProbe(reasons.join("; ")));
     }
     Ok(Loaded { ebpf, probes })
+}
+
+/// Loads the object with this kernel's offsets and the configuration's switches as globals.
+fn load_object(cfg: &Config, k: &Kernel, filter_count: u32, object: &[u8]) -> Result<Ebpf, aya::EbpfError> {
+    let offsets = k.offsets.as_ref().copied().unwrap_or_default();
+    let lifecycle = k.lifecycle.as_ref().copied().unwrap_or_default();
+    let l7 = !cfg.l7.is_empty();
+    let work = (u32::from(cfg.syscalls) * WORK_SYSCALLS)
+        | (u32::from(cfg.tcp) * WORK_TCP)
+        | (u32::from(l7) * WORK_L7);
+    let protocols = cfg.l7.iter().fold(0u32, |m, s| m | (1 << s.id));
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global("OFFSETS", &offsets, true)
+        .override_global("LIFECYCLE", &lifecycle, true)
+        .override_global("CGROUP_FILTER_COUNT", &filter_count, true)
+        .override_global("WORK", &work, true)
+        .override_global("L7_PROTOCOLS", &protocols, true)
+        .map_max_entries("CONNS", cfg.conn_table_size)
+        .map_max_entries("L7_CONNS", cfg.l7_table_size)
+        .map_max_entries("SYSCALL_STATS", cfg.syscall_table_size);
+    loader.load(object)
+}
+
+/// The TCP probes and the L7 path share the socket hooks: connection state changes, send and
+/// receive calls, and the socket's destruction.
+fn attach_sockets(ebpf: &mut Ebpf, cfg: &Config, k: &Kernel, probes: &mut Vec<ProbeStatus>) {
+    let btf = k.btf.as_ref();
+    let hooks = cfg.hooks;
+    let conn = k
+        .sockets()
+        .and_then(|()| attach_one(ebpf, hooks, btf, "inet_sock_set_state", "inet_sock_set_state"));
+    let bytes = k.sockets().and_then(|()| {
+        attach_pair_named(
+            ebpf,
+            hooks,
+            btf,
+            ("sock_send", "sock_send_length"),
+            ("sock_recv", "sock_recv_length"),
+        )
+        // Kernels before 6.3 lack the sock_*_length tracepoints: fexit on the TCP functions.
+        .or_else(|tp_err| match btf {
+            Some(btf) => attach_fexit_bytes(ebpf, btf)
+                .map_err(|e| ProbeError::Other(format!("{tp_err}; fexit fallback: {e}"))),
+            None => Err(tp_err),
+        })
+    });
+    if cfg.tcp {
+        probes.push(status("tcp_connections", clone_result(&conn)));
+        let retrans = k
+            .sockets()
+            .and_then(|()| attach_one(ebpf, hooks, btf, "tcp_retransmit", "tcp_retransmit_skb"));
+        probes.push(status("tcp_retransmits", retrans));
+        probes.push(status("tcp_bytes", clone_result(&bytes)));
+    }
+    if cfg.l7.is_empty() {
+        return;
+    }
+    // Every L7 protocol needs all three: the calls, the connections' starts and closes, and
+    // the sockets' ends.
+    let destroy = k
+        .sockets()
+        .and_then(|()| attach_one(ebpf, hooks, btf, "tcp_destroy_sock", "tcp_destroy_sock"));
+    let r = match (&conn, &bytes, &destroy) {
+        (Err(e), _, _) => Err(ProbeError::Other(format!("connection states: {e}"))),
+        (_, Err(e), _) => Err(ProbeError::Other(format!("socket I/O: {e}"))),
+        (_, _, Err(e)) => Err(ProbeError::Other(format!("socket destruction: {e}"))),
+        (_, Ok(hook), Ok(_)) => Ok(*hook),
+    };
+    for spec in &cfg.l7 {
+        probes.push(status(spec.name, clone_result(&r)));
+    }
 }
 
 fn clone_result(r: &Result<&'static str, ProbeError>) -> Result<&'static str, ProbeError> {
@@ -369,25 +325,6 @@ fn attach_fexit_bytes(ebpf: &mut Ebpf, btf: &Btf) -> Result<&'static str, ProbeE
         tracing::debug!("tcp_sendpage not hooked (absent since 6.5): {e}");
     }
     Ok("fexit")
-}
-
-/// The socket I/O syscalls whose buffers the HTTP probe reads.
-const IO_SYSCALLS: [&str; 9] = [
-    "read", "write", "readv", "writev", "sendto", "recvfrom", "sendmsg", "recvmsg", "sendfile64",
-];
-
-/// `http_sys_enter` / `http_sys_exit` on `syscalls:sys_enter_<name>` / `sys_exit_<name>` of
-/// every socket I/O syscall.
-fn attach_io_syscalls(ebpf: &mut Ebpf) -> Result<&'static str, ProbeError> {
-    for (prog, dir) in [("http_sys_enter", "sys_enter_"), ("http_sys_exit", "sys_exit_")] {
-        let p: &mut TracePoint = program(ebpf, prog)?;
-        p.load().map_err(|e| program_error(prog, e))?;
-        for name in IO_SYSCALLS {
-            p.attach("syscalls", &format!("{dir}{name}"))
-                .map_err(|e| program_error(prog, e))?;
-        }
-    }
-    Ok("tracepoint")
 }
 
 fn unload(ebpf: &mut Ebpf, prog: &str) {

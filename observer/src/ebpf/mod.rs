@@ -3,6 +3,7 @@
 pub mod btf;
 pub mod load;
 pub mod privileges;
+pub mod reader;
 pub mod tracefs;
 
 /// The compiled kernel programs (built by build.rs from `observer-ebpf`).

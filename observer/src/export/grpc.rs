@@ -17,7 +17,6 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex},
-    time::Instant,
 };
 
 use tokio::{net::TcpListener, sync::broadcast};
@@ -27,11 +26,8 @@ use tonic::{Request, Response, Status};
 use crate::{
     ebpf::load::ProbeStatus,
     error::StartError,
-    pipeline::{
-        aggregate::{Pipeline, Totals},
-        live::Live,
-        topology::Topology,
-    },
+    export::snapshot::{Snapshot, Snapshots},
+    pipeline::{aggregate::Pipeline, live::Live},
     shutdown::Shutdown,
 };
 
@@ -74,6 +70,7 @@ impl From<ApiError> for Status {
 /// What every call reads.
 struct Shared {
     pipeline: Arc<Mutex<Pipeline>>,
+    snapshots: Arc<Snapshots>,
     probes: Vec<ProbeStatus>,
     ring: Mutex<window::Ring>,
     live: Live,
@@ -83,34 +80,15 @@ struct Shared {
     shutdown: Shutdown,
 }
 
-/// The current figures: totals, the topology built from them, and when they were read.
-struct Current {
-    at: Instant,
-    totals: Totals,
-    topology: Topology,
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn read_current(pipeline: &Mutex<Pipeline>) -> Current {
-    let mut p = lock(pipeline);
-    let totals = p.snapshot();
-    // Edges between two workloads of this node come from the pipeline's address → pod map.
-    let topology = p.topology(&totals);
-    drop(p);
-    Current {
-        at: Instant::now(),
-        totals,
-        topology,
-    }
-}
-
 impl Shared {
-    async fn current(self: &Arc<Self>) -> Result<Current, ApiError> {
+    /// The current figures (the shared snapshot, taken anew when it is not fresh).
+    async fn current(self: &Arc<Self>) -> Result<Arc<Snapshot>, ApiError> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || read_current(&me.pipeline))
+        tokio::task::spawn_blocking(move || me.snapshots.fresh())
             .await
             .map_err(|e| ApiError::Unavailable(format!("reading the figures failed: {e}")))
     }
@@ -218,14 +196,16 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 /// Serves the API, health and reflection on `listener` until shutdown; open streams end then.
 pub async fn serve(
     listener: TcpListener,
-    pipeline: Arc<Mutex<Pipeline>>,
+    snapshots: Arc<Snapshots>,
     probes: Vec<ProbeStatus>,
     shutdown: Shutdown,
 ) {
+    let pipeline = snapshots.pipeline().clone();
     let live = lock(&pipeline).live.clone();
     let (events, _) = broadcast::channel(streams::EVENTS_CAPACITY);
     let shared = Arc::new(Shared {
         pipeline,
+        snapshots,
         probes,
         ring: Mutex::new(window::Ring::default()),
         live,
@@ -284,8 +264,8 @@ async fn keep_snapshots(shared: Arc<Shared>) {
         }
         let s = shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let cur = read_current(&s.pipeline);
-            lock(&s.ring).push(cur.at, &cur.totals.http, &cur.topology);
+            let cur = s.snapshots.fresh();
+            lock(&s.ring).push(cur.at, &cur.totals.requests, &cur.topology);
         })
         .await;
     }

@@ -13,15 +13,19 @@ use aya::maps::{
     HashMap as AyaHashMap, IterableMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
 };
 use observer_common::{
-    ConnInfo, HttpConn, SyscallErrKey, SyscallKey, SyscallStats, TcpEdgeKey, TcpEdgeStats, TcpStats,
+    ConnInfo, L7Conn, SyscallErrKey, SyscallKey, SyscallStats, TcpEdgeKey, TcpEdgeStats, TcpStats,
     LOST_COUNTERS,
 };
 
 use super::{
-    exchange::Exchange,
-    httpagg::{HttpAgg, HttpTotals},
+    capture::L7Health,
+    requests::{RequestAgg, RequestTotals},
 };
-use crate::identity::{cgroup::Resolver, Identity};
+use crate::{
+    identity::{cgroup::Resolver, Identity},
+    l7::Request,
+    model::EdgePeer,
+};
 
 /// The kernel maps the pipeline reads (each optional: absent when its probe is off).
 pub struct KernelMaps {
@@ -30,8 +34,8 @@ pub struct KernelMaps {
     pub tcp_stats: Option<PerCpuHashMap<MapData, u64, TcpStats>>,
     pub tcp_edges: Option<PerCpuHashMap<MapData, TcpEdgeKey, TcpEdgeStats>>,
     pub conns: Option<AyaHashMap<MapData, u64, ConnInfo>>,
-    /// A second handle on HTTP_CONNS (the HTTP reader owns the first), for its fill level.
-    pub http_conns: Option<AyaHashMap<MapData, u64, HttpConn>>,
+    /// A second handle on L7_CONNS (the L7 reader owns the first), for its fill level.
+    pub l7_conns: Option<AyaHashMap<MapData, u64, L7Conn>>,
     pub lost: Option<PerCpuArray<MapData, u64>>,
     pub syscall_capacity: u32,
     pub conn_capacity: u32,
@@ -48,7 +52,7 @@ impl KernelMaps {
             tcp_stats: take(ebpf, "TCP_STATS"),
             tcp_edges: take(ebpf, "TCP_EDGES"),
             conns: take(ebpf, "CONNS"),
-            http_conns: second_handle(ebpf, "HTTP_CONNS"),
+            l7_conns: second_handle(ebpf, "L7_CONNS"),
             lost: take(ebpf, "LOST"),
             syscall_capacity,
             conn_capacity,
@@ -123,28 +127,6 @@ pub fn add_edge(a: &mut TcpEdgeStats, b: &TcpEdgeStats) {
     a.retransmits += b.retransmits;
 }
 
-/// The peer of a per-edge TCP entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EdgePeer {
-    pub addr: std::net::IpAddr,
-    /// The server's port for an outbound connection, 0 for an inbound one.
-    pub port: u16,
-    /// True when the workload connected (client side), false when it accepted.
-    pub outbound: bool,
-}
-
-impl EdgePeer {
-    pub fn from_key(k: &TcpEdgeKey) -> Self {
-        let addr = if k.family == 10 {
-            let v6 = std::net::Ipv6Addr::from(k.addr);
-            v6.to_ipv4_mapped().map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4)
-        } else {
-            std::net::IpAddr::V4(std::net::Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]))
-        };
-        Self { addr, port: k.port, outbound: k.dir == 1 }
-    }
-}
-
 /// Removes the entries of dead cgroups from a per-CPU kernel map, handing each entry's values
 /// to `retire` first (which adds them to the retired figures of its identity).
 fn retire_entries<K: aya::Pod, V: aya::Pod>(
@@ -171,20 +153,10 @@ pub struct Totals {
     pub tcp: BTreeMap<Arc<Identity>, TcpStats>,
     /// TCP figures per (workload, peer).
     pub tcp_edges: BTreeMap<(Arc<Identity>, EdgePeer), TcpEdgeStats>,
-    pub http: HttpTotals,
+    /// Request figures of every L7 protocol.
+    pub requests: RequestTotals,
     /// Lifecycle counters (filled by `snapshot`, not retired: they are kept by identity).
     pub lifecycle: super::events::LifecycleCounts,
-}
-
-/// Counters of the user-space HTTP pipeline (messages it could not use, routes capped).
-#[derive(Debug, Default, Clone)]
-pub struct HttpHealth {
-    /// (reason, count).
-    pub unparsed: Vec<(&'static str, u64)>,
-    /// Route observations that went to the overflow route, per service.
-    pub routes_overflow: Vec<(String, u64)>,
-    /// Connections the tracker follows.
-    pub conns: u64,
 }
 
 /// Fill levels and loss counters of the kernel side.
@@ -194,7 +166,9 @@ pub struct KernelHealth {
     pub lost: [u64; LOST_COUNTERS as usize],
     /// (map, entries, capacity).
     pub fill: Vec<(&'static str, u64, u64)>,
-    pub http: HttpHealth,
+    pub l7: L7Health,
+    /// (protocol, service, target observations that went to the overflow target).
+    pub targets_overflow: Vec<(&'static str, String, u64)>,
 }
 
 /// The aggregation state behind the metrics endpoint.
@@ -203,8 +177,8 @@ pub struct Pipeline {
     resolver: Resolver,
     retired: Totals,
     grace: Duration,
-    pub http: HttpAgg,
-    pub http_health: HttpHealth,
+    pub requests: RequestAgg,
+    pub l7_health: L7Health,
     /// Finished exchanges for live subscribers.
     pub live: super::live::Live,
     /// Local pods by address (topology peers).
@@ -222,14 +196,14 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(maps: KernelMaps, resolver: Resolver, grace: Duration, http: HttpAgg) -> Self {
+    pub fn new(maps: KernelMaps, resolver: Resolver, grace: Duration, requests: RequestAgg) -> Self {
         Self {
             maps,
             resolver,
             retired: Totals::default(),
             grace,
-            http,
-            http_health: HttpHealth::default(),
+            requests,
+            l7_health: L7Health::default(),
             live: super::live::Live::new(),
             peers: crate::identity::netns::PeerMap::default(),
             lifecycle: super::events::Lifecycle::default(),
@@ -244,26 +218,20 @@ impl Pipeline {
         self.resolver.set_metadata(meta);
     }
 
-    /// Records finished HTTP exchanges (at most one hierarchy walk per batch for new cgroups).
-    pub fn record_http(&mut self, exchanges: &[Exchange], now_ns: u64) {
+    /// Records finished requests (at most one hierarchy walk per batch for new cgroups).
+    pub fn record_requests(&mut self, requests: &[Request], now_ns: u64) {
         self.resolver.begin_round();
         let live = self.live.has_subscribers();
         let wall = std::time::SystemTime::now();
-        for ex in exchanges {
-            let id = self.resolver.identity_hinted(ex.cgroup_id, ex.tgid);
-            let route = self.http.record(ex, &id, now_ns);
+        for r in requests {
+            let id = self.resolver.identity_hinted(r.cgroup_id, r.tgid);
+            let target = self.requests.record(r, &id, now_ns);
             if live {
                 self.live.send(super::live::LiveRequest {
                     time: wall,
-                    side: ex.side,
                     identity: id,
-                    peer: ex.peer,
-                    peer_port: ex.peer_port,
-                    method: ex.method.as_str(),
-                    route,
-                    status: ex.status,
-                    error_type: ex.error_type,
-                    duration_ns: ex.duration_ns,
+                    target,
+                    request: r.clone(),
                 });
             }
         }
@@ -304,12 +272,12 @@ impl Pipeline {
             }
         }
         let now = super::monotonic_ns();
-        let cgroups: Vec<u64> = self.http.cgroups.keys().copied().collect();
+        let cgroups: Vec<u64> = self.requests.cgroups.keys().copied().collect();
         for cg in cgroups {
             let id = self.resolver.identity(cg);
-            let tt = self.http.settings.threshold(&id.service_name);
-            if let Some(c) = self.http.cgroups.get(&cg) {
-                t.http.add(&id, c, now, tt);
+            let tt = self.requests.settings.threshold(&id.service_name);
+            if let Some(c) = self.requests.cgroups.get(&cg) {
+                t.requests.add(&id, c, now, tt);
             }
         }
         t.lifecycle = self.lifecycle.counts();
@@ -351,8 +319,8 @@ impl Pipeline {
     /// so this runs per scrape only (every 15-60 s), never on a short timer.
     pub fn health(&self) -> KernelHealth {
         let mut h = KernelHealth::default();
-        h.http = self.http_health.clone();
-        h.http.routes_overflow = self.http.routes.overflow_counts();
+        h.l7 = self.l7_health.clone();
+        h.targets_overflow = self.requests.overflow_counts();
         h.lost = self.lost();
         if let Some(m) = &self.maps.syscall_stats {
             h.fill.push((
@@ -381,15 +349,15 @@ impl Pipeline {
         if let Some(m) = &maps.tcp_edges {
             fill("TCP_EDGES", m.keys().count(), m.map());
         }
-        if let Some(m) = &maps.http_conns {
-            fill("HTTP_CONNS", m.keys().count(), m.map());
+        if let Some(m) = &maps.l7_conns {
+            fill("L7_CONNS", m.keys().count(), m.map());
         }
         h
     }
 
     /// The topology from current figures (see `topology.rs`).
     pub fn topology(&self, totals: &Totals) -> super::topology::Topology {
-        let mut t = super::topology::Topology::build(&totals.http, &self.peers);
+        let mut t = super::topology::Topology::build(&totals.requests, &self.peers);
         t.add_tcp(&totals.tcp_edges, &self.peers);
         t
     }
@@ -431,14 +399,14 @@ impl Pipeline {
             v.iter().for_each(|c| add_edge(e, c));
         });
         for cg in &expired {
-            if let Some(c) = self.http.cgroups.remove(cg) {
+            if let Some(c) = self.requests.cgroups.remove(cg) {
                 let id = &identities[cg];
-                let tt = self.http.settings.threshold(&id.service_name);
-                let mut one = HttpTotals::default();
+                let tt = self.requests.settings.threshold(&id.service_name);
+                let mut one = RequestTotals::default();
                 // Gone: no client is active any more.
                 one.add(id, &c, u64::MAX, tt);
                 one.active_clients.clear();
-                self.retired.http.merge(&one);
+                self.retired.requests.merge(&one);
             }
         }
         self.resolver.forget(&expired);
@@ -451,7 +419,7 @@ impl Pipeline {
             .errors
             .retain(|(id, _, _), _| alive.contains(id));
         self.retired.tcp.retain(|id, _| alive.contains(id));
-        self.retired.http.retain(&alive);
+        self.retired.requests.retain(&alive);
         self.retired.tcp_edges.retain(|(id, _), _| alive.contains(id));
         let live_pods: Vec<(String, String, String)> = match self.resolver.metadata() {
             Some(meta) => {

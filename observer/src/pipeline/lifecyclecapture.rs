@@ -10,14 +10,12 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use observer_common::{ExitRecord, EXIT_MAIN, EXIT_OOM_KILLED};
-use tokio::io::unix::AsyncFd;
 
 use super::{
     aggregate::Pipeline,
     events::{EventKind, LifecycleEvent},
     monotonic_ns,
 };
-use crate::shutdown::Shutdown;
 
 /// How a process ended, decoded from the kernel's exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,47 +121,40 @@ pub fn events_of(rec: &ExitRecord, identity: Arc<crate::identity::Identity>) -> 
     out
 }
 
-/// Runs until shutdown.
-pub async fn run(ring: RingBuf<MapData>, pipeline: Arc<Mutex<Pipeline>>, shutdown: Shutdown) {
-    // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until this task ends.
-    let registered =
-        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
-    let mut fd = match registered {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::error!("cannot poll the lifecycle ring buffer: {e}; lifecycle events stop");
+/// The reader of the lifecycle ring. The records are rare, so every one wakes it at once: the
+/// container's cgroup is still there to be named when the record is read.
+pub struct LifecycleReader {
+    pipeline: Arc<Mutex<Pipeline>>,
+}
+
+impl LifecycleReader {
+    pub fn new(pipeline: Arc<Mutex<Pipeline>>) -> Self {
+        Self { pipeline }
+    }
+}
+
+impl crate::ebpf::reader::Reader for LifecycleReader {
+    type Fd = RingBuf<MapData>;
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        let mut records = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() >= std::mem::size_of::<ExitRecord>() {
+                // SAFETY: ExitRecord is plain integers written by the kernel with the same
+                // #[repr(C)] layout; read_unaligned copies it out of the ring.
+                records.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ExitRecord) });
+            }
+        }
+        if records.is_empty() {
             return;
         }
-    };
-    loop {
-        tokio::select! {
-            guard = fd.readable_mut() => {
-                let Ok(mut guard) = guard else { return };
-                let mut records = Vec::new();
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    if item.len() >= std::mem::size_of::<ExitRecord>() {
-                        // SAFETY: ExitRecord is plain integers written by the kernel with the
-                        // same #[repr(C)] layout; read_unaligned copies it out of the ring.
-                        records.push(unsafe {
-                            std::ptr::read_unaligned(item.as_ptr() as *const ExitRecord)
-                        });
-                    }
-                }
-                guard.clear_ready();
-                if records.is_empty() {
-                    continue;
-                }
-                let mut p = pipeline.lock().unwrap_or_else(|e| e.into_inner());
-                for rec in &records {
-                    let id = p.identity_now(rec.cgroup_id, 0);
-                    for ev in events_of(rec, id) {
-                        tracing::info!(kind = ev.kind.as_str(), "{}", ev.message);
-                        p.lifecycle.publish(ev);
-                    }
-                }
+        let mut p = self.pipeline.lock().unwrap_or_else(|e| e.into_inner());
+        for rec in &records {
+            let id = p.identity_now(rec.cgroup_id, 0);
+            for ev in events_of(rec, id) {
+                tracing::info!(kind = ev.kind.as_str(), "{}", ev.message);
+                p.lifecycle.publish(ev);
             }
-            _ = shutdown.clone().wait() => return,
         }
     }
 }

@@ -1,35 +1,28 @@
 //! The live view of requests as they complete (the "Request Viewer" of APM tools): every
-//! finished HTTP exchange is offered to a broadcast channel. Subscribers that fall behind lose
+//! finished request, whatever its protocol, is offered to a broadcast channel. Subscribers that fall behind lose
 //! the oldest records and are told how many (`broadcast::error::RecvError::Lagged`); the
 //! pipeline never waits for them.
 
-use std::{net::IpAddr, sync::Arc, time::SystemTime};
+use std::{sync::Arc, time::SystemTime};
 
 use tokio::sync::broadcast;
 
-use super::exchange::Side;
-use crate::identity::Identity;
+use crate::{identity::Identity, l7::Request};
 
 /// Records a subscriber may fall behind by before it loses the oldest.
 pub const LIVE_CAPACITY: usize = 4096;
 
-/// One finished exchange, as the live stream shows it.
+/// One finished request, as the live stream shows it.
 #[derive(Debug, Clone)]
 pub struct LiveRequest {
-    /// When the exchange finished (wall clock, when the observer recorded it).
+    /// When it finished (wall clock, when the observer recorded it).
     pub time: SystemTime,
-    pub side: Side,
     /// The workload that made (client side) or answered (server side) the request.
     pub identity: Arc<Identity>,
-    /// The other end's address (and port for a server).
-    pub peer: IpAddr,
-    pub peer_port: u16,
-    pub method: &'static str,
-    /// Templated, capped route (server side); the route of the request (client side).
-    pub route: String,
-    pub status: Option<u16>,
-    pub error_type: Option<&'static str>,
-    pub duration_ns: u64,
+    /// The target it was counted under: templated and capped (server side), templated (client
+    /// side).
+    pub target: Arc<str>,
+    pub request: Request,
 }
 
 /// The sending end; cloned receivers come from [`Live::subscribe`].

@@ -1,14 +1,14 @@
-//! From kernel maps to figures per identity.
+//! From kernel maps and records to figures per identity: the L7 ring's records through their
+//! protocols into request figures (`capture`, `requests`), the kernel's aggregates read at
+//! snapshot time (`aggregate`), the topology built from both, lifecycle events, the live view.
 
 pub mod aggregate;
-pub mod http;
-pub mod names;
+pub mod capture;
 pub mod events;
-pub mod exchange;
-pub mod httpagg;
-pub mod httpcapture;
 pub mod lifecyclecapture;
 pub mod live;
+pub mod names;
+pub mod requests;
 pub mod topology;
 
 /// The kernel's monotonic clock (`bpf_ktime_get_ns`), in nanoseconds.

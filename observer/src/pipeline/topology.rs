@@ -1,4 +1,5 @@
-//! The service topology: who calls whom, from the HTTP exchanges of every workload on the node.
+//! The service topology: who calls whom, from the requests of every workload on the node,
+//! whatever their protocol, and the TCP connections under them.
 //!
 //! An edge goes from a client node to a server node. A node is a workload of this node (pod or
 //! host service, by identity) or an address no local workload owns (a server as `ip:port`, a
@@ -17,11 +18,11 @@ use std::{
 
 use observer_common::TcpEdgeStats;
 
-use super::{
-    aggregate::EdgePeer,
-    httpagg::{Hist, HttpTotals},
+use super::requests::RequestTotals;
+use crate::{
+    identity::Identity,
+    model::{EdgePeer, Hist},
 };
-use crate::identity::Identity;
 
 /// One end of an edge.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -49,8 +50,12 @@ impl Node {
         }
     }
 
-    /// Tempo's `connection_type`: empty between workloads, `virtual_node` for an unresolved peer.
-    pub fn connection_type(client: &Node, server: &Node) -> &'static str {
+    /// Tempo's `connection_type` of an edge: what its protocols say (`database`), else empty
+    /// between workloads and `virtual_node` towards an unresolved peer.
+    pub fn connection_type(client: &Node, server: &Node, edge: &Edge) -> &'static str {
+        if !edge.connection_type.is_empty() {
+            return edge.connection_type;
+        }
         match (client, server) {
             (Node::Workload(_), Node::Workload(_)) => "",
             _ => "virtual_node",
@@ -77,6 +82,8 @@ pub struct Edge {
     pub client_seconds: Option<Hist>,
     /// TCP figures of the edge's connections.
     pub tcp: EdgeTcp,
+    /// The `connection_type` its protocols give it (`database`), empty if none does.
+    pub connection_type: &'static str,
 }
 
 /// TCP figures of an edge (all its connections, HTTP or not).
@@ -137,16 +144,13 @@ fn add_hist(slot: &mut Option<Hist>, h: &Hist) {
     }
 }
 
-fn failed(status: Option<u16>, error: Option<&'static str>) -> bool {
-    error.is_some() || status.is_some_and(|s| s >= 500)
-}
-
 impl Topology {
-    /// Builds the edges from the HTTP figures; `peers` resolves addresses to local workloads.
-    pub fn build(http: &HttpTotals, peers: &dyn PeerLookup) -> Topology {
+    /// Builds the edges from the request figures; `peers` resolves addresses to local
+    /// workloads.
+    pub fn build(requests: &RequestTotals, peers: &dyn PeerLookup) -> Topology {
         let mut t = Topology::default();
         // Client side: every call a local workload made.
-        for ((id, k), h) in &http.client {
+        for ((id, k), h) in &requests.client {
             let server = match peers.workload(&k.server_address) {
                 Some(w) => Node::Workload(w),
                 None => elsewhere(peers, &k.server_address, || {
@@ -159,13 +163,16 @@ impl Topology {
             };
             let e = t.edges.entry(key).or_default();
             e.requests += h.count;
-            if failed(k.status, k.error_type) {
+            if (k.protocol.failed)(k.status.as_ref(), k.error_type) {
                 e.failed += h.count;
             }
             add_hist(&mut e.client_seconds, h);
+            if !k.protocol.connection_type.is_empty() {
+                e.connection_type = k.protocol.connection_type;
+            }
         }
         // Server side: answers, by client address.
-        for ((id, client_ip), p) in &http.server_peers {
+        for ((id, spec, client_ip), p) in &requests.server_peers {
             let (client, local) = match peers.workload(client_ip) {
                 Some(w) => (Node::Workload(w), true),
                 None => (elsewhere(peers, client_ip, || client_ip.to_string()), false),
@@ -188,6 +195,9 @@ impl Topology {
             e.requests += p.hist.count;
             e.failed += p.failed;
             add_hist(&mut e.server_seconds, &p.hist);
+            if !spec.connection_type.is_empty() {
+                e.connection_type = spec.connection_type;
+            }
         }
         t
     }

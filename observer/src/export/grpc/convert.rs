@@ -11,12 +11,9 @@ use observer_common::{
 use super::pb;
 use crate::{
     identity::Identity,
-    pipeline::{
-        exchange::Side,
-        httpagg::{Hist, APDEX_LEVELS},
-        live::LiveRequest,
-        topology::Node,
-    },
+    l7::Side,
+    model::Hist,
+    pipeline::{live::LiveRequest, requests::APDEX_LEVELS, topology::Node},
 };
 
 pub fn workload(id: &Identity) -> pb::Workload {
@@ -234,17 +231,21 @@ pub fn side(s: Side) -> pb::Side {
 }
 
 pub fn request(r: &LiveRequest) -> pb::Request {
+    let q = &r.request;
+    let (status, status_code) = super::query::status_fields(q.status.as_ref());
     pb::Request {
         time_unix_nano: unix_nanos(r.time),
-        side: side(r.side) as i32,
+        side: side(q.side) as i32,
         workload: Some(workload(&r.identity)),
-        peer_address: r.peer.to_string(),
-        peer_port: r.peer_port as u32,
-        method: r.method.to_string(),
-        route: r.route.clone(),
-        status: r.status.unwrap_or(0) as u32,
-        error_type: r.error_type.unwrap_or_default().to_string(),
-        duration_seconds: r.duration_ns as f64 / 1e9,
+        peer_address: q.peer.to_string(),
+        peer_port: u32::from(q.peer_port),
+        method: q.operation.to_string(),
+        route: r.target.to_string(),
+        status,
+        error_type: q.error_type.unwrap_or_default().to_string(),
+        duration_seconds: q.duration_ns as f64 / 1e9,
+        protocol: q.protocol.name.to_string(),
+        status_code,
     }
 }
 

@@ -12,19 +12,18 @@ use std::{
 use tokio::sync::broadcast;
 
 use super::{
-    convert, lock, pb, read_current,
+    convert, lock, pb,
     window::{Agg, Figures},
-    Current, Shared,
+    Shared,
 };
 use crate::{
+    export::snapshot::Snapshot,
     identity::Identity,
     pipeline::events::{LifecycleEvent, RECENT_EVENTS},
 };
 
 /// The window of the figures an event carries.
 pub const FIGURES_WINDOW: Duration = Duration::from_secs(60);
-/// Events arriving together share one reading of the figures.
-const REUSE_CURRENT: Duration = Duration::from_millis(500);
 /// The HTTP records of the moments before an event may still wait in their ring (drained
 /// every 100 ms) when the event arrives: the figures are read this long after the event.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -44,9 +43,8 @@ impl Recent {
 /// Converts and forwards the pipeline's lifecycle events until shutdown.
 pub async fn forward(shared: Arc<Shared>) {
     let (backlog, mut rx) = lock(&shared.pipeline).lifecycle.subscribe();
-    let mut cache: Option<Arc<Current>> = None;
     for ev in backlog {
-        let e = convert_event(&shared, &mut cache, &ev).await;
+        let e = convert_event(&shared, &ev).await;
         publish(&shared, e);
     }
     loop {
@@ -56,7 +54,7 @@ pub async fn forward(shared: Arc<Shared>) {
         };
         match got {
             Ok(ev) => {
-                let e = convert_event(&shared, &mut cache, &ev).await;
+                let e = convert_event(&shared, &ev).await;
                 publish(&shared, e);
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -78,28 +76,19 @@ fn publish(shared: &Shared, e: pb::Event) {
     let _ = shared.events.send(e);
 }
 
-async fn convert_event(
-    shared: &Arc<Shared>,
-    cache: &mut Option<Arc<Current>>,
-    ev: &LifecycleEvent,
-) -> pb::Event {
+async fn convert_event(shared: &Arc<Shared>, ev: &LifecycleEvent) -> pb::Event {
     let age = ev.time.elapsed().unwrap_or_default();
     if age < SETTLE {
         tokio::time::sleep(SETTLE - age).await;
     }
-    // A reading taken after the event settled serves it; a stale one does not.
-    let fresh = cache.as_ref().is_some_and(|c| {
-        let taken = c.at.elapsed();
-        taken < REUSE_CURRENT && taken + SETTLE <= ev.time.elapsed().unwrap_or_default()
-    });
-    if !fresh {
-        let s = shared.clone();
-        *cache = tokio::task::spawn_blocking(move || read_current(&s.pipeline))
-            .await
-            .ok()
-            .map(Arc::new);
-    }
-    let (figures, window) = match cache.as_ref() {
+    // A snapshot taken once the event settled serves it (events arriving together share
+    // one); an older one does not.
+    let settled = std::time::Instant::now()
+        .checked_sub(ev.time.elapsed().unwrap_or_default().saturating_sub(SETTLE))
+        .unwrap_or_else(std::time::Instant::now);
+    let s = shared.clone();
+    let cur = tokio::task::spawn_blocking(move || s.snapshots.taken_after(settled)).await.ok();
+    let (figures, window) = match cur.as_ref() {
         Some(cur) => figures_before(shared, cur, &ev.identity),
         None => (None, None),
     };
@@ -142,7 +131,7 @@ fn pick(f: &Figures, id: &Identity) -> Option<Agg> {
 
 fn figures_before(
     shared: &Shared,
-    cur: &Current,
+    cur: &Snapshot,
     id: &Identity,
 ) -> (Option<pb::RequestFigures>, Option<pb::Window>) {
     let then = lock(&shared.ring).start_of(cur.at, FIGURES_WINDOW);
@@ -150,7 +139,7 @@ fn figures_before(
         .as_ref()
         .map(|s| cur.at.saturating_duration_since(s.at).as_secs_f64())
         .unwrap_or(0.0);
-    let now = Figures::from_totals(&cur.totals.http, &cur.topology);
+    let now = Figures::from_totals(&cur.totals.requests, &cur.topology);
     let now_agg = pick(&now, id).unwrap_or_default();
     let w = match &then {
         Some(s) => now_agg.since(pick(&s.figures, id).as_ref()),

@@ -10,13 +10,15 @@ use super::{
     convert::{self, figures},
     lock, pb,
     window::{series_hash, Agg, EdgeAgg, Figures, SeriesSide, Snapshot},
-    ApiError, Current, Shared,
+    ApiError, Shared,
 };
 use crate::{
+    export::snapshot::Snapshot as Current,
     identity::Identity,
+    l7::Status,
+    model::Hist,
     pipeline::{
         aggregate::Totals,
-        httpagg::Hist,
         topology::{EdgeKey, Node},
     },
 };
@@ -88,8 +90,8 @@ impl Selector {
             .map(|(id, _)| id)
             .chain(t.errors.keys().map(|(id, _, _)| id))
             .chain(t.tcp.keys())
-            .chain(t.http.server.keys().map(|(id, _)| id))
-            .chain(t.http.client.keys().map(|(id, _)| id))
+            .chain(t.requests.server.keys().map(|(id, _)| id))
+            .chain(t.requests.client.keys().map(|(id, _)| id))
             .collect();
         let found: Vec<Arc<Identity>> = known
             .into_iter()
@@ -128,7 +130,7 @@ impl Win {
             .map(|s| cur.at.saturating_duration_since(s.at).as_secs_f64())
             .unwrap_or(0.0);
         Win {
-            now: Figures::from_totals(&cur.totals.http, &cur.topology),
+            now: Figures::from_totals(&cur.totals.requests, &cur.topology),
             then,
             requested: seconds,
             covered,
@@ -170,7 +172,7 @@ impl Win {
     }
 
     fn apdex(&self, t: &Totals, id: &Arc<Identity>) -> (pb::Apdex, pb::Apdex) {
-        let threshold = t.http.threshold.get(id).copied().unwrap_or(0.0);
+        let threshold = t.requests.threshold.get(id).copied().unwrap_or(0.0);
         let now = self.now.apdex.get(id).copied().unwrap_or_default();
         let then = self.then().and_then(|f| f.apdex.get(id).copied());
         let w = match then {
@@ -198,8 +200,9 @@ impl Win {
     }
 }
 
-fn failed(status: Option<u16>, error: Option<&str>) -> bool {
-    error.is_some() || status.is_some_and(|s| s >= 500)
+/// The numeric status (0 when it is none or not a number) and its text.
+pub fn status_fields(s: Option<&Status>) -> (u32, String) {
+    (s.and_then(Status::code).unwrap_or(0), s.map(Status::label).unwrap_or_default())
 }
 
 fn series(win: &Win, hash: u64, h: &Hist, fail: bool) -> pb::LatencySeries {
@@ -220,27 +223,30 @@ pub fn latency(cur: &Current, win: &Win, sel: &Selector) -> Result<pb::Latency, 
     let mut out = Vec::new();
     for id in sel.select(t)? {
         let mut server = Vec::new();
-        for ((i, k), h) in &t.http.server {
+        for ((i, k), h) in &t.requests.server {
             if *i != id {
                 continue;
             }
             let hash = series_hash(&id, SeriesSide::Server, k);
-            let mut s = series(win, hash, h, failed(k.status, k.error_type));
-            s.method = k.method.to_string();
-            s.status = k.status.unwrap_or(0).into();
-            s.route = k.route.clone();
+            let mut s = series(win, hash, h, (k.protocol.failed)(k.status.as_ref(), k.error_type));
+            s.protocol = k.protocol.name.to_string();
+            s.method = k.operation.to_string();
+            (s.status, s.status_code) = status_fields(k.status.as_ref());
+            s.route = k.target.to_string();
             s.error_type = k.error_type.unwrap_or_default().to_string();
             server.push(s);
         }
         let mut client = Vec::new();
-        for ((i, k), h) in &t.http.client {
+        for ((i, k), h) in &t.requests.client {
             if *i != id {
                 continue;
             }
             let hash = series_hash(&id, SeriesSide::Client, k);
-            let mut s = series(win, hash, h, failed(k.status, k.error_type));
-            s.method = k.method.to_string();
-            s.status = k.status.unwrap_or(0).into();
+            let mut s = series(win, hash, h, (k.protocol.failed)(k.status.as_ref(), k.error_type));
+            s.protocol = k.protocol.name.to_string();
+            s.method = k.operation.to_string();
+            (s.status, s.status_code) = status_fields(k.status.as_ref());
+            s.route = k.target.as_deref().unwrap_or_default().to_string();
             s.server_address = k.server_address.to_string();
             s.server_port = k.server_port.into();
             s.error_type = k.error_type.unwrap_or_default().to_string();
@@ -259,7 +265,7 @@ pub fn latency(cur: &Current, win: &Win, sel: &Selector) -> Result<pb::Latency, 
             client_window: Some(client_window),
             apdex: Some(apdex),
             window_apdex: Some(window_apdex),
-            active_clients: t.http.active_clients.get(&id).copied().unwrap_or(0),
+            active_clients: t.requests.active_clients.get(&id).copied().unwrap_or(0),
         });
     }
     Ok(pb::Latency {
@@ -283,7 +289,7 @@ fn edge(
     pb::Edge {
         client: convert::node_id(&k.client),
         server: convert::node_id(&k.server),
-        connection_type: Node::connection_type(&k.client, &k.server).to_string(),
+        connection_type: Node::connection_type(&k.client, &k.server, e).to_string(),
         total: Some(figures(total.requests, total.failed, t_hist.as_ref(), 0.0)),
         window: window.map(|_| figures(w.requests, w.failed, w_hist.as_ref(), seconds)),
         client_latency: Some(convert::summary(total.client.as_ref())),
@@ -315,11 +321,11 @@ pub fn network(cur: &Current, sel: &Selector) -> Result<pb::Network, ApiError> {
     for id in sel.select(t)? {
         // Outbound calls by server address and port.
         let mut peers: BTreeMap<(IpAddr, u16), Agg> = BTreeMap::new();
-        for ((i, k), h) in &t.http.client {
+        for ((i, k), h) in &t.requests.client {
             if *i == id {
                 let a = peers.entry((k.server_address, k.server_port)).or_default();
                 a.requests += h.count;
-                if failed(k.status, k.error_type) {
+                if (k.protocol.failed)(k.status.as_ref(), k.error_type) {
                     a.errors += h.count;
                 }
                 match &mut a.hist {
@@ -402,7 +408,7 @@ pub fn workloads(cur: &Current, win: &Win) -> pb::Workloads {
                 window: Some(window),
                 apdex: Some(apdex),
                 window_apdex: Some(window_apdex),
-                active_clients: t.http.active_clients.get(id).copied().unwrap_or(0),
+                active_clients: t.requests.active_clients.get(id).copied().unwrap_or(0),
                 client_total: Some(client_total),
                 client_window: Some(client_window),
             }

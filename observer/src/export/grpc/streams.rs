@@ -16,7 +16,8 @@ use super::{convert, lock, pb, ApiError};
 use crate::{
     ebpf::load::ProbeStatus,
     export::metrics::LOST_SOURCES,
-    pipeline::{aggregate::Pipeline, exchange::Side, live::LiveRequest},
+    l7::Side,
+    pipeline::{aggregate::Pipeline, live::LiveRequest},
     shutdown::Shutdown,
 };
 
@@ -36,6 +37,7 @@ pub struct RequestFilter {
     status: Option<u16>,
     min_duration_ns: u64,
     side: Option<Side>,
+    protocol: Option<String>,
 }
 
 fn non_empty(s: String) -> Option<String> {
@@ -65,6 +67,13 @@ impl TryFrom<pb::StreamRequestsRequest> for RequestFilter {
                 return bad(format!("route must start with '/', got {route:?}"));
             }
         }
+        let protocol = non_empty(r.protocol);
+        if let Some(p) = &protocol {
+            if crate::l7::spec_by_name(p).is_none() {
+                let known: Vec<&str> = crate::l7::SPECS.iter().map(|s| s.name).collect();
+                return bad(format!("protocol must be one of {}, got {p:?}", known.join(", ")));
+            }
+        }
         let side = match pb::Side::try_from(r.side) {
             Ok(pb::Side::Unspecified) => None,
             Ok(pb::Side::Server) => Some(Side::Server),
@@ -78,12 +87,14 @@ impl TryFrom<pb::StreamRequestsRequest> for RequestFilter {
             status,
             min_duration_ns: (r.min_latency_ms * 1e6).min(u64::MAX as f64) as u64,
             side,
+            protocol,
         })
     }
 }
 
 impl RequestFilter {
     pub fn matches(&self, r: &LiveRequest) -> bool {
+        let q = &r.request;
         self.pod_uid
             .as_ref()
             .is_none_or(|u| r.identity.k8s_pod_uid == *u)
@@ -91,10 +102,13 @@ impl RequestFilter {
                 .service
                 .as_ref()
                 .is_none_or(|s| r.identity.service_name == *s)
-            && self.route.as_ref().is_none_or(|x| r.route == *x)
-            && self.status.is_none_or(|s| r.status == Some(s))
-            && r.duration_ns >= self.min_duration_ns
-            && self.side.is_none_or(|s| r.side == s)
+            && self.route.as_ref().is_none_or(|x| *r.target == **x)
+            && self
+                .status
+                .is_none_or(|s| q.status.as_ref().and_then(crate::l7::Status::code) == Some(u32::from(s)))
+            && q.duration_ns >= self.min_duration_ns
+            && self.side.is_none_or(|s| q.side == s)
+            && self.protocol.as_ref().is_none_or(|p| q.protocol.name == p)
     }
 }
 

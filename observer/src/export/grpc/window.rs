@@ -18,8 +18,9 @@ use std::{
 
 use crate::{
     identity::Identity,
+    model::Hist,
     pipeline::{
-        httpagg::{Hist, HttpTotals},
+        requests::RequestTotals,
         topology::{EdgeKey, Topology},
     },
 };
@@ -150,27 +151,23 @@ pub struct Figures {
     pub series: Vec<(u64, u64)>,
 }
 
-fn failed(status: Option<u16>, error: Option<&str>) -> bool {
-    error.is_some() || status.is_some_and(|s| s >= 500)
-}
-
 impl Figures {
     /// Everything (uncapped): the "now" side of a window.
-    pub fn from_totals(http: &HttpTotals, topology: &Topology) -> Figures {
+    pub fn from_totals(http: &RequestTotals, topology: &Topology) -> Figures {
         Self::build(http, topology, usize::MAX, usize::MAX)
     }
 
     /// Capped: what a snapshot keeps.
-    fn for_snapshot(http: &HttpTotals, topology: &Topology) -> Figures {
+    fn for_snapshot(http: &RequestTotals, topology: &Topology) -> Figures {
         Self::build(http, topology, MAX_AGGREGATES, MAX_SERIES)
     }
 
-    fn build(http: &HttpTotals, topology: &Topology, aggs: usize, series: usize) -> Figures {
+    fn build(http: &RequestTotals, topology: &Topology, aggs: usize, series: usize) -> Figures {
         let mut f = Figures::default();
         for ((id, k), h) in &http.server {
             if f.server.len() < aggs || f.server.contains_key(id) {
                 let a = f.server.entry(id.clone()).or_default();
-                a.add(h.count, failed(k.status, k.error_type), h);
+                a.add(h.count, (k.protocol.failed)(k.status.as_ref(), k.error_type), h);
             }
             if f.series.len() < series {
                 f.series
@@ -180,7 +177,7 @@ impl Figures {
         for ((id, k), h) in &http.client {
             if f.client.len() < aggs || f.client.contains_key(id) {
                 let a = f.client.entry(id.clone()).or_default();
-                a.add(h.count, failed(k.status, k.error_type), h);
+                a.add(h.count, (k.protocol.failed)(k.status.as_ref(), k.error_type), h);
             }
             if f.series.len() < series {
                 f.series
@@ -229,7 +226,7 @@ pub struct Ring {
 }
 
 impl Ring {
-    pub fn push(&mut self, at: Instant, http: &HttpTotals, topology: &Topology) {
+    pub fn push(&mut self, at: Instant, http: &RequestTotals, topology: &Topology) {
         let figures = Figures::for_snapshot(http, topology);
         self.snaps.push_back(Arc::new(Snapshot { at, figures }));
         // Keep one snapshot older than HISTORY, so a full 900 s window is covered.
@@ -308,7 +305,7 @@ mod tests {
     fn ring_picks_the_newest_snapshot_old_enough_and_stays_bounded() {
         let mut r = Ring::default();
         let t0 = Instant::now();
-        let (http, topo) = (HttpTotals::default(), Topology::default());
+        let (http, topo) = (RequestTotals::default(), Topology::default());
         for i in 0..400 {
             r.push(t0 + SNAPSHOT_EVERY * i, &http, &topo);
         }

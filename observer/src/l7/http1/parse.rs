@@ -12,21 +12,24 @@
 //!   `{authority}`; any other target not starting with `/` → `{invalid}`.
 //! - repeated slashes collapse and a trailing slash is dropped (`//a//b/` → `/a/b`); dot segments
 //!   and percent-escapes are kept as they are.
+//! - path parameters (`;…` in a segment, where Java servers put `jsessionid`) are dropped.
 //! - a segment becomes `{id}` when it is: numeric-ish (digits plus `-._:+,`, so numbers, dates
-//!   like `2024-05-01`, times and versions like `1.2.3`); a UUID; hex of 8+ chars with a digit;
-//!   a token of 16+ chars of `[A-Za-z0-9_-]` mixing letters and digits with 4+ character-class
-//!   changes (lower/upper/digit; keeps slugs like `oauth2-callback-v2`); a base64url-ish run of
-//!   20+ chars with a third or more of its letters upper case and frequent class changes
-//!   (random text, not camelCase); or longer than [`MAX_SEGMENT_LEN`] bytes. Otherwise each
-//!   `.`-separated part that is an id becomes `{id}` (`123.json` → `{id}.json`,
-//!   `app.9f1c2e3a4b.js` → `app.{id}.js`).
+//!   like `2024-05-01`, times and versions like `1.2.3`); a UUID; hex of 8+ chars with a digit,
+//!   or of 16+ hex letters without one; a token of 16+ chars of `[A-Za-z0-9_-]` mixing letters
+//!   and digits with 4+ character-class changes (lower/upper/digit; keeps slugs like
+//!   `oauth2-callback-v2`); a base64url-ish run of 20+ chars with a third or more of its letters
+//!   upper case and frequent class changes (random text, not camelCase); a word (the parts
+//!   between `-`, `_` and camelCase boundaries) of 12+ characters that reads as random, by its
+//!   entropy (16+ distinct characters over 20+) or by what no word has (fewer than a fifth
+//!   vowels, or 5 consonants in a row): long random all-lower-case session tokens with no digit;
+//!   or longer than [`MAX_SEGMENT_LEN`] bytes. Otherwise each `.`-separated part that is an id
+//!   becomes `{id}` (`123.json` → `{id}.json`, `app.9f1c2e3a4b.js` → `app.{id}.js`).
 //! - at most [`MAX_SEGMENTS`] segments and [`MAX_ROUTE_LEN`] bytes: what does not fit is cut at a
 //!   segment boundary and replaced by a final `/...` (the result is never longer than the cap).
 //!
-//! The heuristics miss some ids; [`RouteCap`] is the backstop that bounds distinct routes.
+//! The heuristics miss some ids; `l7::cap::TargetCap` is the backstop that bounds distinct routes.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
 
 /// Headers parsed per message; a head with more is [`Parsed::Invalid`] (the request or status
 /// line is still available from [`parse_request_line`] / [`parse_status_line`]).
@@ -45,10 +48,6 @@ pub const TRUNCATED: &str = "/...";
 pub const AUTHORITY: &str = "{authority}";
 /// Label of any other target that is no path.
 pub const INVALID: &str = "{invalid}";
-/// The single label for routes beyond a service's cap.
-pub const OVERFLOW_ROUTE: &str = "/{overflow}";
-/// Services [`RouteCap::new`] tracks; routes of further services are all overflow.
-pub const DEFAULT_MAX_SERVICES: usize = 4096;
 
 /// Result of parsing a message head from a (possibly truncated) buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,7 +320,10 @@ pub fn route_template(target: &str) -> String {
         .into();
     }
     let mut out = String::with_capacity(MAX_ROUTE_LEN);
-    let mut segments = path.split('/').filter(|s| !s.is_empty()).peekable();
+    let mut segments = path
+        .split('/')
+        .filter(|s| !s.is_empty() && !s.starts_with(';'))
+        .peekable();
     let mut n = 0;
     while let Some(seg) = segments.next() {
         let seg = template_segment(seg);
@@ -360,6 +362,8 @@ fn is_authority(s: &str) -> bool {
 }
 
 fn template_segment(seg: &str) -> Cow<'_, str> {
+    // Path parameters (`;jsessionid=…`) are credentials as often as not: never kept.
+    let seg = seg.split(';').next().unwrap_or_default();
     if seg.len() > MAX_SEGMENT_LEN || is_id(seg) {
         return Cow::Borrowed(ID);
     }
@@ -388,8 +392,63 @@ pub fn is_id(seg: &str) -> bool {
             8 | 13 | 18 | 23 => *c == b'-',
             _ => c.is_ascii_hexdigit(),
         });
-    let hex = b.len() >= 8 && digits > 0 && b.iter().all(u8::is_ascii_hexdigit);
-    numeric || uuid || hex || is_token(b, digits)
+    let hex = b.iter().all(u8::is_ascii_hexdigit)
+        && ((b.len() >= 8 && digits > 0) || b.len() >= 16);
+    numeric || uuid || hex || is_token(b, digits) || words(b).any(random_word)
+}
+
+/// The words of a segment: the parts between `-`, `_` and camelCase boundaries (a lower-case
+/// letter or digit followed by an upper-case one).
+fn words(b: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < b.len() {
+            let at = i;
+            i += 1;
+            let sep = b[at] == b'-' || b[at] == b'_';
+            let camel = at > start
+                && b[at].is_ascii_uppercase()
+                && (b[at - 1].is_ascii_lowercase() || b[at - 1].is_ascii_digit());
+            if sep || camel {
+                let w = &b[start..at];
+                start = if sep { at + 1 } else { at };
+                if !w.is_empty() {
+                    return Some(w);
+                }
+            }
+        }
+        if start < b.len() {
+            let w = &b[start..];
+            start = b.len();
+            return Some(w);
+        }
+        None
+    })
+}
+
+/// A word of 12+ characters that no language has: high entropy (16+ distinct characters over
+/// 20+), fewer than a fifth vowels, or 5 consonants in a row (letters compared case-blind).
+fn random_word(w: &[u8]) -> bool {
+    if w.len() < 12 || !w.iter().all(u8::is_ascii_alphanumeric) {
+        return false;
+    }
+    let mut seen = [false; 36];
+    let (mut vowels, mut run, mut longest) = (0, 0, 0);
+    for &c in w {
+        let c = c.to_ascii_lowercase();
+        let slot = if c.is_ascii_digit() { (c - b'0') as usize + 26 } else { (c - b'a') as usize };
+        seen[slot] = true;
+        if b"aeiouy".contains(&c) || c.is_ascii_digit() {
+            vowels += usize::from(!c.is_ascii_digit());
+            run = 0;
+        } else {
+            run += 1;
+            longest = longest.max(run);
+        }
+    }
+    let distinct = seen.iter().filter(|&&s| s).count();
+    (w.len() >= 20 && distinct >= 16) || vowels * 5 < w.len() || longest >= 5
 }
 
 /// Random-looking `[A-Za-z0-9_-]` tokens (see the module documentation).
@@ -417,119 +476,6 @@ fn is_token(b: &[u8], digits: usize) -> bool {
     let base64ish =
         b.len() >= 20 && lower > 0 && upper * 3 >= upper + lower && changes * 3 >= b.len();
     mixed || base64ish
-}
-
-/// A route as admitted by [`RouteCap`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    Admitted(String),
-    /// The service is at its cap (or too many services are tracked): label [`OVERFLOW_ROUTE`].
-    Overflow,
-}
-
-impl Route {
-    /// The `http_route` label.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Route::Admitted(r) => r,
-            Route::Overflow => OVERFLOW_ROUTE,
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct ServiceRoutes {
-    routes: HashSet<String>,
-    overflowed: u64,
-}
-
-/// Caps distinct routes per service, and the number of services tracked. Memory is bounded by
-/// `max_services × max_per_service × MAX_ROUTE_LEN` plus the service names.
-#[derive(Debug)]
-pub struct RouteCap {
-    max_per_service: usize,
-    max_services: usize,
-    services: HashMap<String, ServiceRoutes>,
-    untracked_overflowed: u64,
-}
-
-impl RouteCap {
-    /// At most `max_per_service` routes for each of at most [`DEFAULT_MAX_SERVICES`] services.
-    pub fn new(max_per_service: usize) -> Self {
-        Self::with_max_services(max_per_service, DEFAULT_MAX_SERVICES)
-    }
-
-    pub fn with_max_services(max_per_service: usize, max_services: usize) -> Self {
-        RouteCap {
-            max_per_service,
-            max_services,
-            services: HashMap::new(),
-            untracked_overflowed: 0,
-        }
-    }
-
-    /// `route` (from [`route_template`]) while the service has fewer than the cap of distinct
-    /// routes or already knows it; otherwise [`Route::Overflow`], counted. Routes longer than
-    /// [`MAX_ROUTE_LEN`] are overflow too.
-    pub fn admit(&mut self, service: &str, route: String) -> Route {
-        if !self.services.contains_key(service) {
-            if self.services.len() >= self.max_services {
-                self.untracked_overflowed += 1;
-                return Route::Overflow;
-            }
-            self.services
-                .insert(service.to_owned(), ServiceRoutes::default());
-        }
-        let Some(s) = self.services.get_mut(service) else {
-            return Route::Overflow;
-        };
-        if s.routes.contains(&route) {
-            return Route::Admitted(route);
-        }
-        if s.routes.len() < self.max_per_service && route.len() <= MAX_ROUTE_LEN {
-            s.routes.insert(route.clone());
-            return Route::Admitted(route);
-        }
-        s.overflowed += 1;
-        Route::Overflow
-    }
-
-    /// Observations of `service` that became [`Route::Overflow`].
-    pub fn overflowed(&self, service: &str) -> u64 {
-        self.services.get(service).map_or(0, |s| s.overflowed)
-    }
-
-    /// (service, observations that became overflow) for every service with some.
-    pub fn overflow_counts(&self) -> Vec<(String, u64)> {
-        let mut v: Vec<(String, u64)> = self
-            .services
-            .iter()
-            .filter(|(_, s)| s.overflowed > 0)
-            .map(|(n, s)| (n.clone(), s.overflowed))
-            .collect();
-        v.sort();
-        v
-    }
-
-    /// Observations of services beyond the tracked maximum (all overflow).
-    pub fn untracked_overflowed(&self) -> u64 {
-        self.untracked_overflowed
-    }
-
-    /// Distinct routes admitted for `service`.
-    pub fn routes(&self, service: &str) -> usize {
-        self.services.get(service).map_or(0, |s| s.routes.len())
-    }
-
-    /// Services tracked.
-    pub fn services(&self) -> usize {
-        self.services.len()
-    }
-
-    /// Forgets a service that is gone (its routes and overflow count).
-    pub fn forget(&mut self, service: &str) {
-        self.services.remove(service);
-    }
 }
 
 #[cfg(test)]
@@ -981,6 +927,19 @@ mod tests {
             (&format!("/x/{}", "y".repeat(65)), "/x/{id}"),
             ("/1/2/3/4/5/6/7/8", "/{id}/{id}/{id}/{id}/{id}/{id}/{id}/{id}"),
             ("/a/b/c/d/e/f/g/h/i/j", "/a/b/c/d/e/f/g/h/..."),
+            // Session ids and random tokens without digits (issue: secrets in routes).
+            ("/shop/cart;jsessionid=0A1B2C3D4E5F60718293A4B5C6D7E8F9", "/shop/cart"),
+            ("/shop/cart;jsessionid=kqzvhxmwptrbnjfd/checkout", "/shop/cart/checkout"),
+            ("/a;v=1/b;x=y", "/a/b"),
+            ("/;jsessionid=abc", "/"),
+            ("/s/kqzvhxmwptrbnjfdlsw", "/s/{id}"),
+            ("/s/deadbeefcafebabedeadbeefcafebabe", "/s/{id}"),
+            ("/s/fcbdaebfcadbecfa", "/s/{id}"),
+            ("/s/qwhrtlmpxvbnsdkfgzcw", "/s/{id}"),
+            ("/s/abcdefghijklmnopqrstuv", "/s/{id}"),
+            ("/docs/internationalization", "/docs/internationalization"),
+            ("/docs/characteristically", "/docs/characteristically"),
+            ("/api/getCustomerOrderHistory", "/api/getCustomerOrderHistory"),
         ];
         for (path, want) in table {
             assert_eq!(route_template(path), want, "{path}");
@@ -1008,52 +967,12 @@ mod tests {
     }
 
     #[test]
-    fn route_cap_overflows_new_routes_only() {
-        let mut cap = RouteCap::new(3);
-        let admit =
-            |cap: &mut RouteCap, s: &str, r: &str| cap.admit(s, r.into()).as_str().to_string();
-        for r in ["/a", "/b", "/c"] {
-            assert_eq!(admit(&mut cap, "svc", r), r);
-        }
-        assert_eq!(cap.admit("svc", "/d".into()), Route::Overflow);
-        assert_eq!(admit(&mut cap, "svc", "/e"), OVERFLOW_ROUTE);
-        assert_eq!(admit(&mut cap, "svc", "/a"), "/a");
-        assert_eq!((cap.overflowed("svc"), cap.routes("svc")), (2, 3));
-        assert_eq!(admit(&mut cap, "other", "/d"), "/d");
-        assert_eq!((cap.overflowed("other"), cap.overflowed("unknown")), (0, 0));
-        assert_eq!(cap.admit("other", "/x".repeat(65)), Route::Overflow);
-        cap.forget("svc");
-        assert_eq!(
-            (admit(&mut cap, "svc", "/d"), cap.overflowed("svc")),
-            ("/d".into(), 0)
-        );
-        assert_eq!(RouteCap::new(0).admit("s", "/".into()), Route::Overflow);
-    }
-
-    #[test]
-    fn route_cap_bounds_services() {
-        let mut cap = RouteCap::with_max_services(2, 3);
-        for s in ["a", "b", "c"] {
-            assert_eq!(cap.admit(s, "/x".into()), Route::Admitted("/x".into()));
-        }
-        assert_eq!(cap.admit("d", "/x".into()), Route::Overflow);
-        assert_eq!(cap.admit("e", "/y".into()), Route::Overflow);
-        assert_eq!(
-            (
-                cap.services(),
-                cap.untracked_overflowed(),
-                cap.overflowed("d")
-            ),
-            (3, 2, 0)
-        );
-        assert_eq!(cap.admit("a", "/x".into()), Route::Admitted("/x".into()));
-    }
-
-    #[test]
     fn hundred_thousand_distinct_paths_stay_within_the_cap() {
+        use crate::l7::cap::{TargetCap, OVERFLOW};
+        use std::sync::Arc;
         const MAX: usize = 200;
-        let mut cap = RouteCap::new(MAX);
-        let mut labels = HashSet::new();
+        let mut cap = TargetCap::new(MAX);
+        let mut labels = std::collections::HashSet::new();
         let mut rng = Rng(42);
         for i in 0..100_000u64 {
             // Word-like segments the id rules keep: only the cap bounds them.
@@ -1061,21 +980,20 @@ mod tests {
                 .map(|_| (b'a' + rng.below(26) as u8) as char)
                 .collect();
             let path = format!("/shop/{word}/item/{i}?ref={}", rng.next());
-            let route = cap.admit("svc", route_template(&path));
-            labels.insert(route.as_str().to_string());
+            let route = cap.admit("svc", &Arc::from(route_template(&path)));
+            labels.insert(route.to_string());
         }
         assert_eq!(labels.len(), MAX + 1);
-        assert_eq!(cap.routes("svc"), MAX);
+        assert!(labels.contains(OVERFLOW));
+        assert_eq!(cap.values("svc"), MAX);
         assert_eq!(cap.overflowed("svc"), 100_000 - MAX as u64);
         // Id-like segments collapse into one route without touching the cap.
-        let mut cap = RouteCap::new(MAX);
+        let mut cap = TargetCap::new(MAX);
         for i in 0..100_000u64 {
             let path = format!("/users/{i}/orders/{:016x}", rng.next() | 1);
-            assert_eq!(
-                cap.admit("svc", route_template(&path)).as_str(),
-                "/users/{id}/orders/{id}"
-            );
+            let route = cap.admit("svc", &Arc::from(route_template(&path)));
+            assert_eq!(&*route, "/users/{id}/orders/{id}");
         }
-        assert_eq!((cap.routes("svc"), cap.overflowed("svc")), (1, 0));
+        assert_eq!((cap.values("svc"), cap.overflowed("svc")), (1, 0));
     }
 }

@@ -1,0 +1,171 @@
+//! HTTP/1.x detector and framer.
+//!
+//! A message starts with a call whose data begins with a request line (an upper-case method of
+//! 3 to 10 letters, a space, a target) or a status line (`HTTP/1.x NNN`). Per connection the
+//! framer keeps the pending request (its first call's time, length and first bytes) and the
+//! counters of the response in flight; each response start sends one record with the pending
+//! request and the response's first bytes, so one record describes one exchange. Responses
+//! whose body outlasts their first call are ended in user space from the counters (they ride
+//! the next record, or user space looks them up). Requests pipelined call by call (a second
+//! request before the first response) send the older one on its own. Interim responses
+//! (`100 Continue`) are records too: user space skips them and pairs the final one.
+
+use observer_common::{
+    L7Conn, L7Dir, L7Event, L7_EVENT_HEADER, L7_EV_EXCHANGE, L7_EV_REQUEST, L7_F_OPEN_AT_USER,
+    L7_SIDE_CLIENT, LOST_L7_STALE_STATE,
+};
+
+use super::{attach_request, continue_dir, emit_with_request, output, tgid, Call, Detected};
+use crate::{maps::count_lost, sock};
+
+#[inline(always)]
+fn byte(head: *const L7Event, i: usize) -> u8 {
+    // SAFETY: `head` is the scratch record; `i` is a constant index below 16.
+    unsafe { (*head).data[i & 15] }
+}
+
+/// A status line: `HTTP/1.x NNN`.
+#[inline(always)]
+fn is_status(head: *const L7Event, n: u32) -> bool {
+    n >= 12
+        && byte(head, 0) == b'H'
+        && byte(head, 1) == b'T'
+        && byte(head, 2) == b'T'
+        && byte(head, 3) == b'P'
+        && byte(head, 4) == b'/'
+        && byte(head, 5) == b'1'
+        && byte(head, 6) == b'.'
+        && byte(head, 8) == b' '
+        && byte(head, 9).is_ascii_digit()
+        && byte(head, 10).is_ascii_digit()
+        && byte(head, 11).is_ascii_digit()
+}
+
+/// A request line: `TOKEN SP target`, a token of 3-10 upper-case letters, the target starting
+/// with `/`, `*` or an alphanumeric (absolute or authority form). HTTP/2's connection preface
+/// (`PRI * HTTP/2.0`) is not HTTP/1.
+#[inline(always)]
+fn is_request(head: *const L7Event, n: u32) -> bool {
+    if n < 8 {
+        return false;
+    }
+    let mut i = 0usize;
+    while i < 11 {
+        if !byte(head, i).is_ascii_uppercase() {
+            break;
+        }
+        i += 1;
+    }
+    if !(3..=10).contains(&i) || (i + 1) as u32 >= n || byte(head, i) != b' ' {
+        return false;
+    }
+    let t = byte(head, i + 1);
+    if !(t == b'/' || t == b'*' || t.is_ascii_alphanumeric()) {
+        return false;
+    }
+    !(i == 3 && byte(head, 0) == b'P' && byte(head, 1) == b'R' && byte(head, 2) == b'I')
+}
+
+/// Whether the first `n` bytes of a call start an HTTP/1.x message.
+#[inline(always)]
+pub fn detect(head: *const L7Event, n: u32) -> Detected {
+    if is_status(head, n) {
+        Detected::Response
+    } else if is_request(head, n) {
+        Detected::Request
+    } else {
+        Detected::No
+    }
+}
+
+/// One call of an HTTP/1.x connection; `head` holds its first `n` bytes.
+#[inline(always)]
+pub fn on_call(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
+    // SAFETY: map value pointer checked by the verifier.
+    let s = unsafe { &mut *st };
+    let request_dir = call.send == (s.side == L7_SIDE_CLIENT);
+    if request_dir {
+        if is_request(head, n) {
+            request_start(st, call, head, n);
+        }
+        return;
+    }
+    if !is_status(head, n) {
+        continue_dir(&mut s.resp, call, head, n);
+        return;
+    }
+    // A response starts: one record, with the request it answers when one is pending.
+    let (t, tn) = call.tail(head, n);
+    // SAFETY: `head` is this CPU's scratch record, `st` a map value.
+    unsafe {
+        let has_req = s.req_ts != 0;
+        (*head).sk = call.sk;
+        (*head).cgroup_id = s.cgroup_id;
+        (*head).ts_ns = call.now;
+        (*head).req_ts = s.req_ts;
+        (*head).prev = s.resp;
+        (*head).peer = s.peer;
+        (*head).resp_len = call.ret;
+        (*head).req_len = if has_req { s.req_len } else { 0 };
+        (*head).tgid = if has_req { s.tgid } else { tgid() };
+        (*head).proto = s.proto;
+        (*head).kind = L7_EV_EXCHANGE;
+        (*head).side = s.side;
+        (*head)._pad = 0;
+        (*head).resp_snip = n as u16;
+        (*head)._pad2 = 0;
+        let req = if has_req { attach_request(head, n, st) } else { 0 };
+        (*head).req_snip = req as u16;
+        output(head, L7_EVENT_HEADER as u32 + n + req);
+        // An interim response (1xx but 101): user space waits for the final one, which a
+        // close must still end.
+        let interim = byte(head, 9) == b'1' && !(byte(head, 10) == b'0' && byte(head, 11) == b'1');
+        if interim {
+            s.flags |= L7_F_OPEN_AT_USER;
+        } else {
+            s.flags &= !L7_F_OPEN_AT_USER;
+        }
+    }
+    s.req_ts = 0;
+    s.req_snip = 0;
+    s.resp_first = call.ret;
+    s.resp = L7Dir { bytes: call.ret as u64, last_ns: call.now, tail: [0; 8] };
+    super::push_tail(&mut s.resp.tail, t, tn);
+}
+
+/// A request starts with this call: the socket's own cgroup is checked (a state that does not
+/// match it is stale and starts over), a request still waiting for its response is sent on its
+/// own, and the new one is kept.
+#[inline(always)]
+fn request_start(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
+    // SAFETY: map value pointer checked by the verifier.
+    let s = unsafe { &mut *st };
+    if let Ok(cg) = sock::cgroup_id(call.sk) {
+        if cg != s.cgroup_id {
+            count_lost(LOST_L7_STALE_STATE);
+            s.cgroup_id = cg;
+            s.peer = sock::peer(call.sk);
+            s.req_ts = 0;
+            s.resp = L7Dir::default();
+            s.resp_first = 0;
+            s.flags = 0;
+        }
+    }
+    if s.req_ts != 0 {
+        emit_with_request(call.sk, st, L7_EV_REQUEST, call.now);
+    }
+    let n = n & super::HEAD_MASK;
+    // SAFETY: both are valid for `n` (< 256) bytes: the scratch record's data and the state's
+    // request buffer.
+    let copied = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            s.req.as_mut_ptr() as *mut _,
+            n,
+            (*head).data.as_ptr() as *const _,
+        )
+    };
+    s.req_snip = if copied == 0 { n as u16 } else { 0 };
+    s.req_ts = call.now;
+    s.req_len = call.ret;
+    s.tgid = tgid();
+}

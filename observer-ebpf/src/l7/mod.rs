@@ -1,0 +1,507 @@
+//! The L7 path, kernel side: capture shared by every protocol.
+//!
+//! It runs inside the socket send/receive hooks (`sock_send_length` / `sock_recv_length`, or
+//! fexit on `tcp_sendmsg` / `tcp_recvmsg` before 6.3), which give the socket and the byte count
+//! of each call. The user buffer comes from the syscall's own arguments, read from the task's
+//! saved user registers (`bpf_task_pt_regs`): no hook on any syscall.
+//!
+//! Per connection (the `CONNS` entry the TCP probe shares) the protocol is decided once, from
+//! the first bytes: every enabled detector looks at them, and a connection no protocol wants is
+//! marked and from then on costs one map lookup per call, no user read. A claimed connection
+//! gets an `L7_CONNS` entry that its protocol's framer (one file per protocol) keeps, and the
+//! framer sends one record per exchange to the `L7_EVENTS` ring. That state lives until the
+//! socket is destroyed (`tcp_destroy_sock`), not just until its close transition, so data read
+//! after a peer's FIN or reset still belongs to its own connection, and a socket's memory,
+//! reused by a later connection, never inherits it.
+//!
+//! Adding a protocol: a file here with `detect` and `on_call`, one arm in [`detect`] and
+//! [`frame`], and its id in `observer-common`.
+
+pub mod http1;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_task_pt_regs, generated::bpf_probe_read_user,
+    },
+    bindings::BPF_NOEXIST,
+};
+use observer_common::{
+    ConnInfo, L7Conn, L7Dir, L7Event, DIR_UNKNOWN, L7_EVENT_HEADER, L7_EV_CLOSE,
+    L7_EV_REQUEST, L7_F_OPEN_AT_USER, L7_HTTP1, L7_NONE, L7_REQ_MAX,
+    L7_UNDECIDED, LOST_L7_CONN_MAP_FULL, LOST_L7_RINGBUF_FULL, LOST_L7_USER_READ,
+};
+
+use crate::{
+    maps::{count_lost, L7_CONNS, L7_EVENTS, L7_PROTOCOLS, L7_SCRATCH, RINGBUF_WAKEUP_BYTES},
+    sock,
+};
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Offset of `si` (the second syscall argument) in x86_64's `struct pt_regs`; `di` and
+/// `orig_ax` (the syscall number) follow it.
+const PT_REGS_SI: u64 = 104;
+/// `msg_iov` in the user-space `struct msghdr` (x86_64 `struct user_msghdr`).
+const MSGHDR_IOV: u64 = 16;
+/// Iovec entries looked at for the last bytes of a vectored call.
+const MAX_IOV: u32 = 16;
+/// Calls looked at before a connection whose start was seen is given up as not L7 (its first
+/// send and its first receive); one that predates the observer may be seen mid-message, so it
+/// gets more.
+const TRIES_NEW: u8 = 2;
+const TRIES_OLD: u8 = 16;
+
+/// Largest number of bytes read from a call (and mask of that length: every verifier version
+/// tracks a mask, also through stack spills).
+pub const HEAD_MASK: u32 = 255;
+
+/// How the current syscall hands its data over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Io {
+    /// One flat buffer (`read`, `write`, `recvfrom`, `sendto`).
+    Buf,
+    /// A `struct iovec` array (`readv`, `writev`).
+    Iovec,
+    /// A `struct msghdr` (`recvmsg`, `sendmsg`).
+    Msghdr,
+    /// No user buffer (`sendfile`, `splice`, io_uring, kernel threads).
+    None,
+}
+
+/// One send or receive call on a socket.
+#[derive(Clone, Copy)]
+pub struct Call {
+    pub sk: u64,
+    pub ret: u32,
+    pub send: bool,
+    pub now: u64,
+    pub io: Io,
+    /// The buffer, iovec or msghdr argument of the syscall.
+    pub arg: u64,
+}
+
+/// The syscall the current task is in, from its saved user registers: its data's shape and
+/// the buffer argument. The socket hooks fire once per socket call, and every syscall of
+/// [`Io`] but `None` makes exactly one socket call, starting at the buffer's beginning.
+#[inline(always)]
+fn syscall_io() -> (Io, u64) {
+    // SAFETY: helpers on the current task; the registers are read with a checked helper.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    if regs == 0 {
+        return (Io::None, 0);
+    }
+    // si, di, orig_ax.
+    let Ok(r) = (unsafe { bpf_probe_read_kernel((regs + PT_REGS_SI) as *const [u64; 3]) }) else {
+        return (Io::None, 0);
+    };
+    // x86_64 numbers (the only architecture built for).
+    let io = match r[2] {
+        0 | 1 | 44 | 45 => Io::Buf,  // read, write, sendto, recvfrom
+        19 | 20 => Io::Iovec,        // readv, writev
+        46 | 47 => Io::Msghdr,       // sendmsg, recvmsg
+        _ => Io::None,
+    };
+    (io, r[0])
+}
+
+#[inline(always)]
+pub fn read_user<T: Copy + Default>(addr: u64) -> Option<T> {
+    let mut v = T::default();
+    // SAFETY: the helper writes at most size_of::<T>() bytes into `v`; bad addresses fail.
+    let r = unsafe {
+        bpf_probe_read_user(
+            &mut v as *mut T as *mut _,
+            core::mem::size_of::<T>() as u32,
+            addr as *const _,
+        )
+    };
+    (r == 0).then_some(v)
+}
+
+#[inline(always)]
+fn min(a: u32, b: u32) -> u32 {
+    if a < b { a } else { b }
+}
+
+#[inline(always)]
+fn iov_at(iov: u64, i: u32) -> Option<(u64, u32)> {
+    let [base, len]: [u64; 2] = read_user(iov + 16 * i as u64)?;
+    Some((base, if len > u32::MAX as u64 { u32::MAX } else { len as u32 }))
+}
+
+impl Call {
+    /// The first contiguous user segment of the call's data: (address, length).
+    #[inline(always)]
+    fn first_segment(&self) -> Option<(u64, u32)> {
+        match self.io {
+            Io::Buf => Some((self.arg, self.ret)),
+            Io::Iovec => iov_at(self.arg, 0).map(|(b, l)| (b, min(l, self.ret))),
+            Io::Msghdr => {
+                let iov: u64 = read_user(self.arg + MSGHDR_IOV)?;
+                iov_at(iov, 0).map(|(b, l)| (b, min(l, self.ret)))
+            }
+            Io::None => None,
+        }
+    }
+
+    /// Reads the first up to [`HEAD_MASK`] bytes of the call's data into `ev.data`; returns
+    /// how many (0 without a user buffer or when the read failed, which is counted).
+    #[inline(always)]
+    pub fn read_head(&self, ev: *mut L7Event) -> u32 {
+        let Some((ptr, avail)) = self.first_segment() else { return 0 };
+        let n = if avail > HEAD_MASK { HEAD_MASK } else { avail };
+        let sz = unsafe { core::ptr::read_volatile(&n) } & HEAD_MASK;
+        if sz == 0 {
+            return 0;
+        }
+        // SAFETY: `ev` is this CPU's scratch record; `sz` < its data array's length.
+        let r = unsafe { bpf_probe_read_user((*ev).data.as_mut_ptr() as *mut _, sz, ptr as *const _) };
+        if r == 0 {
+            sz
+        } else {
+            count_lost(LOST_L7_USER_READ);
+            0
+        }
+    }
+
+    /// The last up to 8 bytes of the call's data, right-aligned, and how many are valid.
+    /// `head` holds the first `n` bytes already read: a call that fits in them needs no read.
+    #[inline(always)]
+    pub fn tail(&self, head: *const L7Event, n: u32) -> ([u8; 8], u32) {
+        if n > 0 && n >= self.ret {
+            // Built in a register (stack arrays indexed by a variable make the compiler combine
+            // the address with `|`, which the verifier refuses on pointers).
+            let k = if n >= 8 { 8 } else { n };
+            let mut v = 0u64;
+            let mut i = 0u32;
+            while i < 8 {
+                if i >= k {
+                    break;
+                }
+                let src = ((n - k + i) & HEAD_MASK) as usize;
+                // SAFETY: `src` is within the data array; `head` is the scratch record.
+                v = (v << 8) | u64::from(unsafe { (*head).data[src] });
+                i += 1;
+            }
+            return (v.to_be_bytes(), k);
+        }
+        let (base, len) = match self.io {
+            Io::Buf => (self.arg, self.ret),
+            Io::Iovec | Io::Msghdr => {
+                let iov = if self.io == Io::Msghdr {
+                    match read_user::<u64>(self.arg + MSGHDR_IOV) {
+                        Some(v) => v,
+                        None => return ([0; 8], 0),
+                    }
+                } else {
+                    self.arg
+                };
+                // Find the segment holding the call's last byte.
+                let mut left = self.ret;
+                let mut found = (0u64, 0u32);
+                let mut i = 0u32;
+                while i < MAX_IOV {
+                    let Some((b, l)) = iov_at(iov, i) else { break };
+                    if l >= left {
+                        found = (b, left);
+                        break;
+                    }
+                    left -= l;
+                    i += 1;
+                }
+                found
+            }
+            Io::None => (0, 0),
+        };
+        if base == 0 || len == 0 {
+            return ([0; 8], 0);
+        }
+        // The 8 bytes ending at the segment's end; when the segment is shorter, the bytes
+        // before it are read too (same user allocation or page) and only `len` count.
+        match read_user::<[u8; 8]>((base + len as u64).wrapping_sub(8)) {
+            Some(t) => (t, if len >= 8 { 8 } else { len }),
+            None => ([0; 8], 0),
+        }
+    }
+}
+
+/// Shifts `add` (its last `n` bytes valid) into the rolling 8-byte tail `t`.
+#[inline(always)]
+pub fn push_tail(t: &mut [u8; 8], add: [u8; 8], n: u32) {
+    if n >= 8 {
+        *t = add;
+        return;
+    }
+    let n = n as usize;
+    let mut out = [0u8; 8];
+    let mut i = 0usize;
+    while i < 8 {
+        out[i] = if i < 8 - n { t[i + n] } else { add[i] };
+        i += 1;
+    }
+    *t = out;
+}
+
+/// Adds a continuation call (no message starts in it) to a direction's counters.
+#[inline(always)]
+pub fn continue_dir(d: &mut L7Dir, call: &Call, head: *const L7Event, n: u32) {
+    let (t, tn) = if call.io == Io::None { ([0; 8], 0) } else { call.tail(head, n) };
+    d.bytes += call.ret as u64;
+    d.last_ns = call.now;
+    push_tail(&mut d.tail, t, tn);
+}
+
+/// What a detector says of a call's first bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    No,
+    /// The bytes start a request (the receiving end is the server).
+    Request,
+    /// The bytes start a response (the sending end is the server).
+    Response,
+}
+
+/// Runs every enabled detector on the first `n` bytes of a call: the protocol and its verdict.
+#[inline(always)]
+fn detect(head: *const L7Event, n: u32) -> (u8, Detected) {
+    let enabled = L7_PROTOCOLS.load();
+    if enabled & (1 << L7_HTTP1) != 0 {
+        let d = http1::detect(head, n);
+        if d != Detected::No {
+            return (L7_HTTP1, d);
+        }
+    }
+    (L7_NONE, Detected::No)
+}
+
+/// Hands a call of a claimed connection to its protocol's framer.
+#[inline(always)]
+fn frame(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
+    // SAFETY: map value pointer checked by the verifier.
+    if unsafe { (*st).proto } == L7_HTTP1 {
+        http1::on_call(st, call, head, n);
+    }
+}
+
+/// Where a socket stands with the connection table: a TCP socket or not, and its entry (null
+/// when the table does not hold it: closed before it was entered, or the table full). A plain
+/// struct, not an enum: an enum's unused payload is an uninitialised register the compiler
+/// may spill, which the verifier refuses.
+#[derive(Clone, Copy)]
+pub struct Sock {
+    pub tcp: bool,
+    pub conn: *mut ConnInfo,
+}
+
+impl Sock {
+    pub const NOT_TCP: Sock = Sock { tcp: false, conn: core::ptr::null_mut() };
+    pub const LOOSE: Sock = Sock { tcp: true, conn: core::ptr::null_mut() };
+
+    pub fn known(conn: *mut ConnInfo) -> Sock {
+        Sock { tcp: true, conn }
+    }
+}
+
+/// One send or receive call of `ret` (> 0) bytes on socket `sk`.
+#[inline(always)]
+pub fn on_io(sk: u64, sock: Sock, ret: u32, send: bool, now: u64) {
+    if !sock.tcp {
+        return;
+    }
+    let c = sock.conn;
+    let (conn, st) = if c.is_null() {
+        (None, L7_CONNS.get_ptr_mut(&sk))
+    } else {
+        // SAFETY: a map value pointer the caller got from the verifier-checked lookup.
+        match unsafe { (*c).l7 } {
+            L7_NONE => return,
+            L7_UNDECIDED => (Some(c), None),
+            // Claimed: its state should be there (else it was lost; decide again).
+            _ => (Some(c), L7_CONNS.get_ptr_mut(&sk)),
+        }
+    };
+    let (io, arg) = syscall_io();
+    let call = Call { sk, ret, send, now, io, arg };
+    let Some(head) = L7_SCRATCH.get_ptr_mut(0) else { return };
+    if let Some(st) = st {
+        let n = call.read_head(head);
+        frame(st, &call, head, n);
+        return;
+    }
+    if io == Io::None {
+        return;
+    }
+    let n = call.read_head(head);
+    let (proto, d) = detect(head, n);
+    if d == Detected::No {
+        if let Some(c) = conn {
+            // SAFETY: map value pointer checked by the verifier.
+            unsafe {
+                let limit = if (*c).direction == DIR_UNKNOWN { TRIES_OLD } else { TRIES_NEW };
+                (*c).l7_tries += 1;
+                if (*c).l7_tries >= limit {
+                    (*c).l7 = L7_NONE;
+                }
+            }
+        }
+        return;
+    }
+    let Some(st) = claim(sk, proto, d, send) else { return };
+    if let Some(c) = conn {
+        // SAFETY: map value pointer checked by the verifier.
+        unsafe { (*c).l7 = proto };
+    }
+    frame(st, &call, head, n);
+}
+
+/// Enters a connection a protocol claimed: its cgroup, peer and side.
+#[inline(always)]
+fn claim(sk: u64, proto: u8, d: Detected, send: bool) -> Option<*mut L7Conn> {
+    let Ok(cgroup_id) = sock::cgroup_id(sk) else {
+        count_lost(observer_common::LOST_SOCK_READ);
+        return None;
+    };
+    // Built in the scratch record's data area (the BPF stack is too small for it).
+    let Some(tmp) = L7_SCRATCH.get_ptr_mut(1) else { return None };
+    let st = tmp as *mut L7Conn;
+    // SAFETY: an L7Event (608 bytes) holds an L7Conn (344 bytes); per-CPU scratch slot.
+    unsafe {
+        (*st).cgroup_id = cgroup_id;
+        (*st).req_ts = 0;
+        (*st).resp = L7Dir::default();
+        (*st).peer = sock::peer(sk);
+        (*st).req_len = 0;
+        (*st).resp_first = 0;
+        (*st).tgid = 0;
+        (*st).proto = proto;
+        // A request received or a response sent: this end serves.
+        let server = (d == Detected::Request) != send;
+        (*st).side = if server { observer_common::L7_SIDE_SERVER } else { observer_common::L7_SIDE_CLIENT };
+        (*st).flags = 0;
+        (*st)._pad = 0;
+        (*st).req_snip = 0;
+        (*st)._pad2 = [0; 3];
+        if L7_CONNS.insert(&sk, &*st, BPF_NOEXIST as u64).is_err() {
+            count_lost(LOST_L7_CONN_MAP_FULL);
+            return None;
+        }
+    }
+    L7_CONNS.get_ptr_mut(&sk)
+}
+
+/// Drops the L7 state of a socket whose connection (re)starts: a new connection on reused
+/// socket memory never inherits anything.
+#[inline(always)]
+pub fn forget(sk: u64) {
+    let _ = L7_CONNS.remove(&sk);
+}
+
+/// The socket is destroyed: whatever user space may still wait for (a pending request, a
+/// response being transferred) ends with a `CLOSE` record; the state goes.
+#[inline(always)]
+pub fn on_destroy(sk: u64) {
+    let Some(st) = L7_CONNS.get_ptr_mut(&sk) else { return };
+    // SAFETY: map value pointer checked by the verifier.
+    let pending = unsafe {
+        (*st).req_ts != 0
+            || (*st).resp.bytes > (*st).resp_first as u64
+            || (*st).flags & L7_F_OPEN_AT_USER != 0
+    };
+    if pending {
+        // SAFETY: as above.
+        let now = unsafe { bpf_ktime_get_ns() };
+        emit_with_request(sk, st, L7_EV_CLOSE, now);
+    }
+    let _ = L7_CONNS.remove(&sk);
+}
+
+/// The current process id.
+#[inline(always)]
+pub fn tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// Sends the record the framer built in the scratch slot `ev`: `size` bytes.
+#[inline(always)]
+pub fn output(ev: *const L7Event, size: u32) {
+    // A mask the verifier tracks, and the record's length bounds it.
+    let size = (unsafe { core::ptr::read_volatile(&size) } & 1023) as usize;
+    if size > core::mem::size_of::<L7Event>() {
+        return;
+    }
+    // SAFETY: `ev` is a valid L7Event and `size` is within it.
+    let bytes = unsafe { core::slice::from_raw_parts(ev as *const u8, size) };
+    if L7_EVENTS.output::<[u8]>(bytes, wakeup()).is_err() {
+        count_lost(LOST_L7_RINGBUF_FULL);
+    }
+}
+
+/// Wake the reader only when a batch is waiting; user space also drains on a short timer, so a
+/// lone record is delivered within that period.
+#[inline(always)]
+fn wakeup() -> u64 {
+    if L7_EVENTS.query(BPF_RB_AVAIL_DATA) >= RINGBUF_WAKEUP_BYTES.load() {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
+/// A record of kind `kind` carrying the connection's pending request (if any), its response
+/// counters and no response bytes, built in the ring itself (rare records: the pending request
+/// of a call-by-call pipeline, a socket's end).
+#[inline(always)]
+pub fn emit_with_request(sk: u64, st: *mut L7Conn, kind: u8, ts: u64) {
+    const SIZE: usize = L7_EVENT_HEADER + L7_REQ_MAX;
+    let Some(mut slot) = L7_EVENTS.reserve_bytes(SIZE, 0) else {
+        count_lost(LOST_L7_RINGBUF_FULL);
+        return;
+    };
+    let ev = slot.as_mut_ptr() as *mut L7Event;
+    // SAFETY: the slot holds SIZE bytes: the header and L7_REQ_MAX bytes of data; `st` is a
+    // map value pointer checked by the verifier.
+    unsafe {
+        let has_req = (*st).req_ts != 0;
+        (*ev).sk = sk;
+        (*ev).cgroup_id = (*st).cgroup_id;
+        (*ev).ts_ns = if kind == L7_EV_REQUEST { (*st).req_ts } else { ts };
+        (*ev).req_ts = (*st).req_ts;
+        (*ev).prev = (*st).resp;
+        (*ev).peer = (*st).peer;
+        (*ev).resp_len = 0;
+        (*ev).req_len = if has_req { (*st).req_len } else { 0 };
+        (*ev).tgid = (*st).tgid;
+        (*ev).proto = (*st).proto;
+        (*ev).kind = kind;
+        (*ev).side = (*st).side;
+        (*ev)._pad = 0;
+        (*ev).req_snip = if has_req { (*st).req_snip & HEAD_MASK as u16 } else { 0 };
+        (*ev).resp_snip = 0;
+        (*ev)._pad2 = 0;
+        core::ptr::copy_nonoverlapping((*st).req.as_ptr(), (*ev).data.as_mut_ptr(), L7_REQ_MAX);
+    }
+    slot.submit(wakeup());
+}
+
+/// Copies the first `n` bytes of the pending request into the record's data at `at`.
+#[inline(always)]
+pub fn attach_request(ev: *mut L7Event, at: u32, st: *const L7Conn) -> u32 {
+    // SAFETY: map value pointers checked by the verifier; offsets masked into the array.
+    unsafe {
+        let n = ((*st).req_snip as u32) & HEAD_MASK;
+        if n == 0 {
+            return 0;
+        }
+        let at = at & HEAD_MASK;
+        let dst = (*ev).data.as_mut_ptr().add(at as usize);
+        let r = aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            dst as *mut _,
+            n,
+            (*st).req.as_ptr() as *const _,
+        );
+        if r == 0 { n } else { 0 }
+    }
+}

@@ -1,0 +1,114 @@
+//! The observer's own families: probes, lost records, table fill, what the L7 path could not
+//! use, targets capped, build.
+
+use std::fmt;
+
+use observer_common::{
+    LOST_CONN_MAP_FULL, LOST_L7_CONN_MAP_FULL, LOST_L7_RINGBUF_FULL, LOST_L7_STALE_STATE,
+    LOST_L7_USER_READ, LOST_LIFECYCLE_RINGBUF_FULL, LOST_OOM_VICTIM_MAP_FULL, LOST_SOCK_READ,
+    LOST_SYSCALL_ERRNO_MAP_FULL, LOST_SYSCALL_MAP_FULL, LOST_SYSCALL_SLOT_COLLISION,
+    LOST_TCP_EDGE_MAP_FULL, LOST_TCP_MAP_FULL,
+};
+use prometheus_client::{
+    encoding::{DescriptorEncoder, NoLabelSet},
+    metrics::MetricType,
+};
+
+use super::{counter, gauge, Labels};
+use crate::{ebpf::load::ProbeStatus, pipeline::aggregate::KernelHealth};
+
+/// Names of the `LOST_*` counters, as the `source` label of `observer_events_lost_total`.
+pub const LOST_SOURCES: [(u32, &str); 13] = [
+    (LOST_SYSCALL_MAP_FULL, "syscall_table_full"),
+    (LOST_SYSCALL_ERRNO_MAP_FULL, "syscall_errno_table_full"),
+    (LOST_SYSCALL_SLOT_COLLISION, "syscall_entry_unmatched"),
+    (LOST_TCP_MAP_FULL, "tcp_table_full"),
+    (LOST_CONN_MAP_FULL, "connection_table_full"),
+    (LOST_SOCK_READ, "socket_read_failed"),
+    (LOST_L7_RINGBUF_FULL, "l7_ringbuf_full"),
+    (LOST_L7_CONN_MAP_FULL, "l7_connection_table_full"),
+    (LOST_L7_USER_READ, "l7_user_read_failed"),
+    (LOST_TCP_EDGE_MAP_FULL, "tcp_edge_table_full"),
+    (LOST_LIFECYCLE_RINGBUF_FULL, "lifecycle_ringbuf_full"),
+    (LOST_OOM_VICTIM_MAP_FULL, "oom_victim_table_full"),
+    (LOST_L7_STALE_STATE, "l7_stale_state"),
+];
+
+pub fn encode(enc: &mut DescriptorEncoder, health: &KernelHealth, probes: &[ProbeStatus]) -> fmt::Result {
+    {
+        let mut m = enc.encode_descriptor(
+            "observer_probe_up",
+            "1 when the probe is attached, 0 when it failed (the log says why); hook is the hook type serving it",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in probes {
+            let l: Labels = vec![("probe", p.probe), ("hook", p.hook)];
+            m.encode_family(&l)?.encode_gauge(&i64::from(p.up))?;
+        }
+    }
+    {
+        let mut m = enc.encode_descriptor(
+            "observer_events_lost",
+            "Records the kernel side could not keep, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, name) in LOST_SOURCES {
+            let l: Labels = vec![("source", name)];
+            m.encode_family(&l)?
+                .encode_counter::<NoLabelSet, _, u64>(&health.lost[i as usize], None)?;
+        }
+    }
+    gauge(
+        enc,
+        "observer_map_entries",
+        "Entries in an in-kernel table",
+        health.fill.iter().map(|(n, e, _)| (vec![("map", *n)], *e as i64)),
+    )?;
+    gauge(
+        enc,
+        "observer_map_capacity",
+        "Capacity of an in-kernel table",
+        health.fill.iter().map(|(n, _, c)| (vec![("map", *n)], *c as i64)),
+    )?;
+    {
+        let mut m = enc.encode_descriptor(
+            "observer_build",
+            "Build information of the observer",
+            None,
+            MetricType::Info,
+        )?;
+        let l: Labels = vec![("version", env!("CARGO_PKG_VERSION"))];
+        m.encode_info(&l)?;
+    }
+    let malformed = [("l7", "malformed_record", health.l7.malformed)];
+    counter(
+        enc,
+        "observer_l7_messages_unparsed",
+        "Kernel records of an L7 protocol the observer could not use, by protocol and reason",
+        None,
+        health
+            .l7
+            .unparsed
+            .iter()
+            .chain(malformed.iter().filter(|m| m.2 > 0))
+            .map(|(p, r, n)| (vec![("protocol", *p), ("reason", *r)], *n)),
+    )?;
+    counter(
+        enc,
+        "observer_l7_targets_overflow",
+        "Requests whose target (route) went to /{overflow} because the service reached its cap",
+        None,
+        health
+            .targets_overflow
+            .iter()
+            .map(|(p, svc, n)| (vec![("protocol", *p), ("service_name", svc.as_str())], *n)),
+    )?;
+    gauge(
+        enc,
+        "observer_l7_connections_tracked",
+        "Connections the user-space L7 protocols follow (pipelined or in-flight exchanges)",
+        std::iter::once((vec![], health.l7.conns as i64)),
+    )
+}

@@ -1,0 +1,102 @@
+//! HTTP/1.0 and 1.1: the parser ([`parse`], pure functions over bytes, shared with the fuzz
+//! target), the tracker that pairs requests and responses ([`tracker`]), and how its requests
+//! are exported (OpenTelemetry's HTTP names, as Beyla exports them).
+
+pub mod parse;
+pub mod tracker;
+
+use std::{collections::HashMap, sync::Arc};
+
+use observer_common::L7_HTTP1;
+
+use super::{ConnTable, Event, Protocol, Request, Settings, Spec, Status};
+
+/// HTTP/1.x as the exporters see it.
+pub static SPEC: Spec = Spec {
+    id: L7_HTTP1,
+    name: "http",
+    server: super::Family {
+        name: "http_server_request_duration_seconds",
+        help: "Duration of HTTP requests answered, from the first byte of the request read to the last byte of the response written",
+    },
+    client: super::Family {
+        name: "http_client_request_duration_seconds",
+        help: "Duration of HTTP requests made, from the request written to the last byte of the response read",
+    },
+    operation_label: "http_request_method",
+    server_target_label: "http_route",
+    client_target_label: None,
+    status_label: "http_response_status_code",
+    apdex: true,
+    connection_type: "",
+    failed,
+};
+
+/// A 5xx response, or none at all.
+fn failed(status: Option<&Status>, error: Option<&'static str>) -> bool {
+    error.is_some() || status.and_then(Status::code).is_some_and(|s| s >= 500)
+}
+
+/// Interned route templates: one allocation per distinct route, not per request. Bounded: a
+/// full table starts over.
+#[derive(Debug, Default)]
+pub struct Routes {
+    known: HashMap<String, Arc<str>, foldhash::fast::RandomState>,
+}
+
+/// Routes interned before the table starts over.
+const MAX_INTERNED: usize = 16384;
+
+impl Routes {
+    pub fn get(&mut self, route: String) -> Arc<str> {
+        if let Some(r) = self.known.get(&route) {
+            return r.clone();
+        }
+        if self.known.len() >= MAX_INTERNED {
+            self.known.clear();
+        }
+        let r: Arc<str> = Arc::from(route.as_str());
+        self.known.insert(route, r.clone());
+        r
+    }
+}
+
+/// The HTTP/1.x protocol of the L7 path.
+#[derive(Debug)]
+pub struct Http1 {
+    tracker: tracker::Tracker,
+}
+
+impl Http1 {
+    pub fn new(settings: &Settings) -> Self {
+        Self { tracker: tracker::Tracker::new(settings.request_timeout_ns) }
+    }
+}
+
+impl Protocol for Http1 {
+    fn spec(&self) -> &'static Spec {
+        &SPEC
+    }
+
+    fn on_event(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
+        self.tracker.on_event(ev, out);
+    }
+
+    fn poll(&mut self, now_ns: u64, conns: &dyn ConnTable, out: &mut Vec<Request>) {
+        self.tracker.poll(now_ns, conns, out);
+    }
+
+    fn unparsed(&self) -> Vec<(&'static str, u64)> {
+        let u = &self.tracker.unparsed;
+        vec![
+            ("invalid", u.invalid),
+            ("response_without_request", u.response_without_request),
+            ("pending_overflow", u.pending_overflow),
+            ("connection_evicted", u.conns_evicted),
+        ]
+    }
+
+    fn conns(&self) -> usize {
+        self.tracker.conns()
+    }
+}

@@ -1,0 +1,489 @@
+//! HTTP/1.x exchanges from the kernel's records: for the server side (a process answering) and
+//! the client side (a process calling).
+//!
+//! The kernel pairs the common case itself: at each response start it sends one record with
+//! the request still pending on the connection (its first call's time and first bytes) and the
+//! response's first bytes. What it cannot see is done here, per connection: several requests
+//! in one call (pipelining) queue up and each response start, or each response within one
+//! call's bytes, takes the oldest; interim responses (`100 Continue`) are skipped; a response
+//! whose body outlasts its first call stays in flight until the kernel's counters of the
+//! response direction show it complete (`Content-Length` bytes, or the end of a chunked body),
+//! which the next record of the connection carries or a lookup of its kernel state shows; one
+//! of unknown framing ends at its last call once nothing has moved for [`IDLE_END_NS`].
+//!
+//! Latency: server side from the first byte of the request read to the last byte of the
+//! response written; client side from the request written to the response's last byte read.
+//! A request whose response never comes (the socket ends first, or it is older than the
+//! timeout) is still a request, with `error_type` and no status. A request the kernel still
+//! holds (no record yet) is found by a slow scan of the kernel's table.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+};
+
+use observer_common::{L7Conn, L7Dir, L7_HTTP1};
+
+use super::{
+    parse::{parse_request, parse_request_line, parse_response, parse_status_line, Method, Parsed},
+    Routes, SPEC,
+};
+use crate::l7::{
+    event::{Kind, Part},
+    ConnTable, Event, Request, Side, Status,
+};
+
+/// A message of unknown framing ends this long after its last call.
+pub const IDLE_END_NS: u64 = 1_000_000_000;
+/// Requests waiting for a response, per connection (more are pipelined than any client does).
+const MAX_PENDING: usize = 64;
+/// Connections tracked; beyond, the longest idle one is dropped (counted).
+pub const MAX_CONNS: usize = 65536;
+/// A connection with nothing in flight is forgotten after this long without a record.
+const IDLE_CONN_NS: u64 = 600_000_000_000;
+/// A connection whose kernel state is gone while a response was in flight ends it after this
+/// long (the kernel's close record, if it sent one, arrives first).
+const GONE_GRACE_NS: u64 = 300_000_000;
+
+/// Records the tracker could not use, by reason (the `reason` label).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Unparsed {
+    /// A record whose bytes are no valid HTTP/1.x head.
+    pub invalid: u64,
+    /// A response with no request waiting for it (its request predates the observer, or timed
+    /// out before the response came).
+    pub response_without_request: u64,
+    /// Requests beyond [`MAX_PENDING`] on one connection.
+    pub pending_overflow: u64,
+    /// Connections dropped because [`MAX_CONNS`] were tracked.
+    pub conns_evicted: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Req {
+    method: Method,
+    route: Arc<str>,
+    start_ns: u64,
+    tgid: u32,
+}
+
+/// How the body of a response in flight ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Total bytes of the message (head + body) from its first call on.
+    Length(u64),
+    Chunked,
+    /// Unknown (no framing headers within the captured bytes, or read-until-close).
+    Unknown,
+}
+
+#[derive(Debug, Clone)]
+struct InFlight {
+    req: Req,
+    status: u16,
+    end: End,
+    /// When the response's first call ended (its end if no other call follows).
+    first_ns: u64,
+    /// When its connection's kernel state was first found gone.
+    gone_ns: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Conn {
+    cgroup_id: u64,
+    peer: Option<(IpAddr, u16)>,
+    pending: VecDeque<Req>,
+    side: Option<Side>,
+    responding: Option<InFlight>,
+    last_ns: u64,
+    /// The kernel-held request (its first byte's time) already counted as a timeout.
+    timed_out: Option<u64>,
+}
+
+/// Pairs requests and responses of every HTTP/1.x connection on the node.
+#[derive(Debug)]
+pub struct Tracker {
+    conns: Conns,
+    timeout_ns: u64,
+    /// Kernel-held requests are scanned for timeouts this often.
+    scan_every_ns: u64,
+    last_scan_ns: u64,
+    routes: Routes,
+    pub unparsed: Unparsed,
+}
+
+/// Where a head starts after the empty lines a client may send between messages.
+fn skip_crlf(p: &[u8]) -> usize {
+    p.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(p.len())
+}
+
+impl Tracker {
+    pub fn new(timeout_ns: u64) -> Self {
+        Self {
+            conns: HashMap::default(),
+            timeout_ns,
+            scan_every_ns: (timeout_ns / 4).clamp(1_000_000_000, 10_000_000_000),
+            last_scan_ns: 0,
+            routes: Routes::default(),
+            unparsed: Unparsed::default(),
+        }
+    }
+
+    /// Connections tracked now.
+    pub fn conns(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Takes one kernel record; finished requests go to `out`.
+    pub fn on_event(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
+        tracing::trace!(sk = ev.sk, kind = ?ev.kind, side = ?ev.side, "http1 record");
+        match ev.kind {
+            Kind::Close => self.on_close(ev, out),
+            Kind::Request => {
+                let c = conn(&mut self.conns, &mut self.unparsed, ev);
+                if let Some(req) = take_request(c, ev.request) {
+                    let (ok, overflow) = requests(c, &mut self.routes, req.bytes, req.ts_ns, ev.tgid);
+                    self.unparsed.pending_overflow += overflow;
+                    self.unparsed.invalid += u64::from(!ok);
+                }
+            }
+            Kind::Exchange => self.on_exchange(ev, out),
+        }
+    }
+
+    fn on_exchange(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
+        let c = conn(&mut self.conns, &mut self.unparsed, ev);
+        // A response starts: the previous one in flight ended with the counters before it.
+        if let Some(f) = c.responding.take() {
+            finish(c, f, ev.prev.last_ns, out);
+        }
+        if let Some(req) = take_request(c, ev.request) {
+            let (ok, overflow) = requests(c, &mut self.routes, req.bytes, req.ts_ns, ev.tgid);
+            self.unparsed.pending_overflow += overflow;
+            self.unparsed.invalid += u64::from(!ok);
+        }
+        let Some(resp) = ev.response else { return };
+        let mut unparsed = 0;
+        let mut orphan = 0;
+        responses(c, resp, out, &mut unparsed, &mut orphan);
+        self.unparsed.invalid += unparsed;
+        self.unparsed.response_without_request += orphan;
+    }
+
+    fn on_close(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
+        let Some(mut c) = self.conns.remove(&ev.sk) else {
+            // Nothing followed here: only the request the kernel held.
+            let mut c = Conn {
+                cgroup_id: ev.cgroup_id,
+                peer: Some((ev.peer, ev.peer_port)),
+                side: Some(ev.side),
+                ..Default::default()
+            };
+            if let Some(req) = ev.request {
+                let _ = requests(&mut c, &mut self.routes, req.bytes, req.ts_ns, ev.tgid);
+            }
+            close_pending(&mut c, ev.ts_ns, out);
+            return;
+        };
+        if let Some(f) = c.responding.take() {
+            finish(&c, f, ev.prev.last_ns, out);
+        }
+        if let Some(req) = take_request(&mut c, ev.request) {
+            let _ = requests(&mut c, &mut self.routes, req.bytes, req.ts_ns, ev.tgid);
+        }
+        close_pending(&mut c, ev.ts_ns, out);
+    }
+
+    /// Ends in-flight responses from the kernel's counters, times out requests that waited
+    /// longer than the timeout (queued here, or still held by the kernel), and forgets idle
+    /// connections. `now_ns` is the kernel's monotonic clock.
+    pub fn poll(&mut self, now_ns: u64, conns: &dyn ConnTable, out: &mut Vec<Request>) {
+        let timeout = self.timeout_ns;
+        let mut forget = Vec::new();
+        for (&sk, c) in self.conns.iter_mut() {
+            if c.responding.is_some() {
+                match conns.get(sk) {
+                    Some(k) => {
+                        let f = c.responding.as_ref().expect("checked");
+                        let d = k.resp;
+                        let idle = now_ns.saturating_sub(d.last_ns);
+                        // Unknown framing, or a chunked body whose end the counters cannot show
+                        // (its last bytes were within a vectored call's middle).
+                        let stale = matches!(f.end, End::Unknown | End::Chunked) && idle >= IDLE_END_NS;
+                        let too_long =
+                            now_ns.saturating_sub(f.req.start_ns) >= timeout && idle >= IDLE_END_NS;
+                        if done(f.end, &d) || stale || too_long {
+                            let f = c.responding.take().expect("checked");
+                            finish(c, f, d.last_ns, out);
+                        }
+                    }
+                    None => {
+                        // The socket is gone; its close record (if the kernel had anything
+                        // pending) comes first, else the response ended in its first call.
+                        let f = c.responding.as_mut().expect("checked");
+                        let gone = *f.gone_ns.get_or_insert(now_ns);
+                        if now_ns.saturating_sub(gone) >= GONE_GRACE_NS {
+                            let f = c.responding.take().expect("checked");
+                            let end = f.first_ns;
+                            finish(c, f, end, out);
+                        }
+                    }
+                }
+            }
+            while c.pending.front().is_some_and(|r| now_ns.saturating_sub(r.start_ns) >= timeout)
+                && c.responding.is_none()
+            {
+                let req = c.pending.pop_front().expect("checked");
+                unanswered(c, req, "timeout", timeout, out);
+            }
+            if c.pending.is_empty()
+                && c.responding.is_none()
+                && now_ns.saturating_sub(c.last_ns) >= IDLE_CONN_NS
+            {
+                forget.push(sk);
+            }
+        }
+        for sk in forget {
+            self.conns.remove(&sk);
+        }
+        if now_ns.saturating_sub(self.last_scan_ns) >= self.scan_every_ns {
+            self.last_scan_ns = now_ns;
+            self.scan_kernel(now_ns, conns, out);
+        }
+    }
+
+    /// Requests the kernel still holds (no response started) that waited past the timeout:
+    /// counted once as `timeout`; their late response, if any, finds no request.
+    fn scan_kernel(&mut self, now_ns: u64, conns: &dyn ConnTable, out: &mut Vec<Request>) {
+        let timeout = self.timeout_ns;
+        let routes = &mut self.routes;
+        let tracked = &mut self.conns;
+        let mut evicted = 0;
+        conns.scan(&mut |sk, k: &L7Conn| {
+            if k.proto != L7_HTTP1 || k.req_ts == 0 || now_ns.saturating_sub(k.req_ts) < timeout {
+                return;
+            }
+            if !tracked.contains_key(&sk) && tracked.len() >= MAX_CONNS {
+                evicted += 1;
+                return;
+            }
+            let c = tracked.entry(sk).or_default();
+            if c.timed_out == Some(k.req_ts) {
+                return;
+            }
+            let side = if k.side == observer_common::L7_SIDE_CLIENT { Side::Client } else { Side::Server };
+            if c.side != Some(side) || c.cgroup_id != k.cgroup_id {
+                c.pending.clear();
+                c.responding = None;
+                c.side = Some(side);
+                c.cgroup_id = k.cgroup_id;
+            }
+            c.peer = Some((crate::l7::peer_addr(k.peer.family, &k.peer.addr), k.peer.port));
+            c.last_ns = now_ns;
+            c.timed_out = Some(k.req_ts);
+            let n = usize::from(k.req_snip).min(k.req.len());
+            let mut one = Conn { side: c.side, cgroup_id: c.cgroup_id, peer: c.peer, ..Default::default() };
+            let _ = requests(&mut one, routes, &k.req[..n], k.req_ts, k.tgid);
+            for req in one.pending.drain(..) {
+                unanswered(c, req, "timeout", timeout, out);
+            }
+        });
+        self.unparsed.conns_evicted += evicted;
+    }
+}
+
+type Conns = HashMap<u64, Conn, foldhash::fast::RandomState>;
+
+/// The tracked connection of a record (made if new; the longest idle one goes when full).
+fn conn<'a>(conns: &'a mut Conns, unparsed: &mut Unparsed, ev: &Event<'_>) -> &'a mut Conn {
+    if !conns.contains_key(&ev.sk) && conns.len() >= MAX_CONNS {
+        if let Some((&victim, _)) = conns.iter().min_by_key(|(_, c)| c.last_ns) {
+            conns.remove(&victim);
+            unparsed.conns_evicted += 1;
+        }
+    }
+    let c = conns.entry(ev.sk).or_default();
+        if c.side != Some(ev.side) || c.cgroup_id != ev.cgroup_id {
+            // A connection changing roles or owner (or first seen): nothing carries over.
+            c.pending.clear();
+            c.responding = None;
+            c.timed_out = None;
+            c.side = Some(ev.side);
+            c.cgroup_id = ev.cgroup_id;
+        }
+        c.peer = Some((ev.peer, ev.peer_port));
+        c.last_ns = ev.ts_ns;
+        c
+    }
+
+/// The request a record carries, unless it is the kernel-held one already counted as a
+/// timeout (then its response, if this is one, finds no request).
+fn take_request<'a>(c: &mut Conn, req: Option<Part<'a>>) -> Option<Part<'a>> {
+    let req = req?;
+    if c.timed_out == Some(req.ts_ns) {
+        c.timed_out = None;
+        return None;
+    }
+    Some(req)
+}
+
+/// Queues the requests at the start of `bytes` (several when pipelined within them); returns
+/// whether any was found and how many did not fit the queue.
+fn requests(c: &mut Conn, routes: &mut Routes, bytes: &[u8], ts: u64, tgid: u32) -> (bool, u64) {
+    let mut at = 0;
+    let mut any = false;
+    let mut overflow = 0;
+    loop {
+        at += skip_crlf(&bytes[at..]);
+        let rest = &bytes[at..];
+        if rest.is_empty() {
+            break;
+        }
+        let (req, next) = match parse_request(rest) {
+            Parsed::Complete { head, head_len } => {
+                let body = head.framing.content_length.unwrap_or(0);
+                let next = if head.framing.chunked || head.framing.expect_continue {
+                    None
+                } else {
+                    Some(at + head_len + body as usize)
+                };
+                (Req { method: head.method, route: routes.get(head.route), start_ns: ts, tgid }, next)
+            }
+            Parsed::Partial | Parsed::Invalid => match parse_request_line(rest) {
+                Some((method, route, _)) => {
+                    (Req { method, route: routes.get(route), start_ns: ts, tgid }, None)
+                }
+                None => break,
+            },
+        };
+        any = true;
+        if c.pending.len() >= MAX_PENDING {
+            overflow += 1;
+        } else {
+            c.pending.push_back(req);
+        }
+        match next {
+            Some(n) if n < bytes.len() && n > at => at = n,
+            _ => break,
+        }
+    }
+    (any, overflow)
+}
+
+/// Responses at the start of a response's first call: each takes the oldest pending request.
+fn responses(c: &mut Conn, resp: Part<'_>, out: &mut Vec<Request>, unparsed: &mut u64, orphan: &mut u64) {
+    let prefix = resp.bytes;
+    let mut at = 0;
+    loop {
+        at += skip_crlf(&prefix[at..]);
+        let rest = &prefix[at..];
+        if rest.is_empty() {
+            return;
+        }
+        let (status, head_len, framing) = match parse_response(rest) {
+            Parsed::Complete { head, head_len } => (head.status, Some(head_len), Some(head.framing)),
+            Parsed::Partial | Parsed::Invalid => match parse_status_line(rest) {
+                Some((status, _)) => (status, None, None),
+                None => {
+                    if at == 0 {
+                        *unparsed += 1;
+                    }
+                    return;
+                }
+            },
+        };
+        if (100..200).contains(&status) && status != 101 {
+            // Interim response (100 Continue, 103 Early Hints): the final one follows.
+            match head_len {
+                Some(h) if at + h < prefix.len() => {
+                    at += h;
+                    continue;
+                }
+                _ => return,
+            }
+        }
+        let Some(req) = c.pending.pop_front() else {
+            *orphan += 1;
+            return;
+        };
+        let bodyless = req.method == Method::Head || status == 204 || status == 304 || status == 101;
+        let end = match (head_len, framing) {
+            (Some(h), _) if bodyless => End::Length((at + h) as u64),
+            (Some(h), Some(f)) => match (f.chunked, f.content_length) {
+                (true, _) => End::Chunked,
+                (false, Some(len)) => End::Length((at + h) as u64 + len),
+                (false, None) => End::Unknown,
+            },
+            _ => End::Unknown,
+        };
+        let f = InFlight { req, status, end, first_ns: resp.ts_ns, gone_ns: None };
+        // Ended within the starting call? (A chunked body whose last chunk is within the
+        // captured bytes, the call's data all in them.)
+        let chunked_done =
+            end == End::Chunked && resp.len as usize == prefix.len() && prefix.ends_with(b"0\r\n\r\n");
+        if chunked_done {
+            finish(c, f, resp.ts_ns, out);
+            return;
+        }
+        match end {
+            End::Length(total) if total <= u64::from(resp.len) => {
+                finish(c, f, resp.ts_ns, out);
+                // A further pipelined response may follow within the captured bytes.
+                let next = total as usize;
+                if next > at && next < prefix.len() {
+                    at = next;
+                    continue;
+                }
+                return;
+            }
+            _ => {
+                c.responding = Some(f);
+                return;
+            }
+        }
+    }
+}
+
+/// Whether the counters of the response direction show the message complete.
+fn done(end: End, d: &L7Dir) -> bool {
+    match end {
+        End::Length(total) => d.bytes >= total,
+        End::Chunked => d.tail[3..] == *b"0\r\n\r\n" || d.tail.ends_with(b"\r\n0\r\n\r\n"),
+        End::Unknown => false,
+    }
+}
+
+fn request(c: &Conn, req: Req, status: Option<u16>, error: Option<&'static str>, d: u64) -> Request {
+    let (peer, peer_port) = c.peer.unwrap_or((IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
+    Request {
+        protocol: &SPEC,
+        side: c.side.unwrap_or(Side::Server),
+        cgroup_id: c.cgroup_id,
+        tgid: req.tgid,
+        peer,
+        peer_port,
+        operation: req.method.as_str(),
+        target: req.route,
+        status: status.map(|s| Status::Code(u32::from(s))),
+        error_type: error,
+        duration_ns: d,
+    }
+}
+
+fn finish(c: &Conn, f: InFlight, end_ns: u64, out: &mut Vec<Request>) {
+    let d = end_ns.saturating_sub(f.req.start_ns);
+    out.push(request(c, f.req, Some(f.status), None, d));
+}
+
+fn unanswered(c: &Conn, req: Req, error: &'static str, d: u64, out: &mut Vec<Request>) {
+    out.push(request(c, req, None, Some(error), d));
+}
+
+/// Every request still waiting on a connection that ended.
+fn close_pending(c: &mut Conn, end_ns: u64, out: &mut Vec<Request>) {
+    while let Some(req) = c.pending.pop_front() {
+        let d = end_ns.saturating_sub(req.start_ns);
+        unanswered(c, req, "connection_closed", d, out);
+    }
+}
