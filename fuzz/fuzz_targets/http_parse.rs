@@ -4,9 +4,12 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../observer/src/pipeline/http.rs"]
+#[path = "../../observer/src/l7/http1/parse.rs"]
 #[allow(dead_code)]
 mod http;
+#[path = "../../observer/src/l7/cap.rs"]
+#[allow(dead_code)]
+mod cap;
 
 fuzz_target!(|data: &[u8]| {
     if let http::Parsed::Complete { head, head_len } = http::parse_request(data) {
@@ -31,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
         if route.starts_with('/') {
             assert_eq!(http::route_template(&route), route);
         }
-        let mut cap = http::RouteCap::new(2);
-        cap.admit("svc", route);
+        let mut cap = cap::TargetCap::new(2);
+        cap.admit("svc", &std::sync::Arc::from(route));
     }
 });

@@ -25,7 +25,7 @@ use crate::{
     identity::cgroup::{CgroupFs, Resolver},
     pipeline::{
         aggregate::{KernelMaps, Pipeline},
-        capture::{KernelConns, L7Reader, DRAIN_INTERVAL},
+        capture::{Dispatch, KernelConns, L7Reader, DRAIN_INTERVAL},
         requests::{RequestAgg, RequestSettings},
     },
 };
@@ -117,7 +117,8 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                     .into_iter()
                     .filter(|p| l7_up.contains(&p.spec().name))
                     .collect();
-                let reader = L7Reader::new(protocols, KernelConns(conns), pipeline.clone());
+                let reader =
+                    L7Reader::new(Dispatch::new(protocols), KernelConns(conns), pipeline.clone());
                 tokio::spawn(ebpf::reader::run(
                     "L7",
                     ring,

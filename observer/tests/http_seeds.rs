@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use observer::pipeline::http::{
+use observer::l7::http1::parse::{
     looks_like_request, looks_like_response, parse_request, parse_request_line, parse_response,
     parse_status_line, route_template, Parsed, MAX_ROUTE_LEN,
 };
@@ -111,52 +111,64 @@ fn seeds_never_panic_and_valid_ones_parse() {
     assert!(replayed > 10_000, "{replayed}");
 }
 
-/// Every seed, whole and cut at every prefix length the kernel could send, as a request start,
-/// a response start and then a close on one connection, through the exchange tracker: never a
-/// panic, and every exchange it reports has a status or an error type.
+/// Every seed, whole and cut at every prefix length the kernel could send, as the request and
+/// the response of an exchange record, as a request on its own, as a response without request
+/// and then in a close, on one connection, through the HTTP/1 tracker: never a panic, and every
+/// request it reports has a status or an error type.
 #[test]
-fn seeds_through_the_exchange_tracker_never_panic() {
-    use observer::pipeline::exchange::Tracker;
-    use observer_common::{
-        HttpConn, HttpEvent, HTTP_DIR_RECV, HTTP_DIR_SEND, HTTP_EV_CLOSE, HTTP_EV_START,
-        HTTP_PREFIX,
+fn seeds_through_the_tracker_never_panic() {
+    use observer::l7::{
+        event::{Event, Kind, Part},
+        http1::tracker::Tracker,
+        ConnTable, Side,
     };
-    let event = |kind, dir, ts, data: &[u8]| {
-        let mut prefix = [0u8; HTTP_PREFIX];
-        let n = data.len().min(HTTP_PREFIX);
-        prefix[..n].copy_from_slice(&data[..n]);
-        HttpEvent {
-            sk: 1,
-            cgroup_id: 1,
-            ts_ns: ts,
-            conn: HttpConn { family: 10, lport: 80, rport: 1, ..Default::default() },
-            len: data.len() as u32,
-            tgid: 1,
-            kind,
-            dir,
-            prefix_len: n as u16,
-            _pad0: 0,
-            prefix,
+    use observer_common::{L7Conn, L7Dir, L7_HTTP1, L7_REQ_MAX};
+    struct Gone;
+    impl ConnTable for Gone {
+        fn get(&self, _sk: u64) -> Option<L7Conn> {
+            None
         }
+        fn scan(&self, _f: &mut dyn FnMut(u64, &L7Conn)) {}
+    }
+    let part = |ts, d: &'static [u8]| Part { ts_ns: ts, len: d.len() as u32, bytes: d };
+    let event = |kind, side, ts, req: Option<Part<'static>>, resp: Option<Part<'static>>| Event {
+        sk: 1,
+        cgroup_id: 1,
+        kind,
+        proto: L7_HTTP1,
+        side,
+        ts_ns: ts,
+        request: req,
+        response: resp,
+        prev: L7Dir::default(),
+        peer: "::1".parse().unwrap(),
+        peer_port: 1,
+        tgid: 1,
     };
     let mut tracker = Tracker::new(1_000_000);
     let mut out = Vec::new();
     let mut ts = 0;
     for (_, data) in seeds() {
-        for end in prefix_ends(data.len().min(HTTP_PREFIX)) {
+        let data: &'static [u8] = Vec::leak(data);
+        for end in prefix_ends(data.len().min(L7_REQ_MAX)) {
             let d = &data[..end];
-            for (kind, dir) in [
-                (HTTP_EV_START, HTTP_DIR_RECV),
-                (HTTP_EV_START, HTTP_DIR_SEND),
-                (HTTP_EV_START, HTTP_DIR_RECV),
-                (HTTP_EV_CLOSE, 0),
-            ] {
+            for side in [Side::Server, Side::Client] {
                 ts += 1000;
-                tracker.on_event(&event(kind, dir, ts, d), &mut out);
+                let kinds = [
+                    event(Kind::Exchange, side, ts, Some(part(ts - 10, d)), Some(part(ts, d))),
+                    event(Kind::Request, side, ts + 1, Some(part(ts + 1, d)), None),
+                    event(Kind::Exchange, side, ts + 2, None, Some(part(ts + 2, d))),
+                    event(Kind::Close, side, ts + 3, Some(part(ts + 3, d)), None),
+                ];
+                for e in &kinds {
+                    tracker.on_event(e, &mut out);
+                }
             }
         }
-        tracker.poll(ts + 10_000_000, |_| None, &mut out);
+        tracker.poll(ts + 10_000_000, &Gone, &mut out);
+        tracker.poll(ts + 1_000_000_000, &Gone, &mut out);
     }
+    assert!(!out.is_empty());
     assert!(out.iter().all(|e| e.status.is_some() != e.error_type.is_some()));
     assert_eq!(tracker.conns(), 0);
 }

@@ -827,7 +827,7 @@ fn dashboard_is_well_formed() {
         "http_client_request_duration_seconds_bucket",
         "observer_probe_up",
         "observer_events_lost_total",
-        "observer_http_messages_unparsed_total",
+        "observer_l7_messages_unparsed_total",
         "service:http_server_apdex:ratio_rate1m",
         "observer_container_oom_kills_total",
         "observer_container_restarts_total",

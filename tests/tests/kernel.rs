@@ -388,7 +388,7 @@ fn tcp_exact(args: &[&str]) {
         "TCP_STATS",
         "TCP_EDGES",
         "CONNS",
-        "HTTP_CONNS",
+        "L7_CONNS",
     ];
     for map in tables {
         let entries = sum(&s, "observer_map_entries", &[("map", map)]);

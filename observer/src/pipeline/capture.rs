@@ -50,40 +50,69 @@ pub struct L7Health {
     pub conns: u64,
 }
 
-/// The reader of the L7 ring.
-pub struct L7Reader {
+/// Hands each record of the ring to its protocol.
+pub struct Dispatch {
     protocols: Vec<Box<dyn Protocol>>,
     /// Protocol id → index in `protocols`.
     by_id: [Option<u8>; 256],
-    table: KernelConns,
-    pipeline: Arc<Mutex<Pipeline>>,
-    out: Vec<Request>,
     malformed: u64,
 }
 
-impl L7Reader {
-    pub fn new(
-        protocols: Vec<Box<dyn Protocol>>,
-        table: KernelConns,
-        pipeline: Arc<Mutex<Pipeline>>,
-    ) -> Self {
+impl Dispatch {
+    pub fn new(protocols: Vec<Box<dyn Protocol>>) -> Self {
         let mut by_id = [None; 256];
         for (i, p) in protocols.iter().enumerate() {
             by_id[usize::from(p.spec().id)] = Some(i as u8);
         }
-        Self { protocols, by_id, table, pipeline, out: Vec::new(), malformed: 0 }
+        Self { protocols, by_id, malformed: 0 }
     }
 
-    /// Hands one record to its protocol.
-    pub fn record(&mut self, bytes: &[u8]) {
+    /// One record as the kernel wrote it; finished requests go to `out`.
+    pub fn record(&mut self, bytes: &[u8], out: &mut Vec<Request>) {
         let Some(ev) = Event::parse(bytes) else {
             self.malformed += 1;
             return;
         };
         match self.by_id[usize::from(ev.proto)] {
-            Some(i) => self.protocols[usize::from(i)].on_event(&ev, &mut self.out),
+            Some(i) => self.protocols[usize::from(i)].on_event(&ev, out),
             None => self.malformed += 1,
         }
+    }
+
+    /// Every protocol's periodic work.
+    pub fn poll(&mut self, now_ns: u64, table: &dyn ConnTable, out: &mut Vec<Request>) {
+        for p in &mut self.protocols {
+            p.poll(now_ns, table, out);
+        }
+    }
+
+    pub fn health(&self) -> L7Health {
+        L7Health {
+            unparsed: self
+                .protocols
+                .iter()
+                .flat_map(|pr| {
+                    let name = pr.spec().name;
+                    pr.unparsed().into_iter().map(move |(r, n)| (name, r, n))
+                })
+                .collect(),
+            malformed: self.malformed,
+            conns: self.protocols.iter().map(|p| p.conns() as u64).sum(),
+        }
+    }
+}
+
+/// The reader of the L7 ring.
+pub struct L7Reader {
+    dispatch: Dispatch,
+    table: KernelConns,
+    pipeline: Arc<Mutex<Pipeline>>,
+    out: Vec<Request>,
+}
+
+impl L7Reader {
+    pub fn new(dispatch: Dispatch, table: KernelConns, pipeline: Arc<Mutex<Pipeline>>) -> Self {
+        Self { dispatch, table, pipeline, out: Vec::new() }
     }
 
     /// Sends the finished requests to the pipeline (and, with `health`, the counters).
@@ -97,18 +126,7 @@ impl L7Reader {
             self.out.clear();
         }
         if health {
-            p.l7_health = L7Health {
-                unparsed: self
-                    .protocols
-                    .iter()
-                    .flat_map(|pr| {
-                        let name = pr.spec().name;
-                        pr.unparsed().into_iter().map(move |(r, n)| (name, r, n))
-                    })
-                    .collect(),
-                malformed: self.malformed,
-                conns: self.protocols.iter().map(|p| p.conns() as u64).sum(),
-            };
+            p.l7_health = self.dispatch.health();
         }
     }
 }
@@ -119,7 +137,7 @@ impl Reader for L7Reader {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         let mut n = 0;
         while let Some(item) = ring.next() {
-            self.record(&item);
+            self.dispatch.record(&item, &mut self.out);
             n += 1;
             if n >= BATCH {
                 break;
@@ -129,10 +147,7 @@ impl Reader for L7Reader {
     }
 
     fn tick(&mut self, _ring: &mut RingBuf<MapData>) {
-        let now = monotonic_ns();
-        for p in &mut self.protocols {
-            p.poll(now, &self.table, &mut self.out);
-        }
+        self.dispatch.poll(monotonic_ns(), &self.table, &mut self.out);
         self.flush(true);
     }
 }

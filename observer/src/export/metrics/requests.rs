@@ -2,13 +2,13 @@
 //! conventions: `http_server_request_duration_seconds`, ...), and the service-level APDEX and
 //! active clients of the protocols that keep them.
 
-use std::fmt;
+use std::{collections::BTreeSet, fmt};
 
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType, registry::Unit};
 
 use super::{counter, gauge, histogram, with, Labels};
 use crate::{
-    l7::{Status, SPECS},
+    l7::{Spec, Status},
     pipeline::requests::{RequestTotals, APDEX_LEVELS},
 };
 
@@ -22,8 +22,15 @@ fn base(name: &str) -> &str {
 }
 
 pub fn encode(enc: &mut DescriptorEncoder, r: &RequestTotals) -> fmt::Result {
-    for spec in SPECS {
-        let server: Vec<_> = r.server.iter().filter(|((_, k), _)| k.protocol == *spec).collect();
+    // The protocols with figures, in id order: every family once.
+    let specs: BTreeSet<&'static Spec> = r
+        .server
+        .keys()
+        .map(|(_, k)| k.protocol)
+        .chain(r.client.keys().map(|(_, k)| k.protocol))
+        .collect();
+    for spec in specs {
+        let server: Vec<_> = r.server.iter().filter(|((_, k), _)| k.protocol == spec).collect();
         if !server.is_empty() {
             let mut m = enc.encode_descriptor(
                 base(spec.server.name),
@@ -45,7 +52,7 @@ pub fn encode(enc: &mut DescriptorEncoder, r: &RequestTotals) -> fmt::Result {
                 histogram(&mut m, &l, h)?;
             }
         }
-        let client: Vec<_> = r.client.iter().filter(|((_, k), _)| k.protocol == *spec).collect();
+        let client: Vec<_> = r.client.iter().filter(|((_, k), _)| k.protocol == spec).collect();
         if !client.is_empty() {
             let mut m = enc.encode_descriptor(
                 base(spec.client.name),

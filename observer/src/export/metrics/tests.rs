@@ -1,5 +1,5 @@
 //! Exposition tests on fixed figures.
-use observer_common::SYSCALL_NBUCKETS;
+use observer_common::{SyscallStats, TcpStats, SYSCALL_NBUCKETS};
 use prometheus_client::{encoding::prometheus_text, registry::Registry};
 
 use super::*;

@@ -392,8 +392,9 @@ pub fn is_id(seg: &str) -> bool {
             8 | 13 | 18 | 23 => *c == b'-',
             _ => c.is_ascii_hexdigit(),
         });
+    let distinct = |b: &[u8]| b.iter().fold(0u32, |m, c| m | 1 << (c.to_ascii_lowercase() & 31)).count_ones();
     let hex = b.iter().all(u8::is_ascii_hexdigit)
-        && ((b.len() >= 8 && digits > 0) || b.len() >= 16);
+        && ((b.len() >= 8 && digits > 0) || (b.len() >= 16 && distinct(b) >= 4));
     numeric || uuid || hex || is_token(b, digits) || words(b).any(random_word)
 }
 
@@ -428,7 +429,8 @@ fn words(b: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// A word of 12+ characters that no language has: high entropy (16+ distinct characters over
-/// 20+), fewer than a fifth vowels, or 5 consonants in a row (letters compared case-blind).
+/// 20+), or, with 8+ distinct characters, fewer than a fifth vowels or 5 consonants in a row
+/// (letters compared case-blind).
 fn random_word(w: &[u8]) -> bool {
     if w.len() < 12 || !w.iter().all(u8::is_ascii_alphanumeric) {
         return false;
@@ -448,7 +450,8 @@ fn random_word(w: &[u8]) -> bool {
         }
     }
     let distinct = seen.iter().filter(|&&s| s).count();
-    (w.len() >= 20 && distinct >= 16) || vowels * 5 < w.len() || longest >= 5
+    // A run of few letters (`aaaa…`) is no token either.
+    (w.len() >= 20 && distinct >= 16) || (distinct >= 8 && (vowels * 5 < w.len() || longest >= 5))
 }
 
 /// Random-looking `[A-Za-z0-9_-]` tokens (see the module documentation).

@@ -141,51 +141,42 @@ impl Tracker {
         match ev.kind {
             Kind::Close => self.on_close(ev, out),
             Kind::Request => {
-                let c = conn(&mut self.conns, &mut self.unparsed, ev);
-                if let Some(req) = take_request(c, ev.request) {
-                    let (ok, overflow) = requests(c, &mut self.routes, req.bytes, req.ts_ns, ev.tgid);
+                let mut c = take(&mut self.conns, ev);
+                if let Some(req) = take_request(&mut c, ev.request) {
+                    let (ok, overflow) =
+                        requests(&mut c, &mut self.routes, req.bytes, req.ts_ns, ev.tgid);
                     self.unparsed.pending_overflow += overflow;
                     self.unparsed.invalid += u64::from(!ok);
                 }
+                put(&mut self.conns, &mut self.unparsed, ev.sk, c);
             }
             Kind::Exchange => self.on_exchange(ev, out),
         }
     }
 
     fn on_exchange(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
-        let c = conn(&mut self.conns, &mut self.unparsed, ev);
+        let mut c = take(&mut self.conns, ev);
         // A response starts: the previous one in flight ended with the counters before it.
         if let Some(f) = c.responding.take() {
-            finish(c, f, ev.prev.last_ns, out);
+            finish(&c, f, ev.prev.last_ns, out);
         }
-        if let Some(req) = take_request(c, ev.request) {
-            let (ok, overflow) = requests(c, &mut self.routes, req.bytes, req.ts_ns, ev.tgid);
+        if let Some(req) = take_request(&mut c, ev.request) {
+            let (ok, overflow) = requests(&mut c, &mut self.routes, req.bytes, req.ts_ns, ev.tgid);
             self.unparsed.pending_overflow += overflow;
             self.unparsed.invalid += u64::from(!ok);
         }
-        let Some(resp) = ev.response else { return };
-        let mut unparsed = 0;
-        let mut orphan = 0;
-        responses(c, resp, out, &mut unparsed, &mut orphan);
-        self.unparsed.invalid += unparsed;
-        self.unparsed.response_without_request += orphan;
+        if let Some(resp) = ev.response {
+            let mut unparsed = 0;
+            let mut orphan = 0;
+            responses(&mut c, resp, out, &mut unparsed, &mut orphan);
+            self.unparsed.invalid += unparsed;
+            self.unparsed.response_without_request += orphan;
+        }
+        put(&mut self.conns, &mut self.unparsed, ev.sk, c);
     }
 
     fn on_close(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
-        let Some(mut c) = self.conns.remove(&ev.sk) else {
-            // Nothing followed here: only the request the kernel held.
-            let mut c = Conn {
-                cgroup_id: ev.cgroup_id,
-                peer: Some((ev.peer, ev.peer_port)),
-                side: Some(ev.side),
-                ..Default::default()
-            };
-            if let Some(req) = ev.request {
-                let _ = requests(&mut c, &mut self.routes, req.bytes, req.ts_ns, ev.tgid);
-            }
-            close_pending(&mut c, ev.ts_ns, out);
-            return;
-        };
+        let mut c = take(&mut self.conns, ev);
         if let Some(f) = c.responding.take() {
             finish(&c, f, ev.prev.last_ns, out);
         }
@@ -237,9 +228,11 @@ impl Tracker {
                 let req = c.pending.pop_front().expect("checked");
                 unanswered(c, req, "timeout", timeout, out);
             }
+            // Nothing pending: forgotten (a request counted as a timeout waits for its late
+            // response or the socket's end, at most IDLE_CONN_NS).
             if c.pending.is_empty()
                 && c.responding.is_none()
-                && now_ns.saturating_sub(c.last_ns) >= IDLE_CONN_NS
+                && (c.timed_out.is_none() || now_ns.saturating_sub(c.last_ns) >= IDLE_CONN_NS)
             {
                 forget.push(sk);
             }
@@ -295,27 +288,36 @@ impl Tracker {
 
 type Conns = HashMap<u64, Conn, foldhash::fast::RandomState>;
 
-/// The tracked connection of a record (made if new; the longest idle one goes when full).
-fn conn<'a>(conns: &'a mut Conns, unparsed: &mut Unparsed, ev: &Event<'_>) -> &'a mut Conn {
-    if !conns.contains_key(&ev.sk) && conns.len() >= MAX_CONNS {
+/// The connection of a record, out of the table (or new): most exchanges leave nothing behind,
+/// so a connection is kept only while something is pending ([`put`]).
+fn take(conns: &mut Conns, ev: &Event<'_>) -> Conn {
+    let mut c = conns.remove(&ev.sk).unwrap_or_default();
+    if c.side != Some(ev.side) || c.cgroup_id != ev.cgroup_id {
+        // A connection changing roles or owner (or first seen): nothing carries over.
+        c.pending.clear();
+        c.responding = None;
+        c.timed_out = None;
+        c.side = Some(ev.side);
+        c.cgroup_id = ev.cgroup_id;
+    }
+    c.peer = Some((ev.peer, ev.peer_port));
+    c.last_ns = ev.ts_ns;
+    c
+}
+
+/// Keeps a connection that still waits for something (the longest idle one goes when full).
+fn put(conns: &mut Conns, unparsed: &mut Unparsed, sk: u64, c: Conn) {
+    if c.pending.is_empty() && c.responding.is_none() && c.timed_out.is_none() {
+        return;
+    }
+    if conns.len() >= MAX_CONNS {
         if let Some((&victim, _)) = conns.iter().min_by_key(|(_, c)| c.last_ns) {
             conns.remove(&victim);
             unparsed.conns_evicted += 1;
         }
     }
-    let c = conns.entry(ev.sk).or_default();
-        if c.side != Some(ev.side) || c.cgroup_id != ev.cgroup_id {
-            // A connection changing roles or owner (or first seen): nothing carries over.
-            c.pending.clear();
-            c.responding = None;
-            c.timed_out = None;
-            c.side = Some(ev.side);
-            c.cgroup_id = ev.cgroup_id;
-        }
-        c.peer = Some((ev.peer, ev.peer_port));
-        c.last_ns = ev.ts_ns;
-        c
-    }
+    conns.insert(sk, c);
+}
 
 /// The request a record carries, unless it is the kernel-held one already counted as a
 /// timeout (then its response, if this is one, finds no request).
@@ -485,5 +487,257 @@ fn close_pending(c: &mut Conn, end_ns: u64, out: &mut Vec<Request>) {
     while let Some(req) = c.pending.pop_front() {
         let d = end_ns.saturating_sub(req.start_ns);
         unanswered(c, req, "connection_closed", d, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, collections::HashMap, net::IpAddr};
+
+    use observer_common::{L7Peer, L7_REQ_MAX, L7_SIDE_CLIENT, L7_SIDE_SERVER};
+
+    use super::*;
+
+    const SK: u64 = 0xffff_0000_1234;
+    const T: u64 = 30_000_000_000;
+    const GET: &[u8] = b"GET /users/42?x=1 HTTP/1.1\r\nHost: a\r\n\r\n";
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    fn peer() -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))
+    }
+
+    fn ev<'a>(kind: Kind, side: Side, ts: u64, req: Option<(u64, &'a [u8])>, resp: Option<&'a [u8]>) -> Event<'a> {
+        Event {
+            sk: SK,
+            cgroup_id: 7,
+            kind,
+            proto: L7_HTTP1,
+            side,
+            ts_ns: ts,
+            request: req.map(|(t, b)| Part { ts_ns: t, len: b.len() as u32, bytes: b }),
+            response: resp.map(|b| Part { ts_ns: ts, len: b.len() as u32, bytes: b }),
+            prev: L7Dir::default(),
+            peer: peer(),
+            peer_port: 40000,
+            tgid: 1,
+        }
+    }
+
+    /// A response start carrying the request it answers.
+    fn exchange<'a>(side: Side, req_ts: u64, req: &'a [u8], ts: u64, resp: &'a [u8]) -> Event<'a> {
+        ev(Kind::Exchange, side, ts, Some((req_ts, req)), Some(resp))
+    }
+
+    /// The kernel's table, as a test sets it.
+    #[derive(Default)]
+    struct Table(RefCell<HashMap<u64, L7Conn>>);
+
+    impl ConnTable for Table {
+        fn get(&self, sk: u64) -> Option<L7Conn> {
+            self.0.borrow().get(&sk).copied()
+        }
+        fn scan(&self, f: &mut dyn FnMut(u64, &L7Conn)) {
+            for (sk, c) in self.0.borrow().iter() {
+                f(*sk, c);
+            }
+        }
+    }
+
+    fn state(resp: L7Dir) -> L7Conn {
+        L7Conn {
+            cgroup_id: 7,
+            req_ts: 0,
+            resp,
+            peer: L7Peer { family: 2, port: 40000, _pad: 0, addr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] },
+            req_len: 0,
+            resp_first: 0,
+            tgid: 1,
+            proto: L7_HTTP1,
+            side: L7_SIDE_SERVER,
+            flags: 0,
+            _pad: 0,
+            req_snip: 0,
+            _pad2: [0; 3],
+            req: [0; L7_REQ_MAX],
+        }
+    }
+
+    fn statuses(out: &[Request]) -> Vec<Option<u32>> {
+        out.iter().map(|r| r.status.as_ref().and_then(Status::code)).collect()
+    }
+
+    #[test]
+    fn server_keep_alive_exchanges_end_in_the_writing_call() {
+        let mut t = Tracker::new(T);
+        let mut out = Vec::new();
+        for i in 0..3u64 {
+            t.on_event(&exchange(Side::Server, 1000 + i * 100, GET, 1050 + i * 100, OK), &mut out);
+        }
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|e| e.side == Side::Server
+            && e.status == Some(Status::Code(200))
+            && e.duration_ns == 50
+            && &*e.target == "/users/{id}"
+            && e.operation == "GET"
+            && e.peer == peer()));
+        assert_eq!(t.conns(), 0, "nothing pending, nothing kept");
+    }
+
+    #[test]
+    fn client_side_large_body_ends_by_counters() {
+        let mut t = Tracker::new(T);
+        let mut out = Vec::new();
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n";
+        let mut e = exchange(Side::Client, 1000, GET, 2000, head);
+        e.response.as_mut().unwrap().len = 65536;
+        t.on_event(&e, &mut out);
+        assert!(out.is_empty());
+        let table = Table::default();
+        // Not all there yet.
+        table.0.borrow_mut().insert(SK, state(L7Dir { bytes: 500_000, last_ns: 3000, tail: [0; 8] }));
+        t.poll(3500, &table, &mut out);
+        assert!(out.is_empty());
+        let all = L7Dir { bytes: head.len() as u64 + 1_048_576, last_ns: 9000, tail: [0; 8] };
+        table.0.borrow_mut().insert(SK, state(all));
+        t.poll(9500, &table, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].side, out[0].duration_ns), (Side::Client, 8000));
+        assert_eq!(t.conns(), 0);
+    }
+
+    #[test]
+    fn a_response_in_flight_ends_with_the_counters_of_the_next_record() {
+        let mut t = Tracker::new(T);
+        let mut out = Vec::new();
+        let head = b"HTTP/1.1 203 OK\r\nContent-Length: 1000\r\n\r\n";
+        t.on_event(&exchange(Side::Server, 100, GET, 200, head), &mut out);
+        assert!(out.is_empty());
+        let mut next = exchange(Side::Server, 900, GET, 950, OK);
+        next.prev = L7Dir { bytes: head.len() as u64 + 1000, last_ns: 700, tail: [0; 8] };
+        t.on_event(&next, &mut out);
+        assert_eq!(statuses(&out), [Some(203), Some(200)]);
+        assert_eq!((out[0].duration_ns, out[1].duration_ns), (600, 50));
+    }
+
+    #[test]
+    fn pipelined_requests_and_responses_in_one_call_or_several() {
+        let three = [GET, GET, b"HEAD /x HTTP/1.1\r\n\r\n".as_slice()].concat();
+        let head_resp = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n";
+        // All three responses in one call.
+        let mut t = Tracker::new(T);
+        let mut out = Vec::new();
+        let resp = [OK, OK, head_resp.as_slice()].concat();
+        t.on_event(&exchange(Side::Server, 100, &three, 300, &resp), &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[2].operation, "HEAD");
+        // One response per call: the second and third records carry no request.
+        let mut t = Tracker::new(T);
+        let mut out = Vec::new();
+        t.on_event(&exchange(Side::Server, 100, &three, 300, OK), &mut out);
+        t.on_event(&ev(Kind::Exchange, Side::Server, 310, None, Some(OK)), &mut out);
+        t.on_event(&ev(Kind::Exchange, Side::Server, 320, None, Some(head_resp)), &mut out);
+        assert_eq!(statuses(&out), [Some(200); 3]);
+        assert_eq!(out.iter().map(|r| r.duration_ns).collect::<Vec<_>>(), [200, 210, 220]);
+        assert_eq!(t.conns(), 0);
+    }
+
+    #[test]
+    fn requests_pipelined_call_by_call_queue_up() {
+        let mut t = Tracker::new(T);
+        let mut out = Vec::new();
+        // The kernel sent the first request on its own when the second started.
+        t.on_event(&ev(Kind::Request, Side::Client, 100, Some((100, GET)), None), &mut out);
+        t.on_event(&exchange(Side::Client, 150, b"POST /b HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 400, OK), &mut out);
+        t.on_event(&ev(Kind::Exchange, Side::Client, 500, None, Some(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")), &mut out);
+        assert_eq!(
+            out.iter().map(|r| (r.operation, r.status.clone(), r.duration_ns)).collect::<Vec<_>>(),
+            [("GET", Some(Status::Code(200)), 300), ("POST", Some(Status::Code(201)), 350)]
+        );
+    }
+
+    #[test]
+    fn chunked_and_continue() {
+        let mut t = Tracker::new(T);
+        let mut out = Vec::new();
+        let post = b"POST /up HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n";
+        t.on_event(&exchange(Side::Server, 100, post, 150, b"HTTP/1.1 100 Continue\r\n\r\n"), &mut out);
+        assert!(out.is_empty());
+        let head = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
+        t.on_event(&ev(Kind::Exchange, Side::Server, 400, None, Some(head)), &mut out);
+        assert!(out.is_empty());
+        let mut tail = [b'x'; 8];
+        tail[1..].copy_from_slice(b"\r\n0\r\n\r\n".as_slice().get(..7).unwrap());
+        let table = Table::default();
+        table.0.borrow_mut().insert(SK, state(L7Dir { bytes: 100, last_ns: 700, tail }));
+        t.poll(800, &table, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].status.clone(), out[0].duration_ns), (Some(Status::Code(201)), 600));
+    }
+
+    #[test]
+    fn unanswered_requests_are_counted_with_error_type() {
+        let mut t = Tracker::new(1_000);
+        let mut out = Vec::new();
+        let table = Table::default();
+        t.on_event(&ev(Kind::Request, Side::Client, 100, Some((100, GET)), None), &mut out);
+        t.poll(2000, &table, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].status.clone(), out[0].error_type), (None, Some("timeout")));
+        // The socket ends while the kernel held a request.
+        let mut close = ev(Kind::Close, Side::Client, 3500, Some((3000, GET)), None);
+        close.response = None;
+        t.on_event(&close, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[1].error_type, out[1].duration_ns), (Some("connection_closed"), 500));
+    }
+
+    #[test]
+    fn a_request_the_kernel_holds_times_out_once_and_its_late_response_finds_none() {
+        let mut t = Tracker::new(1_000_000_000);
+        let mut out = Vec::new();
+        let table = Table::default();
+        let mut held = state(L7Dir::default());
+        held.req_ts = 500;
+        held.req[..GET.len()].copy_from_slice(GET);
+        held.req_snip = GET.len() as u16;
+        held.side = L7_SIDE_CLIENT;
+        table.0.borrow_mut().insert(SK, held);
+        t.poll(2_000_000_000, &table, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].side, out[0].error_type, &*out[0].target, out[0].duration_ns),
+            (Side::Client, Some("timeout"), "/users/{id}", 1_000_000_000)
+        );
+        // Scanned again: not counted twice.
+        t.poll(5_000_000_000, &table, &mut out);
+        assert_eq!(out.len(), 1);
+        // The response comes late: no second count, an orphan.
+        t.on_event(&exchange(Side::Client, 500, GET, 6_000_000_000, OK), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(t.unparsed.response_without_request, 1);
+    }
+
+    #[test]
+    fn junk_is_counted_not_tracked() {
+        let mut t = Tracker::new(1_000);
+        let mut out = Vec::new();
+        t.on_event(&exchange(Side::Server, 100, b"GET \x00\x01\x02 junk", 200, OK), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(t.unparsed.invalid, 1);
+        assert_eq!(t.unparsed.response_without_request, 1);
+    }
+
+    #[test]
+    fn a_vanished_connection_ends_its_response_at_its_first_call() {
+        let mut t = Tracker::new(T);
+        let mut out = Vec::new();
+        // Read until close (no framing), the kernel's state gone without a close record.
+        t.on_event(&exchange(Side::Client, 100, GET, 300, b"HTTP/1.0 200 OK\r\n\r\nbody"), &mut out);
+        let table = Table::default();
+        t.poll(1_000, &table, &mut out);
+        assert!(out.is_empty(), "the close record may still be on its way");
+        t.poll(1_000 + GONE_GRACE_NS, &table, &mut out);
+        assert_eq!((out.len(), out[0].duration_ns), (1, 200));
     }
 }
