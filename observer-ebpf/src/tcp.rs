@@ -8,7 +8,9 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, fexit, raw_tracepoint},
     programs::{BtfTracePointContext, FExitContext, RawTracePointContext},
+    EbpfContext,
 };
+use aya_log_ebpf::warn;
 use observer_common::{
     ConnInfo, TcpEdgeKey, TcpEdgeStats, TcpStats, DIR_INBOUND, DIR_OUTBOUND, DIR_UNKNOWN,
     FAIL_OTHER, FAIL_REFUSED, FAIL_RESET, FAIL_TIMEOUT, FAIL_UNREACHABLE, L7_UNDECIDED,
@@ -124,13 +126,13 @@ fn observe_rtt(s: &mut TcpStats, us: u32) {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     // inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)
-    let _ = try_set_state(ctx.arg::<u64>(0), ctx.arg::<i32>(1), ctx.arg::<i32>(2));
+    let _ = try_set_state(&ctx, ctx.arg::<u64>(0), ctx.arg::<i32>(1), ctx.arg::<i32>(2));
     0
 }
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
-    let _ = try_set_state(ctx.arg::<u64>(0), ctx.arg::<i64>(1) as i32, ctx.arg::<i64>(2) as i32);
+    let _ = try_set_state(&ctx, ctx.arg::<u64>(0), ctx.arg::<i64>(1) as i32, ctx.arg::<i64>(2) as i32);
     0
 }
 
@@ -153,7 +155,7 @@ pub fn tcp_destroy_sock_raw(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-fn try_set_state(sk: u64, old: i32, new: i32) -> Result<(), i64> {
+fn try_set_state<C: EbpfContext>(ctx: &C, sk: u64, old: i32, new: i32) -> Result<(), i64> {
     if !sock::is_tcp(sk) {
         return Ok(());
     }
@@ -193,6 +195,10 @@ fn try_set_state(sk: u64, old: i32, new: i32) -> Result<(), i64> {
         }
         let rtt = sock::srtt_us(sk);
         with_edge(&edge, |e| e.connections += 1);
+        if !tracked {
+            // Rare (the table is full): worth a line in the observer's log.
+            warn!(ctx, "connection table full: connection of cgroup {} not tracked", cgroup_id);
+        }
         with_stats(cgroup_id, |s| {
             s.opened[dir] += 1;
             if tracked {

@@ -117,17 +117,15 @@ fn kernel_version() -> (u32, u32) {
 
 /// The hook that must serve `probe` on this kernel, worked out from the kernel version alone (the
 /// README's kernel table), not from what the observer chose. `raw`: run with `--hooks raw`.
-/// - `tcp_connections` is the classic `sock:inet_sock_set_state` tracepoint everywhere;
-/// - `syscalls` and `tcp_retransmits`: BTF tracepoints (every kernel of the matrix has BTF), raw
-///   tracepoints when asked for;
+/// - `syscalls`, `tcp_connections` and `tcp_retransmits`: BTF tracepoints (every kernel of the
+///   matrix has BTF), raw tracepoints when asked for;
 /// - `tcp_bytes`, and `http`, which rides on the same socket hooks: the `sock:sock_send_length` /
 ///   `sock_recv_length` tracepoints came in 6.3; before that fexit on the TCP functions, the only
 ///   way there, whatever `--hooks` asks.
 fn expected_hook(probe: &str, raw: bool) -> &'static str {
     let tracepoint_or_raw = if raw { "raw_tp" } else { "tp_btf" };
     match probe {
-        "tcp_connections" => "tracepoint",
-        "syscalls" | "tcp_retransmits" => tracepoint_or_raw,
+        "syscalls" | "tcp_connections" | "tcp_retransmits" => tracepoint_or_raw,
         "tcp_bytes" | "http" if kernel_version() < (6, 3) => "fexit",
         "tcp_bytes" | "http" => tracepoint_or_raw,
         other => panic!("no expected hook for probe {other}"),
@@ -711,14 +709,14 @@ fn tracefs_is_mounted_when_missing() {
     }
     assert!(!tracefs.join("events").is_dir());
     let via_debugfs = std::path::Path::new("/sys/kernel/debug/tracing/events").is_dir();
-    let obs = Observer::start(&["--probes", "tcp"]).unwrap();
+    let obs = Observer::start(&["--probes", "lifecycle"]).unwrap();
     let s = obs.scrape().unwrap();
     let up = sum(
         &s,
         "observer_probe_up",
-        &[("probe", "tcp_connections"), ("hook", "tracepoint")],
+        &[("probe", "lifecycle"), ("hook", "tracepoint")],
     );
-    assert_eq!(up, 1.0, "the classic tracepoint attached through tracefs");
+    assert_eq!(up, 1.0, "the classic tracepoints attached through tracefs");
     if !via_debugfs {
         assert!(tracefs.join("events").is_dir(), "tracefs mounted again");
         assert!(obs.stderr.lock().unwrap().contains("mounted tracefs"));
