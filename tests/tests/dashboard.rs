@@ -947,12 +947,15 @@ const FROM_EVENTS: &[&str] = &[
     "observer_workload_replicas",
 ];
 
-/// The label names the observer's collector (observer/src/export/metrics.rs) gives a family's
-/// rows: the string literals `("name", ...)` of the call that encodes it, the labels of
-/// `state_labels` where it calls that, and `identity` where it builds them `with(id, ...)`.
-/// None when the source encodes no such family.
+/// The label names the observer's collector (observer/src/export/metrics/, one file per family
+/// group) gives a family's rows: the string literals `("name", ...)` of the call that encodes
+/// it, the labels of `state_labels` where it calls that, and `identity` where it builds them
+/// `with(id, ...)`. None when the source encodes no such family.
 fn source_labels(family: &str, identity: &BTreeSet<String>) -> Option<BTreeSet<String>> {
-    let src = std::fs::read_to_string(repo().join("observer/src/export/metrics.rs")).unwrap();
+    let dir = repo().join("observer/src/export/metrics");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let src: String = files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
     // prometheus-client adds `_total` to counter names.
     let base = family.strip_suffix("_total").unwrap_or(family);
     let at = src.find(&format!("\"{base}\","))?;
