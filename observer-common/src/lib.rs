@@ -125,8 +125,11 @@ const _: () = assert!(core::mem::size_of::<L7Peer>() == 24);
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct L7Conn {
-    /// The socket's cgroup (v2 id), checked again at every request start.
+    /// The socket's cgroup (v2 id).
     pub cgroup_id: u64,
+    /// The socket's cgroup as a kernel pointer, compared with the socket's at every request
+    /// start (one read instead of three).
+    pub cgroup_ptr: u64,
     /// First byte of the pending request (0: none pending).
     pub req_ts: u64,
     /// The response direction since the current response started.
@@ -148,7 +151,7 @@ pub struct L7Conn {
     pub _pad2: [u16; 3],
     pub req: [u8; L7_REQ_MAX],
 }
-const _: () = assert!(core::mem::size_of::<L7Conn>() == 16 + 24 + 24 + 24 + L7_REQ_MAX);
+const _: () = assert!(core::mem::size_of::<L7Conn>() == 24 + 24 + 24 + 24 + L7_REQ_MAX);
 
 /// [`L7Conn::flags`]: user space may hold an exchange of this connection open that only the
 /// socket's end can finish (e.g. an interim HTTP response whose final one never came), so its
@@ -156,8 +159,9 @@ const _: () = assert!(core::mem::size_of::<L7Conn>() == 16 + 24 + 24 + 24 + L7_R
 pub const L7_F_OPEN_AT_USER: u8 = 1;
 
 /// A record of the L7 ring: the exchange (or request, or close) of one connection, cut after
-/// `L7_EVENT_HEADER + req_snip + resp_snip` bytes. `data` holds the request's first bytes,
-/// then the response's.
+/// `L7_EVENT_HEADER + L7_REQ_MAX + resp_snip` bytes. `data` holds the request's first bytes
+/// (`req_snip` of them, at 0: a fixed place, so the kernel copies them whole and aligned) and
+/// the response's (`resp_snip`, at `L7_REQ_MAX`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct L7Event {

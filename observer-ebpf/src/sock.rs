@@ -33,6 +33,14 @@ pub fn cgroup_id(sk: u64) -> Result<u64, i64> {
     }
 }
 
+/// The cgroup owning the socket, as a kernel pointer (`sk->sk_cgrp_data.cgroup`): one read, to
+/// compare with a pointer read before.
+#[inline(always)]
+pub fn cgroup_ptr(sk: u64) -> u64 {
+    let o = OFFSETS.load();
+    unsafe { read_at(sk, o.sock_cgroup) }.unwrap_or(0)
+}
+
 /// True for an IPv4 or IPv6 TCP socket.
 #[inline(always)]
 pub fn is_tcp(sk: u64) -> bool {

@@ -12,16 +12,17 @@
 
 use observer_common::{
     L7Conn, L7Dir, L7Event, L7_EVENT_HEADER, L7_EV_EXCHANGE, L7_EV_REQUEST, L7_F_OPEN_AT_USER,
-    L7_SIDE_CLIENT, LOST_L7_STALE_STATE,
+    L7_REQ_MAX, L7_SIDE_CLIENT, LOST_L7_STALE_STATE,
 };
 
 use super::{attach_request, continue_dir, emit_with_request, output, tgid, Call, Detected};
 use crate::{maps::count_lost, sock};
 
+/// Byte `i` (< 16) of the call's first bytes (in the record's response area).
 #[inline(always)]
 fn byte(head: *const L7Event, i: usize) -> u8 {
     // SAFETY: `head` is the scratch record; `i` is a constant index below 16.
-    unsafe { (*head).data[i & 15] }
+    unsafe { (*head).data[L7_REQ_MAX + (i & 15)] }
 }
 
 /// A status line: `HTTP/1.x NNN`.
@@ -114,9 +115,8 @@ pub fn on_call(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
         (*head)._pad = 0;
         (*head).resp_snip = n as u16;
         (*head)._pad2 = 0;
-        let req = if has_req { attach_request(head, n, st) } else { 0 };
-        (*head).req_snip = req as u16;
-        output(head, L7_EVENT_HEADER as u32 + n + req);
+        (*head).req_snip = if has_req { attach_request(head, st) as u16 } else { 0 };
+        output(head, (L7_EVENT_HEADER + L7_REQ_MAX) as u32 + n);
         // An interim response (1xx but 101): user space waits for the final one, which a
         // close must still end.
         let interim = byte(head, 9) == b'1' && !(byte(head, 10) == b'0' && byte(head, 11) == b'1');
@@ -140,31 +140,33 @@ pub fn on_call(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
 fn request_start(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
     // SAFETY: map value pointer checked by the verifier.
     let s = unsafe { &mut *st };
-    if let Ok(cg) = sock::cgroup_id(call.sk) {
-        if cg != s.cgroup_id {
-            count_lost(LOST_L7_STALE_STATE);
+    let ptr = sock::cgroup_ptr(call.sk);
+    if ptr != s.cgroup_ptr {
+        // Another cgroup's socket on this memory: its destruction was not seen.
+        count_lost(LOST_L7_STALE_STATE);
+        if let Ok(cg) = sock::cgroup_id(call.sk) {
             s.cgroup_id = cg;
-            s.peer = sock::peer(call.sk);
-            s.req_ts = 0;
-            s.resp = L7Dir::default();
-            s.resp_first = 0;
-            s.flags = 0;
         }
+        s.cgroup_ptr = ptr;
+        s.peer = sock::peer(call.sk);
+        s.req_ts = 0;
+        s.resp = L7Dir::default();
+        s.resp_first = 0;
+        s.flags = 0;
     }
     if s.req_ts != 0 {
         emit_with_request(call.sk, st, L7_EV_REQUEST, call.now);
     }
-    let n = n & super::HEAD_MASK;
-    // SAFETY: both are valid for `n` (< 256) bytes: the scratch record's data and the state's
-    // request buffer.
-    let copied = unsafe {
-        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-            s.req.as_mut_ptr() as *mut _,
-            n,
-            (*head).data.as_ptr() as *const _,
-        )
-    };
-    s.req_snip = if copied == 0 { n as u16 } else { 0 };
+    // SAFETY: both hold L7_REQ_MAX bytes: the scratch record's response area (where the call's
+    // first bytes are) and the state's request buffer; a whole, aligned copy.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (*head).data.as_ptr().add(L7_REQ_MAX) as *const u64,
+            s.req.as_mut_ptr() as *mut u64,
+            L7_REQ_MAX / 8,
+        );
+    }
+    s.req_snip = (n & super::HEAD_MASK) as u16;
     s.req_ts = call.now;
     s.req_len = call.ret;
     s.tgid = tgid();

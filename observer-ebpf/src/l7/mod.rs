@@ -147,8 +147,9 @@ impl Call {
         }
     }
 
-    /// Reads the first up to [`HEAD_MASK`] bytes of the call's data into `ev.data`; returns
-    /// how many (0 without a user buffer or when the read failed, which is counted).
+    /// Reads the first up to [`HEAD_MASK`] bytes of the call's data into the response area of
+    /// `ev.data` (at `L7_REQ_MAX`); returns how many (0 without a user buffer or when the read
+    /// failed, which is counted).
     #[inline(always)]
     pub fn read_head(&self, ev: *mut L7Event) -> u32 {
         let Some((ptr, avail)) = self.first_segment() else { return 0 };
@@ -157,8 +158,10 @@ impl Call {
         if sz == 0 {
             return 0;
         }
-        // SAFETY: `ev` is this CPU's scratch record; `sz` < its data array's length.
-        let r = unsafe { bpf_probe_read_user((*ev).data.as_mut_ptr() as *mut _, sz, ptr as *const _) };
+        // SAFETY: `ev` is this CPU's scratch record; the response area holds `sz` (< 256) bytes.
+        let r = unsafe {
+            bpf_probe_read_user((*ev).data.as_mut_ptr().add(L7_REQ_MAX) as *mut _, sz, ptr as *const _)
+        };
         if r == 0 {
             sz
         } else {
@@ -182,8 +185,8 @@ impl Call {
                     break;
                 }
                 let src = ((n - k + i) & HEAD_MASK) as usize;
-                // SAFETY: `src` is within the data array; `head` is the scratch record.
-                v = (v << 8) | u64::from(unsafe { (*head).data[src] });
+                // SAFETY: `src` is within the response area; `head` is the scratch record.
+                v = (v << 8) | u64::from(unsafe { (*head).data[L7_REQ_MAX + src] });
                 i += 1;
             }
             return (v.to_be_bytes(), k);
@@ -364,12 +367,14 @@ fn claim(sk: u64, proto: u8, d: Detected, send: bool) -> Option<*mut L7Conn> {
         count_lost(observer_common::LOST_SOCK_READ);
         return None;
     };
+    let cgroup_ptr = sock::cgroup_ptr(sk);
     // Built in the scratch record's data area (the BPF stack is too small for it).
     let Some(tmp) = L7_SCRATCH.get_ptr_mut(1) else { return None };
     let st = tmp as *mut L7Conn;
     // SAFETY: an L7Event (608 bytes) holds an L7Conn (344 bytes); per-CPU scratch slot.
     unsafe {
         (*st).cgroup_id = cgroup_id;
+        (*st).cgroup_ptr = cgroup_ptr;
         (*st).req_ts = 0;
         (*st).resp = L7Dir::default();
         (*st).peer = sock::peer(sk);
@@ -481,27 +486,26 @@ pub fn emit_with_request(sk: u64, st: *mut L7Conn, kind: u8, ts: u64) {
         (*ev).req_snip = if has_req { (*st).req_snip & HEAD_MASK as u16 } else { 0 };
         (*ev).resp_snip = 0;
         (*ev)._pad2 = 0;
-        core::ptr::copy_nonoverlapping((*st).req.as_ptr(), (*ev).data.as_mut_ptr(), L7_REQ_MAX);
+        core::ptr::copy_nonoverlapping(
+            (*st).req.as_ptr() as *const u64,
+            (*ev).data.as_mut_ptr() as *mut u64,
+            L7_REQ_MAX / 8,
+        );
     }
     slot.submit(wakeup());
 }
 
-/// Copies the first `n` bytes of the pending request into the record's data at `at`.
+/// Copies the pending request's bytes into the record's request area (whole: a fixed, aligned
+/// copy is cheaper than a helper call); returns how many of them count.
 #[inline(always)]
-pub fn attach_request(ev: *mut L7Event, at: u32, st: *const L7Conn) -> u32 {
-    // SAFETY: map value pointers checked by the verifier; offsets masked into the array.
+pub fn attach_request(ev: *mut L7Event, st: *const L7Conn) -> u32 {
+    // SAFETY: map value pointers checked by the verifier; both areas hold L7_REQ_MAX bytes.
     unsafe {
-        let n = ((*st).req_snip as u32) & HEAD_MASK;
-        if n == 0 {
-            return 0;
-        }
-        let at = at & HEAD_MASK;
-        let dst = (*ev).data.as_mut_ptr().add(at as usize);
-        let r = aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-            dst as *mut _,
-            n,
-            (*st).req.as_ptr() as *const _,
+        core::ptr::copy_nonoverlapping(
+            (*st).req.as_ptr() as *const u64,
+            (*ev).data.as_mut_ptr() as *mut u64,
+            L7_REQ_MAX / 8,
         );
-        if r == 0 { n } else { 0 }
+        ((*st).req_snip as u32) & HEAD_MASK
     }
 }

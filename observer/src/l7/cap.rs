@@ -17,9 +17,11 @@ pub const DEFAULT_MAX_SERVICES: usize = 4096;
 
 static OVERFLOW_ARC: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(OVERFLOW));
 
+type Fast = foldhash::fast::RandomState;
+
 #[derive(Debug, Default)]
 struct Service {
-    values: HashSet<Arc<str>>,
+    values: HashSet<Arc<str>, Fast>,
     overflowed: u64,
 }
 
@@ -28,7 +30,7 @@ struct Service {
 pub struct TargetCap {
     max_per_service: usize,
     max_services: usize,
-    services: HashMap<String, Service>,
+    services: HashMap<String, Service, Fast>,
     untracked_overflowed: u64,
 }
 
@@ -42,7 +44,7 @@ impl TargetCap {
         TargetCap {
             max_per_service,
             max_services,
-            services: HashMap::new(),
+            services: HashMap::default(),
             untracked_overflowed: 0,
         }
     }

@@ -119,6 +119,7 @@ impl ConnTable for Table {
 fn conn(proto: u8) -> L7Conn {
     L7Conn {
         cgroup_id: 7,
+        cgroup_ptr: 0,
         req_ts: 0,
         resp: L7Dir::default(),
         peer: Default::default(),

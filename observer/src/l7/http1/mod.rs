@@ -37,26 +37,54 @@ fn failed(status: Option<&Status>, error: Option<&'static str>) -> bool {
     error.is_some() || status.and_then(Status::code).is_some_and(|s| s >= 500)
 }
 
-/// Interned route templates: one allocation per distinct route, not per request. Bounded: a
-/// full table starts over.
+/// Route templates by raw target (its path, without query or fragment): a request whose path
+/// was seen costs one lookup, no templating and no allocation. Bounded: a full table starts
+/// over.
 #[derive(Debug, Default)]
 pub struct Routes {
-    known: HashMap<String, Arc<str>, foldhash::fast::RandomState>,
+    known: HashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>,
+    /// Distinct templates, so that paths with ids share one `Arc`.
+    templates: HashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>,
 }
 
-/// Routes interned before the table starts over.
-const MAX_INTERNED: usize = 16384;
+/// Paths remembered before the table starts over.
+const MAX_KNOWN: usize = 16384;
 
 impl Routes {
-    pub fn get(&mut self, route: String) -> Arc<str> {
-        if let Some(r) = self.known.get(&route) {
+    /// The `http_route` of a request target.
+    pub fn of(&mut self, target: &str) -> Arc<str> {
+        let path = target.split(['?', '#']).next().unwrap_or_default();
+        if let Some(r) = self.known.get(path) {
             return r.clone();
         }
-        if self.known.len() >= MAX_INTERNED {
+        if self.known.len() >= MAX_KNOWN {
             self.known.clear();
+            self.templates.clear();
+        }
+        let t = parse::route_template(target);
+        let r = match self.templates.get(t.as_str()) {
+            Some(r) => r.clone(),
+            None => {
+                let r: Arc<str> = Arc::from(t.as_str());
+                self.templates.insert(t.into_boxed_str(), r.clone());
+                r
+            }
+        };
+        self.known.insert(path.into(), r.clone());
+        r
+    }
+
+    /// The shared `Arc` of a route already templated.
+    pub fn templated(&mut self, route: String) -> Arc<str> {
+        if let Some(r) = self.templates.get(route.as_str()) {
+            return r.clone();
+        }
+        if self.templates.len() >= MAX_KNOWN {
+            self.known.clear();
+            self.templates.clear();
         }
         let r: Arc<str> = Arc::from(route.as_str());
-        self.known.insert(route, r.clone());
+        self.templates.insert(route.into_boxed_str(), r.clone());
         r
     }
 }

@@ -191,16 +191,17 @@ fn after_start_line(r: &httparse::Result<usize>) -> bool {
 /// Method, templated route and minor version once the request line is parsed up to its version,
 /// whatever follows (truncated or malformed headers). For heads the prefix cut short.
 pub fn parse_request_line(buf: &[u8]) -> Option<(Method, String, u8)> {
+    request_line(buf).map(|(m, target, v)| (m, route_template(target), v))
+}
+
+/// Method, raw target and minor version once the request line is parsed up to its version,
+/// whatever follows: the request line alone, for callers that template (and cache) the target
+/// themselves.
+pub fn request_line(buf: &[u8]) -> Option<(Method, &str, u8)> {
     let mut req = httparse::Request::new(&mut []);
     let r = req.parse(buf);
     let (method, path, version) = (req.method?, req.path?, req.version?);
-    after_start_line(&r).then(|| {
-        (
-            Method::from_token(method.as_bytes()),
-            route_template(path),
-            version,
-        )
-    })
+    after_start_line(&r).then(|| (Method::from_token(method.as_bytes()), path, version))
 }
 
 /// Status and minor version once the status line is parsed up to its code, whatever follows.

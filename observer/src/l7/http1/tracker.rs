@@ -26,7 +26,7 @@ use std::{
 use observer_common::{L7Conn, L7Dir, L7_HTTP1};
 
 use super::{
-    parse::{parse_request, parse_request_line, parse_response, parse_status_line, Method, Parsed},
+    parse::{parse_request, parse_response, parse_status_line, request_line, Method, Parsed},
     Routes, SPEC,
 };
 use crate::l7::{
@@ -342,7 +342,10 @@ fn requests(c: &mut Conn, routes: &mut Routes, bytes: &[u8], ts: u64, tgid: u32)
         if rest.is_empty() {
             break;
         }
-        let (req, next) = match parse_request(rest) {
+        // The common case: one head and nothing after it, so no framing is needed to find a
+        // next request: the request line alone.
+        let alone = memchr::memmem::find(rest, b"\r\n\r\n").is_some_and(|i| i + 4 == rest.len());
+        let (req, next) = match if alone { Parsed::Invalid } else { parse_request(rest) } {
             Parsed::Complete { head, head_len } => {
                 let body = head.framing.content_length.unwrap_or(0);
                 let next = if head.framing.chunked || head.framing.expect_continue {
@@ -350,11 +353,12 @@ fn requests(c: &mut Conn, routes: &mut Routes, bytes: &[u8], ts: u64, tgid: u32)
                 } else {
                     Some(at + head_len + body as usize)
                 };
-                (Req { method: head.method, route: routes.get(head.route), start_ns: ts, tgid }, next)
+                let route = routes.templated(head.route);
+                (Req { method: head.method, route, start_ns: ts, tgid }, next)
             }
-            Parsed::Partial | Parsed::Invalid => match parse_request_line(rest) {
-                Some((method, route, _)) => {
-                    (Req { method, route: routes.get(route), start_ns: ts, tgid }, None)
+            Parsed::Partial | Parsed::Invalid => match request_line(rest) {
+                Some((method, target, _)) => {
+                    (Req { method, route: routes.of(target), start_ns: ts, tgid }, None)
                 }
                 None => break,
             },
@@ -547,6 +551,7 @@ mod tests {
     fn state(resp: L7Dir) -> L7Conn {
         L7Conn {
             cgroup_id: 7,
+            cgroup_ptr: 0,
             req_ts: 0,
             resp,
             peer: L7Peer { family: 2, port: 40000, _pad: 0, addr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] },
