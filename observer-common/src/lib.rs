@@ -64,8 +64,12 @@ pub struct SyscallEntry {
     pub ts_ns: u64,
     pub tid: u32,
     pub nr: u32,
+    /// The second argument of a socket I/O syscall (its buffer, iovec or msghdr), kept for the
+    /// L7 path when both run: the socket hooks then read it here instead of from the task's
+    /// saved registers.
+    pub arg: u64,
 }
-const _: () = assert!(core::mem::size_of::<SyscallEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<SyscallEntry>() == 24);
 
 /// L7 protocol ids (`L7Conn::proto`, `L7Event::proto`). 0 is "not decided yet", [`L7_NONE`]
 /// "no protocol wants this connection". Each id is also a bit (`1 << id`) of the
@@ -159,9 +163,9 @@ const _: () = assert!(core::mem::size_of::<L7Conn>() == 24 + 24 + 24 + 24 + L7_R
 pub const L7_F_OPEN_AT_USER: u8 = 1;
 
 /// A record of the L7 ring: the exchange (or request, or close) of one connection, cut after
-/// `L7_EVENT_HEADER + L7_REQ_MAX + resp_snip` bytes. `data` holds the request's first bytes
-/// (`req_snip` of them, at 0: a fixed place, so the kernel copies them whole and aligned) and
-/// the response's (`resp_snip`, at `L7_REQ_MAX`).
+/// `L7_EVENT_HEADER + L7_RESP_MAX + req_snip` bytes. `data` holds the response's first bytes
+/// (`resp_snip` of them, at 0, where the kernel read the call's data) and the request's
+/// (`req_snip`, at `L7_RESP_MAX`: a fixed place, so the kernel copies them whole and aligned).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct L7Event {

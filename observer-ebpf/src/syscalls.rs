@@ -6,16 +6,17 @@
 //! increments. No event ever leaves the kernel.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use observer_common::{
-    WORK_SYSCALLS, SyscallEntry, SyscallErrKey, SyscallKey, SyscallStats, LOST_SYSCALL_ERRNO_MAP_FULL,
+    WORK_L7, WORK_SYSCALLS, SyscallEntry, SyscallErrKey, SyscallKey, SyscallStats, LOST_SYSCALL_ERRNO_MAP_FULL,
     LOST_SYSCALL_MAP_FULL, LOST_SYSCALL_SLOT_COLLISION, MAX_CGROUP_FILTERS, SYSCALL_BUCKETS_NS,
     SYSCALL_NBUCKETS, SYSCALL_SLOTS,
 };
 
+use crate::l7;
 use crate::maps::{
     count_lost, WORK, CGROUP_FILTERS, CGROUP_FILTER_COUNT, SYSCALL_ENTRY, SYSCALL_ERRORS,
     SYSCALL_STATS,
@@ -27,13 +28,13 @@ const EEXIST: i32 = 17;
 #[btf_tracepoint(function = "sys_enter")]
 pub fn sys_enter_btf(ctx: BtfTracePointContext) -> i32 {
     // sys_enter(struct pt_regs *regs, long id)
-    on_enter(ctx.arg::<i64>(1));
+    on_enter(ctx.arg::<u64>(0), ctx.arg::<i64>(1));
     0
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter_raw(ctx: RawTracePointContext) -> i32 {
-    on_enter(ctx.arg::<i64>(1));
+    on_enter(ctx.arg::<u64>(0), ctx.arg::<i64>(1));
     0
 }
 
@@ -51,13 +52,21 @@ pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn on_enter(nr: i64) {
+fn on_enter(regs: u64, nr: i64) {
     let tid = bpf_get_current_pid_tgid() as u32;
     if let Some(slot) = SYSCALL_ENTRY.get_ptr_mut(tid & (SYSCALL_SLOTS - 1)) {
         let ts_ns = unsafe { bpf_ktime_get_ns() };
+        let nr = nr as u32;
+        // The L7 path needs the buffer of socket I/O syscalls: one read, only for those.
+        let arg = if WORK.load() & WORK_L7 != 0 && l7::io_of(nr) != l7::Io::None {
+            // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
+            unsafe { bpf_probe_read_kernel((regs + l7::PT_REGS_SI) as *const u64) }.unwrap_or(0)
+        } else {
+            0
+        };
         // SAFETY: array slot pointer checked by the verifier.
         unsafe {
-            *slot = SyscallEntry { ts_ns, tid, nr: nr as u32 };
+            *slot = SyscallEntry { ts_ns, tid, nr, arg };
         }
     }
 }

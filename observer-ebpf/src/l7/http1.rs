@@ -12,7 +12,7 @@
 
 use observer_common::{
     L7Conn, L7Dir, L7Event, L7_EVENT_HEADER, L7_EV_EXCHANGE, L7_EV_REQUEST, L7_F_OPEN_AT_USER,
-    L7_REQ_MAX, L7_SIDE_CLIENT, LOST_L7_STALE_STATE,
+    L7_REQ_MAX, L7_RESP_MAX, L7_SIDE_CLIENT, LOST_L7_STALE_STATE,
 };
 
 use super::{attach_request, continue_dir, emit_with_request, output, tgid, Call, Detected};
@@ -22,7 +22,7 @@ use crate::{maps::count_lost, sock};
 #[inline(always)]
 fn byte(head: *const L7Event, i: usize) -> u8 {
     // SAFETY: `head` is the scratch record; `i` is a constant index below 16.
-    unsafe { (*head).data[L7_REQ_MAX + (i & 15)] }
+    unsafe { (*head).data[i & 15] }
 }
 
 /// A status line: `HTTP/1.x NNN`.
@@ -115,8 +115,9 @@ pub fn on_call(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
         (*head)._pad = 0;
         (*head).resp_snip = n as u16;
         (*head)._pad2 = 0;
-        (*head).req_snip = if has_req { attach_request(head, st) as u16 } else { 0 };
-        output(head, (L7_EVENT_HEADER + L7_REQ_MAX) as u32 + n);
+        let req = if has_req { attach_request(head, st) } else { 0 };
+        (*head).req_snip = req as u16;
+        output(head, (L7_EVENT_HEADER + L7_RESP_MAX) as u32 + req);
         // An interim response (1xx but 101): user space waits for the final one, which a
         // close must still end.
         let interim = byte(head, 9) == b'1' && !(byte(head, 10) == b'0' && byte(head, 11) == b'1');
@@ -161,7 +162,7 @@ fn request_start(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
     // first bytes are) and the state's request buffer; a whole, aligned copy.
     unsafe {
         core::ptr::copy_nonoverlapping(
-            (*head).data.as_ptr().add(L7_REQ_MAX) as *const u64,
+            (*head).data.as_ptr() as *const u64,
             s.req.as_mut_ptr() as *mut u64,
             L7_REQ_MAX / 8,
         );

@@ -28,12 +28,16 @@ use aya_ebpf::{
 };
 use observer_common::{
     ConnInfo, L7Conn, L7Dir, L7Event, DIR_UNKNOWN, L7_EVENT_HEADER, L7_EV_CLOSE,
-    L7_EV_REQUEST, L7_F_OPEN_AT_USER, L7_HTTP1, L7_NONE, L7_REQ_MAX,
-    L7_UNDECIDED, LOST_L7_CONN_MAP_FULL, LOST_L7_RINGBUF_FULL, LOST_L7_USER_READ,
+    L7_EV_REQUEST, L7_F_OPEN_AT_USER, L7_HTTP1, L7_NONE, L7_REQ_MAX, L7_RESP_MAX,
+    L7_UNDECIDED, LOST_L7_CONN_MAP_FULL, LOST_L7_RINGBUF_FULL, LOST_L7_USER_READ, SYSCALL_SLOTS,
+    WORK_SYSCALLS,
 };
 
 use crate::{
-    maps::{count_lost, L7_CONNS, L7_EVENTS, L7_PROTOCOLS, L7_SCRATCH, RINGBUF_WAKEUP_BYTES},
+    maps::{
+        count_lost, L7_CONNS, L7_EVENTS, L7_PROTOCOLS, L7_SCRATCH, RINGBUF_WAKEUP_BYTES,
+        SYSCALL_ENTRY, WORK,
+    },
     sock,
 };
 
@@ -43,7 +47,7 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// Offset of `si` (the second syscall argument) in x86_64's `struct pt_regs`; `di` and
 /// `orig_ax` (the syscall number) follow it.
-const PT_REGS_SI: u64 = 104;
+pub const PT_REGS_SI: u64 = 104;
 /// `msg_iov` in the user-space `struct msghdr` (x86_64 `struct user_msghdr`).
 const MSGHDR_IOV: u64 = 16;
 /// Iovec entries looked at for the last bytes of a vectored call.
@@ -83,11 +87,32 @@ pub struct Call {
     pub arg: u64,
 }
 
-/// The syscall the current task is in, from its saved user registers: its data's shape and
-/// the buffer argument. The socket hooks fire once per socket call, and every syscall of
-/// [`Io`] but `None` makes exactly one socket call, starting at the buffer's beginning.
+/// The data shape of syscall `nr` (x86_64 numbers, the only architecture built for).
+#[inline(always)]
+pub fn io_of(nr: u32) -> Io {
+    match nr {
+        0 | 1 | 44 | 45 => Io::Buf, // read, write, sendto, recvfrom
+        19 | 20 => Io::Iovec,       // readv, writev
+        46 | 47 => Io::Msghdr,      // sendmsg, recvmsg
+        _ => Io::None,
+    }
+}
+
+/// The syscall the current task is in: its data's shape and the buffer argument. The socket
+/// hooks fire once per socket call, and every syscall of [`Io`] but `None` makes exactly one
+/// socket call, starting at the buffer's beginning. When the syscall probe runs, its entry hook
+/// kept them (no helper call here); otherwise, or for a syscall that began before the hooks,
+/// they come from the task's saved user registers.
 #[inline(always)]
 fn syscall_io() -> (Io, u64) {
+    if WORK.load() & WORK_SYSCALLS != 0 {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        if let Some(e) = SYSCALL_ENTRY.get(tid & (SYSCALL_SLOTS - 1)) {
+            if e.tid == tid && e.ts_ns != 0 {
+                return (io_of(e.nr), e.arg);
+            }
+        }
+    }
     // SAFETY: helpers on the current task; the registers are read with a checked helper.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     if regs == 0 {
@@ -97,14 +122,7 @@ fn syscall_io() -> (Io, u64) {
     let Ok(r) = (unsafe { bpf_probe_read_kernel((regs + PT_REGS_SI) as *const [u64; 3]) }) else {
         return (Io::None, 0);
     };
-    // x86_64 numbers (the only architecture built for).
-    let io = match r[2] {
-        0 | 1 | 44 | 45 => Io::Buf,  // read, write, sendto, recvfrom
-        19 | 20 => Io::Iovec,        // readv, writev
-        46 | 47 => Io::Msghdr,       // sendmsg, recvmsg
-        _ => Io::None,
-    };
-    (io, r[0])
+    (io_of(r[2] as u32), r[0])
 }
 
 #[inline(always)]
@@ -148,8 +166,8 @@ impl Call {
     }
 
     /// Reads the first up to [`HEAD_MASK`] bytes of the call's data into the response area of
-    /// `ev.data` (at `L7_REQ_MAX`); returns how many (0 without a user buffer or when the read
-    /// failed, which is counted).
+    /// `ev.data` (at 0); returns how many (0 without a user buffer or when the read failed,
+    /// which is counted).
     #[inline(always)]
     pub fn read_head(&self, ev: *mut L7Event) -> u32 {
         let Some((ptr, avail)) = self.first_segment() else { return 0 };
@@ -159,9 +177,7 @@ impl Call {
             return 0;
         }
         // SAFETY: `ev` is this CPU's scratch record; the response area holds `sz` (< 256) bytes.
-        let r = unsafe {
-            bpf_probe_read_user((*ev).data.as_mut_ptr().add(L7_REQ_MAX) as *mut _, sz, ptr as *const _)
-        };
+        let r = unsafe { bpf_probe_read_user((*ev).data.as_mut_ptr() as *mut _, sz, ptr as *const _) };
         if r == 0 {
             sz
         } else {
@@ -186,7 +202,7 @@ impl Call {
                 }
                 let src = ((n - k + i) & HEAD_MASK) as usize;
                 // SAFETY: `src` is within the response area; `head` is the scratch record.
-                v = (v << 8) | u64::from(unsafe { (*head).data[L7_REQ_MAX + src] });
+                v = (v << 8) | u64::from(unsafe { (*head).data[src] });
                 i += 1;
             }
             return (v.to_be_bytes(), k);
@@ -460,7 +476,7 @@ fn wakeup() -> u64 {
 /// of a call-by-call pipeline, a socket's end).
 #[inline(always)]
 pub fn emit_with_request(sk: u64, st: *mut L7Conn, kind: u8, ts: u64) {
-    const SIZE: usize = L7_EVENT_HEADER + L7_REQ_MAX;
+    const SIZE: usize = L7_EVENT_HEADER + L7_RESP_MAX + L7_REQ_MAX;
     let Some(mut slot) = L7_EVENTS.reserve_bytes(SIZE, 0) else {
         count_lost(LOST_L7_RINGBUF_FULL);
         return;
@@ -488,7 +504,7 @@ pub fn emit_with_request(sk: u64, st: *mut L7Conn, kind: u8, ts: u64) {
         (*ev)._pad2 = 0;
         core::ptr::copy_nonoverlapping(
             (*st).req.as_ptr() as *const u64,
-            (*ev).data.as_mut_ptr() as *mut u64,
+            (*ev).data.as_mut_ptr().add(L7_RESP_MAX) as *mut u64,
             L7_REQ_MAX / 8,
         );
     }
@@ -503,7 +519,7 @@ pub fn attach_request(ev: *mut L7Event, st: *const L7Conn) -> u32 {
     unsafe {
         core::ptr::copy_nonoverlapping(
             (*st).req.as_ptr() as *const u64,
-            (*ev).data.as_mut_ptr() as *mut u64,
+            (*ev).data.as_mut_ptr().add(L7_RESP_MAX) as *mut u64,
             L7_REQ_MAX / 8,
         );
         ((*st).req_snip as u32) & HEAD_MASK

@@ -86,7 +86,7 @@ struct Known {
 #[derive(Debug)]
 pub struct Resolver {
     fs: CgroupFs,
-    known: HashMap<u64, Known>,
+    known: HashMap<u64, Known, foldhash::fast::RandomState>,
     /// Whether the current round of lookups (one scrape) already walked the hierarchy.
     walked_this_round: bool,
     /// Kubernetes metadata, when the watchers run: names pods and workloads.
@@ -100,7 +100,7 @@ impl Resolver {
     pub fn new(fs: CgroupFs) -> Self {
         Self {
             fs,
-            known: HashMap::new(),
+            known: HashMap::default(),
             walked_this_round: false,
             meta: None,
         }

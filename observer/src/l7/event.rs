@@ -1,12 +1,12 @@
 //! The records of the kernel's L7 ring, read in place: a fixed header, the first bytes of the
-//! request (in a fixed area of `L7_REQ_MAX` bytes) and of the response, cut to what the kernel
+//! response (in a fixed area of `L7_RESP_MAX` bytes) and of the request, cut to what the kernel
 //! had.
 
 use std::net::IpAddr;
 
 use observer_common::{
     L7Dir, L7Event, L7_EVENT_HEADER, L7_EV_CLOSE, L7_EV_EXCHANGE, L7_EV_REQUEST, L7_REQ_MAX,
-    L7_SIDE_CLIENT,
+    L7_RESP_MAX, L7_SIDE_CLIENT,
 };
 
 use super::{peer_addr, Side};
@@ -68,7 +68,7 @@ impl<'a> Event<'a> {
         let data = &b[L7_EVENT_HEADER..];
         let resp_n = usize::from(h.resp_snip);
         let req_n = usize::from(h.req_snip);
-        if req_n > L7_REQ_MAX || L7_REQ_MAX + resp_n > data.len() {
+        if resp_n > L7_RESP_MAX || req_n > L7_REQ_MAX || L7_RESP_MAX + req_n > data.len() {
             return None;
         }
         let kind = match h.kind {
@@ -80,12 +80,12 @@ impl<'a> Event<'a> {
         let request = (h.req_ts != 0).then(|| Part {
             ts_ns: h.req_ts,
             len: h.req_len,
-            bytes: &data[..req_n],
+            bytes: &data[L7_RESP_MAX..L7_RESP_MAX + req_n],
         });
         let response = (kind == Kind::Exchange).then(|| Part {
             ts_ns: h.ts_ns,
             len: h.resp_len,
-            bytes: &data[L7_REQ_MAX..L7_REQ_MAX + resp_n],
+            bytes: &data[..resp_n],
         });
         Some(Event {
             sk: h.sk,
@@ -145,7 +145,7 @@ pub fn record(e: &Event<'_>) -> Vec<u8> {
     let head = unsafe {
         std::slice::from_raw_parts(&h as *const L7Event as *const u8, L7_EVENT_HEADER)
     };
-    let mut area = req.to_vec();
-    area.resize(L7_REQ_MAX, 0);
-    [head, &area, resp].concat()
+    let mut area = resp.to_vec();
+    area.resize(L7_RESP_MAX, 0);
+    [head, &area, req].concat()
 }

@@ -200,7 +200,7 @@ pub struct RequestAgg {
     pub cgroups: HashMap<u64, CgroupRequests, Fast>,
     /// Distinct targets per (protocol, service).
     pub targets: HashMap<&'static Spec, TargetCap, Fast>,
-    bounds: HashMap<u64, Arc<Vec<f64>>>,
+    bounds: HashMap<u64, Arc<Vec<f64>>, Fast>,
 }
 
 /// `BASE_BUCKETS` with T and 4T added.
@@ -221,7 +221,7 @@ impl RequestAgg {
             settings,
             cgroups: HashMap::default(),
             targets: HashMap::default(),
-            bounds: HashMap::new(),
+            bounds: HashMap::default(),
         }
     }
 

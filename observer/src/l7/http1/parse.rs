@@ -204,6 +204,91 @@ pub fn request_line(buf: &[u8]) -> Option<(Method, &str, u8)> {
     after_start_line(&r).then(|| (Method::from_token(method.as_bytes()), path, version))
 }
 
+/// The tracker's common case, without httparse: method, raw target and minor version of a
+/// request line of visible ASCII. `None` for anything unusual (the caller then asks httparse,
+/// which knows every rule).
+pub fn quick_request_line(buf: &[u8]) -> Option<(Method, &str, u8)> {
+    let sp = buf.iter().take(21).position(|&b| b == b' ')?;
+    let method = &buf[..sp];
+    if method.is_empty() || !method.iter().all(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let rest = &buf[sp + 1..];
+    let sp2 = rest.iter().position(|&b| b == b' ')?;
+    let target = &rest[..sp2];
+    if target.is_empty() || !target.iter().all(|b| (0x21..0x7f).contains(b)) {
+        return None;
+    }
+    let v = &rest[sp2 + 1..];
+    if v.len() < 10 || &v[..7] != b"HTTP/1." || !v[7].is_ascii_digit() {
+        return None;
+    }
+    let eol = &v[8..];
+    if !(eol.starts_with(b"\r\n") || eol.starts_with(b"\n")) {
+        return None;
+    }
+    let target = std::str::from_utf8(target).ok()?;
+    Some((Method::from_token(method), target, v[7] - b'0'))
+}
+
+/// The tracker's common case, without httparse: status, head length and framing of a complete
+/// response head whose header names are plain tokens. `None` for anything unusual (the caller
+/// then asks httparse).
+pub fn quick_response(buf: &[u8]) -> Option<(u16, usize, Framing)> {
+    if buf.len() < 12 || &buf[..7] != b"HTTP/1." || !buf[7].is_ascii_digit() || buf[8] != b' ' {
+        return None;
+    }
+    let code = &buf[9..12];
+    if !code.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let status = code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    let mut at = memchr_nl(buf, 12)? + 1;
+    let mut f = Framing::default();
+    let mut transfer_encoding = false;
+    loop {
+        let end = memchr_nl(buf, at)?;
+        let line = buf[at..end].strip_suffix(b"\r").unwrap_or(&buf[at..end]);
+        at = end + 1;
+        if line.is_empty() {
+            break;
+        }
+        let colon = memchr::memchr(b':', line)?;
+        let name = &line[..colon];
+        if name.is_empty() || !name.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-') {
+            return None;
+        }
+        // Only three names matter: compared by length first.
+        if !matches!(name.len(), 10 | 14 | 17) {
+            continue;
+        }
+        let value = line[colon + 1..].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = parse_u64(value)?;
+            if f.content_length.is_some_and(|c| c != n) {
+                return None;
+            }
+            f.content_length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encoding = true;
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            f.chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            f.close |= value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+    }
+    if transfer_encoding {
+        f.content_length = None;
+    }
+    Some((status, at, f))
+}
+
+fn memchr_nl(buf: &[u8], from: usize) -> Option<usize> {
+    memchr::memchr(b'\n', buf.get(from..)?).map(|i| i + from)
+}
+
 /// Status and minor version once the status line is parsed up to its code, whatever follows.
 pub fn parse_status_line(buf: &[u8]) -> Option<(u16, u8)> {
     let mut resp = httparse::Response::new(&mut []);
@@ -999,5 +1084,46 @@ mod tests {
             assert_eq!(&*route, "/users/{id}/orders/{id}");
         }
         assert_eq!((cap.values("svc"), cap.overflowed("svc")), (1, 0));
+    }
+
+    /// The quick paths agree with httparse wherever they answer, on the real-world heads, their
+    /// every prefix and random junk.
+    #[test]
+    fn quick_paths_agree_with_httparse() {
+        let mut answered = 0;
+        let mut check = |b: &[u8]| {
+            if let Some((m, target, v)) = quick_request_line(b) {
+                let (hm, ht, hv) = request_line(b).expect("httparse reads what the quick path read");
+                assert_eq!((m, target, v), (hm, ht, hv), "{:?}", String::from_utf8_lossy(b));
+                answered += 1;
+            }
+            if let Some((status, head_len, framing)) = quick_response(b) {
+                match parse_response(b) {
+                    Parsed::Complete { head, head_len: h } => {
+                        assert_eq!((status, head_len, framing), (head.status, h, head.framing));
+                    }
+                    other => panic!("{:?}: quick {status}, httparse {other:?}", String::from_utf8_lossy(b)),
+                }
+                answered += 1;
+            }
+        };
+        for (raw, ..) in REQUESTS {
+            for end in 0..=raw.len() {
+                check(&raw[..end]);
+            }
+        }
+        for (raw, ..) in RESPONSES {
+            for end in 0..=raw.len() {
+                check(&raw[..end]);
+            }
+        }
+        let mut rng = Rng(7);
+        for _ in 0..20_000 {
+            let n = rng.below(64);
+            const ALPHABET: &[u8] = b"GET /HTP1.\r\n: 0aZ";
+            let b: Vec<u8> = (0..n).map(|_| ALPHABET[rng.below(ALPHABET.len())]).collect();
+            check(&b);
+        }
+        assert!(answered > 100, "{answered}");
     }
 }

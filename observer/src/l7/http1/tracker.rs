@@ -26,7 +26,10 @@ use std::{
 use observer_common::{L7Conn, L7Dir, L7_HTTP1};
 
 use super::{
-    parse::{parse_request, parse_response, parse_status_line, request_line, Method, Parsed},
+    parse::{
+        parse_request, parse_response, parse_status_line, quick_request_line, quick_response,
+        request_line, Method, Parsed, ResponseHead,
+    },
     Routes, SPEC,
 };
 use crate::l7::{
@@ -356,7 +359,7 @@ fn requests(c: &mut Conn, routes: &mut Routes, bytes: &[u8], ts: u64, tgid: u32)
                 let route = routes.templated(head.route);
                 (Req { method: head.method, route, start_ns: ts, tgid }, next)
             }
-            Parsed::Partial | Parsed::Invalid => match request_line(rest) {
+            Parsed::Partial | Parsed::Invalid => match quick_request_line(rest).or_else(|| request_line(rest)) {
                 Some((method, target, _)) => {
                     (Req { method, route: routes.of(target), start_ns: ts, tgid }, None)
                 }
@@ -387,7 +390,14 @@ fn responses(c: &mut Conn, resp: Part<'_>, out: &mut Vec<Request>, unparsed: &mu
         if rest.is_empty() {
             return;
         }
-        let (status, head_len, framing) = match parse_response(rest) {
+        let parsed = match quick_response(rest) {
+            Some((status, head_len, framing)) => Parsed::Complete {
+                head: ResponseHead { status, minor_version: rest[7] - b'0', framing },
+                head_len,
+            },
+            None => parse_response(rest),
+        };
+        let (status, head_len, framing) = match parsed {
             Parsed::Complete { head, head_len } => (head.status, Some(head_len), Some(head.framing)),
             Parsed::Partial | Parsed::Invalid => match parse_status_line(rest) {
                 Some((status, _)) => (status, None, None),
