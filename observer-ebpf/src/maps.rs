@@ -42,7 +42,7 @@ pub static L7_PROTOCOLS: Global<u32> = Global::new(0);
 
 /// Bytes waiting in [`L7_EVENTS`] from which a record wakes the reader up at once.
 #[unsafe(no_mangle)]
-pub static RINGBUF_WAKEUP_BYTES: Global<u64> = Global::new(64 * 1024);
+pub static RINGBUF_WAKEUP_BYTES: Global<u64> = Global::new(512 * 1024);
 
 /// Task layout for the lifecycle probe, located from BTF by user space.
 #[unsafe(no_mangle)]
@@ -114,7 +114,7 @@ pub static L7_CONNS: HashMap<u64, L7Conn> = HashMap::with_max_entries(16384, 0);
 
 /// One record per exchange (and the rare request or close records), for user space.
 #[map]
-pub static L7_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+pub static L7_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
 /// Per-CPU scratch: slot 0 holds a call's first bytes and the record built around them, slot 1
 /// a connection state being entered.

@@ -24,7 +24,7 @@ impl Hist {
     }
 
     pub fn observe(&mut self, secs: f64) {
-        let i = self.bounds.iter().position(|b| secs <= *b).unwrap_or(self.bounds.len());
+        let i = self.bounds.partition_point(|b| *b < secs);
         self.counts[i] += 1;
         self.sum += secs;
         self.count += 1;
