@@ -178,7 +178,13 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     println!("observer: gRPC API on http://{grpc_addr}");
     tracing::info!("serving http://{addr}/metrics (also /healthz, /readyz)");
     println!("observer: serving http://{addr}/metrics");
-    export::admin::serve(listener, registry, true, kube_status, shutdown).await;
+    let down = loaded
+        .probes
+        .iter()
+        .filter(|p| !p.up)
+        .map(|p| format!("{}: {}", p.probe, p.reason.as_deref().unwrap_or("not attached")))
+        .collect();
+    export::admin::serve(listener, registry, down, kube_status, shutdown).await;
     // Open streams end at shutdown; give the gRPC server a moment to say goodbye.
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
     // Dropping `loaded` detaches every program.

@@ -11,11 +11,28 @@ fn bad_flags_fail_with_a_clear_error() {
         (vec!["--metrics-addr", "not-an-address"], "not-an-address"),
         (vec!["--cgroup-grace", "five minutes"], "five minutes"),
         (vec!["--conn-table-size", "3"], "between 64"),
+        // A negative number is the flag's value, and the error names the flag.
+        (vec!["--http-route-cap", "-1"], "--http-route-cap"),
+        (vec!["--l7-table-size", "-5"], "--l7-table-size"),
+        // A kubeconfig that is not there is a configuration error too, found before anything
+        // is loaded.
+        (
+            vec!["--kubernetes", "on", "--kubeconfig", "/nonexistent/kubeconfig"],
+            "/nonexistent/kubeconfig",
+        ),
     ] {
-        let out = Command::new(binary()).args(&args).output().unwrap();
+        let out = Command::new(binary())
+            .args(&args)
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(first.starts_with("error:") || first.starts_with("observer:"), "{err}");
+        assert!(!err.contains("probe attached"), "nothing was loaded: {err}");
     }
 }
 

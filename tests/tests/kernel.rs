@@ -668,8 +668,16 @@ fn a_probe_without_its_kernel_fields_is_off_and_the_rest_runs() {
         log.contains("struct sock"),
         "the reason names the missing type: {log}"
     );
-    let (status, _, _) = obs.get("/readyz", None).unwrap();
-    assert_eq!(status, 200);
+    // Asked for and down: not ready, saying which and why; alive, and the rest serves.
+    let (status, _, body) = obs.get("/readyz", None).unwrap();
+    assert_eq!(status, 503, "{body}");
+    for probe in ["tcp_connections", "tcp_bytes", "http"] {
+        assert!(body.contains(&format!("probe down: {probe}: ")), "{body}");
+    }
+    assert!(body.contains("struct sock"), "{body}");
+    assert!(!body.contains("probe down: syscalls"), "{body}");
+    assert_eq!(obs.get("/healthz", None).unwrap().0, 200);
+    assert_eq!(obs.get("/metrics", None).unwrap().0, 200);
     obs.stop().unwrap();
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP endpoint: `/metrics` (OpenMetrics when the scraper asks for it, Prometheus text
-//! 0.0.4 otherwise), `/healthz` (the process serves) and `/readyz` (probes are attached and,
-//! with Kubernetes metadata on, every watched resource was listed once).
+//! 0.0.4 otherwise), `/healthz` (the process serves) and `/readyz` (every probe the configuration
+//! asked for is attached and, with Kubernetes metadata on, every watched resource was listed
+//! once; a probe that is down makes it 503 naming the probe and why, while the rest serves).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -21,7 +22,8 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 struct AppState {
     registry: Registry,
-    ready: bool,
+    /// Probes asked for that are down: "probe: reason".
+    down: Vec<String>,
     kube: Option<Arc<KubeStatus>>,
 }
 
@@ -35,13 +37,13 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 pub async fn serve(
     listener: TcpListener,
     registry: Registry,
-    ready: bool,
+    down: Vec<String>,
     kube: Option<Arc<KubeStatus>>,
     shutdown: Shutdown,
 ) {
     let state = Arc::new(AppState {
         registry,
-        ready,
+        down,
         kube,
     });
     let app = Router::new()
@@ -58,12 +60,14 @@ pub async fn serve(
 }
 
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
-    if !s.ready {
-        return (StatusCode::SERVICE_UNAVAILABLE, "no probe attached\n").into_response();
+    let mut why: Vec<String> = s.down.iter().map(|d| format!("probe down: {d}")).collect();
+    if let Some(Err(k)) = s.kube.as_ref().map(|k| k.ready()) {
+        why.push(k);
     }
-    match s.kube.as_ref().map(|k| k.ready()) {
-        Some(Err(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
-        _ => (StatusCode::OK, "ready\n").into_response(),
+    if why.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", why.join("\n"))).into_response()
     }
 }
 
