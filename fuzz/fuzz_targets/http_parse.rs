@@ -4,12 +4,12 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../observer/src/l7/http1/parse.rs"]
-#[allow(dead_code)]
-mod http;
 #[path = "../../observer/src/l7/cap.rs"]
 #[allow(dead_code)]
 mod cap;
+#[path = "../../observer/src/l7/http1/parse.rs"]
+#[allow(dead_code)]
+mod http;
 
 fuzz_target!(|data: &[u8]| {
     if let http::Parsed::Complete { head, head_len } = http::parse_request(data) {

@@ -197,7 +197,8 @@ pub struct L7Event {
 }
 /// Bytes of an [`L7Event`] before its data.
 pub const L7_EVENT_HEADER: usize = 32 + 24 + 24 + 16 + 8;
-const _: () = assert!(core::mem::size_of::<L7Event>() == L7_EVENT_HEADER + L7_REQ_MAX + L7_RESP_MAX);
+const _: () =
+    assert!(core::mem::size_of::<L7Event>() == L7_EVENT_HEADER + L7_REQ_MAX + L7_RESP_MAX);
 
 /// A cgroup subtree the syscall probe is restricted to: the ancestor of the current cgroup at
 /// `level` must have id `cgroup_id`. `level == 0` marks an unused slot.

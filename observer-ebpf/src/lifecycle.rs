@@ -110,7 +110,8 @@ fn is_main(task: u64, parent: u64, cgroup_id: u64) -> bool {
     };
     let level: u32 = unsafe { read_at(pid, l.pid_level) }.unwrap_or(0);
     if level > 0 {
-        let off = l.pid_numbers as u64 + (level as u64 & 31) * l.upid_size as u64 + l.upid_nr as u64;
+        let off =
+            l.pid_numbers as u64 + (level as u64 & 31) * l.upid_size as u64 + l.upid_nr as u64;
         let nr: i32 = unsafe { read_at(pid, off as u32) }.unwrap_or(0);
         return nr == 1;
     }

@@ -103,7 +103,10 @@ const EPHEMERAL_LOW: u16 = 32768;
 #[inline(always)]
 pub fn edge_key(sk: u64, cgroup_id: u64, dir: u32) -> observer_common::TcpEdgeKey {
     let o = OFFSETS.load();
-    let mut k = observer_common::TcpEdgeKey { cgroup_id, ..Default::default() };
+    let mut k = observer_common::TcpEdgeKey {
+        cgroup_id,
+        ..Default::default()
+    };
     unsafe {
         let family: u16 = read_at(sk, o.sock_family).unwrap_or(0);
         let rport = u16::from_be(read_at::<u16>(sk, o.sock_dport).unwrap_or(0));

@@ -6,20 +6,23 @@
 //! increments. No event ever leaves the kernel.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use observer_common::{
-    WORK_L7, WORK_SYSCALLS, SyscallEntry, SyscallErrKey, SyscallKey, SyscallStats, LOST_SYSCALL_ERRNO_MAP_FULL,
+    SyscallEntry, SyscallErrKey, SyscallKey, SyscallStats, LOST_SYSCALL_ERRNO_MAP_FULL,
     LOST_SYSCALL_MAP_FULL, LOST_SYSCALL_SLOT_COLLISION, MAX_CGROUP_FILTERS, SYSCALL_BUCKETS_NS,
-    SYSCALL_NBUCKETS, SYSCALL_SLOTS,
+    SYSCALL_NBUCKETS, SYSCALL_SLOTS, WORK_L7, WORK_SYSCALLS,
 };
 
 use crate::l7;
 use crate::maps::{
-    count_lost, WORK, CGROUP_FILTERS, CGROUP_FILTER_COUNT, SYSCALL_ENTRY, SYSCALL_ERRORS,
-    SYSCALL_STATS,
+    count_lost, CGROUP_FILTERS, CGROUP_FILTER_COUNT, SYSCALL_ENTRY, SYSCALL_ERRORS, SYSCALL_STATS,
+    WORK,
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -66,7 +69,12 @@ fn on_enter(regs: u64, nr: i64) {
         };
         // SAFETY: array slot pointer checked by the verifier.
         unsafe {
-            *slot = SyscallEntry { ts_ns, tid, nr, arg };
+            *slot = SyscallEntry {
+                ts_ns,
+                tid,
+                nr,
+                arg,
+            };
         }
     }
 }
@@ -95,11 +103,19 @@ fn on_exit(ret: i64) {
         return;
     }
     let latency = now.wrapping_sub(entry.ts_ns);
-    let key = SyscallKey { cgroup_id, nr: entry.nr, _pad: 0 };
+    let key = SyscallKey {
+        cgroup_id,
+        nr: entry.nr,
+        _pad: 0,
+    };
     let is_err = (-4095..0).contains(&ret);
     record(&key, latency, is_err);
     if is_err {
-        let ekey = SyscallErrKey { cgroup_id, nr: entry.nr, errno: (-ret) as u32 };
+        let ekey = SyscallErrKey {
+            cgroup_id,
+            nr: entry.nr,
+            errno: (-ret) as u32,
+        };
         match SYSCALL_ERRORS.get_ptr_mut(&ekey) {
             Some(p) => unsafe { *p += 1 },
             None => {
@@ -166,7 +182,12 @@ fn record(key: &SyscallKey, latency: u64, is_err: bool) {
         }
         return;
     }
-    let mut v = SyscallStats { count: 1, errors: is_err as u64, sum_ns: latency, buckets: [0; SYSCALL_NBUCKETS] };
+    let mut v = SyscallStats {
+        count: 1,
+        errors: is_err as u64,
+        sum_ns: latency,
+        buckets: [0; SYSCALL_NBUCKETS],
+    };
     if let Some(c) = v.buckets.get_mut(b) {
         *c = 1;
     }

@@ -14,8 +14,8 @@ use aya_log_ebpf::warn;
 use observer_common::{
     ConnInfo, TcpEdgeKey, TcpEdgeStats, TcpStats, DIR_INBOUND, DIR_OUTBOUND, DIR_UNKNOWN,
     FAIL_OTHER, FAIL_REFUSED, FAIL_RESET, FAIL_TIMEOUT, FAIL_UNREACHABLE, L7_UNDECIDED,
-    LOST_CONN_MAP_FULL, LOST_SOCK_READ, LOST_TCP_EDGE_MAP_FULL, LOST_TCP_MAP_FULL,
-    RTT_BUCKETS_US, RTT_NBUCKETS, WORK_L7, WORK_TCP,
+    LOST_CONN_MAP_FULL, LOST_SOCK_READ, LOST_TCP_EDGE_MAP_FULL, LOST_TCP_MAP_FULL, RTT_BUCKETS_US,
+    RTT_NBUCKETS, WORK_L7, WORK_TCP,
 };
 
 use crate::{
@@ -50,7 +50,12 @@ const RTT_SAMPLE_INTERVAL_NS: u64 = 1_000_000_000;
 fn is_open_state(state: i32) -> bool {
     matches!(
         state,
-        TCP_ESTABLISHED | TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING
+        TCP_ESTABLISHED
+            | TCP_FIN_WAIT1
+            | TCP_FIN_WAIT2
+            | TCP_CLOSE_WAIT
+            | TCP_LAST_ACK
+            | TCP_CLOSING
     )
 }
 
@@ -126,13 +131,23 @@ fn observe_rtt(s: &mut TcpStats, us: u32) {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     // inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)
-    let _ = try_set_state(&ctx, ctx.arg::<u64>(0), ctx.arg::<i32>(1), ctx.arg::<i32>(2));
+    let _ = try_set_state(
+        &ctx,
+        ctx.arg::<u64>(0),
+        ctx.arg::<i32>(1),
+        ctx.arg::<i32>(2),
+    );
     0
 }
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
-    let _ = try_set_state(&ctx, ctx.arg::<u64>(0), ctx.arg::<i64>(1) as i32, ctx.arg::<i64>(2) as i32);
+    let _ = try_set_state(
+        &ctx,
+        ctx.arg::<u64>(0),
+        ctx.arg::<i64>(1) as i32,
+        ctx.arg::<i64>(2) as i32,
+    );
     0
 }
 
@@ -197,7 +212,10 @@ fn try_set_state<C: EbpfContext>(ctx: &C, sk: u64, old: i32, new: i32) -> Result
         with_edge(&edge, |e| e.connections += 1);
         if !tracked {
             // Rare (the table is full): worth a line in the observer's log.
-            warn!(ctx, "connection table full: connection of cgroup {} not tracked", cgroup_id);
+            warn!(
+                ctx,
+                "connection table full: connection of cgroup {} not tracked", cgroup_id
+            );
         }
         with_stats(cgroup_id, |s| {
             s.opened[dir] += 1;
@@ -241,7 +259,10 @@ fn try_set_state<C: EbpfContext>(ctx: &C, sk: u64, old: i32, new: i32) -> Result
     }
     let (cgroup_id, dir) = match found {
         Some(f) => f,
-        None => (sock::cgroup_id(sk).inspect_err(|_| count_lost(LOST_SOCK_READ))?, DIR_UNKNOWN),
+        None => (
+            sock::cgroup_id(sk).inspect_err(|_| count_lost(LOST_SOCK_READ))?,
+            DIR_UNKNOWN,
+        ),
     };
     with_stats(cgroup_id, |s| {
         s.closed += 1;

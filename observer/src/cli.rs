@@ -670,7 +670,10 @@ async fn tail(a: &TailArgs, grpc_addr: SocketAddr) -> Result<(), Failure> {
     let mut seen = 0u64;
     while a.count.is_none_or(|n| seen < n) {
         let Some(msg) = stream.message().await? else {
-            return Err(Failure("the observer ended the stream (it stopped)".into(), 1));
+            return Err(Failure(
+                "the observer ended the stream (it stopped)".into(),
+                1,
+            ));
         };
         let line = match msg.event {
             Some(pb::request_event::Event::Request(r)) => {
@@ -701,7 +704,10 @@ async fn events(a: &EventsArgs, grpc_addr: SocketAddr) -> Result<(), Failure> {
     let mut seen = 0u64;
     while a.count.is_none_or(|n| seen < n) {
         let Some(e) = stream.message().await? else {
-            return Err(Failure("the observer ended the stream (it stopped)".into(), 1));
+            return Err(Failure(
+                "the observer ended the stream (it stopped)".into(),
+                1,
+            ));
         };
         if !a.all && OWN_EVENTS.contains(&e.kind.as_str()) {
             continue;

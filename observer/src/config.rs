@@ -45,7 +45,12 @@ pub struct Args {
 
     /// Distinct http_route values (and targets of other protocols) per service; further ones
     /// are counted under /{overflow}.
-    #[arg(long, env = "OBSERVER_HTTP_ROUTE_CAP", default_value_t = 500, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "OBSERVER_HTTP_ROUTE_CAP",
+        default_value_t = 500,
+        allow_negative_numbers = true
+    )]
     pub http_route_cap: usize,
 
     /// Restrict the syscall probe to these cgroup subtrees (paths under the cgroup v2 mount,
@@ -71,16 +76,31 @@ pub struct Args {
     pub hooks: HookPreference,
 
     /// Capacity of the in-kernel table of tracked TCP connections.
-    #[arg(long, env = "OBSERVER_CONN_TABLE_SIZE", default_value_t = 65536, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "OBSERVER_CONN_TABLE_SIZE",
+        default_value_t = 65536,
+        allow_negative_numbers = true
+    )]
     pub conn_table_size: u32,
 
     /// Capacity of the in-kernel table of connections an L7 protocol follows (344 bytes each,
     /// preallocated).
-    #[arg(long, env = "OBSERVER_L7_TABLE_SIZE", default_value_t = 16384, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "OBSERVER_L7_TABLE_SIZE",
+        default_value_t = 16384,
+        allow_negative_numbers = true
+    )]
     pub l7_table_size: u32,
 
     /// Capacity of the in-kernel (cgroup, syscall) aggregation table.
-    #[arg(long, env = "OBSERVER_SYSCALL_TABLE_SIZE", default_value_t = 16384, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "OBSERVER_SYSCALL_TABLE_SIZE",
+        default_value_t = 16384,
+        allow_negative_numbers = true
+    )]
     pub syscall_table_size: u32,
 
     /// Log filter (tracing EnvFilter syntax), e.g. info or observer=debug.
@@ -154,7 +174,9 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
             .as_secs_f64(),
     };
     if !(secs > 0.0 && secs <= 3600.0) {
-        return Err(format!("{s:?}: must be more than 0 and at most 3600 seconds"));
+        return Err(format!(
+            "{s:?}: must be more than 0 and at most 3600 seconds"
+        ));
     }
     Ok(secs)
 }
@@ -204,10 +226,11 @@ fn kubernetes_settings(
     hostname: impl FnOnce() -> String,
 ) -> Result<Option<crate::identity::kube::KubeSettings>, StartError> {
     // KUBECONFIG as kubectl has it, unless the flag (or OBSERVER_KUBECONFIG) says otherwise.
-    let kubeconfig = a
-        .kubeconfig
-        .clone()
-        .or_else(|| std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
+    let kubeconfig = a.kubeconfig.clone().or_else(|| {
+        std::env::var_os("KUBECONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
     let on = match a.kubernetes {
         KubernetesMode::Off => false,
         KubernetesMode::On => true,
@@ -225,12 +248,23 @@ fn kubernetes_settings(
         // A kubeconfig that cannot be read is a configuration error, found before anything
         // is loaded.
         if let Err(e) = std::fs::File::open(k) {
-            return Err(StartError::Config(format!("--kubeconfig {}: {e}", k.display())));
+            return Err(StartError::Config(format!(
+                "--kubeconfig {}: {e}",
+                k.display()
+            )));
         }
     }
-    let node_name = a.node_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(hostname);
+    let node_name = a
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(hostname);
     Ok(Some(crate::identity::kube::KubeSettings {
-        kubeconfig: if in_cluster && a.kubeconfig.is_none() { None } else { kubeconfig },
+        kubeconfig: if in_cluster && a.kubeconfig.is_none() {
+            None
+        } else {
+            kubeconfig
+        },
         node_name,
         // The names of a deleted pod's series are kept as long as the series are.
         keep_deleted: a.cgroup_grace + Duration::from_secs(30),
@@ -352,12 +386,25 @@ mod tests {
 
     #[test]
     fn apdex_thresholds() {
-        let c = parse(&["--apdex-threshold", "200ms", "--apdex-threshold-for", "a=0.1,b=2s"]).unwrap();
+        let c = parse(&[
+            "--apdex-threshold",
+            "200ms",
+            "--apdex-threshold-for",
+            "a=0.1,b=2s",
+        ])
+        .unwrap();
         assert_eq!(c.apdex_threshold, 0.2);
-        assert_eq!(c.apdex_threshold_for, vec![("a".into(), 0.1), ("b".into(), 2.0)]);
+        assert_eq!(
+            c.apdex_threshold_for,
+            vec![("a".into(), 0.1), ("b".into(), 2.0)]
+        );
         assert!(parse(&["--apdex-threshold", "0"]).is_err());
-        assert!(parse(&["--apdex-threshold-for", "nameonly"]).unwrap_err().contains("SERVICE=SECONDS"));
-        assert!(parse(&["--http-route-cap", "0"]).unwrap_err().contains("between"));
+        assert!(parse(&["--apdex-threshold-for", "nameonly"])
+            .unwrap_err()
+            .contains("SERVICE=SECONDS"));
+        assert!(parse(&["--http-route-cap", "0"])
+            .unwrap_err()
+            .contains("between"));
         // A negative number is a value of the flag, and its error names the flag.
         let e = parse(&["--http-route-cap", "-1"]).unwrap_err();
         assert!(e.contains("--http-route-cap"), "{e}");
@@ -371,24 +418,44 @@ mod tests {
             Args::try_parse_from(std::iter::once("observer").chain(v.iter().copied())).unwrap()
         };
         let host = || "node-a".to_string();
-        assert!(kubernetes_settings(&args(&["--kubernetes", "off"]), true, host).unwrap().is_none());
-        let k = kubernetes_settings(&args(&[]), true, host).unwrap().unwrap();
+        assert!(
+            kubernetes_settings(&args(&["--kubernetes", "off"]), true, host)
+                .unwrap()
+                .is_none()
+        );
+        let k = kubernetes_settings(&args(&[]), true, host)
+            .unwrap()
+            .unwrap();
         assert_eq!((k.kubeconfig, k.node_name.as_str()), (None, "node-a"));
         let file = std::env::temp_dir().join(format!("observer-kubeconfig-{}", std::process::id()));
         std::fs::write(&file, "apiVersion: v1\n").unwrap();
         let path = file.to_str().unwrap();
-        let k = kubernetes_settings(&args(&["--kubeconfig", path, "--node-name", "n1"]), false, host)
-            .unwrap()
-            .unwrap();
+        let k = kubernetes_settings(
+            &args(&["--kubeconfig", path, "--node-name", "n1"]),
+            false,
+            host,
+        )
+        .unwrap()
+        .unwrap();
         std::fs::remove_file(&file).unwrap();
-        assert_eq!((k.kubeconfig.unwrap().to_str(), k.node_name.as_str()), (Some(path), "n1"));
+        assert_eq!(
+            (k.kubeconfig.unwrap().to_str(), k.node_name.as_str()),
+            (Some(path), "n1")
+        );
         assert_eq!(k.keep_deleted, Duration::from_secs(330));
         if std::env::var_os("KUBECONFIG").is_none() {
-            assert!(kubernetes_settings(&args(&[]), false, host).unwrap().is_none());
+            assert!(kubernetes_settings(&args(&[]), false, host)
+                .unwrap()
+                .is_none());
             assert!(kubernetes_settings(&args(&["--kubernetes", "on"]), false, host).is_err());
         }
         let e = kubernetes_settings(
-            &args(&["--kubernetes", "on", "--kubeconfig", "/nonexistent/kubeconfig"]),
+            &args(&[
+                "--kubernetes",
+                "on",
+                "--kubeconfig",
+                "/nonexistent/kubeconfig",
+            ]),
             false,
             host,
         )

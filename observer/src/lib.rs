@@ -88,7 +88,9 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
 
     let shutdown = shutdown::on_signals();
     let kube_status = match &cfg.kubernetes {
-        Some(settings) => Some(start_kubernetes(settings, &pipeline, &mut registry, &shutdown).await?),
+        Some(settings) => {
+            Some(start_kubernetes(settings, &pipeline, &mut registry, &shutdown).await?)
+        }
         None => None,
     };
     if let Some(logger) = logger {
@@ -117,8 +119,11 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
                     .into_iter()
                     .filter(|p| l7_up.contains(&p.spec().name))
                     .collect();
-                let reader =
-                    L7Reader::new(Dispatch::new(protocols), KernelConns(conns), pipeline.clone());
+                let reader = L7Reader::new(
+                    Dispatch::new(protocols),
+                    KernelConns(conns),
+                    pipeline.clone(),
+                );
                 tokio::spawn(ebpf::reader::run(
                     "L7",
                     ring,
@@ -182,7 +187,13 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         .probes
         .iter()
         .filter(|p| !p.up)
-        .map(|p| format!("{}: {}", p.probe, p.reason.as_deref().unwrap_or("not attached")))
+        .map(|p| {
+            format!(
+                "{}: {}",
+                p.probe,
+                p.reason.as_deref().unwrap_or("not attached")
+            )
+        })
         .collect();
     export::admin::serve(listener, registry, down, kube_status, shutdown).await;
     // Open streams end at shutdown; give the gRPC server a moment to say goodbye.

@@ -30,7 +30,11 @@ fn daemon(args: Args) -> ExitCode {
     let filter = if args.log.contains("kube_client") {
         filter
     } else {
-        filter.add_directive("kube_client::client::builder=off".parse().expect("a directive"))
+        filter.add_directive(
+            "kube_client::client::builder=off"
+                .parse()
+                .expect("a directive"),
+        )
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -20,7 +20,12 @@ pub struct Hist {
 impl Hist {
     pub fn new(bounds: Arc<Vec<f64>>) -> Self {
         let n = bounds.len() + 1;
-        Self { bounds, counts: vec![0; n], sum: 0.0, count: 0 }
+        Self {
+            bounds,
+            counts: vec![0; n],
+            sum: 0.0,
+            count: 0,
+        }
     }
 
     pub fn observe(&mut self, secs: f64) {
@@ -75,6 +80,10 @@ pub struct EdgePeer {
 
 impl EdgePeer {
     pub fn from_key(k: &TcpEdgeKey) -> Self {
-        Self { addr: addr(u16::from(k.family), &k.addr), port: k.port, outbound: k.dir == 1 }
+        Self {
+            addr: addr(u16::from(k.family), &k.addr),
+            port: k.port,
+            outbound: k.dir == 1,
+        }
     }
 }

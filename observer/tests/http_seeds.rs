@@ -130,7 +130,11 @@ fn seeds_through_the_tracker_never_panic() {
         }
         fn scan(&self, _f: &mut dyn FnMut(u64, &L7Conn)) {}
     }
-    let part = |ts, d: &'static [u8]| Part { ts_ns: ts, len: d.len() as u32, bytes: d };
+    let part = |ts, d: &'static [u8]| Part {
+        ts_ns: ts,
+        len: d.len() as u32,
+        bytes: d,
+    };
     let event = |kind, side, ts, req: Option<Part<'static>>, resp: Option<Part<'static>>| Event {
         sk: 1,
         cgroup_id: 1,
@@ -155,7 +159,13 @@ fn seeds_through_the_tracker_never_panic() {
             for side in [Side::Server, Side::Client] {
                 ts += 1000;
                 let kinds = [
-                    event(Kind::Exchange, side, ts, Some(part(ts - 10, d)), Some(part(ts, d))),
+                    event(
+                        Kind::Exchange,
+                        side,
+                        ts,
+                        Some(part(ts - 10, d)),
+                        Some(part(ts, d)),
+                    ),
                     event(Kind::Request, side, ts + 1, Some(part(ts + 1, d)), None),
                     event(Kind::Exchange, side, ts + 2, None, Some(part(ts + 2, d))),
                     event(Kind::Close, side, ts + 3, Some(part(ts + 3, d)), None),
@@ -169,6 +179,8 @@ fn seeds_through_the_tracker_never_panic() {
         tracker.poll(ts + 1_000_000_000, &Gone, &mut out);
     }
     assert!(!out.is_empty());
-    assert!(out.iter().all(|e| e.status.is_some() != e.error_type.is_some()));
+    assert!(out
+        .iter()
+        .all(|e| e.status.is_some() != e.error_type.is_some()));
     assert_eq!(tracker.conns(), 0);
 }

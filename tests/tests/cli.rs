@@ -17,7 +17,12 @@ fn bad_flags_fail_with_a_clear_error() {
         // A kubeconfig that is not there is a configuration error too, found before anything
         // is loaded.
         (
-            vec!["--kubernetes", "on", "--kubeconfig", "/nonexistent/kubeconfig"],
+            vec![
+                "--kubernetes",
+                "on",
+                "--kubeconfig",
+                "/nonexistent/kubeconfig",
+            ],
             "/nonexistent/kubeconfig",
         ),
     ] {
@@ -31,7 +36,10 @@ fn bad_flags_fail_with_a_clear_error() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
         let first = err.lines().next().unwrap_or_default();
-        assert!(first.starts_with("error:") || first.starts_with("observer:"), "{err}");
+        assert!(
+            first.starts_with("error:") || first.starts_with("observer:"),
+            "{err}"
+        );
         assert!(!err.contains("probe attached"), "nothing was loaded: {err}");
     }
 }

@@ -953,9 +953,15 @@ const FROM_EVENTS: &[&str] = &[
 /// `with(id, ...)`. None when the source encodes no such family.
 fn source_labels(family: &str, identity: &BTreeSet<String>) -> Option<BTreeSet<String>> {
     let dir = repo().join("observer/src/export/metrics");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
-    let src: String = files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
+    let src: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
     // prometheus-client adds `_total` to counter names.
     let base = family.strip_suffix("_total").unwrap_or(family);
     let at = src.find(&format!("\"{base}\","))?;

@@ -833,17 +833,18 @@ fn observed_mean(s: &[Sample], side: Side, pod: &Pod) -> f64 {
 /// No L7 record was lost (`observer_events_lost_total` of every source starting with `l7`).
 fn assert_no_http_loss(s: &[Sample]) {
     for x in s.iter().filter(|x| x.name == "observer_events_lost_total") {
-        if x.labels
-            .get("source")
-            .is_some_and(|v| v.starts_with("l7"))
-        {
+        if x.labels.get("source").is_some_and(|v| v.starts_with("l7")) {
             assert_eq!(x.value, 0.0, "events lost: {:?}", x.labels);
         }
     }
 }
 
 fn unparsed(s: &[Sample]) -> f64 {
-    sum(s, "observer_l7_messages_unparsed_total", &[("protocol", "http")])
+    sum(
+        s,
+        "observer_l7_messages_unparsed_total",
+        &[("protocol", "http")],
+    )
 }
 
 /// Scrapes until every (side, pod) has at least its number of requests (or WAIT passes).
@@ -1141,7 +1142,11 @@ fn latency_histograms_and_apdex_match_the_servers_own_timing() {
         let (lo, hi) = median_bucket(&s, Side::Server, server);
         // Under software emulation the server's own span (Python, from its readline to its
         // write) drifts from the kernel's by milliseconds: one bucket either side there.
-        let (lo, hi) = if slowdown() > 1 { (lo * 0.4, hi * 2.5) } else { (lo, hi) };
+        let (lo, hi) = if slowdown() > 1 {
+            (lo * 0.4, hi * 2.5)
+        } else {
+            (lo, hi)
+        };
         let m = median(truth.clone());
         assert!(
             lo < m && m <= hi,
@@ -1757,16 +1762,50 @@ fn requests_on_a_connection_opened_before_the_observer_are_counted() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let seen = fs::read_to_string(&out).unwrap();
-    assert_eq!(seen.split(' ').filter(|s| *s == "201").count() as u64, n, "client's own statuses: {seen}");
+    assert_eq!(
+        seen.split(' ').filter(|s| *s == "201").count() as u64,
+        n,
+        "client's own statuses: {seen}"
+    );
     let want = status_tally([("201", n)]);
     let s = obs
         .scrape_until(WAIT, |s| {
-            observed(s, Side::Server, &server, &[], &["http_response_status_code"]) == want
-                && observed(s, Side::Client, &client, &[], &["http_response_status_code"]) == want
+            observed(
+                s,
+                Side::Server,
+                &server,
+                &[],
+                &["http_response_status_code"],
+            ) == want
+                && observed(
+                    s,
+                    Side::Client,
+                    &client,
+                    &[],
+                    &["http_response_status_code"],
+                ) == want
         })
         .unwrap();
-    assert_eq!(observed(&s, Side::Client, &client, &[], &["http_response_status_code"]), want);
-    assert_eq!(observed(&s, Side::Server, &server, &[], &["http_response_status_code"]), want);
+    assert_eq!(
+        observed(
+            &s,
+            Side::Client,
+            &client,
+            &[],
+            &["http_response_status_code"]
+        ),
+        want
+    );
+    assert_eq!(
+        observed(
+            &s,
+            Side::Server,
+            &server,
+            &[],
+            &["http_response_status_code"]
+        ),
+        want
+    );
     assert_no_http_loss(&s);
     obs.stop().unwrap();
 }

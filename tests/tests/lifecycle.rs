@@ -5,12 +5,7 @@
 //! controller at /sys/fs/cgroup/memory). Each event must arrive exactly once, on the right pod,
 //! with the right reason, and (gRPC) with the server's request figures of the minute before.
 
-use std::{
-    collections::BTreeMap,
-    fs,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{collections::BTreeMap, fs, path::PathBuf, time::Duration};
 
 use observer_tests::{
     grpc::{connect, pb, runtime},
@@ -89,7 +84,12 @@ fn load(client: &Pod, server: &Pod, ok: u32, fail: u32) -> BTreeMap<String, u64>
     let out = client
         .python(
             CLIENT,
-            &[&server.ip, &PORT.to_string(), &ok.to_string(), &fail.to_string()],
+            &[
+                &server.ip,
+                &PORT.to_string(),
+                &ok.to_string(),
+                &fail.to_string(),
+            ],
         )
         .expect("client");
     serde_json::from_str(out.trim()).expect("client tally")
@@ -146,17 +146,27 @@ fn exit_code_and_signal_with_figures_before() {
 
     // A server that answers 9 + 3 requests and exits with code 3.
     let mut exits = Pod::new(&bridge).unwrap();
-    let exits_pid = exits.spawn_python(SERVER, &[&PORT.to_string(), "12", "3"]).unwrap();
+    let exits_pid = exits
+        .spawn_python(SERVER, &[&PORT.to_string(), "12", "3"])
+        .unwrap();
     exits.wait_listening(PORT).unwrap();
     let tally = load(&client, &exits, 9, 3);
-    assert_eq!(tally, BTreeMap::from([("200".into(), 9), ("500".into(), 3)]));
+    assert_eq!(
+        tally,
+        BTreeMap::from([("200".into(), 9), ("500".into(), 3)])
+    );
 
     // A server that answers 7 + 2 requests and is then killed with SIGTERM.
     let mut killed = Pod::new(&bridge).unwrap();
-    let killed_pid = killed.spawn_python(SERVER, &[&PORT.to_string(), "0", "0"]).unwrap();
+    let killed_pid = killed
+        .spawn_python(SERVER, &[&PORT.to_string(), "0", "0"])
+        .unwrap();
     killed.wait_listening(PORT).unwrap();
     let tally = load(&client, &killed, 7, 2);
-    assert_eq!(tally, BTreeMap::from([("200".into(), 7), ("500".into(), 2)]));
+    assert_eq!(
+        tally,
+        BTreeMap::from([("200".into(), 7), ("500".into(), 2)])
+    );
     // SAFETY: kill(2) on the pid of the server this test started.
     assert_eq!(unsafe { libc::kill(killed_pid as i32, libc::SIGTERM) }, 0);
 
@@ -167,14 +177,22 @@ fn exit_code_and_signal_with_figures_before() {
         })
         .unwrap();
     let exits_total = |uid: &str, reason: &str| {
-        pod_value(&s, "observer_container_exits_total", uid, &[("reason", reason)])
+        pod_value(
+            &s,
+            "observer_container_exits_total",
+            uid,
+            &[("reason", reason)],
+        )
     };
     assert_eq!(exits_total(&exits.uid, "exited"), 1.0);
     assert_eq!(exits_total(&exits.uid, "signaled"), 0.0);
     assert_eq!(exits_total(&killed.uid, "signaled"), 1.0);
     assert_eq!(exits_total(&killed.uid, "exited"), 0.0);
     for uid in [&exits.uid, &killed.uid, &client.uid] {
-        assert_eq!(pod_value(&s, "observer_container_oom_kills_total", uid, &[]), 0.0);
+        assert_eq!(
+            pod_value(&s, "observer_container_oom_kills_total", uid, &[]),
+            0.0
+        );
     }
     // The client pod's own processes (each `python -c` run is its main process) exited 0.
     assert_eq!(exits_total(&client.uid, "exited"), 1.0 + 1.0);
@@ -200,7 +218,14 @@ fn exit_code_and_signal_with_figures_before() {
     // The command line shows the same, replayed: one JSON object per event.
     let out = std::process::Command::new("timeout")
         .args(["5", observer_tests::observer::binary().to_str().unwrap()])
-        .args(["events", "--replay", "--output", "json", "--server", &obs.grpc_addr])
+        .args([
+            "events",
+            "--replay",
+            "--output",
+            "json",
+            "--server",
+            &obs.grpc_addr,
+        ])
         .output()
         .unwrap();
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
@@ -292,12 +317,23 @@ fn oom_kill_of_a_pods_main_process() {
             pod_value(s, "observer_container_exits_total", &pod.uid, &[]) >= 1.0
         })
         .unwrap();
-    assert_eq!(pod_value(&s, "observer_container_oom_kills_total", &pod.uid, &[]), 1.0);
     assert_eq!(
-        pod_value(&s, "observer_container_exits_total", &pod.uid, &[("reason", "oom_killed")]),
+        pod_value(&s, "observer_container_oom_kills_total", &pod.uid, &[]),
         1.0
     );
-    assert_eq!(pod_value(&s, "observer_container_exits_total", &pod.uid, &[]), 1.0);
+    assert_eq!(
+        pod_value(
+            &s,
+            "observer_container_exits_total",
+            &pod.uid,
+            &[("reason", "oom_killed")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        pod_value(&s, "observer_container_exits_total", &pod.uid, &[]),
+        1.0
+    );
 
     let ev = events_of(&obs, &pod.uid, 2);
     let kinds: Vec<&str> = ev.iter().map(|e| e.kind.as_str()).collect();

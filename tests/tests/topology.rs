@@ -104,8 +104,8 @@ fn graph(samples: &[Sample], name: &str) -> BTreeMap<(String, String, String), f
     let mut out = BTreeMap::new();
     for s in samples.iter().filter(|s| s.name == name) {
         let get = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
-        *out.entry((get("client"), get("server"), get("connection_type"))).or_insert(0.0) +=
-            s.value;
+        *out.entry((get("client"), get("server"), get("connection_type")))
+            .or_insert(0.0) += s.value;
     }
     out
 }
@@ -146,7 +146,10 @@ fn three_tier_chain_gives_exactly_the_expected_edges() {
     let exe = python_as(&dir, "frontend");
     let next = format!("{}:{PORT}", api.ip);
     let ext = format!("{gateway}:{ext_port}");
-    let cmd = format!("exec {exe} {tier} 8080 {next} {ext} 2>{}", dir.join("frontend.err"));
+    let cmd = format!(
+        "exec {exe} {tier} 8080 {next} {ext} 2>{}",
+        dir.join("frontend.err")
+    );
     frontend.spawn("sh", &["-c", &cmd]).unwrap();
     frontend.wait_listening(PORT).unwrap();
     // Let a cgroup walk find the pods and their addresses (every 2 s).
@@ -155,13 +158,26 @@ fn three_tier_chain_gives_exactly_the_expected_edges() {
     let exe = python_as(&dir, "loadgen");
     let script = dir.write("load.py", LOAD).unwrap();
     let out = load
-        .run(&exe, &[&script, &frontend.ip, &OK.to_string(), &FAIL.to_string(), &backend.ip])
+        .run(
+            &exe,
+            &[
+                &script,
+                &frontend.ip,
+                &OK.to_string(),
+                &FAIL.to_string(),
+                &backend.ip,
+            ],
+        )
         .unwrap_or_else(|e| {
             let err = std::fs::read_to_string(dir.join("frontend.err")).unwrap_or_default();
             panic!("{e}\nfrontend stderr:\n{err}")
         });
     let seen = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert_eq!(seen, format!("200:{} 500:{FAIL}", OK + 1), "the load's own statuses");
+    assert_eq!(
+        seen,
+        format!("200:{} 500:{FAIL}", OK + 1),
+        "the load's own statuses"
+    );
 
     let ext_node = format!("{gateway}:{ext_port}");
     let want: BTreeMap<(String, String, String), f64> = [
@@ -180,21 +196,25 @@ fn three_tier_chain_gives_exactly_the_expected_edges() {
             (k.clone(), failed)
         })
         .collect();
-    let ours = |g: BTreeMap<(String, String, String), f64>| -> BTreeMap<(String, String, String), f64> {
-        // Only edges among this test's workloads (the host has its own traffic).
-        g.into_iter()
-            .filter(|((c, s, _), _)| {
-                ["loadgen", "frontend", "api", "backend"].contains(&c.as_str())
-                    || [ext_node.as_str()].contains(&s.as_str())
-            })
-            .collect()
-    };
+    let ours =
+        |g: BTreeMap<(String, String, String), f64>| -> BTreeMap<(String, String, String), f64> {
+            // Only edges among this test's workloads (the host has its own traffic).
+            g.into_iter()
+                .filter(|((c, s, _), _)| {
+                    ["loadgen", "frontend", "api", "backend"].contains(&c.as_str())
+                        || [ext_node.as_str()].contains(&s.as_str())
+                })
+                .collect()
+        };
     let samples = obs
         .scrape_until(Duration::from_secs(10), |s| {
             ours(graph(s, "traces_service_graph_request_total")) == want
         })
         .unwrap();
-    assert_eq!(ours(graph(&samples, "traces_service_graph_request_total")), want);
+    assert_eq!(
+        ours(graph(&samples, "traces_service_graph_request_total")),
+        want
+    );
     assert_eq!(
         ours(graph(&samples, "traces_service_graph_request_failed_total")),
         want_failed
@@ -203,11 +223,25 @@ fn three_tier_chain_gives_exactly_the_expected_edges() {
     // server's (network and queueing come on top).
     for ((c, s, t), n) in &want {
         let key = (c.clone(), s.clone(), t.clone());
-        let client = graph(&samples, "traces_service_graph_request_client_seconds_count");
-        assert_eq!(client.get(&key), Some(n), "client-side latency count of {key:?}");
+        let client = graph(
+            &samples,
+            "traces_service_graph_request_client_seconds_count",
+        );
+        assert_eq!(
+            client.get(&key),
+            Some(n),
+            "client-side latency count of {key:?}"
+        );
         if t.is_empty() {
-            let server = graph(&samples, "traces_service_graph_request_server_seconds_count");
-            assert_eq!(server.get(&key), Some(n), "server-side latency count of {key:?}");
+            let server = graph(
+                &samples,
+                "traces_service_graph_request_server_seconds_count",
+            );
+            assert_eq!(
+                server.get(&key),
+                Some(n),
+                "server-side latency count of {key:?}"
+            );
             let cs = graph(&samples, "traces_service_graph_request_client_seconds_sum")[&key];
             let ss = graph(&samples, "traces_service_graph_request_server_seconds_sum")[&key];
             assert!(cs >= ss, "{key:?}: client {cs} s < server {ss} s");
@@ -218,26 +252,43 @@ fn three_tier_chain_gives_exactly_the_expected_edges() {
     let mut want_conns = want.clone();
     want_conns.values_mut().for_each(|v| *v = 1.0);
     let refused_key = ("loadgen".to_string(), "backend".to_string(), String::new());
-    assert_eq!(ours(graph(&samples, "observer_tcp_edge_connections_total")), {
-        let mut w = want_conns.clone();
-        w.insert(refused_key.clone(), 0.0);
-        w
-    });
+    assert_eq!(
+        ours(graph(&samples, "observer_tcp_edge_connections_total")),
+        {
+            let mut w = want_conns.clone();
+            w.insert(refused_key.clone(), 0.0);
+            w
+        }
+    );
     let failures = ours(graph(&samples, "observer_tcp_edge_connect_failures_total"));
-    assert_eq!(failures.get(&refused_key), Some(&1.0), "the refused connect");
-    assert_eq!(failures.values().sum::<f64>(), 1.0, "no other failed connect");
+    assert_eq!(
+        failures.get(&refused_key),
+        Some(&1.0),
+        "the refused connect"
+    );
+    assert_eq!(
+        failures.values().sum::<f64>(),
+        1.0,
+        "no other failed connect"
+    );
 
     // The same edges through the gRPC API (a real tonic client): requests and errors per edge.
     let rt = observer_tests::grpc::runtime();
     let topo = rt.block_on(async {
         let mut c = observer_tests::grpc::connect(&obs.grpc_addr).await.unwrap();
-        c.get_topology(observer_tests::grpc::pb::GetTopologyRequest { window_seconds: None })
-            .await
-            .unwrap()
-            .into_inner()
+        c.get_topology(observer_tests::grpc::pb::GetTopologyRequest {
+            window_seconds: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
     });
     let name = |id: &str| -> String {
-        topo.nodes.iter().find(|n| n.id == id).map(|n| n.name.clone()).unwrap_or_default()
+        topo.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.name.clone())
+            .unwrap_or_default()
     };
     let mut api_edges = BTreeMap::new();
     let mut api_errors = BTreeMap::new();
@@ -251,6 +302,10 @@ fn three_tier_chain_gives_exactly_the_expected_edges() {
         api_errors.insert(key, total.errors as f64);
     }
     assert_eq!(ours(api_edges), want, "edges through GetTopology");
-    assert_eq!(ours(api_errors), want_failed, "errors per edge through GetTopology");
+    assert_eq!(
+        ours(api_errors),
+        want_failed,
+        "errors per edge through GetTopology"
+    );
     obs.stop().unwrap();
 }

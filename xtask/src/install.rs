@@ -53,9 +53,18 @@ const PACKAGES: &[(&str, &str)] = &[
         "protobuf-compiler",
         "protoc: builds the gRPC API (observer/build.rs) and the Python test client's stubs",
     ),
-    ("python3-grpcio", "gRPC for Debian's python3 (the non-Rust gRPC client test)"),
-    ("python3-protobuf", "protobuf runtime for Debian's python3 (gRPC client test)"),
-    ("grpc-proto", "health and reflection .proto files (gRPC client test)"),
+    (
+        "python3-grpcio",
+        "gRPC for Debian's python3 (the non-Rust gRPC client test)",
+    ),
+    (
+        "python3-protobuf",
+        "protobuf runtime for Debian's python3 (gRPC client test)",
+    ),
+    (
+        "grpc-proto",
+        "health and reflection .proto files (gRPC client test)",
+    ),
 ];
 
 /// The VM runner of the kernel matrix, from PyPI.

@@ -130,7 +130,11 @@ pub fn on_call(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
     s.req_ts = 0;
     s.req_snip = 0;
     s.resp_first = call.ret;
-    s.resp = L7Dir { bytes: call.ret as u64, last_ns: call.now, tail: [0; 8] };
+    s.resp = L7Dir {
+        bytes: call.ret as u64,
+        last_ns: call.now,
+        tail: [0; 8],
+    };
     super::push_tail(&mut s.resp.tail, t, tn);
 }
 

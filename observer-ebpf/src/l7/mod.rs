@@ -20,17 +20,16 @@
 pub mod http1;
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_task_pt_regs, generated::bpf_probe_read_user,
     },
-    bindings::BPF_NOEXIST,
 };
 use observer_common::{
-    ConnInfo, L7Conn, L7Dir, L7Event, DIR_UNKNOWN, L7_EVENT_HEADER, L7_EV_CLOSE,
-    L7_EV_REQUEST, L7_F_OPEN_AT_USER, L7_HTTP1, L7_NONE, L7_REQ_MAX, L7_RESP_MAX,
-    L7_UNDECIDED, LOST_L7_CONN_MAP_FULL, LOST_L7_RINGBUF_FULL, LOST_L7_USER_READ, SYSCALL_SLOTS,
-    WORK_SYSCALLS,
+    ConnInfo, L7Conn, L7Dir, L7Event, DIR_UNKNOWN, L7_EVENT_HEADER, L7_EV_CLOSE, L7_EV_REQUEST,
+    L7_F_OPEN_AT_USER, L7_HTTP1, L7_NONE, L7_REQ_MAX, L7_RESP_MAX, L7_UNDECIDED,
+    LOST_L7_CONN_MAP_FULL, LOST_L7_RINGBUF_FULL, LOST_L7_USER_READ, SYSCALL_SLOTS, WORK_SYSCALLS,
 };
 
 use crate::{
@@ -141,13 +140,24 @@ pub fn read_user<T: Copy + Default>(addr: u64) -> Option<T> {
 
 #[inline(always)]
 fn min(a: u32, b: u32) -> u32 {
-    if a < b { a } else { b }
+    if a < b {
+        a
+    } else {
+        b
+    }
 }
 
 #[inline(always)]
 fn iov_at(iov: u64, i: u32) -> Option<(u64, u32)> {
     let [base, len]: [u64; 2] = read_user(iov + 16 * i as u64)?;
-    Some((base, if len > u32::MAX as u64 { u32::MAX } else { len as u32 }))
+    Some((
+        base,
+        if len > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            len as u32
+        },
+    ))
 }
 
 impl Call {
@@ -170,14 +180,17 @@ impl Call {
     /// which is counted).
     #[inline(always)]
     pub fn read_head(&self, ev: *mut L7Event) -> u32 {
-        let Some((ptr, avail)) = self.first_segment() else { return 0 };
+        let Some((ptr, avail)) = self.first_segment() else {
+            return 0;
+        };
         let n = if avail > HEAD_MASK { HEAD_MASK } else { avail };
         let sz = unsafe { core::ptr::read_volatile(&n) } & HEAD_MASK;
         if sz == 0 {
             return 0;
         }
         // SAFETY: `ev` is this CPU's scratch record; the response area holds `sz` (< 256) bytes.
-        let r = unsafe { bpf_probe_read_user((*ev).data.as_mut_ptr() as *mut _, sz, ptr as *const _) };
+        let r =
+            unsafe { bpf_probe_read_user((*ev).data.as_mut_ptr() as *mut _, sz, ptr as *const _) };
         if r == 0 {
             sz
         } else {
@@ -267,7 +280,11 @@ pub fn push_tail(t: &mut [u8; 8], add: [u8; 8], n: u32) {
 /// Adds a continuation call (no message starts in it) to a direction's counters.
 #[inline(always)]
 pub fn continue_dir(d: &mut L7Dir, call: &Call, head: *const L7Event, n: u32) {
-    let (t, tn) = if call.io == Io::None { ([0; 8], 0) } else { call.tail(head, n) };
+    let (t, tn) = if call.io == Io::None {
+        ([0; 8], 0)
+    } else {
+        call.tail(head, n)
+    };
     d.bytes += call.ret as u64;
     d.last_ns = call.now;
     push_tail(&mut d.tail, t, tn);
@@ -316,8 +333,14 @@ pub struct Sock {
 }
 
 impl Sock {
-    pub const NOT_TCP: Sock = Sock { tcp: false, conn: core::ptr::null_mut() };
-    pub const LOOSE: Sock = Sock { tcp: true, conn: core::ptr::null_mut() };
+    pub const NOT_TCP: Sock = Sock {
+        tcp: false,
+        conn: core::ptr::null_mut(),
+    };
+    pub const LOOSE: Sock = Sock {
+        tcp: true,
+        conn: core::ptr::null_mut(),
+    };
 
     pub fn known(conn: *mut ConnInfo) -> Sock {
         Sock { tcp: true, conn }
@@ -343,8 +366,17 @@ pub fn on_io(sk: u64, sock: Sock, ret: u32, send: bool, now: u64) {
         }
     };
     let (io, arg) = syscall_io();
-    let call = Call { sk, ret, send, now, io, arg };
-    let Some(head) = L7_SCRATCH.get_ptr_mut(0) else { return };
+    let call = Call {
+        sk,
+        ret,
+        send,
+        now,
+        io,
+        arg,
+    };
+    let Some(head) = L7_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     if let Some(st) = st {
         let n = call.read_head(head);
         frame(st, &call, head, n);
@@ -359,7 +391,11 @@ pub fn on_io(sk: u64, sock: Sock, ret: u32, send: bool, now: u64) {
         if let Some(c) = conn {
             // SAFETY: map value pointer checked by the verifier.
             unsafe {
-                let limit = if (*c).direction == DIR_UNKNOWN { TRIES_OLD } else { TRIES_NEW };
+                let limit = if (*c).direction == DIR_UNKNOWN {
+                    TRIES_OLD
+                } else {
+                    TRIES_NEW
+                };
                 (*c).l7_tries += 1;
                 if (*c).l7_tries >= limit {
                     (*c).l7 = L7_NONE;
@@ -368,7 +404,9 @@ pub fn on_io(sk: u64, sock: Sock, ret: u32, send: bool, now: u64) {
         }
         return;
     }
-    let Some(st) = claim(sk, proto, d, send) else { return };
+    let Some(st) = claim(sk, proto, d, send) else {
+        return;
+    };
     if let Some(c) = conn {
         // SAFETY: map value pointer checked by the verifier.
         unsafe { (*c).l7 = proto };
@@ -385,7 +423,9 @@ fn claim(sk: u64, proto: u8, d: Detected, send: bool) -> Option<*mut L7Conn> {
     };
     let cgroup_ptr = sock::cgroup_ptr(sk);
     // Built in the scratch record's data area (the BPF stack is too small for it).
-    let Some(tmp) = L7_SCRATCH.get_ptr_mut(1) else { return None };
+    let Some(tmp) = L7_SCRATCH.get_ptr_mut(1) else {
+        return None;
+    };
     let st = tmp as *mut L7Conn;
     // SAFETY: an L7Event (608 bytes) holds an L7Conn (344 bytes); per-CPU scratch slot.
     unsafe {
@@ -400,7 +440,11 @@ fn claim(sk: u64, proto: u8, d: Detected, send: bool) -> Option<*mut L7Conn> {
         (*st).proto = proto;
         // A request received or a response sent: this end serves.
         let server = (d == Detected::Request) != send;
-        (*st).side = if server { observer_common::L7_SIDE_SERVER } else { observer_common::L7_SIDE_CLIENT };
+        (*st).side = if server {
+            observer_common::L7_SIDE_SERVER
+        } else {
+            observer_common::L7_SIDE_CLIENT
+        };
         (*st).flags = 0;
         (*st)._pad = 0;
         (*st).req_snip = 0;
@@ -424,7 +468,9 @@ pub fn forget(sk: u64) {
 /// response being transferred) ends with a `CLOSE` record; the state goes.
 #[inline(always)]
 pub fn on_destroy(sk: u64) {
-    let Some(st) = L7_CONNS.get_ptr_mut(&sk) else { return };
+    let Some(st) = L7_CONNS.get_ptr_mut(&sk) else {
+        return;
+    };
     // SAFETY: map value pointer checked by the verifier.
     let pending = unsafe {
         (*st).req_ts != 0
@@ -488,7 +534,11 @@ pub fn emit_with_request(sk: u64, st: *mut L7Conn, kind: u8, ts: u64) {
         let has_req = (*st).req_ts != 0;
         (*ev).sk = sk;
         (*ev).cgroup_id = (*st).cgroup_id;
-        (*ev).ts_ns = if kind == L7_EV_REQUEST { (*st).req_ts } else { ts };
+        (*ev).ts_ns = if kind == L7_EV_REQUEST {
+            (*st).req_ts
+        } else {
+            ts
+        };
         (*ev).req_ts = (*st).req_ts;
         (*ev).prev = (*st).resp;
         (*ev).peer = (*st).peer;
@@ -499,7 +549,11 @@ pub fn emit_with_request(sk: u64, st: *mut L7Conn, kind: u8, ts: u64) {
         (*ev).kind = kind;
         (*ev).side = (*st).side;
         (*ev)._pad = 0;
-        (*ev).req_snip = if has_req { (*st).req_snip & HEAD_MASK as u16 } else { 0 };
+        (*ev).req_snip = if has_req {
+            (*st).req_snip & HEAD_MASK as u16
+        } else {
+            0
+        };
         (*ev).resp_snip = 0;
         (*ev)._pad2 = 0;
         core::ptr::copy_nonoverlapping(

@@ -64,10 +64,13 @@ impl KernelBtf {
 
     /// Size in bytes of `struct name`.
     pub fn struct_size(&self, name: &str) -> Result<u32, ProbeError> {
-        let types = self.btf.resolve_types_by_name(name).map_err(|_| ProbeError::Btf {
-            what: format!("struct {name}"),
-            reason: "not in this kernel's BTF".into(),
-        })?;
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| ProbeError::Btf {
+                what: format!("struct {name}"),
+                reason: "not in this kernel's BTF".into(),
+            })?;
         types
             .into_iter()
             .find_map(|t| match t {

@@ -70,7 +70,10 @@ impl Kernel {
             tracing::warn!("{e}; classic tracepoints are unavailable");
         }
         let kernel_btf = btf::KernelBtf::open(&cfg.btf);
-        let offsets = kernel_btf.as_ref().map_err(clone_err).and_then(btf::tcp_offsets);
+        let offsets = kernel_btf
+            .as_ref()
+            .map_err(clone_err)
+            .and_then(btf::tcp_offsets);
         // The lifecycle probe: task layout from BTF, the OOM victim's pid from tracefs.
         let lifecycle = match (&kernel_btf, &tracefs) {
             (Err(e), _) | (_, Err(e)) => Err(clone_err(e)),
@@ -83,11 +86,18 @@ impl Kernel {
         let btf = match Btf::parse_file(&cfg.btf, Endianness::default()) {
             Ok(b) => Some(b),
             Err(e) => {
-                tracing::warn!("{}: {e}; BTF tracepoints are unavailable", cfg.btf.display());
+                tracing::warn!(
+                    "{}: {e}; BTF tracepoints are unavailable",
+                    cfg.btf.display()
+                );
                 None
             }
         };
-        Kernel { offsets, lifecycle, btf }
+        Kernel {
+            offsets,
+            lifecycle,
+            btf,
+        }
     }
 
     /// The socket offsets, or why they are missing (as a probe error).
@@ -128,7 +138,9 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
     }
     if cfg.verifier_selftest {
         let r = match btf {
-            Some(btf) => attach_btf_prog(&mut ebpf, "selftest_btf", "sys_enter", btf).map(|()| "tp_btf"),
+            Some(btf) => {
+                attach_btf_prog(&mut ebpf, "selftest_btf", "sys_enter", btf).map(|()| "tp_btf")
+            }
             None => Err(ProbeError::Other("no kernel BTF".into())),
         };
         probes.push(status("verifier_selftest", r));
@@ -160,7 +172,12 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
 }
 
 /// Loads the object with this kernel's offsets and the configuration's switches as globals.
-fn load_object(cfg: &Config, k: &Kernel, filter_count: u32, object: &[u8]) -> Result<Ebpf, aya::EbpfError> {
+fn load_object(
+    cfg: &Config,
+    k: &Kernel,
+    filter_count: u32,
+    object: &[u8],
+) -> Result<Ebpf, aya::EbpfError> {
     let offsets = k.offsets.as_ref().copied().unwrap_or_default();
     let lifecycle = k.lifecycle.as_ref().copied().unwrap_or_default();
     let l7 = !cfg.l7.is_empty();
@@ -186,9 +203,15 @@ fn load_object(cfg: &Config, k: &Kernel, filter_count: u32, object: &[u8]) -> Re
 fn attach_sockets(ebpf: &mut Ebpf, cfg: &Config, k: &Kernel, probes: &mut Vec<ProbeStatus>) {
     let btf = k.btf.as_ref();
     let hooks = cfg.hooks;
-    let conn = k
-        .sockets()
-        .and_then(|()| attach_one(ebpf, hooks, btf, "inet_sock_set_state", "inet_sock_set_state"));
+    let conn = k.sockets().and_then(|()| {
+        attach_one(
+            ebpf,
+            hooks,
+            btf,
+            "inet_sock_set_state",
+            "inet_sock_set_state",
+        )
+    });
     let bytes = k.sockets().and_then(|()| {
         attach_pair_named(
             ebpf,

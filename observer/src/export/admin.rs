@@ -67,7 +67,11 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
     if why.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", why.join("\n"))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", why.join("\n")),
+        )
+            .into_response()
     }
 }
 

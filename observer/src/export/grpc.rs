@@ -183,7 +183,12 @@ impl pb::observer_server::Observer for Api {
             };
             (replay, self.shared.events.subscribe())
         };
-        let s = streams::events(&self.shared.probes, replay, rx, self.shared.shutdown.clone());
+        let s = streams::events(
+            &self.shared.probes,
+            replay,
+            rx,
+            self.shared.shutdown.clone(),
+        );
         Ok(Response::new(Box::pin(s)))
     }
 }

@@ -39,7 +39,10 @@ impl std::fmt::Debug for Snapshots {
 
 impl Snapshots {
     pub fn new(pipeline: Arc<Mutex<Pipeline>>) -> Self {
-        Self { pipeline, latest: Mutex::new(None) }
+        Self {
+            pipeline,
+            latest: Mutex::new(None),
+        }
     }
 
     pub fn pipeline(&self) -> &Arc<Mutex<Pipeline>> {
@@ -65,7 +68,12 @@ impl Snapshots {
             // Edges between two workloads of this node come from the pipeline's address map.
             let topology = p.topology(&totals);
             let health = p.health();
-            Arc::new(Snapshot { at: Instant::now(), totals, topology, health })
+            Arc::new(Snapshot {
+                at: Instant::now(),
+                totals,
+                topology,
+                health,
+            })
         };
         *latest = Some(s.clone());
         s

@@ -169,7 +169,10 @@ mod tests {
         let fib = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.231.5.0\n        /24 link UNICAST\n     |-- 10.231.5.2\n        /32 host LOCAL\n  |-- 127.0.0.1\n     /32 host LOCAL\nLocal:\n     |-- 10.231.5.2\n        /32 host LOCAL\n";
         assert_eq!(parse_fib_trie(fib), vec![Ipv4Addr::new(10, 231, 5, 2)]);
         let v6 = "00000000000000000000000000000001 01 80 10 80       lo\nfe8000000000000000fc00fffe000001 04 40 20 80     eth0\nfd000000000000000000000000000002 04 40 00 82     eth0\n";
-        assert_eq!(parse_if_inet6(v6), vec!["fd00::2".parse::<Ipv6Addr>().unwrap()]);
+        assert_eq!(
+            parse_if_inet6(v6),
+            vec!["fd00::2".parse::<Ipv6Addr>().unwrap()]
+        );
     }
 
     #[test]

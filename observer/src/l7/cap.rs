@@ -132,9 +132,15 @@ mod tests {
         assert_eq!(admit(&mut cap, "other", "/d"), "/d");
         assert_eq!((cap.overflowed("other"), cap.overflowed("unknown")), (0, 0));
         assert_eq!(admit(&mut cap, "other", &"/x".repeat(65)), OVERFLOW);
-        assert_eq!(cap.overflow_counts(), [("other".to_string(), 1), ("svc".to_string(), 2)]);
+        assert_eq!(
+            cap.overflow_counts(),
+            [("other".to_string(), 1), ("svc".to_string(), 2)]
+        );
         cap.forget("svc");
-        assert_eq!((admit(&mut cap, "svc", "/d"), cap.overflowed("svc")), ("/d".into(), 0));
+        assert_eq!(
+            (admit(&mut cap, "svc", "/d"), cap.overflowed("svc")),
+            ("/d".into(), 0)
+        );
         assert_eq!(admit(&mut TargetCap::new(0), "s", "/"), OVERFLOW);
     }
 
@@ -146,7 +152,14 @@ mod tests {
         }
         assert_eq!(admit(&mut cap, "d", "/x"), OVERFLOW);
         assert_eq!(admit(&mut cap, "e", "/y"), OVERFLOW);
-        assert_eq!((cap.services(), cap.untracked_overflowed(), cap.overflowed("d")), (3, 2, 0));
+        assert_eq!(
+            (
+                cap.services(),
+                cap.untracked_overflowed(),
+                cap.overflowed("d")
+            ),
+            (3, 2, 0)
+        );
         assert_eq!(admit(&mut cap, "a", "/x"), "/x");
     }
 }

@@ -92,7 +92,11 @@ impl<'a> Event<'a> {
             cgroup_id: h.cgroup_id,
             kind,
             proto: h.proto,
-            side: if h.side == L7_SIDE_CLIENT { Side::Client } else { Side::Server },
+            side: if h.side == L7_SIDE_CLIENT {
+                Side::Client
+            } else {
+                Side::Server
+            },
             ts_ns: h.ts_ns,
             request,
             response,
@@ -124,7 +128,12 @@ pub fn record(e: &Event<'_>) -> Vec<u8> {
         ts_ns: e.ts_ns,
         req_ts: e.request.map_or(0, |p| p.ts_ns),
         prev: e.prev,
-        peer: L7Peer { family, port: e.peer_port, _pad: 0, addr },
+        peer: L7Peer {
+            family,
+            port: e.peer_port,
+            _pad: 0,
+            addr,
+        },
         resp_len: e.response.map_or(0, |p| p.len),
         req_len: e.request.map_or(0, |p| p.len),
         tgid: e.tgid,
@@ -134,7 +143,11 @@ pub fn record(e: &Event<'_>) -> Vec<u8> {
             Kind::Request => L7_EV_REQUEST,
             Kind::Close => L7_EV_CLOSE,
         },
-        side: if e.side == Side::Client { L7_SIDE_CLIENT } else { L7_SIDE_SERVER },
+        side: if e.side == Side::Client {
+            L7_SIDE_CLIENT
+        } else {
+            L7_SIDE_SERVER
+        },
         _pad: 0,
         req_snip: req.len() as u16,
         resp_snip: resp.len() as u16,
@@ -142,9 +155,8 @@ pub fn record(e: &Event<'_>) -> Vec<u8> {
         data: [0; observer_common::L7_REQ_MAX + observer_common::L7_RESP_MAX],
     };
     // SAFETY: L7Event is plain old data without padding.
-    let head = unsafe {
-        std::slice::from_raw_parts(&h as *const L7Event as *const u8, L7_EVENT_HEADER)
-    };
+    let head =
+        unsafe { std::slice::from_raw_parts(&h as *const L7Event as *const u8, L7_EVENT_HEADER) };
     let mut area = resp.to_vec();
     area.resize(L7_RESP_MAX, 0);
     [head, &area, req].concat()

@@ -33,8 +33,14 @@ const ECHO_ID: u8 = 200;
 static ECHO: Spec = Spec {
     id: ECHO_ID,
     name: "echo",
-    server: Family { name: "echo_server_duration_seconds", help: "echo answered" },
-    client: Family { name: "echo_client_operation_duration_seconds", help: "echo asked" },
+    server: Family {
+        name: "echo_server_duration_seconds",
+        help: "echo answered",
+    },
+    client: Family {
+        name: "echo_client_operation_duration_seconds",
+        help: "echo asked",
+    },
     operation_label: "echo_op",
     server_target_label: "echo_target",
     client_target_label: Some("echo_target"),
@@ -51,7 +57,9 @@ struct Echo {
 }
 
 fn op(b: &[u8]) -> Option<&'static str> {
-    ["get", "put", "del"].into_iter().find(|o| b.strip_prefix(b"Q ") == Some(o.as_bytes()))
+    ["get", "put", "del"]
+        .into_iter()
+        .find(|o| b.strip_prefix(b"Q ") == Some(o.as_bytes()))
 }
 
 impl Protocol for Echo {
@@ -69,7 +77,10 @@ impl Protocol for Echo {
             }
         }
         let Some(a) = ev.response else { return };
-        let code = a.bytes.strip_prefix(b"A ").and_then(|c| std::str::from_utf8(c).ok()?.parse().ok());
+        let code = a
+            .bytes
+            .strip_prefix(b"A ")
+            .and_then(|c| std::str::from_utf8(c).ok()?.parse().ok());
         match (self.pending.remove(&ev.sk), code) {
             (Some((start, o)), Some(c)) => out.push(Request {
                 protocol: &ECHO,
@@ -90,7 +101,8 @@ impl Protocol for Echo {
 
     fn poll(&mut self, _now_ns: u64, conns: &dyn ConnTable, _out: &mut Vec<Request>) {
         // A request whose socket is gone is forgotten (the table is shared with HTTP's).
-        self.pending.retain(|sk, _| conns.get(*sk).is_some_and(|c| c.proto == ECHO_ID));
+        self.pending
+            .retain(|sk, _| conns.get(*sk).is_some_and(|c| c.proto == ECHO_ID));
     }
 
     fn unparsed(&self) -> Vec<(&'static str, u64)> {
@@ -137,7 +149,15 @@ fn conn(proto: u8) -> L7Conn {
 }
 
 /// One exchange record as the kernel writes it.
-fn bytes(proto: u8, sk: u64, cgroup_id: u64, side: Side, t: u64, req: &[u8], resp: &[u8]) -> Vec<u8> {
+fn bytes(
+    proto: u8,
+    sk: u64,
+    cgroup_id: u64,
+    side: Side,
+    t: u64,
+    req: &[u8],
+    resp: &[u8],
+) -> Vec<u8> {
     record(&Event {
         sk,
         cgroup_id,
@@ -145,8 +165,16 @@ fn bytes(proto: u8, sk: u64, cgroup_id: u64, side: Side, t: u64, req: &[u8], res
         proto,
         side,
         ts_ns: t + 40,
-        request: Some(Part { ts_ns: t, len: req.len() as u32, bytes: req }),
-        response: Some(Part { ts_ns: t + 40, len: resp.len() as u32, bytes: resp }),
+        request: Some(Part {
+            ts_ns: t,
+            len: req.len() as u32,
+            bytes: req,
+        }),
+        response: Some(Part {
+            ts_ns: t + 40,
+            len: resp.len() as u32,
+            bytes: resp,
+        }),
         prev: L7Dir::default(),
         peer: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
         peer_port: if side == Side::Client { 5432 } else { 40000 },
@@ -155,18 +183,40 @@ fn bytes(proto: u8, sk: u64, cgroup_id: u64, side: Side, t: u64, req: &[u8], res
 }
 
 fn dispatch() -> Dispatch {
-    let settings = Settings { request_timeout_ns: 30_000_000_000 };
-    Dispatch::new(vec![Box::new(http1::Http1::new(&settings)), Box::new(Echo::default())])
+    let settings = Settings {
+        request_timeout_ns: 30_000_000_000,
+    };
+    Dispatch::new(vec![
+        Box::new(http1::Http1::new(&settings)),
+        Box::new(Echo::default()),
+    ])
 }
 
 #[test]
 fn records_round_trip_through_the_ring_layout() {
-    let b = bytes(L7_HTTP1, 9, 7, Side::Client, 100, b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 204 No\r\n\r\n");
+    let b = bytes(
+        L7_HTTP1,
+        9,
+        7,
+        Side::Client,
+        100,
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"HTTP/1.1 204 No\r\n\r\n",
+    );
     let e = Event::parse(&b).unwrap();
-    assert_eq!((e.sk, e.cgroup_id, e.proto, e.side, e.kind), (9, 7, L7_HTTP1, Side::Client, Kind::Exchange));
+    assert_eq!(
+        (e.sk, e.cgroup_id, e.proto, e.side, e.kind),
+        (9, 7, L7_HTTP1, Side::Client, Kind::Exchange)
+    );
     assert_eq!(e.request.unwrap().bytes, b"GET / HTTP/1.1\r\n\r\n");
-    assert_eq!((e.response.unwrap().bytes, e.response.unwrap().ts_ns), (&b"HTTP/1.1 204 No\r\n\r\n"[..], 140));
-    assert_eq!((e.peer, e.peer_port), (IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)), 5432));
+    assert_eq!(
+        (e.response.unwrap().bytes, e.response.unwrap().ts_ns),
+        (&b"HTTP/1.1 204 No\r\n\r\n"[..], 140)
+    );
+    assert_eq!(
+        (e.peer, e.peer_port),
+        (IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)), 5432)
+    );
     // Cut short, or lengths that lie: no record.
     assert!(Event::parse(&b[..50]).is_none());
     let mut lie = b.clone();
@@ -180,10 +230,23 @@ fn two_protocols_on_one_table_ring_and_aggregation_do_not_mix() {
     let table = Table::default();
     let mut out = Vec::new();
     // Interleaved on one "ring": HTTP on sockets 1 and 2, echo on 3 and 4, one cgroup each side.
-    let http = |sk, t| bytes(L7_HTTP1, sk, 7, Side::Server, t, b"GET /items/5 HTTP/1.1\r\n\r\n", b"HTTP/1.1 500 E\r\nContent-Length: 0\r\n\r\n");
+    let http = |sk, t| {
+        bytes(
+            L7_HTTP1,
+            sk,
+            7,
+            Side::Server,
+            t,
+            b"GET /items/5 HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 500 E\r\nContent-Length: 0\r\n\r\n",
+        )
+    };
     let echo = |sk, t, q: &[u8], a: &[u8]| bytes(ECHO_ID, sk, 7, Side::Client, t, q, a);
     for sk in [1, 3, 2, 4] {
-        table.0.borrow_mut().insert(sk, conn(if sk < 3 { L7_HTTP1 } else { ECHO_ID }));
+        table
+            .0
+            .borrow_mut()
+            .insert(sk, conn(if sk < 3 { L7_HTTP1 } else { ECHO_ID }));
     }
     let ring = [
         http(1, 100),
@@ -194,7 +257,15 @@ fn two_protocols_on_one_table_ring_and_aggregation_do_not_mix() {
         http(1, 150),
         // Each protocol's junk stays its own.
         bytes(ECHO_ID, 4, 7, Side::Client, 160, b"Q nope", b"A 0"),
-        bytes(L7_HTTP1, 2, 7, Side::Server, 170, b"\x01\x02", b"HTTP/1.1 200 OK\r\n\r\n"),
+        bytes(
+            L7_HTTP1,
+            2,
+            7,
+            Side::Server,
+            170,
+            b"\x01\x02",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        ),
         // A protocol nobody registered.
         bytes(99, 5, 7, Side::Server, 180, b"x", b"y"),
     ];
@@ -211,27 +282,64 @@ fn two_protocols_on_one_table_ring_and_aggregation_do_not_mix() {
         && r.side == Side::Server
         && r.failed()));
     assert_eq!(
-        echo_reqs.iter().map(|r| (r.operation, r.status.clone(), r.failed())).collect::<Vec<_>>(),
-        [("get", Some(Status::Code(0)), false), ("put", Some(Status::Code(7)), true), ("del", Some(Status::Code(0)), false)]
+        echo_reqs
+            .iter()
+            .map(|r| (r.operation, r.status.clone(), r.failed()))
+            .collect::<Vec<_>>(),
+        [
+            ("get", Some(Status::Code(0)), false),
+            ("put", Some(Status::Code(7)), true),
+            ("del", Some(Status::Code(0)), false)
+        ]
     );
     let h = d.health();
     assert_eq!(h.malformed, 1);
     // The bad request and the answer that then had no request.
-    assert!(h.unparsed.contains(&("echo", "invalid", 2)), "{:?}", h.unparsed);
-    assert!(h.unparsed.contains(&("http", "invalid", 1)), "{:?}", h.unparsed);
-    assert!(h.unparsed.contains(&("http", "response_without_request", 1)), "{:?}", h.unparsed);
+    assert!(
+        h.unparsed.contains(&("echo", "invalid", 2)),
+        "{:?}",
+        h.unparsed
+    );
+    assert!(
+        h.unparsed.contains(&("http", "invalid", 1)),
+        "{:?}",
+        h.unparsed
+    );
+    assert!(
+        h.unparsed
+            .contains(&("http", "response_without_request", 1)),
+        "{:?}",
+        h.unparsed
+    );
 
     // One aggregation: each protocol's series under its own key and family.
-    let mut agg = RequestAgg::new(RequestSettings { apdex_t: 0.5, apdex_for: HashMap::new(), target_cap: 10 });
-    let id = Arc::new(Identity { service_name: "svc".into(), ..Default::default() });
+    let mut agg = RequestAgg::new(RequestSettings {
+        apdex_t: 0.5,
+        apdex_for: HashMap::new(),
+        target_cap: 10,
+    });
+    let id = Arc::new(Identity {
+        service_name: "svc".into(),
+        ..Default::default()
+    });
     for r in &out {
         agg.record(r, &id, 0);
     }
     let mut totals = RequestTotals::default();
     totals.add(&id, &agg.cgroups[&7], 0, 0.5);
     let count = |f: &dyn Fn(&'static Spec) -> bool| -> (u64, u64) {
-        let s = totals.server.iter().filter(|((_, k), _)| f(k.protocol)).map(|(_, h)| h.count).sum();
-        let c = totals.client.iter().filter(|((_, k), _)| f(k.protocol)).map(|(_, h)| h.count).sum();
+        let s = totals
+            .server
+            .iter()
+            .filter(|((_, k), _)| f(k.protocol))
+            .map(|(_, h)| h.count)
+            .sum();
+        let c = totals
+            .client
+            .iter()
+            .filter(|((_, k), _)| f(k.protocol))
+            .map(|(_, h)| h.count)
+            .sum();
         (s, c)
     };
     assert_eq!(count(&|p| p == &http1::SPEC), (3, 0));
@@ -242,11 +350,27 @@ fn two_protocols_on_one_table_ring_and_aggregation_do_not_mix() {
     // One exposition: each family named by its protocol, with its own labels.
     let text = expose(totals);
     let lines = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
-    assert_eq!(lines("http_server_request_duration_seconds_count{"), 1, "{text}");
-    assert_eq!(lines("echo_client_operation_duration_seconds_count{"), 3, "{text}");
+    assert_eq!(
+        lines("http_server_request_duration_seconds_count{"),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        lines("echo_client_operation_duration_seconds_count{"),
+        3,
+        "{text}"
+    );
     assert!(text.contains("echo_op=\"put\",echo_code=\"7\",echo_target=\"t\",server_address=\"10.0.0.9\",server_port=\"5432\""), "{text}");
-    assert!(!text.contains("echo_server"), "no echo server series: {text}");
-    assert!(!text.lines().any(|l| l.starts_with("http_") && l.contains("echo_")), "{text}");
+    assert!(
+        !text.contains("echo_server"),
+        "no echo server series: {text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("http_") && l.contains("echo_")),
+        "{text}"
+    );
 }
 
 fn expose(requests: RequestTotals) -> String {
@@ -254,10 +378,19 @@ fn expose(requests: RequestTotals) -> String {
     struct Fixed(Totals);
     impl Collector for Fixed {
         fn encode(&self, enc: DescriptorEncoder) -> std::fmt::Result {
-            crate::export::metrics::encode_all(enc, &self.0, &KernelHealth::default(), &[], &Topology::default())
+            crate::export::metrics::encode_all(
+                enc,
+                &self.0,
+                &KernelHealth::default(),
+                &[],
+                &Topology::default(),
+            )
         }
     }
-    let totals = Totals { requests, ..Default::default() };
+    let totals = Totals {
+        requests,
+        ..Default::default()
+    };
     let mut r = Registry::default();
     r.register_collector(Box::new(Fixed(totals)));
     let mut out = String::new();
@@ -269,11 +402,35 @@ fn expose(requests: RequestTotals) -> String {
 fn the_topology_takes_its_edge_kind_from_the_protocol() {
     let mut d = dispatch();
     let mut out = Vec::new();
-    d.record(&bytes(ECHO_ID, 3, 7, Side::Client, 100, b"Q get", b"A 0"), &mut out);
-    d.record(&bytes(L7_HTTP1, 1, 8, Side::Client, 100, b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), &mut out);
-    let mut agg = RequestAgg::new(RequestSettings { apdex_t: 0.5, apdex_for: HashMap::new(), target_cap: 10 });
-    let app = Arc::new(Identity { service_name: "app".into(), ..Default::default() });
-    let web = Arc::new(Identity { service_name: "web".into(), ..Default::default() });
+    d.record(
+        &bytes(ECHO_ID, 3, 7, Side::Client, 100, b"Q get", b"A 0"),
+        &mut out,
+    );
+    d.record(
+        &bytes(
+            L7_HTTP1,
+            1,
+            8,
+            Side::Client,
+            100,
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ),
+        &mut out,
+    );
+    let mut agg = RequestAgg::new(RequestSettings {
+        apdex_t: 0.5,
+        apdex_for: HashMap::new(),
+        target_cap: 10,
+    });
+    let app = Arc::new(Identity {
+        service_name: "app".into(),
+        ..Default::default()
+    });
+    let web = Arc::new(Identity {
+        service_name: "web".into(),
+        ..Default::default()
+    });
     let mut totals = RequestTotals::default();
     for r in &out {
         agg.record(r, if r.cgroup_id == 7 { &app } else { &web }, 0);
@@ -285,7 +442,12 @@ fn the_topology_takes_its_edge_kind_from_the_protocol() {
     let kinds: Vec<(&str, &str)> = t
         .edges
         .iter()
-        .map(|(k, e)| (k.client.name(), crate::pipeline::topology::Node::connection_type(&k.client, &k.server, e)))
+        .map(|(k, e)| {
+            (
+                k.client.name(),
+                crate::pipeline::topology::Node::connection_type(&k.client, &k.server, e),
+            )
+        })
         .collect();
     assert_eq!(kinds, [("app", "database"), ("web", "virtual_node")]);
 }

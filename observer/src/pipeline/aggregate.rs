@@ -68,7 +68,9 @@ fn second_handle<K: aya::Pod, V: aya::Pod>(
 ) -> Option<AyaHashMap<MapData, K, V>> {
     let map = ebpf.map(name)?;
     let first: AyaHashMap<&MapData, K, V> = AyaHashMap::try_from(map).ok()?;
-    let fd = std::os::fd::AsFd::as_fd(first.map().fd()).try_clone_to_owned().ok()?;
+    let fd = std::os::fd::AsFd::as_fd(first.map().fd())
+        .try_clone_to_owned()
+        .ok()?;
     let data = MapData::from_fd(fd).ok()?;
     let map = match map {
         aya::maps::Map::LruHashMap(_) => aya::maps::Map::LruHashMap(data),
@@ -136,7 +138,11 @@ fn retire_entries<K: aya::Pod, V: aya::Pod>(
     mut retire: impl FnMut(&K, &PerCpuValues<V>),
 ) {
     let Some(m) = map else { return };
-    let keys: Vec<K> = m.keys().flatten().filter(|k| dead.contains(&cgroup_of(k))).collect();
+    let keys: Vec<K> = m
+        .keys()
+        .flatten()
+        .filter(|k| dead.contains(&cgroup_of(k)))
+        .collect();
     for k in keys {
         if let Ok(v) = m.get(&k, 0) {
             retire(&k, &v);
@@ -196,7 +202,12 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(maps: KernelMaps, resolver: Resolver, grace: Duration, requests: RequestAgg) -> Self {
+    pub fn new(
+        maps: KernelMaps,
+        resolver: Resolver,
+        grace: Duration,
+        requests: RequestAgg,
+    ) -> Self {
         Self {
             maps,
             resolver,
@@ -381,23 +392,45 @@ impl Pipeline {
         }
         let retired = &mut self.retired;
         let by_cgroup = |id: &u64| identities[id].clone();
-        retire_entries(&mut self.maps.syscall_stats, |k| k.cgroup_id, &dead, |k, v| {
-            let e = retired.syscalls.entry((by_cgroup(&k.cgroup_id), k.nr));
-            add_syscall(e.or_default(), &sum_syscall(v));
-        });
-        retire_entries(&mut self.maps.syscall_errors, |k| k.cgroup_id, &dead, |k, v| {
-            let e = retired.errors.entry((by_cgroup(&k.cgroup_id), k.nr, k.errno));
-            *e.or_default() += v.iter().sum::<u64>();
-        });
-        retire_entries(&mut self.maps.tcp_stats, |k| *k, &dead, |k, v| {
-            let e = retired.tcp.entry(by_cgroup(k)).or_default();
-            v.iter().for_each(|c| add_tcp(e, c));
-        });
-        retire_entries(&mut self.maps.tcp_edges, |k| k.cgroup_id, &dead, |k, v| {
-            let key = (by_cgroup(&k.cgroup_id), EdgePeer::from_key(k));
-            let e = retired.tcp_edges.entry(key).or_default();
-            v.iter().for_each(|c| add_edge(e, c));
-        });
+        retire_entries(
+            &mut self.maps.syscall_stats,
+            |k| k.cgroup_id,
+            &dead,
+            |k, v| {
+                let e = retired.syscalls.entry((by_cgroup(&k.cgroup_id), k.nr));
+                add_syscall(e.or_default(), &sum_syscall(v));
+            },
+        );
+        retire_entries(
+            &mut self.maps.syscall_errors,
+            |k| k.cgroup_id,
+            &dead,
+            |k, v| {
+                let e = retired
+                    .errors
+                    .entry((by_cgroup(&k.cgroup_id), k.nr, k.errno));
+                *e.or_default() += v.iter().sum::<u64>();
+            },
+        );
+        retire_entries(
+            &mut self.maps.tcp_stats,
+            |k| *k,
+            &dead,
+            |k, v| {
+                let e = retired.tcp.entry(by_cgroup(k)).or_default();
+                v.iter().for_each(|c| add_tcp(e, c));
+            },
+        );
+        retire_entries(
+            &mut self.maps.tcp_edges,
+            |k| k.cgroup_id,
+            &dead,
+            |k, v| {
+                let key = (by_cgroup(&k.cgroup_id), EdgePeer::from_key(k));
+                let e = retired.tcp_edges.entry(key).or_default();
+                v.iter().for_each(|c| add_edge(e, c));
+            },
+        );
         for cg in &expired {
             if let Some(c) = self.requests.cgroups.remove(cg) {
                 let id = &identities[cg];
@@ -420,7 +453,9 @@ impl Pipeline {
             .retain(|(id, _, _), _| alive.contains(id));
         self.retired.tcp.retain(|id, _| alive.contains(id));
         self.retired.requests.retain(&alive);
-        self.retired.tcp_edges.retain(|(id, _), _| alive.contains(id));
+        self.retired
+            .tcp_edges
+            .retain(|(id, _), _| alive.contains(id));
         let live_pods: Vec<(String, String, String)> = match self.resolver.metadata() {
             Some(meta) => {
                 let m = meta.read().unwrap_or_else(|e| e.into_inner());
@@ -508,16 +543,23 @@ mod tests {
         // Cgroup c, syscall nr: value c * 100 + nr + cpu on each CPU.
         let entries = [(1, 0), (2, 0), (2, 1), (3, 5)];
         for (c, nr) in entries {
-            let v: Vec<u64> = (0..cpus as u64).map(|cpu| c * 100 + nr as u64 + cpu).collect();
+            let v: Vec<u64> = (0..cpus as u64)
+                .map(|cpu| c * 100 + nr as u64 + cpu)
+                .collect();
             let m = map.as_mut().unwrap();
             m.insert(key(c, nr), PerCpuValues::try_from(v).unwrap(), 0)
                 .unwrap();
         }
         let dead: HashSet<u64> = [2, 4].into_iter().collect();
         let mut retired = BTreeMap::new();
-        retire_entries(&mut map, |k| k.cgroup_id, &dead, |k, v| {
-            retired.insert((k.cgroup_id, k.nr), v.iter().copied().collect::<Vec<u64>>());
-        });
+        retire_entries(
+            &mut map,
+            |k| k.cgroup_id,
+            &dead,
+            |k, v| {
+                retired.insert((k.cgroup_id, k.nr), v.iter().copied().collect::<Vec<u64>>());
+            },
+        );
         let per_cpu = |base: u64| (0..cpus as u64).map(|cpu| base + cpu).collect::<Vec<_>>();
         assert_eq!(
             retired,
@@ -529,7 +571,12 @@ mod tests {
         left.sort();
         assert_eq!(left, [(1, 0), (3, 5)]);
         // Nothing dead: nothing retired, nothing removed; no map: nothing to do.
-        retire_entries(&mut map, |k| k.cgroup_id, &HashSet::new(), |_, _| panic!("retired"));
+        retire_entries(
+            &mut map,
+            |k| k.cgroup_id,
+            &HashSet::new(),
+            |_, _| panic!("retired"),
+        );
         assert_eq!(map.as_ref().unwrap().keys().count(), 2);
         let mut none: Option<PerCpuHashMap<MapData, SyscallErrKey, u64>> = None;
         retire_entries(&mut none, |k| k.cgroup_id, &dead, |_, _| panic!("retired"));

@@ -64,7 +64,11 @@ impl Dispatch {
         for (i, p) in protocols.iter().enumerate() {
             by_id[usize::from(p.spec().id)] = Some(i as u8);
         }
-        Self { protocols, by_id, malformed: 0 }
+        Self {
+            protocols,
+            by_id,
+            malformed: 0,
+        }
     }
 
     /// One record as the kernel wrote it; finished requests go to `out`.
@@ -112,7 +116,12 @@ pub struct L7Reader {
 
 impl L7Reader {
     pub fn new(dispatch: Dispatch, table: KernelConns, pipeline: Arc<Mutex<Pipeline>>) -> Self {
-        Self { dispatch, table, pipeline, out: Vec::new() }
+        Self {
+            dispatch,
+            table,
+            pipeline,
+            out: Vec::new(),
+        }
     }
 
     /// Sends the finished requests to the pipeline (and, with `health`, the counters).
@@ -147,7 +156,8 @@ impl Reader for L7Reader {
     }
 
     fn tick(&mut self, _ring: &mut RingBuf<MapData>) {
-        self.dispatch.poll(monotonic_ns(), &self.table, &mut self.out);
+        self.dispatch
+            .poll(monotonic_ns(), &self.table, &mut self.out);
         self.flush(true);
     }
 }

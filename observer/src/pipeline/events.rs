@@ -237,7 +237,8 @@ impl Lifecycle {
                     .map(|i| (i.k8s_namespace_name.as_str(), i.k8s_pod_name.as_str())),
             )
             .collect();
-        let keep = |id: &Arc<Identity>| alive.contains(id) || uids.contains(id.k8s_pod_uid.as_str());
+        let keep =
+            |id: &Arc<Identity>| alive.contains(id) || uids.contains(id.k8s_pod_uid.as_str());
         self.oom_kills.retain(|id, _| keep(id));
         self.exits.retain(|(id, _), _| keep(id));
         self.restarts.retain(|(id, _), _| keep(id));
@@ -271,8 +272,16 @@ mod tests {
         let mut l = Lifecycle::default();
         l.publish(ev(EventKind::OomKill, "a", &[]));
         l.publish(ev(EventKind::ProcessExit, "a", &[("reason", "oom_killed")]));
-        l.publish(ev(EventKind::ProcessExit, "b", &[("reason", "exited"), ("code", "3")]));
-        l.publish(ev(EventKind::ContainerRestart, "a", &[("reason", "OOMKilled")]));
+        l.publish(ev(
+            EventKind::ProcessExit,
+            "b",
+            &[("reason", "exited"), ("code", "3")],
+        ));
+        l.publish(ev(
+            EventKind::ContainerRestart,
+            "a",
+            &[("reason", "OOMKilled")],
+        ));
         l.publish(ev(
             EventKind::KubernetesEvent,
             "a",

@@ -42,10 +42,38 @@ impl Ending {
 /// The name of a signal number (x86_64/generic Linux numbering).
 pub fn signal_name(sig: u8) -> String {
     const NAMES: [&str; 32] = [
-        "", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
-        "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT",
-        "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU",
-        "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
     ];
     NAMES
         .get(sig as usize)
@@ -60,7 +88,10 @@ fn comm(c: &[u8; 16]) -> String {
 }
 
 /// The events one record stands for (an OOM kill and, for a main process, its exit).
-pub fn events_of(rec: &ExitRecord, identity: Arc<crate::identity::Identity>) -> Vec<LifecycleEvent> {
+pub fn events_of(
+    rec: &ExitRecord,
+    identity: Arc<crate::identity::Identity>,
+) -> Vec<LifecycleEvent> {
     // The record's kernel timestamp, as wall-clock time.
     let age = Duration::from_nanos(monotonic_ns().saturating_sub(rec.ts_ns));
     let time = SystemTime::now() - age;
@@ -142,7 +173,8 @@ impl crate::ebpf::reader::Reader for LifecycleReader {
             if item.len() >= std::mem::size_of::<ExitRecord>() {
                 // SAFETY: ExitRecord is plain integers written by the kernel with the same
                 // #[repr(C)] layout; read_unaligned copies it out of the ring.
-                records.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ExitRecord) });
+                records
+                    .push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ExitRecord) });
             }
         }
         if records.is_empty() {
@@ -197,7 +229,10 @@ mod tests {
         let e = events_of(&rec(9, EXIT_OOM_KILLED), id.clone());
         assert_eq!(e.len(), 1);
         let e = events_of(&rec(3 << 8, EXIT_MAIN), id.clone());
-        assert_eq!((e[0].fields["reason"].as_str(), e[0].fields["code"].as_str()), ("exited", "3"));
+        assert_eq!(
+            (e[0].fields["reason"].as_str(), e[0].fields["code"].as_str()),
+            ("exited", "3")
+        );
         let e = events_of(&rec(15, EXIT_MAIN), id);
         assert_eq!(e[0].fields["signal_name"], "SIGTERM");
         assert_eq!(e[0].fields["reason"], "signaled");

@@ -15,9 +15,9 @@ use std::{
 };
 
 use crate::{
-    model::Hist,
     identity::Identity,
     l7::{cap::TargetCap, Request, Side, Spec, Status},
+    model::Hist,
 };
 
 /// Buckets of the request duration histograms (seconds), before T and 4T are added.
@@ -226,7 +226,10 @@ impl RequestAgg {
     }
 
     fn bounds(&mut self, t: f64) -> Arc<Vec<f64>> {
-        self.bounds.entry(t.to_bits()).or_insert_with(|| Arc::new(bounds_for(t))).clone()
+        self.bounds
+            .entry(t.to_bits())
+            .or_insert_with(|| Arc::new(bounds_for(t)))
+            .clone()
     }
 
     /// Distinct targets a protocol's services overflowed, per service (for the exposition).
@@ -235,7 +238,9 @@ impl RequestAgg {
             .targets
             .iter()
             .flat_map(|(spec, cap)| {
-                cap.overflow_counts().into_iter().map(move |(s, n)| (spec.name, s, n))
+                cap.overflow_counts()
+                    .into_iter()
+                    .map(move |(s, n)| (spec.name, s, n))
             })
             .collect();
         v.sort();
@@ -266,16 +271,19 @@ impl RequestAgg {
                     error_type: r.error_type,
                 };
                 let c = self.cgroups.entry(r.cgroup_id).or_default();
-                c.server.entry(key).or_insert_with(|| Hist::new(bounds.clone())).observe(secs);
+                c.server
+                    .entry(key)
+                    .or_insert_with(|| Hist::new(bounds.clone()))
+                    .observe(secs);
                 let peer = if c.peers.len() < MAX_PEERS || c.peers.contains_key(&(spec, r.peer)) {
                     r.peer
                 } else {
                     IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
                 };
-                let p = c
-                    .peers
-                    .entry((spec, peer))
-                    .or_insert_with(|| PeerStats { hist: Hist::new(bounds), failed: 0 });
+                let p = c.peers.entry((spec, peer)).or_insert_with(|| PeerStats {
+                    hist: Hist::new(bounds),
+                    failed: 0,
+                });
                 p.hist.observe(secs);
                 p.failed += u64::from(failed);
                 if spec.apdex {
@@ -292,7 +300,8 @@ impl RequestAgg {
                     if c.clients.len() < MAX_CLIENTS || c.clients.contains_key(&r.peer) {
                         c.clients.insert(r.peer, now_ns);
                     } else {
-                        c.clients.retain(|_, ts| now_ns.saturating_sub(*ts) < ACTIVE_WINDOW_NS);
+                        c.clients
+                            .retain(|_, ts| now_ns.saturating_sub(*ts) < ACTIVE_WINDOW_NS);
                     }
                 }
                 target
@@ -308,7 +317,10 @@ impl RequestAgg {
                     error_type: r.error_type,
                 };
                 let c = self.cgroups.entry(r.cgroup_id).or_default();
-                c.client.entry(key).or_insert_with(|| Hist::new(bounds)).observe(secs);
+                c.client
+                    .entry(key)
+                    .or_insert_with(|| Hist::new(bounds))
+                    .observe(secs);
                 r.target.clone()
             }
         }
@@ -345,7 +357,10 @@ mod tests {
             apdex_for: [("api".to_string(), 0.2)].into(),
             target_cap: 10,
         });
-        let id = Identity { service_name: "api".into(), ..Default::default() };
+        let id = Identity {
+            service_name: "api".into(),
+            ..Default::default()
+        };
         for (s, st) in [
             (0.005, Some(200)),
             (0.05, Some(200)),

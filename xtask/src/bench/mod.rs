@@ -257,18 +257,44 @@ fn hey(place: &Place, rate: u32, secs: u64) -> Result<HeyRun> {
     let per_worker = format!("{}", (rate as f64 / workers as f64).max(1.0));
     let (secs, url) = (format!("{secs}s"), place.url());
     let out = place
-        .client(&["hey", "-z", &secs, "-c", &workers.to_string(), "-q", &per_worker, &url])
+        .client(&[
+            "hey",
+            "-z",
+            &secs,
+            "-c",
+            &workers.to_string(),
+            "-q",
+            &per_worker,
+            &url,
+        ])
         .stdin(Stdio::null())
         .output()
         .context("running hey (is it installed?)")?;
     check_interrupted()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success(), "hey failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "hey failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rps = (text.lines())
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:")?.trim().parse::<f64>().ok())
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Requests/sec:")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .with_context(|| format!("no Requests/sec in hey output:\n{text}"))?;
     let p99_s = (text.lines())
-        .find_map(|l| l.trim().strip_prefix("99% in ")?.split_whitespace().next()?.parse().ok())
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("99% in ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .with_context(|| format!("no 99% latency in hey output:\n{text}"))?;
     // "  [200]\t600000 responses"
     let responses = (text.lines())
@@ -279,8 +305,15 @@ fn hey(place: &Place, rate: u32, secs: u64) -> Result<HeyRun> {
             n.split_whitespace().next()?.parse::<u64>().ok()
         })
         .sum();
-    ensure!(!text.contains("Error distribution"), "hey saw errors:\n{text}");
-    Ok(HeyRun { responses, p99_s, rps })
+    ensure!(
+        !text.contains("Error distribution"),
+        "hey saw errors:\n{text}"
+    );
+    Ok(HeyRun {
+        responses,
+        p99_s,
+        rps,
+    })
 }
 
 /// Sum of the samples of `family` whose labels contain every `want` pair.
@@ -310,7 +343,12 @@ fn fixed_rate(g: &mut Guard, bin: &Path, place: &Place, rate: u32, secs: u64) ->
     );
     fs::File::create(g.dir.join("access.log"))?;
     let base = hey(place, rate, secs).context("fixed rate, no observer")?;
-    println!("fixed none: {:.0} req/s, p99 {:.2} ms, {} responses", base.rps, base.p99_s * 1e3, base.responses);
+    println!(
+        "fixed none: {:.0} req/s, p99 {:.2} ms, {} responses",
+        base.rps,
+        base.p99_s * 1e3,
+        base.responses
+    );
     fs::File::create(g.dir.join("access.log"))?;
     let log = g.dir.join("observer-fixed.log");
     let (pid, addr) = start_observer(g, bin, SETUPS[OBSERVER].1.expect("probes"), &log)?;
@@ -325,22 +363,52 @@ fn fixed_rate(g: &mut Guard, bin: &Path, place: &Place, rate: u32, secs: u64) ->
     let text = get_metrics(&addr)?;
     let rss = proc_status(pid, "VmHWM", 0)? as f64 / 1024.0;
     let _ = stop(g.observer.take().context("observer gone")?)?;
-    let server = metric_sum(&text, "http_server_request_duration_seconds_count", &["http_route=\"/\"", "http_response_status_code=\"200\""]);
-    let client = metric_sum(&text, "http_client_request_duration_seconds_count", &["http_response_status_code=\"200\""]);
+    let server = metric_sum(
+        &text,
+        "http_server_request_duration_seconds_count",
+        &["http_route=\"/\"", "http_response_status_code=\"200\""],
+    );
+    let client = metric_sum(
+        &text,
+        "http_client_request_duration_seconds_count",
+        &["http_response_status_code=\"200\""],
+    );
     let lost = metric_sum(&text, "observer_events_lost_total", &["source=\"l7"]);
-    println!("fixed observer: {:.0} req/s, p99 {:.2} ms, {} responses", with.rps, with.p99_s * 1e3, with.responses);
+    println!(
+        "fixed observer: {:.0} req/s, p99 {:.2} ms, {} responses",
+        with.rps,
+        with.p99_s * 1e3,
+        with.responses
+    );
     println!("\nfixed-rate figure                 value   target");
     println!("observer CPU, % of one core     {cpu:>7.2}   <= 3");
     println!("observer peak RSS, MiB          {rss:>7.1}");
-    println!("p99 with / without              {:>7.2}   <= 1.05  ({:.2} ms / {:.2} ms)", with.p99_s / base.p99_s, with.p99_s * 1e3, base.p99_s * 1e3);
+    println!(
+        "p99 with / without              {:>7.2}   <= 1.05  ({:.2} ms / {:.2} ms)",
+        with.p99_s / base.p99_s,
+        with.p99_s * 1e3,
+        base.p99_s * 1e3
+    );
     println!("L7 records lost                 {lost:>7.0}   0");
-    println!("server requests seen / hey's    {server:>7.0} / {}  (equal, or short by the records lost)", with.responses);
-    println!("client requests seen / hey's    {client:>7.0} / {}  (equal, or short by the records lost)", with.responses);
+    println!(
+        "server requests seen / hey's    {server:>7.0} / {}  (equal, or short by the records lost)",
+        with.responses
+    );
+    println!(
+        "client requests seen / hey's    {client:>7.0} / {}  (equal, or short by the records lost)",
+        with.responses
+    );
     Ok(())
 }
 
 /// One wrk run under setup `i`, then, when the observer runs, a short one with BPF stats on.
-fn run_setup(g: &mut Guard, bin: &Path, i: usize, args: &BenchArgs, place: &Place) -> Result<Sample> {
+fn run_setup(
+    g: &mut Guard,
+    bin: &Path,
+    i: usize,
+    args: &BenchArgs,
+    place: &Place,
+) -> Result<Sample> {
     // Keep the access log from filling the disk; nginx appends, so truncating is safe.
     fs::File::create(g.dir.join("access.log"))?;
     let (c, secs) = (args.connections, args.duration);
@@ -486,7 +554,11 @@ fn start_observer(g: &mut Guard, bin: &Path, probes: &str, log: &Path) -> Result
 
 /// Runs wrk where the setting runs its client; returns requests/s and the number of requests.
 fn wrk(place: &Place, connections: u32, secs: u64) -> Result<(f64, u64)> {
-    let (c, d, url) = (format!("-c{connections}"), format!("-d{secs}s"), place.url());
+    let (c, d, url) = (
+        format!("-c{connections}"),
+        format!("-d{secs}s"),
+        place.url(),
+    );
     let out = place
         .client(&["wrk", "-t1", &c, &d, "--latency", &url])
         .stdin(Stdio::null())
@@ -549,7 +621,9 @@ fn observer_programs(pid: u32) -> Result<HashSet<u32>> {
     let mut ids = HashSet::new();
     for entry in fs::read_dir(&dir).with_context(|| dir.clone())? {
         // An fd closed since the listing is not an error.
-        let Ok(info) = fs::read_to_string(entry?.path()) else { continue };
+        let Ok(info) = fs::read_to_string(entry?.path()) else {
+            continue;
+        };
         let id =
             (info.lines()).find_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u32>().ok());
         ids.extend(id);

@@ -29,10 +29,17 @@ impl Pods {
         let root = cgroup2_root()?;
         let slice = root.join("kubepods.slice/kubepods-burstable.slice");
         let cgroups = [0, 1].map(|i| {
-            slice.join(format!("kubepods-burstable-pod{tag:08x}_0000_4000_8000_{i:012x}.slice"))
+            slice
+                .join(format!(
+                    "kubepods-burstable-pod{tag:08x}_0000_4000_8000_{i:012x}.slice"
+                ))
                 .join(format!("cri-containerd-{:064}.scope", tag * 10 + i))
         });
-        let p = Pods { bridge, netns, cgroups };
+        let p = Pods {
+            bridge,
+            netns,
+            cgroups,
+        };
         p.set_up().context("setting up the benchmark's pods")?;
         Ok(p)
     }
@@ -71,7 +78,9 @@ impl Pods {
 impl Drop for Pods {
     fn drop(&mut self) {
         for ns in &self.netns {
-            let _ = sh(&format!("ip netns pids {ns} | xargs -r kill -9; ip netns del {ns}"));
+            let _ = sh(&format!(
+                "ip netns pids {ns} | xargs -r kill -9; ip netns del {ns}"
+            ));
         }
         let _ = sh(&format!("ip link del {}", self.bridge));
         for cg in &self.cgroups {
@@ -162,9 +171,15 @@ impl Place {
     pub fn server_up(&self) -> bool {
         let url = self.url();
         let host = url.trim_start_matches("http://").trim_end_matches('/');
-        let probe = format!("exec 3<>/dev/tcp/{}/{}", host.split(':').next().unwrap_or(""), host.split(':').nth(1).unwrap_or(""));
+        let probe = format!(
+            "exec 3<>/dev/tcp/{}/{}",
+            host.split(':').next().unwrap_or(""),
+            host.split(':').nth(1).unwrap_or("")
+        );
         let mut c = self.client(&["bash", "-c", &probe]);
-        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         c.status().is_ok_and(|s| s.success())
     }
 }
@@ -180,7 +195,11 @@ pub fn spawn_nginx(place: &Place, dir: &Path) -> Result<Child> {
 
 fn sh(cmd: &str) -> Result<()> {
     let out = Command::new("sh").args(["-c", cmd]).output()?;
-    ensure!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 

@@ -3,11 +3,7 @@
 //! taken when the event arrives, so a reader who subscribes later (`replay`) still sees what
 //! the pod was doing before it died.
 
-use std::{
-    collections::VecDeque,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use tokio::sync::broadcast;
 
@@ -87,7 +83,9 @@ async fn convert_event(shared: &Arc<Shared>, ev: &LifecycleEvent) -> pb::Event {
         .checked_sub(ev.time.elapsed().unwrap_or_default().saturating_sub(SETTLE))
         .unwrap_or_else(std::time::Instant::now);
     let s = shared.clone();
-    let cur = tokio::task::spawn_blocking(move || s.snapshots.taken_after(settled)).await.ok();
+    let cur = tokio::task::spawn_blocking(move || s.snapshots.taken_after(settled))
+        .await
+        .ok();
     let (figures, window) = match cur.as_ref() {
         Some(cur) => figures_before(shared, cur, &ev.identity),
         None => (None, None),
@@ -96,7 +94,11 @@ async fn convert_event(shared: &Arc<Shared>, ev: &LifecycleEvent) -> pb::Event {
         kind: ev.kind.as_str().to_string(),
         time_unix_nano: convert::unix_nanos(ev.time),
         workload: Some(convert::workload(&ev.identity)),
-        fields: ev.fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        fields: ev
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         message: ev.message.clone(),
         figures_before: figures,
         figures_window: window,
@@ -150,7 +152,12 @@ fn figures_before(
         covered_seconds: covered,
     };
     (
-        Some(convert::figures(w.requests, w.errors, w.hist.as_ref(), covered)),
+        Some(convert::figures(
+            w.requests,
+            w.errors,
+            w.hist.as_ref(),
+            covered,
+        )),
         Some(window),
     )
 }

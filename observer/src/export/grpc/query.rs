@@ -202,7 +202,10 @@ impl Win {
 
 /// The numeric status (0 when it is none or not a number) and its text.
 pub fn status_fields(s: Option<&Status>) -> (u32, String) {
-    (s.and_then(Status::code).unwrap_or(0), s.map(Status::label).unwrap_or_default())
+    (
+        s.and_then(Status::code).unwrap_or(0),
+        s.map(Status::label).unwrap_or_default(),
+    )
 }
 
 fn series(win: &Win, hash: u64, h: &Hist, fail: bool) -> pb::LatencySeries {
@@ -228,7 +231,12 @@ pub fn latency(cur: &Current, win: &Win, sel: &Selector) -> Result<pb::Latency, 
                 continue;
             }
             let hash = series_hash(&id, SeriesSide::Server, k);
-            let mut s = series(win, hash, h, (k.protocol.failed)(k.status.as_ref(), k.error_type));
+            let mut s = series(
+                win,
+                hash,
+                h,
+                (k.protocol.failed)(k.status.as_ref(), k.error_type),
+            );
             s.protocol = k.protocol.name.to_string();
             s.method = k.operation.to_string();
             (s.status, s.status_code) = status_fields(k.status.as_ref());
@@ -242,7 +250,12 @@ pub fn latency(cur: &Current, win: &Win, sel: &Selector) -> Result<pb::Latency, 
                 continue;
             }
             let hash = series_hash(&id, SeriesSide::Client, k);
-            let mut s = series(win, hash, h, (k.protocol.failed)(k.status.as_ref(), k.error_type));
+            let mut s = series(
+                win,
+                hash,
+                h,
+                (k.protocol.failed)(k.status.as_ref(), k.error_type),
+            );
             s.protocol = k.protocol.name.to_string();
             s.method = k.operation.to_string();
             (s.status, s.status_code) = status_fields(k.status.as_ref());

@@ -71,7 +71,10 @@ impl TryFrom<pb::StreamRequestsRequest> for RequestFilter {
         if let Some(p) = &protocol {
             if crate::l7::spec_by_name(p).is_none() {
                 let known: Vec<&str> = crate::l7::SPECS.iter().map(|s| s.name).collect();
-                return bad(format!("protocol must be one of {}, got {p:?}", known.join(", ")));
+                return bad(format!(
+                    "protocol must be one of {}, got {p:?}",
+                    known.join(", ")
+                ));
             }
         }
         let side = match pb::Side::try_from(r.side) {
@@ -103,9 +106,9 @@ impl RequestFilter {
                 .as_ref()
                 .is_none_or(|s| r.identity.service_name == *s)
             && self.route.as_ref().is_none_or(|x| *r.target == **x)
-            && self
-                .status
-                .is_none_or(|s| q.status.as_ref().and_then(crate::l7::Status::code) == Some(u32::from(s)))
+            && self.status.is_none_or(|s| {
+                q.status.as_ref().and_then(crate::l7::Status::code) == Some(u32::from(s))
+            })
             && q.duration_ns >= self.min_duration_ns
             && self.side.is_none_or(|s| q.side == s)
             && self.protocol.as_ref().is_none_or(|p| q.protocol.name == p)
@@ -241,8 +244,7 @@ pub async fn poll_lost(
             continue;
         }
         let p = pipeline.clone();
-        let Ok(lost) = tokio::task::spawn_blocking(move || lock(&p).lost().to_vec()).await
-        else {
+        let Ok(lost) = tokio::task::spawn_blocking(move || lock(&p).lost().to_vec()).await else {
             continue;
         };
         if let Some(prev) = &last {

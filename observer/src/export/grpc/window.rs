@@ -167,7 +167,11 @@ impl Figures {
         for ((id, k), h) in &http.server {
             if f.server.len() < aggs || f.server.contains_key(id) {
                 let a = f.server.entry(id.clone()).or_default();
-                a.add(h.count, (k.protocol.failed)(k.status.as_ref(), k.error_type), h);
+                a.add(
+                    h.count,
+                    (k.protocol.failed)(k.status.as_ref(), k.error_type),
+                    h,
+                );
             }
             if f.series.len() < series {
                 f.series
@@ -177,7 +181,11 @@ impl Figures {
         for ((id, k), h) in &http.client {
             if f.client.len() < aggs || f.client.contains_key(id) {
                 let a = f.client.entry(id.clone()).or_default();
-                a.add(h.count, (k.protocol.failed)(k.status.as_ref(), k.error_type), h);
+                a.add(
+                    h.count,
+                    (k.protocol.failed)(k.status.as_ref(), k.error_type),
+                    h,
+                );
             }
             if f.series.len() < series {
                 f.series

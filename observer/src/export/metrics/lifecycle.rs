@@ -76,4 +76,3 @@ fn state_labels<'a>(base: &[(&'static str, &'a str); 3], state: &'static str) ->
     l.push(("state", state));
     l
 }
-

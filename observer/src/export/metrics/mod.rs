@@ -105,7 +105,12 @@ fn histogram<L: prometheus_client::encoding::EncodeLabelSet>(
     h: &Hist,
 ) -> fmt::Result {
     let buckets = h.buckets();
-    RawHistogram { sum: h.sum, count: h.count, buckets: &buckets }.encode(m.encode_family(labels)?)
+    RawHistogram {
+        sum: h.sum,
+        count: h.count,
+        buckets: &buckets,
+    }
+    .encode(m.encode_family(labels)?)
 }
 
 fn counter<'a>(

@@ -30,7 +30,11 @@ pub fn encode(enc: &mut DescriptorEncoder, r: &RequestTotals) -> fmt::Result {
         .chain(r.client.keys().map(|(_, k)| k.protocol))
         .collect();
     for spec in specs {
-        let server: Vec<_> = r.server.iter().filter(|((_, k), _)| k.protocol == spec).collect();
+        let server: Vec<_> = r
+            .server
+            .iter()
+            .filter(|((_, k), _)| k.protocol == spec)
+            .collect();
         if !server.is_empty() {
             let mut m = enc.encode_descriptor(
                 base(spec.server.name),
@@ -52,7 +56,11 @@ pub fn encode(enc: &mut DescriptorEncoder, r: &RequestTotals) -> fmt::Result {
                 histogram(&mut m, &l, h)?;
             }
         }
-        let client: Vec<_> = r.client.iter().filter(|((_, k), _)| k.protocol == spec).collect();
+        let client: Vec<_> = r
+            .client
+            .iter()
+            .filter(|((_, k), _)| k.protocol == spec)
+            .collect();
         if !client.is_empty() {
             let mut m = enc.encode_descriptor(
                 base(spec.client.name),
@@ -107,6 +115,8 @@ pub fn encode(enc: &mut DescriptorEncoder, r: &RequestTotals) -> fmt::Result {
         enc,
         "http_server_active_clients",
         "Distinct client addresses that made a request in the last 60 s",
-        r.active_clients.iter().map(|(id, n)| (with(id, &[]), *n as i64)),
+        r.active_clients
+            .iter()
+            .map(|(id, n)| (with(id, &[]), *n as i64)),
     )
 }

@@ -34,7 +34,11 @@ pub const LOST_SOURCES: [(u32, &str); 13] = [
     (LOST_L7_STALE_STATE, "l7_stale_state"),
 ];
 
-pub fn encode(enc: &mut DescriptorEncoder, health: &KernelHealth, probes: &[ProbeStatus]) -> fmt::Result {
+pub fn encode(
+    enc: &mut DescriptorEncoder,
+    health: &KernelHealth,
+    probes: &[ProbeStatus],
+) -> fmt::Result {
     {
         let mut m = enc.encode_descriptor(
             "observer_probe_up",
@@ -64,13 +68,19 @@ pub fn encode(enc: &mut DescriptorEncoder, health: &KernelHealth, probes: &[Prob
         enc,
         "observer_map_entries",
         "Entries in an in-kernel table",
-        health.fill.iter().map(|(n, e, _)| (vec![("map", *n)], *e as i64)),
+        health
+            .fill
+            .iter()
+            .map(|(n, e, _)| (vec![("map", *n)], *e as i64)),
     )?;
     gauge(
         enc,
         "observer_map_capacity",
         "Capacity of an in-kernel table",
-        health.fill.iter().map(|(n, _, c)| (vec![("map", *n)], *c as i64)),
+        health
+            .fill
+            .iter()
+            .map(|(n, _, c)| (vec![("map", *n)], *c as i64)),
     )?;
     {
         let mut m = enc.encode_descriptor(

@@ -66,13 +66,32 @@ pub fn encode(enc: &mut DescriptorEncoder, topology: &Topology) -> fmt::Result {
     // TCP per edge (every connection, HTTP or not).
     type TcpField = fn(&Edge) -> u64;
     let tcp_families: [(&str, &str, TcpField); 4] = [
-        ("observer_tcp_edge_connections", "TCP connections established between two nodes of the service graph", |e| e.tcp.connections),
-        ("observer_tcp_edge_connect_failures", "Failed TCP connects from the client node to the server node", |e| e.tcp.connect_failures),
-        ("observer_tcp_edge_retransmits", "TCP retransmits on the connections of an edge (either end)", |e| e.tcp.retransmits),
-        ("observer_tcp_edge_bytes_client_to_server", "Payload bytes the client sent to the server", |e| e.tcp.bytes_client_to_server),
+        (
+            "observer_tcp_edge_connections",
+            "TCP connections established between two nodes of the service graph",
+            |e| e.tcp.connections,
+        ),
+        (
+            "observer_tcp_edge_connect_failures",
+            "Failed TCP connects from the client node to the server node",
+            |e| e.tcp.connect_failures,
+        ),
+        (
+            "observer_tcp_edge_retransmits",
+            "TCP retransmits on the connections of an edge (either end)",
+            |e| e.tcp.retransmits,
+        ),
+        (
+            "observer_tcp_edge_bytes_client_to_server",
+            "Payload bytes the client sent to the server",
+            |e| e.tcp.bytes_client_to_server,
+        ),
     ];
     for (name, help, field) in tcp_families {
-        let rows: Vec<_> = graph.iter().filter(|(_, e)| e.tcp != Default::default()).collect();
+        let rows: Vec<_> = graph
+            .iter()
+            .filter(|(_, e)| e.tcp != Default::default())
+            .collect();
         if rows.is_empty() {
             continue;
         }
@@ -83,7 +102,10 @@ pub fn encode(enc: &mut DescriptorEncoder, topology: &Topology) -> fmt::Result {
         }
     }
     {
-        let rows: Vec<_> = graph.iter().filter(|(_, e)| e.tcp != Default::default()).collect();
+        let rows: Vec<_> = graph
+            .iter()
+            .filter(|(_, e)| e.tcp != Default::default())
+            .collect();
         if !rows.is_empty() {
             let mut m = enc.encode_descriptor(
                 "observer_tcp_edge_bytes_server_to_client",
@@ -98,13 +120,21 @@ pub fn encode(enc: &mut DescriptorEncoder, topology: &Topology) -> fmt::Result {
         }
     }
     for (name, help, failed) in [
-        ("traces_service_graph_request", "Requests between two nodes of the service graph", false),
-        ("traces_service_graph_request_failed", "Failed requests (5xx or no response) between two nodes", true),
+        (
+            "traces_service_graph_request",
+            "Requests between two nodes of the service graph",
+            false,
+        ),
+        (
+            "traces_service_graph_request_failed",
+            "Failed requests (5xx or no response) between two nodes",
+            true,
+        ),
     ] {
         let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-        let http_edges = graph
-            .iter()
-            .filter(|(_, e)| e.requests > 0 || e.client_seconds.is_some() || e.server_seconds.is_some());
+        let http_edges = graph.iter().filter(|(_, e)| {
+            e.requests > 0 || e.client_seconds.is_some() || e.server_seconds.is_some()
+        });
         for (l, e) in http_edges {
             let v = if failed { e.failed } else { e.requests };
             m.encode_family(&label_set(l))?
@@ -112,24 +142,36 @@ pub fn encode(enc: &mut DescriptorEncoder, topology: &Topology) -> fmt::Result {
         }
     }
     for (name, help, server) in [
-        ("traces_service_graph_request_server", "Request duration as the server measured it", true),
-        ("traces_service_graph_request_client", "Request duration as the client measured it", false),
+        (
+            "traces_service_graph_request_server",
+            "Request duration as the server measured it",
+            true,
+        ),
+        (
+            "traces_service_graph_request_client",
+            "Request duration as the client measured it",
+            false,
+        ),
     ] {
         let rows: Vec<(&GraphLabels, &Hist)> = graph
             .iter()
             .filter_map(|(l, e)| {
-                let h = if server { e.server_seconds.as_ref() } else { e.client_seconds.as_ref() };
+                let h = if server {
+                    e.server_seconds.as_ref()
+                } else {
+                    e.client_seconds.as_ref()
+                };
                 h.map(|h| (l, h))
             })
             .collect();
         if rows.is_empty() {
             continue;
         }
-        let mut m = enc.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+        let mut m =
+            enc.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
         for (l, h) in rows {
             histogram(&mut m, &label_set(l), h)?;
         }
     }
     Ok(())
 }
-

@@ -97,7 +97,9 @@ pub struct Http1 {
 
 impl Http1 {
     pub fn new(settings: &Settings) -> Self {
-        Self { tracker: tracker::Tracker::new(settings.request_timeout_ns) }
+        Self {
+            tracker: tracker::Tracker::new(settings.request_timeout_ns),
+        }
     }
 }
 

@@ -478,7 +478,11 @@ pub fn is_id(seg: &str) -> bool {
             8 | 13 | 18 | 23 => *c == b'-',
             _ => c.is_ascii_hexdigit(),
         });
-    let distinct = |b: &[u8]| b.iter().fold(0u32, |m, c| m | 1 << (c.to_ascii_lowercase() & 31)).count_ones();
+    let distinct = |b: &[u8]| {
+        b.iter()
+            .fold(0u32, |m, c| m | 1 << (c.to_ascii_lowercase() & 31))
+            .count_ones()
+    };
     let hex = b.iter().all(u8::is_ascii_hexdigit)
         && ((b.len() >= 8 && digits > 0) || (b.len() >= 16 && distinct(b) >= 4));
     numeric || uuid || hex || is_token(b, digits) || words(b).any(random_word)
@@ -525,7 +529,11 @@ fn random_word(w: &[u8]) -> bool {
     let (mut vowels, mut run, mut longest) = (0, 0, 0);
     for &c in w {
         let c = c.to_ascii_lowercase();
-        let slot = if c.is_ascii_digit() { (c - b'0') as usize + 26 } else { (c - b'a') as usize };
+        let slot = if c.is_ascii_digit() {
+            (c - b'0') as usize + 26
+        } else {
+            (c - b'a') as usize
+        };
         seen[slot] = true;
         if b"aeiouy".contains(&c) || c.is_ascii_digit() {
             vowels += usize::from(!c.is_ascii_digit());
@@ -1093,8 +1101,14 @@ mod tests {
         let mut answered = 0;
         let mut check = |b: &[u8]| {
             if let Some((m, target, v)) = quick_request_line(b) {
-                let (hm, ht, hv) = request_line(b).expect("httparse reads what the quick path read");
-                assert_eq!((m, target, v), (hm, ht, hv), "{:?}", String::from_utf8_lossy(b));
+                let (hm, ht, hv) =
+                    request_line(b).expect("httparse reads what the quick path read");
+                assert_eq!(
+                    (m, target, v),
+                    (hm, ht, hv),
+                    "{:?}",
+                    String::from_utf8_lossy(b)
+                );
                 answered += 1;
             }
             if let Some((status, head_len, framing)) = quick_response(b) {
@@ -1102,7 +1116,10 @@ mod tests {
                     Parsed::Complete { head, head_len: h } => {
                         assert_eq!((status, head_len, framing), (head.status, h, head.framing));
                     }
-                    other => panic!("{:?}: quick {status}, httparse {other:?}", String::from_utf8_lossy(b)),
+                    other => panic!(
+                        "{:?}: quick {status}, httparse {other:?}",
+                        String::from_utf8_lossy(b)
+                    ),
                 }
                 answered += 1;
             }
@@ -1121,7 +1138,9 @@ mod tests {
         for _ in 0..20_000 {
             let n = rng.below(64);
             const ALPHABET: &[u8] = b"GET /HTP1.\r\n: 0aZ";
-            let b: Vec<u8> = (0..n).map(|_| ALPHABET[rng.below(ALPHABET.len())]).collect();
+            let b: Vec<u8> = (0..n)
+                .map(|_| ALPHABET[rng.below(ALPHABET.len())])
+                .collect();
             check(&b);
         }
         assert!(answered > 100, "{answered}");

@@ -118,7 +118,9 @@ pub struct Tracker {
 
 /// Where a head starts after the empty lines a client may send between messages.
 fn skip_crlf(p: &[u8]) -> usize {
-    p.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(p.len())
+    p.iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(p.len())
 }
 
 impl Tracker {
@@ -204,7 +206,8 @@ impl Tracker {
                         let idle = now_ns.saturating_sub(d.last_ns);
                         // Unknown framing, or a chunked body whose end the counters cannot show
                         // (its last bytes were within a vectored call's middle).
-                        let stale = matches!(f.end, End::Unknown | End::Chunked) && idle >= IDLE_END_NS;
+                        let stale =
+                            matches!(f.end, End::Unknown | End::Chunked) && idle >= IDLE_END_NS;
                         let too_long =
                             now_ns.saturating_sub(f.req.start_ns) >= timeout && idle >= IDLE_END_NS;
                         if done(f.end, &d) || stale || too_long {
@@ -225,7 +228,10 @@ impl Tracker {
                     }
                 }
             }
-            while c.pending.front().is_some_and(|r| now_ns.saturating_sub(r.start_ns) >= timeout)
+            while c
+                .pending
+                .front()
+                .is_some_and(|r| now_ns.saturating_sub(r.start_ns) >= timeout)
                 && c.responding.is_none()
             {
                 let req = c.pending.pop_front().expect("checked");
@@ -268,18 +274,30 @@ impl Tracker {
             if c.timed_out == Some(k.req_ts) {
                 return;
             }
-            let side = if k.side == observer_common::L7_SIDE_CLIENT { Side::Client } else { Side::Server };
+            let side = if k.side == observer_common::L7_SIDE_CLIENT {
+                Side::Client
+            } else {
+                Side::Server
+            };
             if c.side != Some(side) || c.cgroup_id != k.cgroup_id {
                 c.pending.clear();
                 c.responding = None;
                 c.side = Some(side);
                 c.cgroup_id = k.cgroup_id;
             }
-            c.peer = Some((crate::l7::peer_addr(k.peer.family, &k.peer.addr), k.peer.port));
+            c.peer = Some((
+                crate::l7::peer_addr(k.peer.family, &k.peer.addr),
+                k.peer.port,
+            ));
             c.last_ns = now_ns;
             c.timed_out = Some(k.req_ts);
             let n = usize::from(k.req_snip).min(k.req.len());
-            let mut one = Conn { side: c.side, cgroup_id: c.cgroup_id, peer: c.peer, ..Default::default() };
+            let mut one = Conn {
+                side: c.side,
+                cgroup_id: c.cgroup_id,
+                peer: c.peer,
+                ..Default::default()
+            };
             let _ = requests(&mut one, routes, &k.req[..n], k.req_ts, k.tgid);
             for req in one.pending.drain(..) {
                 unanswered(c, req, "timeout", timeout, out);
@@ -348,7 +366,11 @@ fn requests(c: &mut Conn, routes: &mut Routes, bytes: &[u8], ts: u64, tgid: u32)
         // The common case: one head and nothing after it, so no framing is needed to find a
         // next request: the request line alone.
         let alone = memchr::memmem::find(rest, b"\r\n\r\n").is_some_and(|i| i + 4 == rest.len());
-        let (req, next) = match if alone { Parsed::Invalid } else { parse_request(rest) } {
+        let (req, next) = match if alone {
+            Parsed::Invalid
+        } else {
+            parse_request(rest)
+        } {
             Parsed::Complete { head, head_len } => {
                 let body = head.framing.content_length.unwrap_or(0);
                 let next = if head.framing.chunked || head.framing.expect_continue {
@@ -357,14 +379,30 @@ fn requests(c: &mut Conn, routes: &mut Routes, bytes: &[u8], ts: u64, tgid: u32)
                     Some(at + head_len + body as usize)
                 };
                 let route = routes.templated(head.route);
-                (Req { method: head.method, route, start_ns: ts, tgid }, next)
+                (
+                    Req {
+                        method: head.method,
+                        route,
+                        start_ns: ts,
+                        tgid,
+                    },
+                    next,
+                )
             }
-            Parsed::Partial | Parsed::Invalid => match quick_request_line(rest).or_else(|| request_line(rest)) {
-                Some((method, target, _)) => {
-                    (Req { method, route: routes.of(target), start_ns: ts, tgid }, None)
+            Parsed::Partial | Parsed::Invalid => {
+                match quick_request_line(rest).or_else(|| request_line(rest)) {
+                    Some((method, target, _)) => (
+                        Req {
+                            method,
+                            route: routes.of(target),
+                            start_ns: ts,
+                            tgid,
+                        },
+                        None,
+                    ),
+                    None => break,
                 }
-                None => break,
-            },
+            }
         };
         any = true;
         if c.pending.len() >= MAX_PENDING {
@@ -381,7 +419,13 @@ fn requests(c: &mut Conn, routes: &mut Routes, bytes: &[u8], ts: u64, tgid: u32)
 }
 
 /// Responses at the start of a response's first call: each takes the oldest pending request.
-fn responses(c: &mut Conn, resp: Part<'_>, out: &mut Vec<Request>, unparsed: &mut u64, orphan: &mut u64) {
+fn responses(
+    c: &mut Conn,
+    resp: Part<'_>,
+    out: &mut Vec<Request>,
+    unparsed: &mut u64,
+    orphan: &mut u64,
+) {
     let prefix = resp.bytes;
     let mut at = 0;
     loop {
@@ -392,13 +436,19 @@ fn responses(c: &mut Conn, resp: Part<'_>, out: &mut Vec<Request>, unparsed: &mu
         }
         let parsed = match quick_response(rest) {
             Some((status, head_len, framing)) => Parsed::Complete {
-                head: ResponseHead { status, minor_version: rest[7] - b'0', framing },
+                head: ResponseHead {
+                    status,
+                    minor_version: rest[7] - b'0',
+                    framing,
+                },
                 head_len,
             },
             None => parse_response(rest),
         };
         let (status, head_len, framing) = match parsed {
-            Parsed::Complete { head, head_len } => (head.status, Some(head_len), Some(head.framing)),
+            Parsed::Complete { head, head_len } => {
+                (head.status, Some(head_len), Some(head.framing))
+            }
             Parsed::Partial | Parsed::Invalid => match parse_status_line(rest) {
                 Some((status, _)) => (status, None, None),
                 None => {
@@ -423,7 +473,8 @@ fn responses(c: &mut Conn, resp: Part<'_>, out: &mut Vec<Request>, unparsed: &mu
             *orphan += 1;
             return;
         };
-        let bodyless = req.method == Method::Head || status == 204 || status == 304 || status == 101;
+        let bodyless =
+            req.method == Method::Head || status == 204 || status == 304 || status == 101;
         let end = match (head_len, framing) {
             (Some(h), _) if bodyless => End::Length((at + h) as u64),
             (Some(h), Some(f)) => match (f.chunked, f.content_length) {
@@ -433,11 +484,18 @@ fn responses(c: &mut Conn, resp: Part<'_>, out: &mut Vec<Request>, unparsed: &mu
             },
             _ => End::Unknown,
         };
-        let f = InFlight { req, status, end, first_ns: resp.ts_ns, gone_ns: None };
+        let f = InFlight {
+            req,
+            status,
+            end,
+            first_ns: resp.ts_ns,
+            gone_ns: None,
+        };
         // Ended within the starting call? (A chunked body whose last chunk is within the
         // captured bytes, the call's data all in them.)
-        let chunked_done =
-            end == End::Chunked && resp.len as usize == prefix.len() && prefix.ends_with(b"0\r\n\r\n");
+        let chunked_done = end == End::Chunked
+            && resp.len as usize == prefix.len()
+            && prefix.ends_with(b"0\r\n\r\n");
         if chunked_done {
             finish(c, f, resp.ts_ns, out);
             return;
@@ -470,7 +528,13 @@ fn done(end: End, d: &L7Dir) -> bool {
     }
 }
 
-fn request(c: &Conn, req: Req, status: Option<u16>, error: Option<&'static str>, d: u64) -> Request {
+fn request(
+    c: &Conn,
+    req: Req,
+    status: Option<u16>,
+    error: Option<&'static str>,
+    d: u64,
+) -> Request {
     let (peer, peer_port) = c.peer.unwrap_or((IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
     Request {
         protocol: &SPEC,
@@ -521,7 +585,13 @@ mod tests {
         IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))
     }
 
-    fn ev<'a>(kind: Kind, side: Side, ts: u64, req: Option<(u64, &'a [u8])>, resp: Option<&'a [u8]>) -> Event<'a> {
+    fn ev<'a>(
+        kind: Kind,
+        side: Side,
+        ts: u64,
+        req: Option<(u64, &'a [u8])>,
+        resp: Option<&'a [u8]>,
+    ) -> Event<'a> {
         Event {
             sk: SK,
             cgroup_id: 7,
@@ -529,8 +599,16 @@ mod tests {
             proto: L7_HTTP1,
             side,
             ts_ns: ts,
-            request: req.map(|(t, b)| Part { ts_ns: t, len: b.len() as u32, bytes: b }),
-            response: resp.map(|b| Part { ts_ns: ts, len: b.len() as u32, bytes: b }),
+            request: req.map(|(t, b)| Part {
+                ts_ns: t,
+                len: b.len() as u32,
+                bytes: b,
+            }),
+            response: resp.map(|b| Part {
+                ts_ns: ts,
+                len: b.len() as u32,
+                bytes: b,
+            }),
             prev: L7Dir::default(),
             peer: peer(),
             peer_port: 40000,
@@ -564,7 +642,12 @@ mod tests {
             cgroup_ptr: 0,
             req_ts: 0,
             resp,
-            peer: L7Peer { family: 2, port: 40000, _pad: 0, addr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] },
+            peer: L7Peer {
+                family: 2,
+                port: 40000,
+                _pad: 0,
+                addr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            },
             req_len: 0,
             resp_first: 0,
             tgid: 1,
@@ -579,7 +662,9 @@ mod tests {
     }
 
     fn statuses(out: &[Request]) -> Vec<Option<u32>> {
-        out.iter().map(|r| r.status.as_ref().and_then(Status::code)).collect()
+        out.iter()
+            .map(|r| r.status.as_ref().and_then(Status::code))
+            .collect()
     }
 
     #[test]
@@ -587,7 +672,10 @@ mod tests {
         let mut t = Tracker::new(T);
         let mut out = Vec::new();
         for i in 0..3u64 {
-            t.on_event(&exchange(Side::Server, 1000 + i * 100, GET, 1050 + i * 100, OK), &mut out);
+            t.on_event(
+                &exchange(Side::Server, 1000 + i * 100, GET, 1050 + i * 100, OK),
+                &mut out,
+            );
         }
         assert_eq!(out.len(), 3);
         assert!(out.iter().all(|e| e.side == Side::Server
@@ -610,10 +698,21 @@ mod tests {
         assert!(out.is_empty());
         let table = Table::default();
         // Not all there yet.
-        table.0.borrow_mut().insert(SK, state(L7Dir { bytes: 500_000, last_ns: 3000, tail: [0; 8] }));
+        table.0.borrow_mut().insert(
+            SK,
+            state(L7Dir {
+                bytes: 500_000,
+                last_ns: 3000,
+                tail: [0; 8],
+            }),
+        );
         t.poll(3500, &table, &mut out);
         assert!(out.is_empty());
-        let all = L7Dir { bytes: head.len() as u64 + 1_048_576, last_ns: 9000, tail: [0; 8] };
+        let all = L7Dir {
+            bytes: head.len() as u64 + 1_048_576,
+            last_ns: 9000,
+            tail: [0; 8],
+        };
         table.0.borrow_mut().insert(SK, state(all));
         t.poll(9500, &table, &mut out);
         assert_eq!(out.len(), 1);
@@ -629,7 +728,11 @@ mod tests {
         t.on_event(&exchange(Side::Server, 100, GET, 200, head), &mut out);
         assert!(out.is_empty());
         let mut next = exchange(Side::Server, 900, GET, 950, OK);
-        next.prev = L7Dir { bytes: head.len() as u64 + 1000, last_ns: 700, tail: [0; 8] };
+        next.prev = L7Dir {
+            bytes: head.len() as u64 + 1000,
+            last_ns: 700,
+            tail: [0; 8],
+        };
         t.on_event(&next, &mut out);
         assert_eq!(statuses(&out), [Some(203), Some(200)]);
         assert_eq!((out[0].duration_ns, out[1].duration_ns), (600, 50));
@@ -650,10 +753,19 @@ mod tests {
         let mut t = Tracker::new(T);
         let mut out = Vec::new();
         t.on_event(&exchange(Side::Server, 100, &three, 300, OK), &mut out);
-        t.on_event(&ev(Kind::Exchange, Side::Server, 310, None, Some(OK)), &mut out);
-        t.on_event(&ev(Kind::Exchange, Side::Server, 320, None, Some(head_resp)), &mut out);
+        t.on_event(
+            &ev(Kind::Exchange, Side::Server, 310, None, Some(OK)),
+            &mut out,
+        );
+        t.on_event(
+            &ev(Kind::Exchange, Side::Server, 320, None, Some(head_resp)),
+            &mut out,
+        );
         assert_eq!(statuses(&out), [Some(200); 3]);
-        assert_eq!(out.iter().map(|r| r.duration_ns).collect::<Vec<_>>(), [200, 210, 220]);
+        assert_eq!(
+            out.iter().map(|r| r.duration_ns).collect::<Vec<_>>(),
+            [200, 210, 220]
+        );
         assert_eq!(t.conns(), 0);
     }
 
@@ -662,12 +774,38 @@ mod tests {
         let mut t = Tracker::new(T);
         let mut out = Vec::new();
         // The kernel sent the first request on its own when the second started.
-        t.on_event(&ev(Kind::Request, Side::Client, 100, Some((100, GET)), None), &mut out);
-        t.on_event(&exchange(Side::Client, 150, b"POST /b HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 400, OK), &mut out);
-        t.on_event(&ev(Kind::Exchange, Side::Client, 500, None, Some(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")), &mut out);
+        t.on_event(
+            &ev(Kind::Request, Side::Client, 100, Some((100, GET)), None),
+            &mut out,
+        );
+        t.on_event(
+            &exchange(
+                Side::Client,
+                150,
+                b"POST /b HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+                400,
+                OK,
+            ),
+            &mut out,
+        );
+        t.on_event(
+            &ev(
+                Kind::Exchange,
+                Side::Client,
+                500,
+                None,
+                Some(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
+            ),
+            &mut out,
+        );
         assert_eq!(
-            out.iter().map(|r| (r.operation, r.status.clone(), r.duration_ns)).collect::<Vec<_>>(),
-            [("GET", Some(Status::Code(200)), 300), ("POST", Some(Status::Code(201)), 350)]
+            out.iter()
+                .map(|r| (r.operation, r.status.clone(), r.duration_ns))
+                .collect::<Vec<_>>(),
+            [
+                ("GET", Some(Status::Code(200)), 300),
+                ("POST", Some(Status::Code(201)), 350)
+            ]
         );
     }
 
@@ -676,18 +814,40 @@ mod tests {
         let mut t = Tracker::new(T);
         let mut out = Vec::new();
         let post = b"POST /up HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n";
-        t.on_event(&exchange(Side::Server, 100, post, 150, b"HTTP/1.1 100 Continue\r\n\r\n"), &mut out);
+        t.on_event(
+            &exchange(
+                Side::Server,
+                100,
+                post,
+                150,
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+            ),
+            &mut out,
+        );
         assert!(out.is_empty());
         let head = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
-        t.on_event(&ev(Kind::Exchange, Side::Server, 400, None, Some(head)), &mut out);
+        t.on_event(
+            &ev(Kind::Exchange, Side::Server, 400, None, Some(head)),
+            &mut out,
+        );
         assert!(out.is_empty());
         let mut tail = [b'x'; 8];
         tail[1..].copy_from_slice(b"\r\n0\r\n\r\n".as_slice().get(..7).unwrap());
         let table = Table::default();
-        table.0.borrow_mut().insert(SK, state(L7Dir { bytes: 100, last_ns: 700, tail }));
+        table.0.borrow_mut().insert(
+            SK,
+            state(L7Dir {
+                bytes: 100,
+                last_ns: 700,
+                tail,
+            }),
+        );
         t.poll(800, &table, &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!((out[0].status.clone(), out[0].duration_ns), (Some(Status::Code(201)), 600));
+        assert_eq!(
+            (out[0].status.clone(), out[0].duration_ns),
+            (Some(Status::Code(201)), 600)
+        );
     }
 
     #[test]
@@ -695,16 +855,25 @@ mod tests {
         let mut t = Tracker::new(1_000);
         let mut out = Vec::new();
         let table = Table::default();
-        t.on_event(&ev(Kind::Request, Side::Client, 100, Some((100, GET)), None), &mut out);
+        t.on_event(
+            &ev(Kind::Request, Side::Client, 100, Some((100, GET)), None),
+            &mut out,
+        );
         t.poll(2000, &table, &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!((out[0].status.clone(), out[0].error_type), (None, Some("timeout")));
+        assert_eq!(
+            (out[0].status.clone(), out[0].error_type),
+            (None, Some("timeout"))
+        );
         // The socket ends while the kernel held a request.
         let mut close = ev(Kind::Close, Side::Client, 3500, Some((3000, GET)), None);
         close.response = None;
         t.on_event(&close, &mut out);
         assert_eq!(out.len(), 2);
-        assert_eq!((out[1].error_type, out[1].duration_ns), (Some("connection_closed"), 500));
+        assert_eq!(
+            (out[1].error_type, out[1].duration_ns),
+            (Some("connection_closed"), 500)
+        );
     }
 
     #[test]
@@ -721,14 +890,22 @@ mod tests {
         t.poll(2_000_000_000, &table, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(
-            (out[0].side, out[0].error_type, &*out[0].target, out[0].duration_ns),
+            (
+                out[0].side,
+                out[0].error_type,
+                &*out[0].target,
+                out[0].duration_ns
+            ),
             (Side::Client, Some("timeout"), "/users/{id}", 1_000_000_000)
         );
         // Scanned again: not counted twice.
         t.poll(5_000_000_000, &table, &mut out);
         assert_eq!(out.len(), 1);
         // The response comes late: no second count, an orphan.
-        t.on_event(&exchange(Side::Client, 500, GET, 6_000_000_000, OK), &mut out);
+        t.on_event(
+            &exchange(Side::Client, 500, GET, 6_000_000_000, OK),
+            &mut out,
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(t.unparsed.response_without_request, 1);
     }
@@ -737,7 +914,10 @@ mod tests {
     fn junk_is_counted_not_tracked() {
         let mut t = Tracker::new(1_000);
         let mut out = Vec::new();
-        t.on_event(&exchange(Side::Server, 100, b"GET \x00\x01\x02 junk", 200, OK), &mut out);
+        t.on_event(
+            &exchange(Side::Server, 100, b"GET \x00\x01\x02 junk", 200, OK),
+            &mut out,
+        );
         assert!(out.is_empty());
         assert_eq!(t.unparsed.invalid, 1);
         assert_eq!(t.unparsed.response_without_request, 1);
@@ -748,7 +928,10 @@ mod tests {
         let mut t = Tracker::new(T);
         let mut out = Vec::new();
         // Read until close (no framing), the kernel's state gone without a close record.
-        t.on_event(&exchange(Side::Client, 100, GET, 300, b"HTTP/1.0 200 OK\r\n\r\nbody"), &mut out);
+        t.on_event(
+            &exchange(Side::Client, 100, GET, 300, b"HTTP/1.0 200 OK\r\n\r\nbody"),
+            &mut out,
+        );
         let table = Table::default();
         t.poll(1_000, &table, &mut out);
         assert!(out.is_empty(), "the close record may still be on its way");
