@@ -747,7 +747,7 @@ fn event_line(e: &pb::Event, output: Output) -> String {
         Output::Table => {
             let before = match &e.figures_before {
                 Some(f) => {
-                    let l = f.latency.clone().unwrap_or_default();
+                    let l = f.latency.unwrap_or_default();
                     format!(
                         "  [before: {:.2} req/s, {:.1}% errors, p99 {}]",
                         f.requests_per_second,

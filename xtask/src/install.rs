@@ -137,12 +137,32 @@ pub fn install() -> Result<()> {
             ])
             .env("PATH", path))?;
     }
+    install_cargo_tool(
+        "cargo-fuzz",
+        "0.13.2",
+        "runs the parsers' fuzz targets in the tests",
+    )?;
     // Debian's nginx package starts a server on port 80 when installed; the tests start their
     // own, so stop the packaged one if it runs (harmless when it does not).
     if !missing.is_empty() && missing.iter().any(|(p, _)| *p == "nginx") {
         let _ = Command::new("nginx").args(["-s", "stop"]).output();
     }
     Ok(())
+}
+
+/// `cargo install`s a tool into cargo's bin directory unless it answers `--version` there.
+fn install_cargo_tool(name: &str, version: &str, why: &str) -> Result<()> {
+    let bin = bpf_linker().with_file_name(name);
+    if Command::new(&bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        println!("install: {name} present ({})", bin.display());
+        return Ok(());
+    }
+    println!("install: cargo install {name} {version} ({why})");
+    run(Command::new("cargo").args(["install", "--locked", name, "--version", version]))
 }
 
 /// qemu-system-x86 for the matrix VMs. The image ships qemu-utils 10.0 from backports, which

@@ -61,6 +61,20 @@ pub fn test(kernel: &str) -> Result<()> {
     // keeps up with the request rates the tests drive.
     run(cargo(&["build", "--release", "-p", "observer", "--bins"]))?;
     let observer_bin = workspace_root().join("target/release/observer");
+    println!("test: formatting and lints");
+    run(cargo(&["fmt", "--all", "--check"]))?;
+    for manifest in ["observer-ebpf/Cargo.toml", "fuzz/Cargo.toml"] {
+        run(cargo(&["fmt", "--check", "--manifest-path", manifest]))?;
+    }
+    run(cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     println!("test: unit tests");
     run(cargo(&[
         "test",
@@ -68,6 +82,7 @@ pub fn test(kernel: &str) -> Result<()> {
         "--exclude",
         "observer-tests",
     ]))?;
+    fuzz()?;
     let binaries = test_binaries()?;
     let mut results = Vec::new();
     for k in &kernels {
@@ -107,6 +122,39 @@ pub fn test(kernel: &str) -> Result<()> {
     println!("test: took {:.0} s", started.elapsed().as_secs_f64());
     if !ok {
         bail!("privileged tests failed on at least one kernel");
+    }
+    Ok(())
+}
+
+/// Seconds each parser's fuzz target runs.
+const FUZZ_SECONDS: u32 = 60;
+
+/// Runs every parser's fuzz target (`fuzz/`) for [`FUZZ_SECONDS`] from its seed corpus, with
+/// cargo-fuzz on the stable toolchain (`RUSTC_BOOTSTRAP=1`, no sanitizer: `-s none`); a crash
+/// fails the run. The corpus is copied first, so the run never writes into the repository.
+fn fuzz() -> Result<()> {
+    let root = workspace_root();
+    let targets = [("http_parse", "observer/tests/http-seeds", "fuzz/http.dict")];
+    for (target, seeds, dict) in targets {
+        let corpus =
+            std::env::temp_dir().join(format!("observer-fuzz-{target}-{}", std::process::id()));
+        std::fs::create_dir_all(&corpus)?;
+        for e in std::fs::read_dir(root.join(seeds))? {
+            let p = e?.path();
+            std::fs::copy(&p, corpus.join(p.file_name().context("seed name")?))?;
+        }
+        println!("test: fuzzing {target} for {FUZZ_SECONDS} s from {seeds}");
+        let mut c = cargo(&["fuzz", "run", "-s", "none", target]);
+        c.current_dir(root.join("fuzz"))
+            .env("RUSTC_BOOTSTRAP", "1")
+            .arg(&corpus)
+            .arg("--")
+            .arg(format!("-max_total_time={FUZZ_SECONDS}"))
+            .arg(format!("-dict={}", root.join(dict).display()))
+            .arg("-print_final_stats=1");
+        let r = run(c);
+        let _ = std::fs::remove_dir_all(&corpus);
+        r.with_context(|| format!("fuzz target {target} found a crash (see its output above)"))?;
     }
     Ok(())
 }

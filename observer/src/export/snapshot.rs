@@ -1,7 +1,9 @@
 //! One snapshot path for every reader: the scrape, the gRPC calls and the gRPC window ring all
 //! take the figures from here. Reading the kernel tables is a series of syscalls per entry, so
 //! a snapshot younger than [`FRESH`] is shared instead of taken again; the ring's periodic
-//! snapshot is the same one a scrape at that moment would get.
+//! snapshot is the same one a scrape at that moment would get. Only a scrape needs the tables'
+//! fill levels (counting a table's entries costs a syscall each): a snapshot carries them when
+//! a scrape asked for it.
 
 use std::{
     sync::{Arc, Mutex},
@@ -22,7 +24,8 @@ pub struct Snapshot {
     pub at: Instant,
     pub totals: Totals,
     pub topology: Topology,
-    pub health: KernelHealth,
+    /// Loss counters and fill levels, when a scrape asked for them.
+    pub health: Option<KernelHealth>,
 }
 
 /// The latest snapshot and the pipeline it comes from.
@@ -51,14 +54,23 @@ impl Snapshots {
 
     /// A snapshot no older than [`FRESH`] (blocking: it may read the kernel tables).
     pub fn fresh(&self) -> Arc<Snapshot> {
-        self.taken_after(Instant::now() - FRESH)
+        self.get(Instant::now() - FRESH, false)
+    }
+
+    /// A snapshot no older than [`FRESH`], with the loss counters and fill levels.
+    pub fn for_scrape(&self) -> Arc<Snapshot> {
+        self.get(Instant::now() - FRESH, true)
     }
 
     /// A snapshot taken at `after` or later.
     pub fn taken_after(&self, after: Instant) -> Arc<Snapshot> {
+        self.get(after, false)
+    }
+
+    fn get(&self, after: Instant, health: bool) -> Arc<Snapshot> {
         let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = latest.as_ref() {
-            if s.at >= after {
+            if s.at >= after && (s.health.is_some() || !health) {
                 return s.clone();
             }
         }
@@ -67,7 +79,7 @@ impl Snapshots {
             let totals = p.snapshot();
             // Edges between two workloads of this node come from the pipeline's address map.
             let topology = p.topology(&totals);
-            let health = p.health();
+            let health = health.then(|| p.health());
             Arc::new(Snapshot {
                 at: Instant::now(),
                 totals,

@@ -329,10 +329,12 @@ impl Pipeline {
     /// Loss counters and fill levels. Counting a table's entries costs one syscall per entry,
     /// so this runs per scrape only (every 15-60 s), never on a short timer.
     pub fn health(&self) -> KernelHealth {
-        let mut h = KernelHealth::default();
-        h.l7 = self.l7_health.clone();
-        h.targets_overflow = self.requests.overflow_counts();
-        h.lost = self.lost();
+        let mut h = KernelHealth {
+            l7: self.l7_health.clone(),
+            targets_overflow: self.requests.overflow_counts(),
+            lost: self.lost(),
+            ..Default::default()
+        };
         if let Some(m) = &self.maps.syscall_stats {
             h.fill.push((
                 "SYSCALL_STATS",

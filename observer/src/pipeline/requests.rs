@@ -126,8 +126,8 @@ impl RequestTotals {
         }
         if c.apdex.iter().any(|&v| v > 0) {
             let a = self.apdex.entry(id.clone()).or_default();
-            for i in 0..3 {
-                a[i] += c.apdex[i];
+            for (x, y) in a.iter_mut().zip(c.apdex) {
+                *x += y;
             }
             self.threshold.insert(id.clone(), t);
         }

@@ -53,8 +53,9 @@ impl ObserverCollector {
 
 impl Collector for ObserverCollector {
     fn encode(&self, enc: DescriptorEncoder) -> fmt::Result {
-        let s = self.snapshots.fresh();
-        encode_all(enc, &s.totals, &s.health, &self.probes, &s.topology)
+        let s = self.snapshots.for_scrape();
+        let health = s.health.clone().unwrap_or_default();
+        encode_all(enc, &s.totals, &health, &self.probes, &s.topology)
     }
 }
 
