@@ -52,12 +52,9 @@ pub enum Finding {
 impl Host {
     /// This process on this kernel.
     pub fn current() -> Host {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let effective = status
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0);
+        let effective = procfs::process::Process::myself()
+            .and_then(|p| p.status())
+            .map_or(0, |s| s.capeff);
         let cap_last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
             .ok()
             .and_then(|s| s.trim().parse().ok())

@@ -23,8 +23,10 @@ impl CgroupFs {
     /// Finds the cgroup v2 mount in /proc/self/mountinfo (`/sys/fs/cgroup` on unified hosts,
     /// `/sys/fs/cgroup/unified` on hybrid ones): never assumed.
     pub fn discover() -> Result<Self, StartError> {
-        let info = fs::read_to_string("/proc/self/mountinfo").map_err(|_| StartError::NoCgroup2)?;
-        find_v2_mount(&info)
+        let mounts = procfs::process::Process::myself()
+            .and_then(|p| p.mountinfo())
+            .map_err(|_| StartError::NoCgroup2)?;
+        find_v2_mount(&mounts)
             .map(|root| Self { root })
             .ok_or(StartError::NoCgroup2)
     }
@@ -39,15 +41,11 @@ impl CgroupFs {
 }
 
 /// The mount point of the first cgroup2 filesystem in a mountinfo text.
-pub fn find_v2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (pre, post) = line.split_once(" - ")?;
-        if post.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        let mount_point = pre.split_whitespace().nth(4)?;
-        Some(PathBuf::from(unescape_octal(mount_point)))
-    })
+pub fn find_v2_mount(mounts: &procfs::process::MountInfos) -> Option<PathBuf> {
+    mounts
+        .iter()
+        .find(|m| m.fs_type == "cgroup2")
+        .map(|m| PathBuf::from(unescape_octal(&m.mount_point.to_string_lossy())))
 }
 
 /// mountinfo escapes spaces and a few other bytes as `\NNN` octal.
@@ -166,11 +164,12 @@ impl Resolver {
         if !ident.service_name.is_empty() || ident.k8s_pod_uid.is_empty() || tgid == 0 {
             return ident;
         }
-        let Ok(comm) = fs::read_to_string(format!("/proc/{tgid}/comm")) else {
+        let stat = procfs::process::Process::new(tgid as i32).and_then(|p| p.stat());
+        let Ok(stat) = stat else {
             return ident;
         };
         let named = Arc::new(Identity {
-            service_name: comm.trim().to_string(),
+            service_name: stat.comm,
             ..(*ident).clone()
         });
         if let Some(k) = self.known.get_mut(&id) {
@@ -315,13 +314,18 @@ fn resolve_path(root: &Path, dir: &Path, meta: Option<&MetaStore>) -> Identity {
 fn process_name(dir: &Path) -> Option<String> {
     let procs = fs::read_to_string(dir.join("cgroup.procs")).ok()?;
     let pid = procs.lines().next()?.trim().parse::<i32>().ok()?;
-    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    Some(comm.trim().to_string())
+    let stat = procfs::process::Process::new(pid).ok()?.stat().ok()?;
+    Some(stat.comm)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mounts(text: &str) -> procfs::process::MountInfos {
+        use procfs::FromRead;
+        procfs::process::MountInfos::from_read(text.as_bytes()).expect("mountinfo")
+    }
 
     #[test]
     fn finds_hybrid_and_unified_mounts() {
@@ -329,20 +333,21 @@ mod tests {
 26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:5 - cgroup2 cgroup2 rw,nsdelegate
 27 25 0:24 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd";
         assert_eq!(
-            find_v2_mount(hybrid),
+            find_v2_mount(&mounts(hybrid)),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         let unified = "35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot";
         assert_eq!(
-            find_v2_mount(unified),
+            find_v2_mount(&mounts(unified)),
             Some(PathBuf::from("/sys/fs/cgroup"))
         );
         let escaped = "35 24 0:30 / /mnt/my\\040cgroup rw - cgroup2 none rw";
         assert_eq!(
-            find_v2_mount(escaped),
+            find_v2_mount(&mounts(escaped)),
             Some(PathBuf::from("/mnt/my cgroup"))
         );
-        assert_eq!(find_v2_mount("garbage\n - \n1 2 3"), None);
+        use procfs::FromRead;
+        assert!(procfs::process::MountInfos::from_read("garbage\n - \n1 2 3".as_bytes()).is_err());
     }
 
     #[test]
