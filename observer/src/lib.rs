@@ -4,6 +4,7 @@
 pub mod config;
 pub mod ebpf;
 pub mod error;
+pub mod events;
 pub mod export;
 pub mod identity;
 pub mod l7;

@@ -26,8 +26,8 @@ use super::{
     KubeSettings, Msg,
 };
 use crate::{
+    events::{EventKind, LifecycleEvent, Replicas, WorkloadKey},
     identity::Identity,
-    pipeline::events::{EventKind, LifecycleEvent, Replicas, WorkloadKey},
 };
 
 /// What the watchers hand to the pipeline.

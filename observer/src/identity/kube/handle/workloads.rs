@@ -7,8 +7,8 @@ use k8s_openapi::api::{
 
 use super::{event, ns_name, split_key, Output, State};
 use crate::{
+    events::{EventKind, WorkloadKey},
     identity::Identity,
-    pipeline::events::{EventKind, WorkloadKey},
 };
 
 impl State {
