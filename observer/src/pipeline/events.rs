@@ -167,7 +167,7 @@ mod tests {
     fn ev(kind: EventKind, pod: &str, fields: &[(&str, &str)]) -> LifecycleEvent {
         LifecycleEvent {
             kind,
-            time: SystemTime::now(),
+            time: std::time::SystemTime::now(),
             identity: Arc::new(Identity {
                 k8s_pod_name: pod.into(),
                 ..Default::default()
