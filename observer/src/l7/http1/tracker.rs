@@ -186,7 +186,9 @@ impl Tracker {
             finish(&c, f, ev.prev.last_ns, out);
         }
         if let Some(req) = take_request(&mut c, ev.request) {
-            let _ = requests(&mut c, &mut self.routes, req.bytes, req.ts_ns, ev.tgid);
+            let (ok, overflow) = requests(&mut c, &mut self.routes, req.bytes, req.ts_ns, ev.tgid);
+            self.unparsed.pending_overflow += overflow;
+            self.unparsed.invalid += u64::from(!ok);
         }
         close_pending(&mut c, ev.ts_ns, out);
     }
@@ -921,6 +923,22 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(t.unparsed.invalid, 1);
         assert_eq!(t.unparsed.response_without_request, 1);
+    }
+
+    #[test]
+    fn junk_that_only_a_close_carries_is_counted() {
+        let mut t = Tracker::new(1_000);
+        let mut out = Vec::new();
+        let close = ev(
+            Kind::Close,
+            Side::Server,
+            500,
+            Some((100, b"GET /a\x01b HTTP/1.1\r\n\r\n")),
+            None,
+        );
+        t.on_event(&close, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(t.unparsed.invalid, 1);
     }
 
     #[test]
