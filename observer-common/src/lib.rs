@@ -98,6 +98,9 @@ pub const L7_EV_REQUEST: u8 = 1;
 /// [`L7Event::kind`]: the socket is gone while a request was pending or a response was still
 /// being transferred.
 pub const L7_EV_CLOSE: u8 = 2;
+/// [`L7Event::flags`] of a `REQUEST`: the request's answer already started (the record before,
+/// an `EXCHANGE` without request, is it): its send hook ran only after the answer came back.
+pub const L7_EVF_ANSWERED: u8 = 1;
 
 /// The calls of one direction since its current message started: bytes, time of the last
 /// call, and its last up to 8 bytes (right-aligned; for the end of a chunked body).
@@ -136,6 +139,10 @@ pub struct L7Conn {
     pub cgroup_ptr: u64,
     /// First byte of the pending request (0: none pending).
     pub req_ts: u64,
+    /// When the last response started that had no request pending (0: none since): a client's
+    /// request whose send hook runs only after its answer came back (a preempted sender) is
+    /// paired with it.
+    pub orphan_ts: u64,
     /// The response direction since the current response started.
     pub resp: L7Dir,
     pub peer: L7Peer,
@@ -155,7 +162,7 @@ pub struct L7Conn {
     pub _pad2: [u16; 3],
     pub req: [u8; L7_REQ_MAX],
 }
-const _: () = assert!(core::mem::size_of::<L7Conn>() == 24 + 24 + 24 + 24 + L7_REQ_MAX);
+const _: () = assert!(core::mem::size_of::<L7Conn>() == 32 + 24 + 24 + 24 + L7_REQ_MAX);
 
 /// [`L7Conn::flags`]: user space may hold an exchange of this connection open that only the
 /// socket's end can finish (e.g. an interim HTTP response whose final one never came), so its
@@ -189,7 +196,8 @@ pub struct L7Event {
     pub proto: u8,
     pub kind: u8,
     pub side: u8,
-    pub _pad: u8,
+    /// `L7_EVF_*` bits.
+    pub flags: u8,
     pub req_snip: u16,
     pub resp_snip: u16,
     pub _pad2: u32,

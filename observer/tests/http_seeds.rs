@@ -148,6 +148,7 @@ fn seeds_through_the_tracker_never_panic() {
         peer: "::1".parse().unwrap(),
         peer_port: 1,
         tgid: 1,
+        answered: false,
     };
     let mut tracker = Tracker::new(1_000_000);
     let mut out = Vec::new();

@@ -11,8 +11,8 @@
 //! (`100 Continue`) are records too: user space skips them and pairs the final one.
 
 use observer_common::{
-    L7Conn, L7Dir, L7Event, L7_EVENT_HEADER, L7_EV_EXCHANGE, L7_EV_REQUEST, L7_F_OPEN_AT_USER,
-    L7_REQ_MAX, L7_RESP_MAX, L7_SIDE_CLIENT, LOST_L7_STALE_STATE,
+    L7Conn, L7Dir, L7Event, L7_EVENT_HEADER, L7_EVF_ANSWERED, L7_EV_EXCHANGE, L7_EV_REQUEST,
+    L7_F_OPEN_AT_USER, L7_REQ_MAX, L7_RESP_MAX, L7_SIDE_CLIENT, LOST_L7_STALE_STATE,
 };
 
 use super::{attach_request, continue_dir, emit_with_request, output, tgid, Call, Detected};
@@ -112,7 +112,7 @@ pub fn on_call(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
         (*head).proto = s.proto;
         (*head).kind = L7_EV_EXCHANGE;
         (*head).side = s.side;
-        (*head)._pad = 0;
+        (*head).flags = 0;
         (*head).resp_snip = n as u16;
         (*head)._pad2 = 0;
         let req = if has_req { attach_request(head, st) } else { 0 };
@@ -127,6 +127,9 @@ pub fn on_call(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
             s.flags &= !L7_F_OPEN_AT_USER;
         }
     }
+    // A response with no request: its request's send hook may not have run yet (see
+    // `request_start`).
+    s.orphan_ts = if s.req_ts == 0 { call.now } else { 0 };
     s.req_ts = 0;
     s.req_snip = 0;
     s.resp_first = call.ret;
@@ -140,7 +143,15 @@ pub fn on_call(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
 
 /// A request starts with this call: the socket's own cgroup is checked (a state that does not
 /// match it is stale and starts over), a request still waiting for its response is sent on its
-/// own, and the new one is kept.
+/// own, and the new one is kept, from when it began: a client's sending syscall's start (the
+/// hook runs after the data left), a server's receiving call (the data just came).
+///
+/// A client's send hook runs after the data left, and a preempted sender may run it after the
+/// answer came back on another CPU: a response started with no request pending after this
+/// send began was this request's answer. Then the request goes out at once, marked answered,
+/// right behind that response's record, and is not kept. (Without the syscall probe, the send's
+/// start is not known, and such a pair stays a response without request and a request without
+/// response.)
 #[inline(always)]
 fn request_start(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
     // SAFETY: map value pointer checked by the verifier.
@@ -155,13 +166,17 @@ fn request_start(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
         s.cgroup_ptr = ptr;
         s.peer = sock::peer(call.sk);
         s.req_ts = 0;
+        s.orphan_ts = 0;
         s.resp = L7Dir::default();
         s.resp_first = 0;
         s.flags = 0;
     }
     if s.req_ts != 0 {
-        emit_with_request(call.sk, st, L7_EV_REQUEST, call.now);
+        emit_with_request(call.sk, st, L7_EV_REQUEST, 0, call.now);
     }
+    let start = if call.send { call.start } else { call.now };
+    let answered = s.orphan_ts != 0 && s.orphan_ts >= start;
+    s.orphan_ts = 0;
     // SAFETY: both hold L7_REQ_MAX bytes: the scratch record's response area (where the call's
     // first bytes are) and the state's request buffer; a whole, aligned copy.
     unsafe {
@@ -172,7 +187,12 @@ fn request_start(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
         );
     }
     s.req_snip = (n & super::HEAD_MASK) as u16;
-    s.req_ts = call.now;
+    s.req_ts = start;
     s.req_len = call.ret;
     s.tgid = tgid();
+    if answered {
+        emit_with_request(call.sk, st, L7_EV_REQUEST, L7_EVF_ANSWERED, call.now);
+        s.req_ts = 0;
+        s.req_snip = 0;
+    }
 }

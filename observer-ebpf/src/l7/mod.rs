@@ -81,6 +81,8 @@ pub struct Call {
     pub ret: u32,
     pub send: bool,
     pub now: u64,
+    /// When the syscall making the call began, where the syscall probe saw it (else `now`).
+    pub start: u64,
     pub io: Io,
     /// The buffer, iovec or msghdr argument of the syscall.
     pub arg: u64,
@@ -103,25 +105,25 @@ pub fn io_of(nr: u32) -> Io {
 /// kept them (no helper call here); otherwise, or for a syscall that began before the hooks,
 /// they come from the task's saved user registers.
 #[inline(always)]
-fn syscall_io() -> (Io, u64) {
+fn syscall_io() -> (Io, u64, u64) {
     if WORK.load() & WORK_SYSCALLS != 0 {
         let tid = bpf_get_current_pid_tgid() as u32;
         if let Some(e) = SYSCALL_ENTRY.get(tid & (SYSCALL_SLOTS - 1)) {
             if e.tid == tid && e.ts_ns != 0 {
-                return (io_of(e.nr), e.arg);
+                return (io_of(e.nr), e.arg, e.ts_ns);
             }
         }
     }
     // SAFETY: helpers on the current task; the registers are read with a checked helper.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     if regs == 0 {
-        return (Io::None, 0);
+        return (Io::None, 0, 0);
     }
     // si, di, orig_ax.
     let Ok(r) = (unsafe { bpf_probe_read_kernel((regs + PT_REGS_SI) as *const [u64; 3]) }) else {
-        return (Io::None, 0);
+        return (Io::None, 0, 0);
     };
-    (io_of(r[2] as u32), r[0])
+    (io_of(r[2] as u32), r[0], 0)
 }
 
 #[inline(always)]
@@ -365,12 +367,13 @@ pub fn on_io(sk: u64, sock: Sock, ret: u32, send: bool, now: u64) {
             _ => (Some(c), L7_CONNS.get_ptr_mut(&sk)),
         }
     };
-    let (io, arg) = syscall_io();
+    let (io, arg, start) = syscall_io();
     let call = Call {
         sk,
         ret,
         send,
         now,
+        start: if start == 0 { now } else { start },
         io,
         arg,
     };
@@ -432,6 +435,7 @@ fn claim(sk: u64, proto: u8, d: Detected, send: bool) -> Option<*mut L7Conn> {
         (*st).cgroup_id = cgroup_id;
         (*st).cgroup_ptr = cgroup_ptr;
         (*st).req_ts = 0;
+        (*st).orphan_ts = 0;
         (*st).resp = L7Dir::default();
         (*st).peer = sock::peer(sk);
         (*st).req_len = 0;
@@ -480,7 +484,7 @@ pub fn on_destroy(sk: u64) {
     if pending {
         // SAFETY: as above.
         let now = unsafe { bpf_ktime_get_ns() };
-        emit_with_request(sk, st, L7_EV_CLOSE, now);
+        emit_with_request(sk, st, L7_EV_CLOSE, 0, now);
     }
     let _ = L7_CONNS.remove(&sk);
 }
@@ -521,7 +525,7 @@ fn wakeup() -> u64 {
 /// counters and no response bytes, built in the ring itself (rare records: the pending request
 /// of a call-by-call pipeline, a socket's end).
 #[inline(always)]
-pub fn emit_with_request(sk: u64, st: *mut L7Conn, kind: u8, ts: u64) {
+pub fn emit_with_request(sk: u64, st: *mut L7Conn, kind: u8, flags: u8, ts: u64) {
     const SIZE: usize = L7_EVENT_HEADER + L7_RESP_MAX + L7_REQ_MAX;
     let Some(mut slot) = L7_EVENTS.reserve_bytes(SIZE, 0) else {
         count_lost(LOST_L7_RINGBUF_FULL);
@@ -548,7 +552,7 @@ pub fn emit_with_request(sk: u64, st: *mut L7Conn, kind: u8, ts: u64) {
         (*ev).proto = (*st).proto;
         (*ev).kind = kind;
         (*ev).side = (*st).side;
-        (*ev)._pad = 0;
+        (*ev).flags = flags;
         (*ev).req_snip = if has_req {
             (*st).req_snip & HEAD_MASK as u16
         } else {

@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use observer_common::{
-    L7Dir, L7Event, L7_EVENT_HEADER, L7_EV_CLOSE, L7_EV_EXCHANGE, L7_EV_REQUEST, L7_REQ_MAX,
-    L7_RESP_MAX, L7_SIDE_CLIENT,
+    L7Dir, L7Event, L7_EVENT_HEADER, L7_EVF_ANSWERED, L7_EV_CLOSE, L7_EV_EXCHANGE, L7_EV_REQUEST,
+    L7_REQ_MAX, L7_RESP_MAX, L7_SIDE_CLIENT,
 };
 
 use super::{peer_addr, Side};
@@ -42,6 +42,9 @@ pub struct Event<'a> {
     pub peer: IpAddr,
     pub peer_port: u16,
     pub tgid: u32,
+    /// A `Request` whose answer already started: the `Exchange` without request just before it
+    /// on this connection (its send hook ran after the answer came back).
+    pub answered: bool,
 }
 
 /// A message's first call: when, how many bytes, and the first of them.
@@ -104,6 +107,7 @@ impl<'a> Event<'a> {
             peer: peer_addr(h.peer.family, &h.peer.addr),
             peer_port: h.peer.port,
             tgid: h.tgid,
+            answered: kind == Kind::Request && h.flags & L7_EVF_ANSWERED != 0,
         })
     }
 }
@@ -148,7 +152,7 @@ pub fn record(e: &Event<'_>) -> Vec<u8> {
         } else {
             L7_SIDE_SERVER
         },
-        _pad: 0,
+        flags: if e.answered { L7_EVF_ANSWERED } else { 0 },
         req_snip: req.len() as u16,
         resp_snip: resp.len() as u16,
         _pad2: 0,

@@ -133,6 +133,7 @@ fn conn(proto: u8) -> L7Conn {
         cgroup_id: 7,
         cgroup_ptr: 0,
         req_ts: 0,
+        orphan_ts: 0,
         resp: L7Dir::default(),
         peer: Default::default(),
         req_len: 0,
@@ -179,6 +180,7 @@ fn bytes(
         peer: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
         peer_port: if side == Side::Client { 5432 } else { 40000 },
         tgid: 1,
+        answered: false,
     })
 }
 

@@ -92,9 +92,23 @@ struct InFlight {
     gone_ns: Option<u64>,
 }
 
+/// A complete response that found no request: held until the connection's next record, which
+/// may be its request, sent before it but seen after it (`Event::answered`).
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    status: u16,
+    end_ns: u64,
+}
+
+/// A held response not claimed within this long is a response without request.
+const HELD_NS: u64 = 1_000_000_000;
+
 #[derive(Debug, Default)]
 struct Conn {
     cgroup_id: u64,
+    held: Option<Held>,
+    /// Held responses given up (counted by the tracker as responses without request).
+    orphaned: u64,
     peer: Option<(IpAddr, u16)>,
     pending: VecDeque<Req>,
     side: Option<Side>,
@@ -143,6 +157,9 @@ impl Tracker {
     /// Takes one kernel record; finished requests go to `out`.
     pub fn on_event(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
         tracing::trace!(sk = ev.sk, kind = ?ev.kind, side = ?ev.side, "http1 record");
+        if ev.answered {
+            return self.on_answered(ev, out);
+        }
         match ev.kind {
             Kind::Close => self.on_close(ev, out),
             Kind::Request => {
@@ -180,8 +197,35 @@ impl Tracker {
         put(&mut self.conns, &mut self.unparsed, ev.sk, c);
     }
 
+    /// The request of the response held on its connection: one exchange.
+    fn on_answered(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
+        let mut c = take(&mut self.conns, ev);
+        let held = c.held.take();
+        if let (Some(h), Some(req)) = (held, ev.request) {
+            let mut one = Conn {
+                side: c.side,
+                cgroup_id: c.cgroup_id,
+                peer: c.peer,
+                ..Default::default()
+            };
+            let (ok, _) = requests(&mut one, &mut self.routes, req.bytes, req.ts_ns, ev.tgid);
+            match one.pending.pop_front() {
+                Some(r) => {
+                    let d = h.end_ns.saturating_sub(r.start_ns);
+                    out.push(request(&c, r, Some(h.status), None, d));
+                }
+                None => self.unparsed.response_without_request += 1,
+            }
+            self.unparsed.invalid += u64::from(!ok);
+        } else if held.is_some() {
+            self.unparsed.response_without_request += 1;
+        }
+        put(&mut self.conns, &mut self.unparsed, ev.sk, c);
+    }
+
     fn on_close(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
         let mut c = take(&mut self.conns, ev);
+        self.unparsed.response_without_request += std::mem::take(&mut c.orphaned);
         if let Some(f) = c.responding.take() {
             finish(&c, f, ev.prev.last_ns, out);
         }
@@ -199,6 +243,7 @@ impl Tracker {
     pub fn poll(&mut self, now_ns: u64, conns: &dyn ConnTable, out: &mut Vec<Request>) {
         let timeout = self.timeout_ns;
         let mut forget = Vec::new();
+        let mut orphaned = 0;
         for (&sk, c) in self.conns.iter_mut() {
             if c.responding.is_some() {
                 match conns.get(sk) {
@@ -230,6 +275,12 @@ impl Tracker {
                     }
                 }
             }
+            if c.held
+                .is_some_and(|h| now_ns.saturating_sub(h.end_ns) >= HELD_NS)
+            {
+                c.held = None;
+                orphaned += 1;
+            }
             while c
                 .pending
                 .front()
@@ -243,6 +294,7 @@ impl Tracker {
             // response or the socket's end, at most IDLE_CONN_NS).
             if c.pending.is_empty()
                 && c.responding.is_none()
+                && c.held.is_none()
                 && (c.timed_out.is_none() || now_ns.saturating_sub(c.last_ns) >= IDLE_CONN_NS)
             {
                 forget.push(sk);
@@ -251,6 +303,7 @@ impl Tracker {
         for sk in forget {
             self.conns.remove(&sk);
         }
+        self.unparsed.response_without_request += orphaned;
         if now_ns.saturating_sub(self.last_scan_ns) >= self.scan_every_ns {
             self.last_scan_ns = now_ns;
             self.scan_kernel(now_ns, conns, out);
@@ -315,6 +368,11 @@ type Conns = HashMap<u64, Conn, foldhash::fast::RandomState>;
 /// so a connection is kept only while something is pending ([`put`]).
 fn take(conns: &mut Conns, ev: &Event<'_>) -> Conn {
     let mut c = conns.remove(&ev.sk).unwrap_or_default();
+    if c.held.is_some() && !ev.answered {
+        // Another record came first: the held response had no request after all.
+        c.held = None;
+        c.orphaned += 1;
+    }
     if c.side != Some(ev.side) || c.cgroup_id != ev.cgroup_id {
         // A connection changing roles or owner (or first seen): nothing carries over.
         c.pending.clear();
@@ -329,8 +387,9 @@ fn take(conns: &mut Conns, ev: &Event<'_>) -> Conn {
 }
 
 /// Keeps a connection that still waits for something (the longest idle one goes when full).
-fn put(conns: &mut Conns, unparsed: &mut Unparsed, sk: u64, c: Conn) {
-    if c.pending.is_empty() && c.responding.is_none() && c.timed_out.is_none() {
+fn put(conns: &mut Conns, unparsed: &mut Unparsed, sk: u64, mut c: Conn) {
+    unparsed.response_without_request += std::mem::take(&mut c.orphaned);
+    if c.pending.is_empty() && c.responding.is_none() && c.timed_out.is_none() && c.held.is_none() {
         return;
     }
     if conns.len() >= MAX_CONNS {
@@ -472,7 +531,24 @@ fn responses(
             }
         }
         let Some(req) = c.pending.pop_front() else {
-            *orphan += 1;
+            // Its request may come next, sent before it but seen after it: held if it is
+            // complete here and the first of the call (else a response without request).
+            let whole = match (head_len, framing) {
+                (Some(h), Some(f)) if !f.chunked => {
+                    let total = (at + h) as u64 + f.content_length.unwrap_or(0);
+                    (f.content_length.is_some() || matches!(status, 204 | 304))
+                        && total <= u64::from(resp.len)
+                }
+                _ => false,
+            };
+            if at == 0 && whole && c.held.is_none() {
+                c.held = Some(Held {
+                    status,
+                    end_ns: resp.ts_ns,
+                });
+            } else {
+                *orphan += 1;
+            }
             return;
         };
         let bodyless =
@@ -615,6 +691,7 @@ mod tests {
             peer: peer(),
             peer_port: 40000,
             tgid: 1,
+            answered: false,
         }
     }
 
@@ -643,6 +720,7 @@ mod tests {
             cgroup_id: 7,
             cgroup_ptr: 0,
             req_ts: 0,
+            orphan_ts: 0,
             resp,
             peer: L7Peer {
                 family: 2,
@@ -903,11 +981,14 @@ mod tests {
         // Scanned again: not counted twice.
         t.poll(5_000_000_000, &table, &mut out);
         assert_eq!(out.len(), 1);
-        // The response comes late: no second count, an orphan.
+        // The response comes late: no second count, an orphan (once no request claims it).
         t.on_event(
             &exchange(Side::Client, 500, GET, 6_000_000_000, OK),
             &mut out,
         );
+        // (In the kernel the response start took the request.)
+        table.0.borrow_mut().get_mut(&SK).unwrap().req_ts = 0;
+        t.poll(6_000_000_000 + HELD_NS, &table, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(t.unparsed.response_without_request, 1);
     }
@@ -920,9 +1001,52 @@ mod tests {
             &exchange(Side::Server, 100, b"GET \x00\x01\x02 junk", 200, OK),
             &mut out,
         );
+        t.poll(200 + HELD_NS, &Table::default(), &mut out);
         assert!(out.is_empty());
         assert_eq!(t.unparsed.invalid, 1);
         assert_eq!(t.unparsed.response_without_request, 1);
+    }
+
+    #[test]
+    fn a_request_seen_after_its_answer_is_paired_with_it() {
+        let mut t = Tracker::new(T);
+        let mut out = Vec::new();
+        // The answer first (no request pending in the kernel), then the request, marked answered.
+        t.on_event(
+            &ev(Kind::Exchange, Side::Client, 500, None, Some(OK)),
+            &mut out,
+        );
+        assert!(out.is_empty());
+        assert_eq!(t.conns(), 1, "the response is held");
+        let mut late = ev(Kind::Request, Side::Client, 100, Some((100, GET)), None);
+        late.answered = true;
+        t.on_event(&late, &mut out);
+        assert_eq!(statuses(&out), [Some(200)]);
+        assert_eq!(
+            (
+                out[0].duration_ns,
+                t.unparsed.response_without_request,
+                t.conns()
+            ),
+            (400, 0, 0)
+        );
+        // An answer whose request never comes is a response without request: by the next
+        // record of its connection, or after a while.
+        t.on_event(
+            &ev(Kind::Exchange, Side::Client, 900, None, Some(OK)),
+            &mut out,
+        );
+        t.on_event(&exchange(Side::Client, 950, GET, 990, OK), &mut out);
+        assert_eq!((out.len(), t.unparsed.response_without_request), (2, 1));
+        t.on_event(
+            &ev(Kind::Exchange, Side::Client, 1000, None, Some(OK)),
+            &mut out,
+        );
+        t.poll(1000 + HELD_NS, &Table::default(), &mut out);
+        assert_eq!(
+            (out.len(), t.unparsed.response_without_request, t.conns()),
+            (2, 2, 0)
+        );
     }
 
     #[test]
