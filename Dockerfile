@@ -30,10 +30,10 @@ RUN cargo build --release --locked -p observer --bin observer \
 FROM debian:bookworm-slim
 COPY --from=build /home/builder/observer /usr/local/bin/observer
 # User 0, with only the capabilities the DaemonSet adds (BPF, PERFMON; everything else dropped,
-# no privilege escalation). A non-root user is not possible without granting more: tracefs is
-# root-only (mode 0700, so CAP_DAC_READ_SEARCH would be needed), and a non-root process keeps added
-# capabilities across exec only as ambient capabilities, which Kubernetes cannot set, or through
-# file capabilities on the binary, which no_new_privs (allowPrivilegeEscalation: false) disables.
+# no privilege escalation). A non-root user is not possible without granting more: a non-root
+# process keeps added capabilities across exec only as ambient capabilities, which Kubernetes
+# cannot set, or through file capabilities on the binary, which no_new_privs
+# (allowPrivilegeEscalation: false) disables.
 # The client subcommands (`observer top`, `topology`, `tail`) need nothing and run as any user.
 USER 0:0
 EXPOSE 9464 50051

@@ -416,8 +416,9 @@ pub struct LifecycleOffsets {
     /// `cgroup` -> `kn`, `kernfs_node` -> `id` (the cgroup id).
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
-    /// Offset of `pid` in the `oom:mark_victim` tracepoint record (tracefs format).
-    pub mark_victim_pid: u32,
+    /// 1 when the `mark_victim` tracepoint's argument is the victim's `struct task_struct *`
+    /// (newer kernels), 0 when it is its pid (`int`, 5.10 to 6.x).
+    pub mark_victim_task: u32,
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<LifecycleOffsets>() == 64);

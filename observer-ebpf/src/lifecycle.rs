@@ -5,16 +5,16 @@
 //! though the kernel's OOM killer ran in another task's context. A record goes to user space
 //! only when the last thread of a process exits, and only for a main process (pid 1 of its pid
 //! namespace, or a process whose parent lives in another cgroup) or an OOM victim: the short
-//! commands a container runs come and go without a record. Classic tracepoints: both exist,
-//! with these names, on every kernel the observer supports; the task layout comes from BTF.
+//! commands a container runs come and go without a record. BTF or raw tracepoints (no
+//! `perf_event_open`); the task layout, and what `mark_victim` passes, come from BTF.
 
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
 };
 use observer_common::{
     ExitRecord, EXIT_MAIN, EXIT_OOM_KILLED, LOST_LIFECYCLE_RINGBUF_FULL, LOST_OOM_VICTIM_MAP_FULL,
@@ -31,22 +31,46 @@ unsafe fn read_at<T: Copy>(base: u64, off: u32) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).map_err(|e| e as i64) }
 }
 
-#[tracepoint]
-pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
-    let off = LIFECYCLE.load().mark_victim_pid;
-    // SAFETY: the offset comes from the tracepoint's format file; read_at checks the bound.
-    let Ok(pid) = (unsafe { ctx.read_at::<i32>(off as usize) }) else {
-        return 0;
-    };
-    let now = unsafe { bpf_ktime_get_ns() };
-    if OOM_VICTIMS.insert(&(pid as u32), &now, 0).is_err() {
-        count_lost(LOST_OOM_VICTIM_MAP_FULL);
-    }
+#[btf_tracepoint(function = "mark_victim")]
+pub fn oom_mark_victim_btf(ctx: BtfTracePointContext) -> i32 {
+    on_mark_victim(ctx.arg::<u64>(0));
     0
 }
 
-#[tracepoint]
-pub fn process_exit(_ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "mark_victim")]
+pub fn oom_mark_victim_raw(ctx: RawTracePointContext) -> i32 {
+    on_mark_victim(ctx.arg::<u64>(0));
+    0
+}
+
+/// The OOM killer chose a victim: its pid (the argument itself, or read from the victim's task
+/// on kernels that pass the task) is kept until it exits.
+#[inline(always)]
+fn on_mark_victim(arg: u64) {
+    let l = LIFECYCLE.load();
+    let pid = if l.mark_victim_task != 0 {
+        match unsafe { read_at::<i32>(arg, l.task_tgid) } {
+            Ok(p) => p as u32,
+            Err(_) => return,
+        }
+    } else {
+        arg as u32
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if OOM_VICTIMS.insert(&pid, &now, 0).is_err() {
+        count_lost(LOST_OOM_VICTIM_MAP_FULL);
+    }
+}
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn process_exit_btf(_ctx: BtfTracePointContext) -> i32 {
+    match try_process_exit() {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn process_exit_raw(_ctx: RawTracePointContext) -> i32 {
     match try_process_exit() {
         Ok(()) | Err(_) => 0,
     }

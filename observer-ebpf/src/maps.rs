@@ -61,7 +61,7 @@ pub static LIFECYCLE: Global<LifecycleOffsets> = Global::new(LifecycleOffsets {
     upid_nr: 0,
     cgroup_kn: 0,
     kernfs_node_id: 0,
-    mark_victim_pid: 0,
+    mark_victim_task: 0,
     _pad: 0,
 });
 

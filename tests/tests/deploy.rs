@@ -274,10 +274,7 @@ fn daemonset_is_least_privilege() {
         assert_eq!(m.mount_path, hp.path);
         paths.insert(hp.path.as_str());
     }
-    assert_eq!(
-        paths,
-        ["/sys/fs/cgroup", "/sys/kernel/btf", "/sys/kernel/tracing"].into()
-    );
+    assert_eq!(paths, ["/sys/fs/cgroup", "/sys/kernel/btf"].into());
 
     // Node name from the downward API, in the variable the observer reads.
     let env = c.env.clone().unwrap();

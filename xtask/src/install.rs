@@ -3,71 +3,108 @@
 //! bpfel-unknown-none, LLVM 22, bpf-linker) and the real servers, load generators and
 //! Prometheus tools the tests drive. Says what it installs; installs nothing already there.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+pub mod kernels;
 
 use anyhow::{bail, Context, Result};
 
-/// Debian packages and why they are needed.
-const PACKAGES: &[(&str, &str)] = &[
+/// How much to install: what building and running the observer needs (`cargo xtask run`), plus
+/// the servers, load generators and tools the benchmark drives, plus what only the tests need
+/// (the kernel matrix's VM tool and kernels, the fuzzer, the test clients' libraries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Scope {
+    Run,
+    Bench,
+    Test,
+}
+
+/// Debian packages, the scope that first needs each, and why.
+const PACKAGES: &[(Scope, &str, &str)] = &[
     (
+        Scope::Run,
         "rustc-web",
         "Debian rustc 1.96 that builds the kernel programs",
     ),
     (
+        Scope::Run,
         "libstd-rust-web-dev-bpf",
         "prebuilt core for bpfel-unknown-none",
     ),
-    ("llvm-22-dev", "LLVM for bpf-linker"),
-    ("libzstd-dev", "bpf-linker link dependency"),
-    ("zlib1g-dev", "bpf-linker link dependency"),
+    (Scope::Run, "llvm-22-dev", "LLVM for bpf-linker"),
+    (Scope::Run, "libzstd-dev", "bpf-linker link dependency"),
+    (Scope::Run, "zlib1g-dev", "bpf-linker link dependency"),
     (
-        "iproute2",
-        "network namespaces and veths of the simulated pods",
-    ),
-    ("util-linux", "setpriv for the unprivileged-start test"),
-    (
-        "libcap2-bin",
-        "capsh: the capabilities test runs the observer with only the DaemonSet's",
-    ),
-    ("python3", "test servers and clients"),
-    ("curl", "HTTP client"),
-    ("nginx", "benchmark and test server"),
-    ("wrk", "load generator"),
-    ("hey", "load generator"),
-    (
-        "prometheus",
-        "Prometheus server and promtool for the exposition tests",
-    ),
-    ("bpftool", "BPF program statistics in the benchmark"),
-    (
-        "linux-image-amd64",
-        "Debian's 6.1 kernel for the kernel matrix (runs in a VM)",
-    ),
-    (
-        "linux-image-6.12-amd64",
-        "Debian's 6.12 kernel for the kernel matrix (runs in a VM)",
-    ),
-    ("busybox-static", "initramfs of the matrix VMs (virtme-ng)"),
-    ("python3-yaml", "YAML for Debian's python3 (manifest tests)"),
-    (
+        Scope::Run,
         "protobuf-compiler",
         "protoc: builds the gRPC API (observer/build.rs) and the Python test client's stubs",
     ),
     (
+        Scope::Bench,
+        "iproute2",
+        "network namespaces and veths of the simulated pods",
+    ),
+    (Scope::Bench, "python3", "test servers and clients"),
+    (Scope::Bench, "curl", "HTTP client"),
+    (Scope::Bench, "nginx", "benchmark and test server"),
+    (Scope::Bench, "wrk", "load generator"),
+    (Scope::Bench, "hey", "load generator"),
+    (
+        Scope::Bench,
+        "bpftool",
+        "BPF program statistics in the benchmark",
+    ),
+    (
+        Scope::Test,
+        "util-linux",
+        "setpriv for the unprivileged-start test",
+    ),
+    (
+        Scope::Test,
+        "libcap2-bin",
+        "capsh: the capabilities test runs the observer with only the DaemonSet's",
+    ),
+    (
+        Scope::Test,
+        "prometheus",
+        "Prometheus server and promtool for the exposition tests",
+    ),
+    (
+        Scope::Test,
+        "busybox-static",
+        "initramfs of the matrix VMs (virtme-ng)",
+    ),
+    (
+        Scope::Test,
+        "python3-venv",
+        "the project's virtual environment for virtme-ng",
+    ),
+    (
+        Scope::Test,
+        "python3-yaml",
+        "YAML for Debian's python3 (manifest tests)",
+    ),
+    (
+        Scope::Test,
         "python3-grpcio",
         "gRPC for Debian's python3 (the non-Rust gRPC client test)",
     ),
     (
+        Scope::Test,
         "python3-protobuf",
         "protobuf runtime for Debian's python3 (gRPC client test)",
     ),
     (
+        Scope::Test,
         "grpc-proto",
         "health and reflection .proto files (gRPC client test)",
     ),
 ];
 
-/// The VM runner of the kernel matrix, from PyPI.
+/// The VM runner of the kernel matrix, from PyPI, into the project's virtual environment.
 const VIRTME_NG: &str = "virtme-ng==1.42";
 
 fn installed(pkg: &str) -> bool {
@@ -96,22 +133,23 @@ pub fn bpf_linker() -> PathBuf {
     home.join("bin/bpf-linker")
 }
 
-pub fn install() -> Result<()> {
-    let missing: Vec<&(&str, &str)> = PACKAGES.iter().filter(|(p, _)| !installed(p)).collect();
+pub fn install(scope: Scope) -> Result<()> {
+    let missing: Vec<&(Scope, &str, &str)> = PACKAGES
+        .iter()
+        .filter(|(s, p, _)| *s <= scope && !installed(p))
+        .collect();
     if missing.is_empty() {
-        println!("install: all {} Debian packages present", PACKAGES.len());
+        println!("install: the Debian packages of `{scope:?}` are present");
     } else {
-        for (p, why) in &missing {
+        for (_, p, why) in &missing {
             println!("install: apt-get install {p} ({why})");
         }
         run(Command::new("apt-get").args(["update", "-q"]))?;
         run(Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(missing.iter().map(|(p, _)| *p))
+            .args(missing.iter().map(|(_, p, _)| *p))
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
-    install_qemu()?;
-    install_virtme()?;
     let linker = bpf_linker();
     let works = Command::new(&linker)
         .arg("--version")
@@ -137,17 +175,24 @@ pub fn install() -> Result<()> {
             ])
             .env("PATH", path))?;
     }
+    // Debian's nginx package starts a server on port 80 when installed; the tests start their
+    // own, so stop the packaged one if it runs (harmless when it does not).
+    if missing.iter().any(|(_, p, _)| *p == "nginx") {
+        let _ = Command::new("nginx").args(["-s", "stop"]).output();
+    }
+    if scope < Scope::Test {
+        return Ok(());
+    }
+    install_qemu()?;
+    install_virtme()?;
+    for k in crate::matrix::GUESTS {
+        kernels::ensure(k)?;
+    }
     install_cargo_tool(
         "cargo-fuzz",
         "0.13.2",
         "runs the parsers' fuzz targets in the tests",
-    )?;
-    // Debian's nginx package starts a server on port 80 when installed; the tests start their
-    // own, so stop the packaged one if it runs (harmless when it does not).
-    if !missing.is_empty() && missing.iter().any(|(p, _)| *p == "nginx") {
-        let _ = Command::new("nginx").args(["-s", "stop"]).output();
-    }
-    Ok(())
+    )
 }
 
 /// `cargo install`s a tool into cargo's bin directory unless it answers `--version` there.
@@ -200,54 +245,48 @@ fn install_qemu() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-/// Runs virtme-ng's `vng` with `args` (through python3, wherever pip put the script).
+/// The project's Python virtual environment (virtme-ng lives there, not in the system's
+/// site-packages).
+pub fn venv() -> PathBuf {
+    crate::tasks::workspace_root().join(".venv")
+}
+
+/// Runs virtme-ng's `vng` from the project's virtual environment.
 pub fn vng() -> Command {
-    let mut c = Command::new("python3");
-    c.args([
-        "-c",
-        "import sys; from virtme_ng.run import main; sys.argv[0] = 'vng'; sys.exit(main())",
-    ]);
-    c
+    Command::new(venv().join("bin/vng"))
 }
 
 fn install_virtme() -> Result<()> {
-    ensure_python_module("virtme_ng", VIRTME_NG, "runs the matrix kernels in VMs")?;
-    ensure_python_module(
-        "yaml",
-        "pyyaml",
-        "reads the rendered Kubernetes manifests in the tests",
-    )
-}
-
-/// Makes `import module` work for the python3 on PATH, installing `spec` with pip if needed.
-fn ensure_python_module(module: &str, spec: &str, why: &str) -> Result<()> {
-    let present = Command::new("python3")
-        .args(["-c", &format!("import {module}")])
+    let vng = venv().join("bin/vng");
+    let works = Command::new(&vng)
+        .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if present {
-        println!("install: python module {module} present");
-        return Ok(());
+    if works {
+        println!("install: virtme-ng present ({})", vng.display());
+    } else {
+        println!(
+            "install: {VIRTME_NG} into {} (runs the matrix kernels in VMs)",
+            venv().display()
+        );
+        // Debian's own python3 (the one of python3-venv), whatever else is on PATH.
+        let python = if Path::new("/usr/bin/python3").exists() {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        };
+        run(Command::new(python).arg("-m").arg("venv").arg(venv()))?;
+        run(Command::new(venv().join("bin/pip")).args(["install", "-q", VIRTME_NG]))?;
     }
-    println!("install: pip install {spec} ({why})");
-    let plain = Command::new("python3")
-        .args(["-m", "pip", "install", "-q", spec])
-        .status()?;
-    if !plain.success() {
-        // Debian's own python3 is externally managed.
-        if !installed("python3-pip") {
-            run(Command::new("apt-get")
-                .args(["install", "-y", "-q", "python3-pip"])
-                .env("DEBIAN_FRONTEND", "noninteractive"))?;
-        }
-        run(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--break-system-packages",
-            spec,
-        ]))?;
+    let yaml = Command::new("python3")
+        .args(["-c", "import yaml"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !yaml {
+        bail!(
+            "the python3 on PATH cannot import yaml (the manifest tests need it): \
+             Debian's python3 has it from python3-yaml; another python3 needs `pip install pyyaml`"
+        );
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask <command>`.
 
 mod bench;
+mod hygiene;
 mod install;
 mod matrix;
 mod tasks;
@@ -16,17 +17,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Install what the build and the tests need (Debian packages, bpf-linker), idempotently.
-    Install,
+    /// Install, idempotently, what building and running need (`--for run`), also what the
+    /// benchmark drives (`--for bench`), or also what the tests need (`--for test`, the default).
+    Install {
+        #[arg(long = "for", value_enum, default_value = "test")]
+        scope: install::Scope,
+    },
     /// Build everything and run the observer with its defaults (extra flags after `--`).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Run every test, the privileged kernel tests included (as root), on every kernel of the
-    /// matrix: this machine's, and Debian's 6.1 and 6.12 in virtual machines.
+    /// matrix: this machine's, and Debian's guest kernels in virtual machines.
     Test {
-        /// Which kernels: all, host, 6.1 or 6.12.
+        /// Which kernels: all, host, or a guest series (6.1, 6.12).
         #[arg(long, default_value = "all")]
         kernel: String,
     },
@@ -36,7 +41,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Install => install::install(),
+        Command::Install { scope } => install::install(scope),
         Command::Run { args } => tasks::run_observer(&args),
         Command::Test { kernel } => tasks::test(&kernel),
         Command::Bench(args) => bench::run(&args),

@@ -11,12 +11,14 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use crate::install::kernels::{self, GuestKernel, Suite};
+
 /// A kernel the tests run on.
 #[derive(Debug, Clone)]
 pub enum Kernel {
     /// The running kernel.
     Host,
-    /// A guest kernel image under /boot.
+    /// A guest kernel image, unpacked in the kernel cache.
     Guest { release: String, image: PathBuf },
 }
 
@@ -104,15 +106,44 @@ fn host_release() -> String {
         .to_string()
 }
 
-/// The kernels selected by `--kernel` (`all`, `host`, or a release prefix such as `6.1`).
+/// The guest kernels of the matrix, oldest first.
+pub const GUESTS: &[GuestKernel] = &[
+    GuestKernel {
+        series: "5.10",
+        meta: "linux-image-amd64",
+        suite: Suite::Bullseye,
+    },
+    GuestKernel {
+        series: "6.1",
+        meta: "linux-image-amd64",
+        suite: Suite::System,
+    },
+    GuestKernel {
+        series: "6.12",
+        meta: "linux-image-6.12-amd64",
+        suite: Suite::System,
+    },
+];
+
+/// The kernels selected by `--kernel` (`all`, `host`, or a series such as `6.1`).
 pub fn select(which: &str) -> Result<Vec<Kernel>> {
     let mut all = vec![Kernel::Host];
-    for prefix in ["6.1.", "6.12."] {
-        match guest_image(prefix) {
-            Some((release, image)) => all.push(Kernel::Guest { release, image }),
-            None => bail!("no /boot/vmlinuz-{prefix}* (cargo xtask install installs it)"),
+    let cached = kernels::cached();
+    for g in GUESTS {
+        let prefix = format!("{}.", g.series);
+        match cached.iter().rev().find(|(r, _)| r.starts_with(&prefix)) {
+            Some((release, image)) => all.push(Kernel::Guest {
+                release: release.clone(),
+                image: image.clone(),
+            }),
+            None => bail!(
+                "no kernel {} in {} (cargo xtask install unpacks it)",
+                g.series,
+                kernels::CACHE
+            ),
         }
     }
+    let series: Vec<&str> = GUESTS.iter().map(|g| g.series).collect();
     let chosen: Vec<Kernel> = all
         .into_iter()
         .filter(|k| match (which, k) {
@@ -125,23 +156,12 @@ pub fn select(which: &str) -> Result<Vec<Kernel>> {
         })
         .collect();
     if chosen.is_empty() {
-        bail!("--kernel {which}: expected all, host, 6.1 or 6.12");
+        bail!(
+            "--kernel {which}: expected all, host or one of {}",
+            series.join(", ")
+        );
     }
     Ok(chosen)
-}
-
-fn guest_image(prefix: &str) -> Option<(String, PathBuf)> {
-    let mut found: Vec<(String, PathBuf)> = std::fs::read_dir("/boot")
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let release = name.strip_prefix("vmlinuz-")?.to_string();
-            release.starts_with(prefix).then(|| (release, e.path()))
-        })
-        .collect();
-    found.sort();
-    found.pop()
 }
 
 impl Kernel {
@@ -320,7 +340,7 @@ fn host_only(b: &Path) -> bool {
 }
 
 fn script(binaries: &[PathBuf], observer_bin: &Path, slowdown: u32) -> String {
-    let mut s = String::from("set -u\nuname -r\nmountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null\n");
+    let mut s = String::from("set -u\nuname -r\n");
     s.push_str(&format!("export OBSERVER_BIN={}\nexport OBSERVER_TEST_SLOWDOWN={slowdown}\nexport RUST_BACKTRACE=0\n", observer_bin.display()));
     let guest = slowdown > 1;
     for b in binaries.iter().filter(|b| !(guest && host_only(b))) {

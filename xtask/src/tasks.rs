@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{install, matrix};
+use crate::{hygiene, install, matrix};
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -34,7 +34,7 @@ fn run(mut cmd: Command) -> Result<()> {
 /// Builds everything (kernel programs included, through observer/build.rs) and runs the
 /// observer with its defaults plus `args`.
 pub fn run_observer(args: &[String]) -> Result<()> {
-    install::install()?;
+    install::install(install::Scope::Run)?;
     run(cargo(&["build", "--release", "-p", "observer"]))?;
     let bin = workspace_root().join("target/release/observer");
     println!("run: {} {}", bin.display(), args.join(" "));
@@ -55,7 +55,8 @@ pub fn test(kernel: &str) -> Result<()> {
     if unsafe { libc_geteuid() } != 0 {
         bail!("cargo xtask test loads eBPF programs and makes namespaces: run it as root");
     }
-    install::install()?;
+    install::install(install::Scope::Test)?;
+    hygiene::sweep();
     let kernels = matrix::select(kernel)?;
     // The tests run the release build: the one users run, and the one whose user-space side
     // keeps up with the request rates the tests drive.

@@ -62,6 +62,54 @@ impl KernelBtf {
         Ok(total)
     }
 
+    /// Whether argument `i` (after the tracepoint's context) of tracepoint `name` is a pointer,
+    /// from its `btf_trace_<name>` prototype (`void (*)(void *ctx, args...)`).
+    pub fn tracepoint_arg_is_pointer(&self, name: &str, i: usize) -> Result<bool, ProbeError> {
+        let what = || format!("tracepoint {name}");
+        let err = |reason: &str| ProbeError::Btf {
+            what: what(),
+            reason: reason.into(),
+        };
+        let types = self
+            .btf
+            .resolve_types_by_name(&format!("btf_trace_{name}"))
+            .map_err(|_| err("no btf_trace_ prototype in this kernel's BTF"))?;
+        let Some(Type::Typedef(t)) = types.into_iter().next() else {
+            return Err(err("its btf_trace_ type is no typedef"));
+        };
+        let mut ty = self
+            .btf
+            .resolve_chained_type(&t)
+            .map_err(|_| err("unresolvable"))?;
+        if let Type::Ptr(p) = &ty {
+            ty = self
+                .btf
+                .resolve_chained_type(p)
+                .map_err(|_| err("unresolvable"))?;
+        }
+        let Type::FuncProto(f) = ty else {
+            return Err(err("its btf_trace_ type is no function"));
+        };
+        let param = f
+            .parameters
+            .get(i + 1)
+            .ok_or_else(|| err("has fewer arguments"))?;
+        let mut ty = self
+            .btf
+            .resolve_chained_type(param)
+            .map_err(|_| err("unresolvable"))?;
+        // Through typedefs and qualifiers to the type itself.
+        loop {
+            ty = match ty {
+                Type::Typedef(t) => self.btf.resolve_chained_type(&t),
+                Type::Const(t) => self.btf.resolve_chained_type(&t),
+                Type::Volatile(t) => self.btf.resolve_chained_type(&t),
+                other => return Ok(matches!(other, Type::Ptr(_))),
+            }
+            .map_err(|_| err("unresolvable"))?;
+        }
+    }
+
     /// Size in bytes of `struct name`.
     pub fn struct_size(&self, name: &str) -> Result<u32, ProbeError> {
         let types = self
@@ -184,7 +232,8 @@ pub fn tcp_offsets(btf: &KernelBtf) -> Result<KernelOffsets, ProbeError> {
     })
 }
 
-/// Task layout the lifecycle probe needs (`mark_victim_pid` comes from tracefs, not BTF).
+/// Task layout the lifecycle probe needs, and whether `mark_victim` passes the victim's task or
+/// its pid.
 pub fn lifecycle_offsets(btf: &KernelBtf) -> Result<LifecycleOffsets, ProbeError> {
     Ok(LifecycleOffsets {
         task_signal: btf.member_offset("task_struct", "signal")?,
@@ -201,7 +250,7 @@ pub fn lifecycle_offsets(btf: &KernelBtf) -> Result<LifecycleOffsets, ProbeError
         upid_nr: btf.member_offset("upid", "nr")?,
         cgroup_kn: btf.member_offset("cgroup", "kn")?,
         kernfs_node_id: btf.member_offset("kernfs_node", "id")?,
-        mark_victim_pid: 0,
+        mark_victim_task: u32::from(btf.tracepoint_arg_is_pointer("mark_victim", 0)?),
         _pad: 0,
     })
 }

@@ -5,14 +5,14 @@
 use std::{fmt, os::unix::fs::MetadataExt};
 
 use aya::{
-    programs::{BtfTracePoint, FExit, ProgramError, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FExit, ProgramError, RawTracePoint},
     Btf, Ebpf, EbpfLoader, Endianness,
 };
 use observer_common::{
     CgroupFilter, KernelOffsets, LifecycleOffsets, WORK_L7, WORK_SYSCALLS, WORK_TCP,
 };
 
-use super::{btf, tracefs};
+use super::btf;
 use crate::{
     config::{Config, HookPreference},
     error::{ProbeError, StartError},
@@ -65,24 +65,16 @@ struct Kernel {
 
 impl Kernel {
     fn discover(cfg: &Config) -> Self {
-        let tracefs = tracefs::ensure_mounted();
-        if let Err(e) = &tracefs {
-            tracing::warn!("{e}; classic tracepoints are unavailable");
-        }
         let kernel_btf = btf::KernelBtf::open(&cfg.btf);
         let offsets = kernel_btf
             .as_ref()
             .map_err(clone_err)
             .and_then(btf::tcp_offsets);
-        // The lifecycle probe: task layout from BTF, the OOM victim's pid from tracefs.
-        let lifecycle = match (&kernel_btf, &tracefs) {
-            (Err(e), _) | (_, Err(e)) => Err(clone_err(e)),
-            (Ok(kb), Ok(dir)) => btf::lifecycle_offsets(kb).and_then(|mut l| {
-                let f = tracefs::field_offsets(dir, "oom", "mark_victim", &["pid"])?;
-                l.mark_victim_pid = f["pid"];
-                Ok(l)
-            }),
-        };
+        // The lifecycle probe: task layout and what mark_victim passes, from BTF.
+        let lifecycle = kernel_btf
+            .as_ref()
+            .map_err(clone_err)
+            .and_then(btf::lifecycle_offsets);
         let btf = match Btf::parse_file(&cfg.btf, Endianness::default()) {
             Ok(b) => Some(b),
             Err(e) => {
@@ -150,8 +142,13 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
     }
     if cfg.lifecycle {
         let r = k.lifecycle.as_ref().map_err(clone_err).and_then(|_| {
-            attach_tracepoint(&mut ebpf, "oom_mark_victim", "oom", "mark_victim")?;
-            attach_tracepoint(&mut ebpf, "process_exit", "sched", "sched_process_exit")
+            attach_pair_named(
+                &mut ebpf,
+                hooks,
+                btf,
+                ("oom_mark_victim", "mark_victim"),
+                ("process_exit", "sched_process_exit"),
+            )
         });
         probes.push(status("lifecycle", r));
     }
@@ -356,19 +353,6 @@ fn unload(ebpf: &mut Ebpf, prog: &str) {
         Some(aya::programs::Program::RawTracePoint(p)) => drop(p.unload()),
         _ => {}
     }
-}
-
-fn attach_tracepoint(
-    ebpf: &mut Ebpf,
-    prog: &str,
-    category: &str,
-    name: &str,
-) -> Result<&'static str, ProbeError> {
-    let p: &mut TracePoint = program(ebpf, prog)?;
-    p.load().map_err(|e| program_error(prog, e))?;
-    p.attach(category, name)
-        .map_err(|e| program_error(prog, e))?;
-    Ok("tracepoint")
 }
 
 /// Attaches `<base>_btf` (or `<base>_raw`) to the tracepoint `target`.

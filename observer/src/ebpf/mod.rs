@@ -4,7 +4,6 @@ pub mod btf;
 pub mod load;
 pub mod privileges;
 pub mod reader;
-pub mod tracefs;
 
 /// The compiled kernel programs (built by build.rs from `observer-ebpf`).
 pub static EBPF_OBJECT: &[u8] =

@@ -17,9 +17,6 @@ const CAP_SYS_RESOURCE: u32 = 24;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-/// tracefs directories the loader looks in (`ebpf::tracefs`), before mounting its own.
-const TRACEFS_DIRS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
-
 /// What the check looks at, gathered once so that the decisions are a pure function.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
@@ -30,12 +27,11 @@ pub struct Host {
     pub cap_last_cap: u32,
     /// Kernel release, major and minor.
     pub kernel: (u32, u32),
-    /// Whether a tracefs is mounted where the loader looks.
-    pub tracefs_mounted: bool,
     /// Soft RLIMIT_MEMLOCK in bytes (`u64::MAX`: unlimited).
     pub memlock: u64,
-    /// Whether this process may call perf_event_open (which attaches classic tracepoints), or
-    /// the errno it got, and `kernel.perf_event_paranoid`.
+    /// Whether this process may call perf_event_open, or the errno it got, and
+    /// `kernel.perf_event_paranoid`: no probe needs it (every one attaches through BPF links,
+    /// BTF or raw tracepoints), which the start-up log says where it is refused.
     pub perf_event_open: Result<(), i32>,
     pub perf_event_paranoid: Option<i32>,
 }
@@ -78,9 +74,6 @@ impl Host {
             effective,
             cap_last_cap,
             kernel: kernel_version(&release),
-            tracefs_mounted: TRACEFS_DIRS
-                .iter()
-                .any(|d| std::path::Path::new(d).join("events").is_dir()),
             memlock,
             perf_event_open: try_perf_event_open(),
             perf_event_paranoid: std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
@@ -181,26 +174,16 @@ pub fn assess(host: &Host) -> Result<Vec<Finding>, String> {
         let paranoid = host
             .perf_event_paranoid
             .map_or(String::from("unknown"), |p| p.to_string());
-        findings.push(Finding::Degraded(format!(
+        findings.push(Finding::NotNeeded(format!(
             "perf_event_open is refused ({}; kernel.perf_event_paranoid is {paranoid}, and above \
-             2 Debian's and Ubuntu's kernels allow it only with CAP_SYS_ADMIN): classic \
-             tracepoints cannot be attached, so the tcp_connections, http and lifecycle probes \
-             (sock:inet_sock_set_state, oom:mark_victim) will be down; set \
-             kernel.perf_event_paranoid=2 on the node",
+             2 Debian's and Ubuntu's kernels allow it only with CAP_SYS_ADMIN): no probe needs \
+             it, every one attaches through BPF links (BTF or raw tracepoints, fexit)",
             match errno {
                 libc::EACCES => "EACCES".to_string(),
                 libc::EPERM => "EPERM".to_string(),
                 e => std::io::Error::from_raw_os_error(e).to_string(),
             }
         )));
-    }
-    if !host.tracefs_mounted && !admin {
-        findings.push(Finding::Degraded(
-            "tracefs is not mounted at /sys/kernel/tracing and CAP_SYS_ADMIN, needed to mount \
-             it, is missing: the tcp_connections and http probes (classic tracepoint \
-             sock:inet_sock_set_state) will be down; mount the node's tracefs there"
-                .into(),
-        ));
     }
     Ok(findings)
 }
@@ -242,13 +225,12 @@ mod tests {
         list.iter().fold(0, |a, c| a | 1u64 << c)
     }
 
-    /// The DaemonSet's set on a current kernel with the node's tracefs mounted.
+    /// The DaemonSet's set on a current kernel.
     fn manifest_host() -> Host {
         Host {
             effective: caps(&[CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE]),
             cap_last_cap: 40,
             kernel: (6, 18),
-            tracefs_mounted: true,
             memlock: 8 << 20,
             perf_event_open: Ok(()),
             perf_event_paranoid: Some(2),
@@ -305,25 +287,17 @@ mod tests {
         h.memlock = u64::MAX;
         assert_eq!(assess(&h).unwrap(), vec![]);
 
-        h.tracefs_mounted = false;
-        let f = assess(&h).unwrap();
-        assert!(
-            matches!(&f[..], [Finding::Degraded(m)] if m.contains("tcp_connections and http probes")),
-            "{f:?}"
-        );
-        h.effective |= caps(&[CAP_SYS_ADMIN]);
-        assert_eq!(assess(&h).unwrap(), vec![]);
-
-        // Debian's kernels at perf_event_paranoid 3: CAP_PERFMON is not enough.
+        // Debian's kernels at perf_event_paranoid 3: CAP_PERFMON is not enough for
+        // perf_event_open, which no probe needs.
         let mut h = manifest_host();
         h.effective |= caps(&[CAP_SYS_PTRACE]);
         h.perf_event_open = Err(libc::EACCES);
         h.perf_event_paranoid = Some(3);
         let f = assess(&h).unwrap();
         assert!(
-            matches!(&f[..], [Finding::Degraded(m)] if m.starts_with("perf_event_open is refused (EACCES;")
+            matches!(&f[..], [Finding::NotNeeded(m)] if m.starts_with("perf_event_open is refused (EACCES;")
                 && m.contains("perf_event_paranoid is 3")
-                && m.contains("tcp_connections, http and lifecycle probes")),
+                && m.contains("no probe needs it")),
             "{f:?}"
         );
     }

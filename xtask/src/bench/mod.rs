@@ -164,6 +164,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "cargo xtask bench must run as root (it loads eBPF programs and sets \
          kernel.bpf_stats_enabled); try: sudo -E cargo xtask bench"
     );
+    crate::install::install(crate::install::Scope::Bench)?;
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
         signal(SIGINT, on_signal);
@@ -244,6 +245,9 @@ fn pods() -> Result<Place> {
     Ok(Place::Pods(Pods::new()?))
 }
 
+/// How many results hey keeps for its report (`maxResult` in its source).
+const HEY_LISTED: u64 = 1_000_000;
+
 /// What one hey run at a fixed rate gave.
 struct HeyRun {
     responses: u64,
@@ -255,12 +259,15 @@ struct HeyRun {
 fn hey(place: &Place, rate: u32, secs: u64) -> Result<HeyRun> {
     let workers = 50u32;
     let per_worker = format!("{}", (rate as f64 / workers as f64).max(1.0));
-    let (secs, url) = (format!("{secs}s"), place.url());
+    // A request count, not a duration: hey then sends exactly that many (a multiple of its
+    // workers), which is the ground truth; its status table keeps only the first million.
+    let total = (rate as u64 * secs).div_ceil(workers as u64) * workers as u64;
+    let (n, url) = (total.to_string(), place.url());
     let out = place
         .client(&[
             "hey",
-            "-z",
-            &secs,
+            "-n",
+            &n,
             "-c",
             &workers.to_string(),
             "-q",
@@ -297,7 +304,7 @@ fn hey(place: &Place, rate: u32, secs: u64) -> Result<HeyRun> {
         })
         .with_context(|| format!("no 99% latency in hey output:\n{text}"))?;
     // "  [200]\t600000 responses"
-    let responses = (text.lines())
+    let listed: u64 = (text.lines())
         .filter_map(|l| {
             let l = l.trim();
             let rest = l.strip_prefix('[')?;
@@ -309,8 +316,12 @@ fn hey(place: &Place, rate: u32, secs: u64) -> Result<HeyRun> {
         !text.contains("Error distribution"),
         "hey saw errors:\n{text}"
     );
+    ensure!(
+        listed == total.min(HEY_LISTED),
+        "hey lists {listed} responses of the {total} it sent:\n{text}"
+    );
     Ok(HeyRun {
-        responses,
+        responses: total,
         p99_s,
         rps,
     })
