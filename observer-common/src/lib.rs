@@ -341,6 +341,11 @@ pub const WORK_SYSCALLS: u32 = 1;
 pub const WORK_TCP: u32 = 2;
 /// The L7 path runs (which protocols: the `L7_PROTOCOLS` global).
 pub const WORK_L7: u32 = 4;
+/// `sys_enter` keeps each thread's syscall entry in `SYSCALL_ENTRY` (the syscall probe runs, or
+/// the L7 path needs it on a kernel without `bpf_task_pt_regs`).
+pub const WORK_ENTRY_SLOTS: u32 = 8;
+/// The kernel has `bpf_get_current_task_btf` and `bpf_task_pt_regs` (5.15).
+pub const WORK_TASK_REGS: u32 = 16;
 
 /// Kernel struct offsets located at start from BTF and handed to the programs.
 #[repr(C)]

@@ -432,30 +432,38 @@ fn tcp_bytes(sk: u64, s: Sock, ret: i32, send: bool, now: u64) {
 }
 
 // Fallback for kernels before 6.3, which lack `sock:sock_send_length` / `sock_recv_length`:
-// fexit on the TCP functions themselves (fentry/fexit exist there since 5.5). `ret()` reads the
-// return value with bpf_get_func_ret, so the parameter count of each version does not matter.
+// fexit on the TCP functions themselves (fentry/fexit exist there since 5.5). An fexit program
+// finds the return value in its context right after the arguments; `bpf_get_func_ret` (5.17)
+// is not needed, but the position is: user space loads the program matching the function's
+// parameter count in this kernel's BTF (`tcp_recvmsg` lost its `nonblock` in 5.19).
 
+/// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`
 #[fexit(function = "tcp_sendmsg")]
 pub fn tcp_sendmsg_fexit(ctx: FExitContext) -> i32 {
-    if let Ok(ret) = ctx.ret::<i64>() {
-        on_io(ctx.arg::<u64>(0), ret as i32, true);
-    }
+    on_io(ctx.arg::<u64>(0), ctx.arg::<i64>(3) as i32, true);
     0
 }
 
+/// `int tcp_sendpage(struct sock *sk, struct page *page, int offset, size_t size, int flags)`
 #[fexit(function = "tcp_sendpage")]
 pub fn tcp_sendpage_fexit(ctx: FExitContext) -> i32 {
     // sendfile/splice on kernels before 6.5 send through tcp_sendpage, not tcp_sendmsg.
-    if let Ok(ret) = ctx.ret::<i64>() {
-        on_io(ctx.arg::<u64>(0), ret as i32, true);
-    }
+    on_io(ctx.arg::<u64>(0), ctx.arg::<i64>(5) as i32, true);
     0
 }
 
+/// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int flags, int *addr_len)`
+/// (5.19 and later).
 #[fexit(function = "tcp_recvmsg")]
-pub fn tcp_recvmsg_fexit(ctx: FExitContext) -> i32 {
-    if let Ok(ret) = ctx.ret::<i64>() {
-        on_io(ctx.arg::<u64>(0), ret as i32, false);
-    }
+pub fn tcp_recvmsg_fexit5(ctx: FExitContext) -> i32 {
+    on_io(ctx.arg::<u64>(0), ctx.arg::<i64>(5) as i32, false);
+    0
+}
+
+/// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int nonblock, int flags,
+/// int *addr_len)` (before 5.19).
+#[fexit(function = "tcp_recvmsg")]
+pub fn tcp_recvmsg_fexit6(ctx: FExitContext) -> i32 {
+    on_io(ctx.arg::<u64>(0), ctx.arg::<i64>(6) as i32, false);
     0
 }

@@ -27,6 +27,8 @@ pub enum ProbeError {
 pub enum StartError {
     #[error("the observer needs {missing} (run as root, or grant these capabilities)")]
     Privileges { missing: String },
+    #[error("{0}")]
+    Seccomp(String),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("no cgroup v2 hierarchy is mounted (looked in /proc/self/mountinfo)")]

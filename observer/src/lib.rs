@@ -36,8 +36,10 @@ const GC_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Runs the observer until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<(), StartError> {
-    ebpf::privileges::check()?;
+    // Raised first (it may succeed without CAP_SYS_RESOURCE, under a generous hard limit), so
+    // that the check sees the limit the maps will meet.
     ebpf::privileges::raise_memlock();
+    ebpf::privileges::check()?;
     let cgroups = CgroupFs::discover()?;
     tracing::info!(mount = %cgroups.root().display(), "cgroup v2 hierarchy");
     let listener = export::admin::bind(cfg.metrics_addr).await?;

@@ -62,7 +62,14 @@ fn daemon(args: Args) -> ExitCode {
     match rt.block_on(observer::run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("observer: {e}");
+            // One line with every cause (an aya error's errno is in its source).
+            let mut line = format!("observer: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                line.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("{line}");
             ExitCode::FAILURE
         }
     }

@@ -5,10 +5,12 @@
 
 pub mod grpc;
 pub mod kubeapi;
+pub mod manifest;
 pub mod metrics;
 pub mod net;
 pub mod observer;
 pub mod pod;
+pub mod workload;
 
 use std::process::Command;
 

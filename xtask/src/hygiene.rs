@@ -32,6 +32,38 @@ fn kill(pid: &str) -> bool {
 /// Removes what an earlier, killed test run left; prints what it removed.
 pub fn sweep() {
     let mut removed = Vec::new();
+    // Containers of the image tests (named obs-*), when podman is there.
+    let names = out(&[
+        "podman",
+        "--runtime",
+        "runc",
+        "--cgroup-manager",
+        "cgroupfs",
+        "ps",
+        "-a",
+        "--format",
+        "{{.Names}}",
+    ]);
+    for name in names
+        .lines()
+        .map(str::trim)
+        .filter(|n| n.starts_with("obs-"))
+    {
+        if quiet(&[
+            "podman",
+            "--runtime",
+            "runc",
+            "--cgroup-manager",
+            "cgroupfs",
+            "rm",
+            "-f",
+            "-t",
+            "0",
+            name,
+        ]) {
+            removed.push(format!("container {name}"));
+        }
+    }
     for line in out(&["ip", "netns", "list"]).lines() {
         let Some(ns) = line.split_whitespace().next() else {
             continue;

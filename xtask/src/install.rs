@@ -12,18 +12,35 @@ pub mod kernels;
 
 use anyhow::{bail, Context, Result};
 
-/// How much to install: what building and running the observer needs (`cargo xtask run`), plus
-/// the servers, load generators and tools the benchmark drives, plus what only the tests need
-/// (the kernel matrix's VM tool and kernels, the fuzzer, the test clients' libraries).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+/// What to install for: building and running the observer (`cargo xtask run`); also the servers,
+/// load generators and tools the benchmark drives; also the container tools of `cargo xtask
+/// image`; or everything the tests need (all of the above, the kernel matrix's VM tool and
+/// kernels, the fuzzer, the test clients' libraries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scope {
     Run,
     Bench,
+    Image,
     Test,
+}
+
+impl Scope {
+    /// Whether installing for `self` installs what `part` needs.
+    fn includes(self, part: Scope) -> bool {
+        part == Scope::Run || part == self || self == Scope::Test
+    }
 }
 
 /// Debian packages, the scope that first needs each, and why.
 const PACKAGES: &[(Scope, &str, &str)] = &[
+    (Scope::Run, "gcc", "the linker cargo calls"),
+    (Scope::Run, "libc6-dev", "the C library the binaries link"),
+    (
+        Scope::Run,
+        "pkg-config",
+        "finds the libraries bpf-linker links",
+    ),
+    (Scope::Run, "ca-certificates", "crates.io over TLS"),
     (
         Scope::Run,
         "rustc-web",
@@ -56,6 +73,31 @@ const PACKAGES: &[(Scope, &str, &str)] = &[
         Scope::Bench,
         "bpftool",
         "BPF program statistics in the benchmark",
+    ),
+    (
+        Scope::Image,
+        "podman",
+        "builds and runs the observer's image",
+    ),
+    (
+        Scope::Image,
+        "binutils",
+        "objcopy: the tests' image packs the release binary without its debug sections",
+    ),
+    (
+        Scope::Image,
+        "cargo-web",
+        "Debian's cargo 1.96, which the image's build stage uses (the Dockerfile's list)",
+    ),
+    (
+        Scope::Image,
+        "runc",
+        "podman's runtime here (crun refuses this machine's hybrid cgroups)",
+    ),
+    (
+        Scope::Image,
+        "mmdebstrap",
+        "the image's Debian base, made locally (no registry)",
     ),
     (
         Scope::Test,
@@ -136,7 +178,7 @@ pub fn bpf_linker() -> PathBuf {
 pub fn install(scope: Scope) -> Result<()> {
     let missing: Vec<&(Scope, &str, &str)> = PACKAGES
         .iter()
-        .filter(|(s, p, _)| *s <= scope && !installed(p))
+        .filter(|(s, p, _)| scope.includes(*s) && !installed(p))
         .collect();
     if missing.is_empty() {
         println!("install: the Debian packages of `{scope:?}` are present");
@@ -180,7 +222,7 @@ pub fn install(scope: Scope) -> Result<()> {
     if missing.iter().any(|(_, p, _)| *p == "nginx") {
         let _ = Command::new("nginx").args(["-s", "stop"]).output();
     }
-    if scope < Scope::Test {
+    if scope != Scope::Test {
         return Ok(());
     }
     install_qemu()?;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod hygiene;
+mod image;
 mod install;
 mod matrix;
 mod tasks;
@@ -18,7 +19,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Install, idempotently, what building and running need (`--for run`), also what the
-    /// benchmark drives (`--for bench`), or also what the tests need (`--for test`, the default).
+    /// benchmark drives (`--for bench`), the image tools (`--for image`), or everything the tests
+    /// need (`--for test`, the default).
     Install {
         #[arg(long = "for", value_enum, default_value = "test")]
         scope: install::Scope,
@@ -35,6 +37,14 @@ enum Command {
         #[arg(long, default_value = "all")]
         kernel: String,
     },
+    /// Build the observer's image from the Dockerfile with podman (a Debian base made locally
+    /// when none is there) and print its size.
+    Image {
+        /// Pack the host's release binary onto the runtime base instead of building the
+        /// workspace in the image (what the tests run).
+        #[arg(long)]
+        prebuilt: bool,
+    },
     /// Overhead benchmark: nginx under wrk with and without the observer.
     Bench(bench::BenchArgs),
 }
@@ -44,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Install { scope } => install::install(scope),
         Command::Run { args } => tasks::run_observer(&args),
         Command::Test { kernel } => tasks::test(&kernel),
+        Command::Image { prebuilt } => image::image(prebuilt),
         Command::Bench(args) => bench::run(&args),
     }
 }

@@ -327,18 +327,18 @@ fn parse_result(s: &str) -> (u64, u64) {
     (passed, failed)
 }
 
-/// A shell script that runs every test binary serially (each test starts its own observer and
-/// pods) and marks failures and the end.
-/// Test binaries that do not depend on the kernel (manifests, rules, dashboards, Kubernetes
-/// metadata from the API stand-in: no probe of its own): run on the host only, not again in
-/// every guest.
-const HOST_ONLY: [&str; 3] = ["deploy-", "dashboard-", "kubernetes-"];
+/// Test binaries that run on the host kernel only: those that do not depend on the kernel
+/// (manifests, rules, dashboards, Kubernetes metadata from the API stand-in: no probe of its
+/// own), and the container tests (the guests have no container runtime).
+const HOST_ONLY: [&str; 4] = ["deploy-", "dashboard-", "kubernetes-", "container-"];
 
 fn host_only(b: &Path) -> bool {
     let name = b.file_name().unwrap_or_default().to_string_lossy();
     HOST_ONLY.iter().any(|p| name.starts_with(p))
 }
 
+/// A shell script that runs every test binary serially (each test starts its own observer and
+/// pods) and marks failures and the end.
 fn script(binaries: &[PathBuf], observer_bin: &Path, slowdown: u32) -> String {
     let mut s = String::from("set -u\nuname -r\n");
     s.push_str(&format!("export OBSERVER_BIN={}\nexport OBSERVER_TEST_SLOWDOWN={slowdown}\nexport RUST_BACKTRACE=0\n", observer_bin.display()));

@@ -62,6 +62,11 @@ pub fn test(kernel: &str) -> Result<()> {
     // keeps up with the request rates the tests drive.
     run(cargo(&["build", "--release", "-p", "observer", "--bins"]))?;
     let observer_bin = workspace_root().join("target/release/observer");
+    if kernels.iter().any(|k| matches!(k, matrix::Kernel::Host)) {
+        // The container tests run the Dockerfile's image with this build in it.
+        println!("test: the image the container tests run");
+        crate::image::image(true)?;
+    }
     println!("test: formatting and lints");
     run(cargo(&["fmt", "--all", "--check"]))?;
     for manifest in ["observer-ebpf/Cargo.toml", "fuzz/Cargo.toml"] {

@@ -29,7 +29,8 @@ use aya_ebpf::{
 use observer_common::{
     ConnInfo, L7Conn, L7Dir, L7Event, DIR_UNKNOWN, L7_EVENT_HEADER, L7_EV_CLOSE, L7_EV_REQUEST,
     L7_F_OPEN_AT_USER, L7_HTTP1, L7_NONE, L7_REQ_MAX, L7_RESP_MAX, L7_UNDECIDED,
-    LOST_L7_CONN_MAP_FULL, LOST_L7_RINGBUF_FULL, LOST_L7_USER_READ, SYSCALL_SLOTS, WORK_SYSCALLS,
+    LOST_L7_CONN_MAP_FULL, LOST_L7_RINGBUF_FULL, LOST_L7_USER_READ, SYSCALL_SLOTS,
+    WORK_ENTRY_SLOTS, WORK_TASK_REGS,
 };
 
 use crate::{
@@ -106,13 +107,18 @@ pub fn io_of(nr: u32) -> Io {
 /// they come from the task's saved user registers.
 #[inline(always)]
 fn syscall_io() -> (Io, u64, u64) {
-    if WORK.load() & WORK_SYSCALLS != 0 {
+    if WORK.load() & WORK_ENTRY_SLOTS != 0 {
         let tid = bpf_get_current_pid_tgid() as u32;
         if let Some(e) = SYSCALL_ENTRY.get(tid & (SYSCALL_SLOTS - 1)) {
             if e.tid == tid && e.ts_ns != 0 {
                 return (io_of(e.nr), e.arg, e.ts_ns);
             }
         }
+    }
+    // Before 5.15 the helpers below do not exist; the verifier never sees this part there (a
+    // constant of the read-only globals decides), and the slots above are the only source.
+    if WORK.load() & WORK_TASK_REGS == 0 {
+        return (Io::None, 0, 0);
     }
     // SAFETY: helpers on the current task; the registers are read with a checked helper.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;

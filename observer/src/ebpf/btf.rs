@@ -110,6 +110,41 @@ impl KernelBtf {
         }
     }
 
+    /// Whether enum `name` has a member `member` (e.g. whether this kernel knows a BPF helper:
+    /// `bpf_func_id` / `BPF_FUNC_task_pt_regs`).
+    pub fn enum_has(&self, name: &str, member: &str) -> bool {
+        let Ok(types) = self.btf.resolve_types_by_name(name) else {
+            return false;
+        };
+        types.iter().any(|t| match t {
+            Type::Enum(e) => e
+                .members
+                .iter()
+                .any(|m| self.btf.resolve_name(m).is_ok_and(|n| n == member)),
+            _ => false,
+        })
+    }
+
+    /// How many parameters kernel function `name` takes.
+    pub fn func_param_count(&self, name: &str) -> Result<usize, ProbeError> {
+        let err = |reason: &str| ProbeError::Btf {
+            what: format!("function {name}"),
+            reason: reason.into(),
+        };
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| err("not in this kernel's BTF"))?;
+        for t in types {
+            if let Type::Func(f) = t {
+                if let Ok(Type::FuncProto(p)) = self.btf.resolve_chained_type(&f) {
+                    return Ok(p.parameters.len());
+                }
+            }
+        }
+        Err(err("no function of that name in this kernel's BTF"))
+    }
+
     /// Size in bytes of `struct name`.
     pub fn struct_size(&self, name: &str) -> Result<u32, ProbeError> {
         let types = self

@@ -9,7 +9,8 @@ use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
 };
 use observer_common::{
-    CgroupFilter, KernelOffsets, LifecycleOffsets, WORK_L7, WORK_SYSCALLS, WORK_TCP,
+    CgroupFilter, KernelOffsets, LifecycleOffsets, WORK_ENTRY_SLOTS, WORK_L7, WORK_SYSCALLS,
+    WORK_TASK_REGS, WORK_TCP,
 };
 
 use super::btf;
@@ -59,6 +60,11 @@ fn program_error(program: &str, e: ProgramError) -> ProbeError {
 struct Kernel {
     offsets: Result<KernelOffsets, ProbeError>,
     lifecycle: Result<LifecycleOffsets, ProbeError>,
+    /// Parameters of `tcp_recvmsg` (6 before 5.19, 5 since), for the fexit fallback.
+    recvmsg_params: Result<usize, ProbeError>,
+    /// The kernel has `bpf_get_current_task_btf` (5.11) and `bpf_task_pt_regs` (5.15): the L7
+    /// path can find a syscall's buffer without a hook on the syscall.
+    task_regs: bool,
     /// aya needs the BTF to find the attach targets of BTF tracepoints and fexit.
     btf: Option<Btf>,
 }
@@ -85,9 +91,19 @@ impl Kernel {
                 None
             }
         };
+        let recvmsg_params = kernel_btf
+            .as_ref()
+            .map_err(clone_err)
+            .and_then(|b| b.func_param_count("tcp_recvmsg"));
+        let task_regs = kernel_btf.as_ref().is_ok_and(|b| {
+            b.enum_has("bpf_func_id", "BPF_FUNC_task_pt_regs")
+                && b.enum_has("bpf_func_id", "BPF_FUNC_get_current_task_btf")
+        });
         Kernel {
             offsets,
             lifecycle,
+            recvmsg_params,
+            task_regs,
             btf,
         }
     }
@@ -178,9 +194,12 @@ fn load_object(
     let offsets = k.offsets.as_ref().copied().unwrap_or_default();
     let lifecycle = k.lifecycle.as_ref().copied().unwrap_or_default();
     let l7 = !cfg.l7.is_empty();
+    let entry_slots = cfg.syscalls || (l7 && !k.task_regs);
     let work = (u32::from(cfg.syscalls) * WORK_SYSCALLS)
         | (u32::from(cfg.tcp) * WORK_TCP)
-        | (u32::from(l7) * WORK_L7);
+        | (u32::from(l7) * WORK_L7)
+        | (u32::from(entry_slots) * WORK_ENTRY_SLOTS)
+        | (u32::from(k.task_regs) * WORK_TASK_REGS);
     let protocols = cfg.l7.iter().fold(0u32, |m, s| m | (1 << s.id));
     let mut loader = EbpfLoader::new();
     loader
@@ -219,7 +238,7 @@ fn attach_sockets(ebpf: &mut Ebpf, cfg: &Config, k: &Kernel, probes: &mut Vec<Pr
         )
         // Kernels before 6.3 lack the sock_*_length tracepoints: fexit on the TCP functions.
         .or_else(|tp_err| match btf {
-            Some(btf) => attach_fexit_bytes(ebpf, btf)
+            Some(btf) => attach_fexit_bytes(ebpf, btf, k)
                 .map_err(|e| ProbeError::Other(format!("{tp_err}; fexit fallback: {e}"))),
             None => Err(tp_err),
         })
@@ -240,7 +259,22 @@ fn attach_sockets(ebpf: &mut Ebpf, cfg: &Config, k: &Kernel, probes: &mut Vec<Pr
     let destroy = k
         .sockets()
         .and_then(|()| attach_one(ebpf, hooks, btf, "tcp_destroy_sock", "tcp_destroy_sock"));
+    // Without bpf_task_pt_regs (before 5.15) the buffers come only from the syscall entries
+    // that sys_enter keeps: attached here when the syscall probe does not run.
+    let entries = if cfg.syscalls || k.task_regs {
+        Ok("")
+    } else {
+        attach_one(ebpf, hooks, btf, "sys_enter", "sys_enter")
+    };
     let r = match (&conn, &bytes, &destroy) {
+        _ if entries.is_err() => Err(ProbeError::Other(format!(
+            "syscall entries (no bpf_task_pt_regs before 5.15): {}",
+            entries
+                .as_ref()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        ))),
         (Err(e), _, _) => Err(ProbeError::Other(format!("connection states: {e}"))),
         (_, Err(e), _) => Err(ProbeError::Other(format!("socket I/O: {e}"))),
         (_, _, Err(e)) => Err(ProbeError::Other(format!("socket destruction: {e}"))),
@@ -337,10 +371,20 @@ fn attach_fexit(ebpf: &mut Ebpf, prog: &str, target: &str, btf: &Btf) -> Result<
 }
 
 /// Byte counting through fexit on tcp_sendmsg/tcp_recvmsg (and tcp_sendpage where it exists,
-/// which carries sendfile before 6.5).
-fn attach_fexit_bytes(ebpf: &mut Ebpf, btf: &Btf) -> Result<&'static str, ProbeError> {
+/// which carries sendfile before 6.5), with the `tcp_recvmsg` program of this kernel's
+/// parameter count (the return value follows the arguments in an fexit program's context).
+fn attach_fexit_bytes(ebpf: &mut Ebpf, btf: &Btf, k: &Kernel) -> Result<&'static str, ProbeError> {
+    let recvmsg = match k.recvmsg_params.as_ref().map_err(clone_err)? {
+        5 => "tcp_recvmsg_fexit5",
+        6 => "tcp_recvmsg_fexit6",
+        n => {
+            return Err(ProbeError::Other(format!(
+                "tcp_recvmsg takes {n} parameters in this kernel (5 or 6 known)"
+            )))
+        }
+    };
     attach_fexit(ebpf, "tcp_sendmsg_fexit", "tcp_sendmsg", btf)?;
-    attach_fexit(ebpf, "tcp_recvmsg_fexit", "tcp_recvmsg", btf)?;
+    attach_fexit(ebpf, recvmsg, "tcp_recvmsg", btf)?;
     if let Err(e) = attach_fexit(ebpf, "tcp_sendpage_fexit", "tcp_sendpage", btf) {
         tracing::debug!("tcp_sendpage not hooked (absent since 6.5): {e}");
     }

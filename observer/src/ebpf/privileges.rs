@@ -34,6 +34,11 @@ pub struct Host {
     /// BTF or raw tracepoints), which the start-up log says where it is refused.
     pub perf_event_open: Result<(), i32>,
     pub perf_event_paranoid: Option<i32>,
+    /// Whether bpf(2) itself may be called (a one-entry map created and closed), or its errno,
+    /// and whether a seccomp filter is on this process (`Seccomp: 2` in its status): a
+    /// container runtime's default profile may refuse bpf(2) to all but CAP_SYS_ADMIN.
+    pub bpf: Result<(), i32>,
+    pub seccomp_filter: bool,
 }
 
 /// A missing optional capability: what degrades, or a note that nothing does here.
@@ -48,9 +53,9 @@ pub enum Finding {
 impl Host {
     /// This process on this kernel.
     pub fn current() -> Host {
-        let effective = procfs::process::Process::myself()
-            .and_then(|p| p.status())
-            .map_or(0, |s| s.capeff);
+        let status = procfs::process::Process::myself().and_then(|p| p.status());
+        let effective = status.as_ref().map_or(0, |s| s.capeff);
+        let seccomp_filter = status.as_ref().is_ok_and(|s| s.seccomp == Some(2));
         let cap_last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -79,6 +84,8 @@ impl Host {
             perf_event_paranoid: std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
                 .ok()
                 .and_then(|s| s.trim().parse().ok()),
+            bpf: try_bpf(),
+            seccomp_filter,
         }
     }
 
@@ -115,6 +122,43 @@ fn try_perf_event_open() -> Result<(), i32> {
     Ok(())
 }
 
+/// Creates and closes a one-entry array map: whether this process may call bpf(2) at all.
+fn try_bpf() -> Result<(), i32> {
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries; the rest 0.
+    let attr: [u32; 12] = [
+        2, /* BPF_MAP_TYPE_ARRAY */
+        4, 4, 1, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    // SAFETY: bpf(BPF_MAP_CREATE) with a fully initialised attr of the size it states.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0 as libc::c_int, // BPF_MAP_CREATE
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr) as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    // SAFETY: closing the descriptor just created.
+    unsafe { libc::close(fd as libc::c_int) };
+    Ok(())
+}
+
+/// The one line for a bpf(2) that a seccomp filter refuses although the capabilities are
+/// held: podman's default profile (containers-common) and containerd's allow bpf(2) only with
+/// CAP_SYS_ADMIN.
+pub fn seccomp_refusal(host: &Host) -> Option<String> {
+    (host.bpf == Err(libc::EPERM) && host.seccomp_filter).then(|| {
+        "the bpf() system call is refused (EPERM) by this process's seccomp filter although \
+         its capabilities allow it: container runtimes' default profiles (RuntimeDefault) allow \
+         bpf() only with CAP_SYS_ADMIN; run it with seccomp Unconfined, as the DaemonSet does, \
+         or a profile that allows bpf() (README, Deployment)"
+            .to_string()
+    })
+}
+
 /// `6.18.44-fc` → (6, 18); unparsable parts are 0.
 fn kernel_version(release: &str) -> (u32, u32) {
     let mut parts = release
@@ -128,29 +172,29 @@ fn kernel_version(release: &str) -> (u32, u32) {
 /// what each missing optional capability costs.
 pub fn assess(host: &Host) -> Result<Vec<Finding>, String> {
     let admin = host.has(CAP_SYS_ADMIN);
-    if host.cap_last_cap < CAP_BPF {
-        if !admin {
-            return Err(
-                "CAP_SYS_ADMIN to load and attach eBPF programs (this kernel predates CAP_BPF \
-                 and CAP_PERFMON, added in 5.8)"
-                    .into(),
-            );
-        }
-    } else if !admin {
-        let mut missing = Vec::new();
+    if host.cap_last_cap < CAP_BPF && !admin {
+        return Err(
+            "CAP_SYS_ADMIN to load and attach eBPF programs (this kernel predates CAP_BPF \
+             and CAP_PERFMON, added in 5.8)"
+                .into(),
+        );
+    }
+    let mut missing = Vec::new();
+    if host.cap_last_cap >= CAP_BPF && !admin {
         if !host.has(CAP_BPF) {
-            missing.push("CAP_BPF (to load the programs and create their maps)");
+            missing.push("CAP_BPF (to load the programs and create their maps)".to_string());
         }
         if !host.has(CAP_PERFMON) {
             missing.push(
-                "CAP_PERFMON (to attach tracepoints and read kernel and socket memory from them)",
+                "CAP_PERFMON (to attach tracepoints and read kernel and socket memory from them)"
+                    .to_string(),
             );
         }
         if !missing.is_empty() {
-            return Err(format!("{}, or CAP_SYS_ADMIN", missing.join(" and ")));
+            let last = missing.pop().expect("not empty");
+            missing.push(format!("{last}, or CAP_SYS_ADMIN"));
         }
     }
-
     let mut findings = Vec::new();
     if !host.has(CAP_SYS_RESOURCE) {
         if host.kernel >= (5, 11) {
@@ -160,15 +204,19 @@ pub fn assess(host: &Host) -> Result<Vec<Finding>, String> {
                     .into(),
             ));
         } else if host.memlock != u64::MAX {
-            findings.push(Finding::Degraded(format!(
-                "CAP_SYS_RESOURCE missing: this kernel ({}.{}) charges BPF maps to RLIMIT_MEMLOCK \
-                 ({} KiB here) and only CAP_SYS_RESOURCE can raise it; creating the maps may \
-                 fail with EPERM (the observer is made for 5.17 and later)",
+            // The maps (tens of MiB) do not fit a limit that only this capability can raise.
+            missing.push(format!(
+                "CAP_SYS_RESOURCE (to raise RLIMIT_MEMLOCK, {} KiB here, which this kernel ({}.{}) \
+                 charges BPF maps to; 5.11 and later do not: the DaemonSet variant \
+                 deploy/overlays/kernel-before-5.11 grants it)",
+                host.memlock / 1024,
                 host.kernel.0,
                 host.kernel.1,
-                host.memlock / 1024
-            )));
+            ));
         }
+    }
+    if !missing.is_empty() {
+        return Err(missing.join(" and "));
     }
     if let Err(errno) = host.perf_event_open {
         let paranoid = host
@@ -191,8 +239,11 @@ pub fn assess(host: &Host) -> Result<Vec<Finding>, String> {
 /// Fails with one clear line naming what is missing to load programs; logs what each missing
 /// optional capability costs.
 pub fn check() -> Result<(), StartError> {
-    let findings =
-        assess(&Host::current()).map_err(|missing| StartError::Privileges { missing })?;
+    let host = Host::current();
+    let findings = assess(&host).map_err(|missing| StartError::Privileges { missing })?;
+    if let Some(line) = seccomp_refusal(&host) {
+        return Err(StartError::Seccomp(line));
+    }
     for f in findings {
         match f {
             Finding::Degraded(m) => tracing::warn!("{m}"),
@@ -234,7 +285,25 @@ mod tests {
             memlock: 8 << 20,
             perf_event_open: Ok(()),
             perf_event_paranoid: Some(2),
+            bpf: Ok(()),
+            seccomp_filter: true,
         }
+    }
+
+    #[test]
+    fn a_seccomp_filter_that_refuses_bpf_is_named() {
+        let mut h = manifest_host();
+        assert_eq!(seccomp_refusal(&h), None);
+        h.bpf = Err(libc::EPERM);
+        let line = seccomp_refusal(&h).unwrap();
+        assert!(
+            line.contains("seccomp filter") && line.contains("Unconfined"),
+            "{line}"
+        );
+        // Without a filter an EPERM is the capabilities' (or the sysctl's) doing, which the
+        // capability check names.
+        h.seccomp_filter = false;
+        assert_eq!(seccomp_refusal(&h), None);
     }
 
     #[test]
@@ -278,12 +347,23 @@ mod tests {
             matches!(&f[..], [Finding::NotNeeded(m)] if m.contains("CAP_SYS_RESOURCE")),
             "{f:?}"
         );
+        // Before 5.11 the maps are charged to RLIMIT_MEMLOCK: without the capability that
+        // raises it, the observer cannot start.
         h.kernel = (5, 10);
-        let f = assess(&h).unwrap();
+        let e = assess(&h).unwrap_err();
         assert!(
-            matches!(&f[..], [Finding::Degraded(m)] if m.contains("(8192 KiB here)") && m.contains("5.10")),
-            "{f:?}"
+            e.starts_with("CAP_SYS_RESOURCE (to raise RLIMIT_MEMLOCK, 8192 KiB here")
+                && e.contains("(5.10)")
+                && !e.contains("CAP_SYS_ADMIN"),
+            "{e}"
         );
+        h.effective = 0;
+        let e = assess(&h).unwrap_err();
+        assert!(
+            e.contains("or CAP_SYS_ADMIN and CAP_SYS_RESOURCE (to "),
+            "{e}"
+        );
+        h.effective = caps(&[CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE]);
         h.memlock = u64::MAX;
         assert_eq!(assess(&h).unwrap(), vec![]);
 

@@ -13,8 +13,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-/// Where the unpacked kernels live (outside the clone: a fresh clone reuses them).
-pub const CACHE: &str = "/var/cache/observer-kernels";
+/// Where the unpacked kernels live: outside the clone, so a fresh clone reuses them, and not
+/// under /var/cache, which virtme-ng hides from its guests (a tmpfs over it), while the guests
+/// must see the modules.
+pub const CACHE: &str = "/var/lib/observer-test/kernels";
 
 /// A Debian release whose kernel packages the matrix takes.
 #[derive(Debug, Clone, Copy)]
