@@ -32,7 +32,40 @@ fn kill(pid: &str) -> bool {
 /// Removes what an earlier, killed test run left; prints what it removed.
 pub fn sweep() {
     let mut removed = Vec::new();
-    // Containers of the image tests (named obs-*), when podman is there.
+    // Pods and containers of the image and podman-pod tests (named obs-*), when podman is
+    // there.
+    let pods = out(&[
+        "podman",
+        "--runtime",
+        "runc",
+        "--cgroup-manager",
+        "cgroupfs",
+        "pod",
+        "ps",
+        "--format",
+        "{{.Name}}",
+    ]);
+    for name in pods
+        .lines()
+        .map(str::trim)
+        .filter(|n| n.starts_with("obs-"))
+    {
+        if quiet(&[
+            "podman",
+            "--runtime",
+            "runc",
+            "--cgroup-manager",
+            "cgroupfs",
+            "pod",
+            "rm",
+            "-f",
+            "-t",
+            "0",
+            name,
+        ]) {
+            removed.push(format!("podman pod {name}"));
+        }
+    }
     let names = out(&[
         "podman",
         "--runtime",

@@ -101,6 +101,11 @@ const PACKAGES: &[(Scope, &str, &str)] = &[
     ),
     (
         Scope::Test,
+        "catatonit",
+        "the init of podman pods' infra containers (the podman-pod tests)",
+    ),
+    (
+        Scope::Test,
         "util-linux",
         "setpriv for the unprivileged-start test",
     ),

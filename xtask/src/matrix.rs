@@ -329,8 +329,14 @@ fn parse_result(s: &str) -> (u64, u64) {
 
 /// Test binaries that run on the host kernel only: those that do not depend on the kernel
 /// (manifests, rules, dashboards, Kubernetes metadata from the API stand-in: no probe of its
-/// own), and the container tests (the guests have no container runtime).
-const HOST_ONLY: [&str; 4] = ["deploy-", "dashboard-", "kubernetes-", "container-"];
+/// own), and the container and podman-pod tests (the guests have no container runtime).
+const HOST_ONLY: [&str; 5] = [
+    "deploy-",
+    "dashboard-",
+    "kubernetes-",
+    "container-",
+    "podman-",
+];
 
 fn host_only(b: &Path) -> bool {
     let name = b.file_name().unwrap_or_default().to_string_lossy();

@@ -301,6 +301,17 @@ fn resolve_path(root: &Path, dir: &Path, meta: Option<&MetaStore>) -> Identity {
     if let Some(id) = meta.and_then(|m| m.identity(&kind)) {
         return id;
     }
+    if let runtime::CgroupKind::Libpod {
+        container_id,
+        pod_id,
+    } = &kind
+    {
+        return super::libpod::identity(
+            Path::new(super::libpod::STORAGE),
+            container_id,
+            pod_id.as_deref(),
+        );
+    }
     let process = match kind {
         runtime::CgroupKind::Container { .. } | runtime::CgroupKind::Pod { .. } => {
             process_name(dir)

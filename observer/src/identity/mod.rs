@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod kube;
+pub mod libpod;
 pub mod netns;
 pub mod runtime;
 
@@ -38,6 +39,10 @@ impl Identity {
             CgroupKind::Container { pod_uid, .. } | CgroupKind::Pod { pod_uid, .. } => Identity {
                 k8s_pod_uid: pod_uid.clone(),
                 service_name: process_name.unwrap_or_default().to_string(),
+                ..Default::default()
+            },
+            CgroupKind::Libpod { container_id, .. } => Identity {
+                service_name: container_id[..container_id.len().min(12)].to_string(),
                 ..Default::default()
             },
             CgroupKind::SystemdUnit { unit } => Identity {

@@ -68,6 +68,13 @@ pub enum CgroupKind {
     },
     /// The pod-level cgroup itself (no container below it in the path).
     Pod { pod_uid: String, qos: QosClass },
+    /// A podman (libpod) container on a plain host, in a podman pod or not: named from
+    /// podman's own metadata (`identity::libpod`). `container_id` and `pod_id` are 64 lowercase
+    /// hex digits.
+    Libpod {
+        container_id: String,
+        pod_id: Option<String>,
+    },
     /// A host process in a systemd unit: unit name like "nginx.service" or "session-3.scope".
     SystemdUnit { unit: String },
     /// Anything else: identified by the cgroup path itself ("/" for the root).
@@ -109,6 +116,9 @@ pub fn parse_cgroup_path(path: &str) -> CgroupKind {
                 None => CgroupKind::Pod { pod_uid, qos },
             };
         }
+    }
+    if let Some(kind) = parse_libpod(&segments) {
+        return kind;
     }
     if let Some(unit) = segments.iter().rev().find(|s| is_unit(s)) {
         return CgroupKind::SystemdUnit {
@@ -234,6 +244,33 @@ fn is_container_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|c| c.is_ascii_hexdigit())
 }
 
+/// A podman container: `libpod-<id>` (cgroupfs manager, below `libpod_parent/[<pod id>/]`) or
+/// `libpod-<id>.scope` (systemd manager, below `machine.slice` or
+/// `machine-libpod_pod_<pod id>.slice`). Its monitor, `libpod-conmon-<id>.scope`, is not the
+/// container and stays a unit.
+fn parse_libpod(segments: &[&str]) -> Option<CgroupKind> {
+    let (i, id) = segments.iter().enumerate().find_map(|(i, s)| {
+        let id = s.strip_prefix("libpod-")?;
+        let id = id.strip_suffix(".scope").unwrap_or(id);
+        is_hex64(id).then(|| (i, id.to_string()))
+    })?;
+    let parent = i.checked_sub(1).map(|j| segments[j]).unwrap_or("");
+    let pod = parent
+        .strip_prefix("machine-libpod_pod_")
+        .and_then(|p| p.strip_suffix(".slice"))
+        .unwrap_or(parent);
+    Some(CgroupKind::Libpod {
+        container_id: id,
+        pod_id: is_hex64(pod).then(|| pod.to_string()),
+    })
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 fn is_unit(seg: &str) -> bool {
     [".service", ".scope"]
         .iter()
@@ -243,6 +280,53 @@ fn is_unit(seg: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn podman_containers_in_pods_and_alone_with_either_cgroup_manager() {
+        let c = "0bb08bf04be6ed90e0089599fcdb2eeb38b205280b8842ced02d3805c9bd7ba3";
+        let p = "3a3db7e74e6a705d6ccad204d98c522f824272c8fdce7595779068b15e241a3f";
+        let in_pod = CgroupKind::Libpod {
+            container_id: c.into(),
+            pod_id: Some(p.into()),
+        };
+        let alone = CgroupKind::Libpod {
+            container_id: c.into(),
+            pod_id: None,
+        };
+        assert_eq!(
+            parse_cgroup_path(&format!("/libpod_parent/{p}/libpod-{c}")),
+            in_pod
+        );
+        assert_eq!(
+            parse_cgroup_path(&format!("/libpod_parent/libpod-{c}")),
+            alone
+        );
+        assert_eq!(
+            parse_cgroup_path(&format!(
+                "/machine.slice/machine-libpod_pod_{p}.slice/libpod-{c}.scope/container"
+            )),
+            in_pod
+        );
+        assert_eq!(
+            parse_cgroup_path(&format!("/machine.slice/libpod-{c}.scope")),
+            alone
+        );
+        // The monitor is a unit; a short or upper-case id is not a container.
+        assert_eq!(
+            parse_cgroup_path(&format!("/machine.slice/libpod-conmon-{c}.scope")),
+            CgroupKind::SystemdUnit {
+                unit: format!("libpod-conmon-{c}.scope")
+            }
+        );
+        assert!(matches!(
+            parse_cgroup_path("/machine.slice/libpod-0bb08bf04be6.scope"),
+            CgroupKind::SystemdUnit { .. }
+        ));
+        assert!(matches!(
+            parse_cgroup_path(&format!("/libpod_parent/libpod-{}", c.to_uppercase())),
+            CgroupKind::Other { .. }
+        ));
+    }
     use QosClass::*;
     use Runtime::*;
 
@@ -359,7 +443,8 @@ mod tests {
     #[test]
     fn junk_never_panics() {
         let words = "/ / kubepods .slice - _ pod kubepods-burstable-pod burstable besteffort : \
-                     cri-containerd- crio- docker- .scope .service a 0 F é 🦀 \0";
+                     cri-containerd- crio- docker- libpod- machine-libpod_pod_ .scope .service \
+                     a 0 F é 🦀 \0";
         let ids = [" ", U, S, C, STATIC, &C[..63], &S[..35]];
         let tokens: Vec<&str> = words.split_whitespace().chain(ids).collect();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -376,6 +461,13 @@ mod tests {
                     assert_eq!(container_id.map(|c| c.len()), Some(64), "{s:?}");
                 }
                 CgroupKind::Pod { pod_uid, .. } => assert!(matches!(pod_uid.len(), 32 | 36)),
+                CgroupKind::Libpod {
+                    container_id,
+                    pod_id,
+                } => {
+                    assert_eq!(container_id.len(), 64, "{s:?}");
+                    assert!(pod_id.is_none_or(|p| p.len() == 64), "{s:?}");
+                }
                 CgroupKind::SystemdUnit { unit } => assert!(!unit.contains('/')),
                 CgroupKind::Other { path } => {
                     assert!(
