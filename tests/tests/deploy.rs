@@ -347,7 +347,7 @@ fn daemonset_is_least_privilege() {
     );
     assert!(quantity_bytes(&lim["memory"]) >= 2.0 * mem_req);
     let cpu_share =
-        readme_figure("| observer CPU (user space + its threads), % of one core |") / 100.0;
+        readme_figure("| observer CPU (user space and its threads), % of one core |") / 100.0;
     assert!(
         quantity_cores(&req["cpu"]) >= cpu_share,
         "cpu request under {cpu_share} cores"
