@@ -208,17 +208,6 @@ pub const L7_EVENT_HEADER: usize = 32 + 24 + 24 + 16 + 8;
 const _: () =
     assert!(core::mem::size_of::<L7Event>() == L7_EVENT_HEADER + L7_REQ_MAX + L7_RESP_MAX);
 
-/// A cgroup subtree the syscall probe is restricted to: the ancestor of the current cgroup at
-/// `level` must have id `cgroup_id`. `level == 0` marks an unused slot.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CgroupFilter {
-    pub cgroup_id: u64,
-    pub level: u32,
-    pub _pad: u32,
-}
-const _: () = assert!(core::mem::size_of::<CgroupFilter>() == 16);
-
 /// Connect failure reasons, index into [`TcpStats::connect_failures`].
 pub const FAIL_REFUSED: usize = 0;
 pub const FAIL_TIMEOUT: usize = 1;
@@ -460,7 +449,6 @@ mod pod {
     unsafe impl aya::Pod for SyscallStats {}
     unsafe impl aya::Pod for SyscallErrKey {}
     unsafe impl aya::Pod for SyscallEntry {}
-    unsafe impl aya::Pod for CgroupFilter {}
     unsafe impl aya::Pod for TcpStats {}
     unsafe impl aya::Pod for ConnInfo {}
     unsafe impl aya::Pod for KernelOffsets {}

@@ -2,13 +2,14 @@
 //! time (`EbpfLoader::set_max_entries`).
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps::CgroupArray,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     Global,
 };
 use observer_common::{
-    CgroupFilter, ConnInfo, KernelOffsets, L7Conn, L7Event, LifecycleOffsets, SyscallEntry,
-    SyscallErrKey, SyscallKey, SyscallStats, TcpEdgeKey, TcpEdgeStats, TcpStats, LOST_COUNTERS,
+    ConnInfo, KernelOffsets, L7Conn, L7Event, LifecycleOffsets, SyscallEntry, SyscallErrKey,
+    SyscallKey, SyscallStats, TcpEdgeKey, TcpEdgeStats, TcpStats, LOST_COUNTERS,
     MAX_CGROUP_FILTERS, SYSCALL_SLOTS,
 };
 
@@ -87,9 +88,12 @@ pub static SYSCALL_STATS: PerCpuHashMap<SyscallKey, SyscallStats> =
 pub static SYSCALL_ERRORS: PerCpuHashMap<SyscallErrKey, u64> =
     PerCpuHashMap::with_max_entries(8192, 0);
 
-/// Cgroup subtrees the syscall probe is restricted to (first `CGROUP_FILTER_COUNT` entries).
-#[map]
-pub static CGROUP_FILTERS: Array<CgroupFilter> = Array::with_max_entries(MAX_CGROUP_FILTERS, 0);
+/// Cgroup subtrees the syscall probe is restricted to (first `CGROUP_FILTER_COUNT` entries):
+/// the subtrees' directories, tested with `bpf_current_task_under_cgroup`, which every tracing
+/// program may call since 4.9 (`bpf_get_current_ancestor_cgroup_id` is refused to them before
+/// 6.4).
+#[btf_map]
+pub static CGROUP_FILTERS: CgroupArray<{ MAX_CGROUP_FILTERS as usize }> = CgroupArray::new();
 
 /// Per cgroup (v2 id): TCP connection, byte, retransmit and RTT figures.
 #[map]

@@ -7,8 +7,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
@@ -144,11 +144,8 @@ fn cgroup_selected() -> bool {
         if i >= n {
             break;
         }
-        if let Some(f) = CGROUP_FILTERS.get(i) {
-            let id = unsafe { bpf_get_current_ancestor_cgroup_id(f.level as i32) };
-            if id == f.cgroup_id {
-                return true;
-            }
+        if CGROUP_FILTERS.current_task_under_cgroup(i) == Ok(true) {
+            return true;
         }
         i += 1;
     }

@@ -1738,7 +1738,9 @@ os.rename(out + ".tmp", out)
 /// server side (a threaded server, blocked in a receive call on that connection when the
 /// observer attaches) the first request after the start is counted too: the L7 path reads the
 /// call's buffer from the syscall's own arguments when the data arrives, whenever the call
-/// began.
+/// began. Before 5.15 (no `bpf_task_pt_regs`) the buffer is known only from a syscall entry the
+/// observer saw, so the call that was already blocked is missed, exactly that one request on the
+/// server side (README, Kernels: limits).
 #[test]
 fn requests_on_a_connection_opened_before_the_observer_are_counted() {
     require_root();
@@ -1768,6 +1770,12 @@ fn requests_on_a_connection_opened_before_the_observer_are_counted() {
         "client's own statuses: {seen}"
     );
     let want = status_tally([("201", n)]);
+    let server_sees = if observer_tests::manifest::kernel() < (5, 15) {
+        n - 1
+    } else {
+        n
+    };
+    let want_server = status_tally([("201", server_sees)]);
     let s = obs
         .scrape_until(WAIT, |s| {
             observed(
@@ -1776,7 +1784,7 @@ fn requests_on_a_connection_opened_before_the_observer_are_counted() {
                 &server,
                 &[],
                 &["http_response_status_code"],
-            ) == want
+            ) == want_server
                 && observed(
                     s,
                     Side::Client,
@@ -1804,7 +1812,7 @@ fn requests_on_a_connection_opened_before_the_observer_are_counted() {
             &[],
             &["http_response_status_code"]
         ),
-        want
+        want_server
     );
     assert_no_http_loss(&s);
     obs.stop().unwrap();

@@ -2,15 +2,15 @@
 //! the best hook type the kernel offers. A probe that cannot be set up is reported down with
 //! its reason (and verifier log); the others keep running.
 
-use std::{fmt, os::unix::fs::MetadataExt};
+use std::fmt;
 
 use aya::{
     programs::{BtfTracePoint, FExit, ProgramError, RawTracePoint},
     Btf, Ebpf, EbpfLoader, Endianness,
 };
 use observer_common::{
-    CgroupFilter, KernelOffsets, LifecycleOffsets, WORK_ENTRY_SLOTS, WORK_L7, WORK_SYSCALLS,
-    WORK_TASK_REGS, WORK_TCP,
+    KernelOffsets, LifecycleOffsets, WORK_ENTRY_SLOTS, WORK_L7, WORK_SYSCALLS, WORK_TASK_REGS,
+    WORK_TCP,
 };
 
 use super::btf;
@@ -120,11 +120,12 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
     let filters = cgroup_filters(cfg, cgroups)?;
     let mut ebpf = load_object(cfg, &k, filters.len() as u32, object)?;
     if let Some(map) = ebpf.map_mut("CGROUP_FILTERS") {
-        let mut arr: aya::maps::Array<_, CgroupFilter> =
-            aya::maps::Array::try_from(map).map_err(|e| StartError::Config(e.to_string()))?;
-        for (i, f) in filters.iter().enumerate() {
-            arr.set(i as u32, f, 0)
-                .map_err(|e| StartError::Config(e.to_string()))?;
+        let mut arr =
+            aya::maps::CgroupArray::try_from(map).map_err(|e| StartError::Config(e.to_string()))?;
+        // The map holds the cgroups themselves: the directories may be closed after.
+        for (i, dir) in filters.into_iter().enumerate() {
+            arr.set(i as u32, dir, 0)
+                .map_err(|e| StartError::Config(format!("--syscalls-cgroup: {e}")))?;
         }
     }
     let mut probes = Vec::new();
@@ -313,27 +314,28 @@ fn status(probe: &'static str, r: Result<&'static str, ProbeError>) -> ProbeStat
     }
 }
 
-/// Resolves the configured cgroup subtrees into (id, level) filters.
-fn cgroup_filters(cfg: &Config, cgroups: &CgroupFs) -> Result<Vec<CgroupFilter>, StartError> {
+/// Opens the configured cgroup subtrees' directories (the kernel tests a task against them).
+fn cgroup_filters(cfg: &Config, cgroups: &CgroupFs) -> Result<Vec<std::fs::File>, StartError> {
     let mut out = Vec::new();
     for p in &cfg.syscalls_cgroups {
         let rel = p.strip_prefix(cgroups.root()).unwrap_or(p);
         let rel = rel.strip_prefix("/").unwrap_or(rel);
         let full = cgroups.root().join(rel);
-        let meta = std::fs::metadata(&full).map_err(|e| StartError::Cgroup {
+        let dir = std::fs::File::open(&full).map_err(|e| StartError::Cgroup {
             path: full.clone(),
             reason: format!("--syscalls-cgroup: {e}"),
         })?;
-        let level = rel.components().count() as u32;
-        if level == 0 {
+        if !dir.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(StartError::Cgroup {
+                path: full,
+                reason: "--syscalls-cgroup: not a directory".into(),
+            });
+        }
+        if rel.components().count() == 0 {
             // The root selects everything: no filter needed.
             return Ok(Vec::new());
         }
-        out.push(CgroupFilter {
-            cgroup_id: meta.ino(),
-            level,
-            _pad: 0,
-        });
+        out.push(dir);
     }
     Ok(out)
 }
