@@ -36,7 +36,7 @@ fn pod_sum(s: &[Sample], name: &str, pod: &Pod, extra: &[(&str, &str)]) -> f64 {
 }
 
 /// Calls getpriority K times and sched_getscheduler on a pid that does not exist E times.
-const SYSCALLS: &str = r#"
+pub const SYSCALLS: &str = r#"
 import os, sys
 k, e = int(sys.argv[1]), int(sys.argv[2])
 for _ in range(k):

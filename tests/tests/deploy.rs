@@ -9,9 +9,8 @@
 
 use std::{
     collections::BTreeSet,
-    io::Write,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
 };
 
 use k8s_openapi::{
@@ -25,6 +24,7 @@ use k8s_openapi::{
 };
 use observer_tests::{
     kubeapi::KubeApi,
+    manifest::{render, yaml_docs},
     observer::{binary, Observer},
     require_root, TempDir,
 };
@@ -36,35 +36,6 @@ fn repo() -> PathBuf {
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-/// Parses a YAML stream into its (non-empty) documents, as JSON, through python3's yaml.
-fn yaml_docs(yaml: &[u8]) -> Vec<Value> {
-    let mut py = Command::new("python3")
-        .args(["-c", "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    py.stdin.take().unwrap().write_all(yaml).unwrap();
-    let json = py.wait_with_output().unwrap();
-    assert!(json.status.success());
-    serde_json::from_slice(&json.stdout).unwrap()
-}
-
-/// Renders a kustomization of deploy/ and returns its objects.
-fn render(dir: &str) -> Vec<Value> {
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(repo().join("deploy").join(dir))
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {dir}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    yaml_docs(&out.stdout)
 }
 
 fn named<'a>(objs: &'a [Value], k: &str, name: &str) -> &'a Value {

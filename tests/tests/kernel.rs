@@ -9,22 +9,10 @@ use observer_tests::{
     observer::Observer,
     pod::{cgroup2_root, Pod},
     random_hex, require_root, sh,
+    workload::SYSCALLS,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Calls getpriority K times and sched_getscheduler on a pid that does not exist E times.
-const SYSCALLS: &str = r#"
-import os, sys
-k, e = int(sys.argv[1]), int(sys.argv[2])
-for _ in range(k):
-    os.getpriority(os.PRIO_PROCESS, 0)
-for _ in range(e):
-    try:
-        os.sched_getscheduler(2**22 + 12345)
-    except ProcessLookupError:
-        pass
-"#;
 
 /// TCP server: for each connection, reads to EOF, replies with 8 bytes, closes. With `poll` as
 /// second argument it waits in select() before every recv(): on kernels before 6.3 the byte counts

@@ -25,6 +25,25 @@ fn quiet(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// podman with the options this machine needs (xtask/src/image.rs).
+fn podman_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    crate::image::PODMAN_GLOBAL
+        .iter()
+        .copied()
+        .chain(args.iter().copied())
+        .collect()
+}
+
+fn podman_out(args: &[&str]) -> String {
+    let a = podman_args(args);
+    out(&[&["podman"][..], &a].concat())
+}
+
+fn podman_quiet(args: &[&str]) -> bool {
+    let a = podman_args(args);
+    quiet(&[&["podman"][..], &a].concat())
+}
+
 fn kill(pid: &str) -> bool {
     pid.parse::<i32>().is_ok() && quiet(&["kill", "-9", pid])
 }
@@ -33,68 +52,28 @@ fn kill(pid: &str) -> bool {
 pub fn sweep() {
     let mut removed = Vec::new();
     // Pods and containers of the image and podman-pod tests (named obs-*), when podman is
-    // there.
-    let pods = out(&[
-        "podman",
-        "--runtime",
-        "runc",
-        "--cgroup-manager",
-        "cgroupfs",
-        "pod",
-        "ps",
-        "--format",
-        "{{.Name}}",
-    ]);
-    for name in pods
-        .lines()
-        .map(str::trim)
-        .filter(|n| n.starts_with("obs-"))
-    {
-        if quiet(&[
-            "podman",
-            "--runtime",
-            "runc",
-            "--cgroup-manager",
-            "cgroupfs",
-            "pod",
-            "rm",
-            "-f",
-            "-t",
-            "0",
-            name,
-        ]) {
-            removed.push(format!("podman pod {name}"));
-        }
-    }
-    let names = out(&[
-        "podman",
-        "--runtime",
-        "runc",
-        "--cgroup-manager",
-        "cgroupfs",
-        "ps",
-        "-a",
-        "--format",
-        "{{.Names}}",
-    ]);
-    for name in names
-        .lines()
-        .map(str::trim)
-        .filter(|n| n.starts_with("obs-"))
-    {
-        if quiet(&[
-            "podman",
-            "--runtime",
-            "runc",
-            "--cgroup-manager",
-            "cgroupfs",
-            "rm",
-            "-f",
-            "-t",
-            "0",
-            name,
-        ]) {
-            removed.push(format!("container {name}"));
+    // there: pods first (their containers go with them), then lone containers.
+    for (list, rm, what) in [
+        (
+            &["pod", "ps", "--format", "{{.Name}}"][..],
+            &["pod", "rm"][..],
+            "podman pod",
+        ),
+        (
+            &["ps", "-a", "--format", "{{.Names}}"][..],
+            &["rm"][..],
+            "container",
+        ),
+    ] {
+        for name in podman_out(list)
+            .lines()
+            .map(str::trim)
+            .filter(|n| n.starts_with("obs-"))
+        {
+            let args: Vec<&str> = rm.iter().copied().chain(["-f", "-t", "0", name]).collect();
+            if podman_quiet(&args) {
+                removed.push(format!("{what} {name}"));
+            }
         }
     }
     for line in out(&["ip", "netns", "list"]).lines() {
