@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod net;
 pub mod observer;
 pub mod pod;
+pub mod podman;
 pub mod workload;
 
 use std::process::Command;

@@ -29,6 +29,7 @@ use observer_tests::{
     manifest::{added_caps, capsh_keeping, container, daemonset, repo},
     metrics::{self, Sample},
     observer::{binary, free_port, http_get},
+    podman::{self, podman},
     random_hex, require_root, scaled,
     workload::{every_default_probe_is_up, pods_are_counted_exactly},
     TempDir,
@@ -36,25 +37,8 @@ use observer_tests::{
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// podman's options on this kind of machine (xtask/src/image.rs has the same): crun, podman's
-/// default runtime, refuses the hybrid cgroup hierarchy, and podman's default ulimits exceed what
-/// the sandbox grants. Neither is part of the pod spec.
-const PODMAN_GLOBAL: &[&str] = &["--runtime", "runc", "--cgroup-manager", "cgroupfs"];
-const PODMAN_ULIMITS: &[&str] = &[
-    "--ulimit",
-    "nofile=1024:1024",
-    "--ulimit",
-    "nproc=1024:1024",
-];
-
 /// The tests of this file one at a time (each runs the DaemonSet's container).
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn podman() -> Command {
-    let mut c = Command::new("podman");
-    c.args(PODMAN_GLOBAL);
-    c
-}
 
 fn version() -> String {
     std::fs::read_to_string(repo().join("Cargo.toml"))
@@ -99,7 +83,7 @@ fn run_flags(
 ) -> (Vec<String>, Vec<String>, u16) {
     let pod = ds.spec.as_ref().unwrap().template.spec.clone().unwrap();
     let c: Container = container(ds);
-    let mut f: Vec<String> = PODMAN_ULIMITS.iter().map(|s| s.to_string()).collect();
+    let mut f: Vec<String> = podman::ULIMITS.iter().map(|s| s.to_string()).collect();
 
     // The pod: host PID namespace, not the host's network (published ports instead).
     if pod.host_pid == Some(true) {

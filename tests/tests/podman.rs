@@ -44,9 +44,8 @@ impl Podman {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", self.conf.join("containers.conf"))
-            .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"]);
+        let mut c = observer_tests::podman::podman();
+        c.env("CONTAINERS_CONF", self.conf.join("containers.conf"));
         c
     }
 
