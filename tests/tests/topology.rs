@@ -63,10 +63,11 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("0.0.0.0", port), H).serve_forever()
 "#;
 
-/// The load: OK × /ok, FAIL × /fail, one /ext, on one keep-alive connection; prints statuses.
-/// Before that, one connect to a closed port of the host given as fourth argument (refused).
+/// The load: OK × /ok, FAIL × /fail, one /ext, on one keep-alive connection; prints statuses,
+/// then the seconds the requests took on its clock. Before that, one connect to a closed port of
+/// the host given as fourth argument (refused).
 const LOAD: &str = r#"
-import http.client, socket, sys
+import http.client, socket, sys, time
 host, ok, fail, refuse = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 try:
     socket.create_connection((refuse, 8081), timeout=5)
@@ -74,12 +75,15 @@ except ConnectionRefusedError:
     pass
 c = http.client.HTTPConnection(host, 8080, timeout=20)
 seen = {}
+t0 = time.monotonic()
 for path in ["/ok"] * ok + ["/fail"] * fail + ["/ext"]:
     c.request("GET", path)
     r = c.getresponse()
     r.read()
     seen[r.status] = seen.get(r.status, 0) + 1
+elapsed = time.monotonic() - t0
 print(" ".join(f"{k}:{v}" for k, v in sorted(seen.items())))
+print(elapsed)
 "#;
 
 /// A host process, stopped when dropped.
@@ -172,7 +176,16 @@ fn three_tier_chain_gives_exactly_the_expected_edges() {
             let err = std::fs::read_to_string(dir.join("frontend.err")).unwrap_or_default();
             panic!("{e}\nfrontend stderr:\n{err}")
         });
-    let seen = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut lines = stdout.lines();
+    let seen = lines.next().unwrap_or_default().trim().to_string();
+    let elapsed: f64 = lines
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("the load's elapsed seconds");
+    // The client's pod has no process left: two cgroup walks (every 2 s) find it empty, and the
+    // server's view of its requests still names it.
+    std::thread::sleep(Duration::from_secs(5));
     assert_eq!(
         seen,
         format!("200:{} 500:{FAIL}", OK + 1),
@@ -219,34 +232,53 @@ fn three_tier_chain_gives_exactly_the_expected_edges() {
         ours(graph(&samples, "traces_service_graph_request_failed_total")),
         want_failed
     );
-    // Both latencies of every edge between pods; the client's is never shorter than the
-    // server's (network and queueing come on top).
+    // Both latencies of every edge between pods.
+    let client = graph(
+        &samples,
+        "traces_service_graph_request_client_seconds_count",
+    );
+    let server = graph(
+        &samples,
+        "traces_service_graph_request_server_seconds_count",
+    );
     for ((c, s, t), n) in &want {
         let key = (c.clone(), s.clone(), t.clone());
-        let client = graph(
-            &samples,
-            "traces_service_graph_request_client_seconds_count",
-        );
         assert_eq!(
             client.get(&key),
             Some(n),
             "client-side latency count of {key:?}"
         );
-        if t.is_empty() {
-            let server = graph(
-                &samples,
-                "traces_service_graph_request_server_seconds_count",
-            );
-            assert_eq!(
-                server.get(&key),
-                Some(n),
-                "server-side latency count of {key:?}"
-            );
-            let cs = graph(&samples, "traces_service_graph_request_client_seconds_sum")[&key];
-            let ss = graph(&samples, "traces_service_graph_request_server_seconds_sum")[&key];
-            assert!(cs >= ss, "{key:?}: client {cs} s < server {ss} s");
-        }
+        let server_count = if t.is_empty() { Some(n) } else { None };
+        assert_eq!(
+            server.get(&key),
+            server_count,
+            "server-side latency count of {key:?}"
+        );
     }
+    // The sums, ordered where one thread did both in sequence (so no scheduling between two
+    // processes can turn them): a tier answers each request after its own call to the next
+    // tier returned, and the load's requests all fall within its own clock.
+    let client_sum = graph(&samples, "traces_service_graph_request_client_seconds_sum");
+    let server_sum = graph(&samples, "traces_service_graph_request_server_seconds_sum");
+    let edge = |c: &str, s: &str, t: &str| (c.to_string(), s.to_string(), t.to_string());
+    let loadgen = client_sum[&edge("loadgen", "frontend", "")];
+    assert!(
+        loadgen > 0.0 && loadgen <= elapsed,
+        "the load's requests took {loadgen} s by the observer, {elapsed} s by its own clock"
+    );
+    let frontend_out = client_sum[&edge("frontend", "api", "")]
+        + client_sum[&edge("frontend", &ext_node, "virtual_node")];
+    let frontend_in = server_sum[&edge("loadgen", "frontend", "")];
+    assert!(
+        frontend_in >= frontend_out && frontend_out > 0.0,
+        "frontend answered in {frontend_in} s, its calls took {frontend_out} s"
+    );
+    let api_out = client_sum[&edge("api", "backend", "")];
+    let api_in = server_sum[&edge("frontend", "api", "")];
+    assert!(
+        api_in >= api_out && api_out > 0.0,
+        "api answered in {api_in} s, its calls took {api_out} s"
+    );
     // TCP per edge: one keep-alive connection on each edge (one handler thread per incoming
     // connection, one outgoing connection per thread), and the refused connect.
     let mut want_conns = want.clone();

@@ -273,11 +273,11 @@ impl Resolver {
     }
 
     /// Live pod cgroups (those whose identity has a pod UID) with their directories.
-    pub fn pod_dirs(&self) -> Vec<(Arc<Identity>, PathBuf)> {
+    pub fn pod_dirs(&self) -> Vec<(u64, Arc<Identity>, PathBuf)> {
         self.known
-            .values()
-            .filter(|k| k.gone_since.is_none() && !k.identity.k8s_pod_uid.is_empty())
-            .filter_map(|k| Some((k.identity.clone(), k.dir.clone()?)))
+            .iter()
+            .filter(|(_, k)| k.gone_since.is_none() && !k.identity.k8s_pod_uid.is_empty())
+            .filter_map(|(id, k)| Some((*id, k.identity.clone(), k.dir.clone()?)))
             .collect()
     }
 

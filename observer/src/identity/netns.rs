@@ -20,11 +20,19 @@ use std::{
 
 use super::Identity;
 
-/// Addresses of local pods, refreshed from the cgroup walk.
+/// Addresses of local pods, refreshed from the cgroup walk and from the processes seen at work.
 #[derive(Debug, Default)]
 pub struct PeerMap {
     /// Addresses per network namespace inode (read once per namespace).
     by_netns: HashMap<u64, Vec<IpAddr>>,
+    /// Live pod cgroups (by cgroup id): their identity and the namespace a process of theirs
+    /// was last seen in (`None` while none was). The namespace is kept while the cgroup lives,
+    /// so a client that ran between two walks, or whose last process has exited, keeps its
+    /// addresses for the server-side view of its requests.
+    pods: HashMap<u64, (Arc<Identity>, Option<u64>)>,
+    /// Pod cgroups whose process could not be read since the last walk (it had exited, or
+    /// `/proc` does not show it): tried again after the next walk, not on every request.
+    tried: HashSet<u64>,
     map: HashMap<IpAddr, Arc<Identity>>,
     /// Cluster-wide addresses from Kubernetes metadata (pods of every node, Service
     /// ClusterIPs), and the metadata generation they were built from.
@@ -55,25 +63,63 @@ impl PeerMap {
         }
     }
 
-    /// Rebuilds the map from the live pod cgroups.
-    pub fn refresh(&mut self, pods: &[(Arc<Identity>, PathBuf)]) {
-        let mut claims: BTreeMap<IpAddr, Vec<Arc<Identity>>> = BTreeMap::new();
-        let mut seen_ns = HashSet::new();
-        for (id, dir) in pods {
+    /// Rebuilds the map from the live pod cgroups (cgroup id, identity, directory).
+    pub fn refresh(&mut self, pods: &[(u64, Arc<Identity>, PathBuf)]) {
+        let mut live = HashMap::with_capacity(pods.len());
+        for (cgroup, id, dir) in pods {
             if id.service_name == "pause" {
                 continue;
             }
-            let Some(pid) = first_pid(dir) else { continue };
-            let Some(ns) = netns_key(pid) else {
-                continue;
-            };
-            seen_ns.insert(ns);
-            let addrs = self.by_netns.entry(ns).or_insert_with(|| addresses(pid));
-            for a in addrs.iter() {
+            let ns = first_pid(dir)
+                .and_then(|pid| self.namespace_of(pid))
+                .or_else(|| self.pods.get(cgroup).and_then(|(_, ns)| *ns));
+            live.insert(*cgroup, (id.clone(), ns));
+        }
+        self.pods = live;
+        self.tried.clear();
+        self.rebuild();
+    }
+
+    /// A process of pod cgroup `cgroup` was just seen at work: the first one teaches the pod's
+    /// addresses without waiting for the next walk (which may find the cgroup empty). One
+    /// lookup for a cgroup already known.
+    pub fn learn(&mut self, cgroup: u64, id: &Arc<Identity>, tgid: u32) {
+        if id.k8s_pod_uid.is_empty() || id.service_name == "pause" || tgid == 0 {
+            return;
+        }
+        let same = |known: &Arc<Identity>| Arc::ptr_eq(known, id) || **known == **id;
+        let old = match self.pods.get(&cgroup) {
+            Some((known, Some(ns))) if same(known) => return,
+            Some((known, None)) if same(known) && self.tried.contains(&cgroup) => return,
+            Some((_, ns)) => *ns,
+            None => None,
+        };
+        let ns = self.namespace_of(tgid);
+        if ns.is_none() {
+            self.tried.insert(cgroup);
+        }
+        self.pods.insert(cgroup, (id.clone(), ns.or(old)));
+        self.rebuild();
+    }
+
+    /// The namespace of `pid`, its addresses read the first time it is seen.
+    fn namespace_of(&mut self, pid: u32) -> Option<u64> {
+        let ns = netns_key(pid)?;
+        self.by_netns.entry(ns).or_insert_with(|| addresses(pid));
+        Some(ns)
+    }
+
+    fn rebuild(&mut self) {
+        let mut claims: BTreeMap<IpAddr, Vec<Arc<Identity>>> = BTreeMap::new();
+        let mut used = HashSet::new();
+        for (id, ns) in self.pods.values() {
+            let Some(ns) = ns else { continue };
+            used.insert(*ns);
+            for a in self.by_netns.get(ns).into_iter().flatten() {
                 claims.entry(*a).or_default().push(id.clone());
             }
         }
-        self.by_netns.retain(|ns, _| seen_ns.contains(ns));
+        self.by_netns.retain(|ns, _| used.contains(ns));
         self.map.clear();
         for (ip, mut ids) in claims {
             let pods: HashSet<&str> = ids.iter().map(|i| i.k8s_pod_uid.as_str()).collect();
@@ -173,6 +219,44 @@ mod tests {
             parse_if_inet6(v6),
             vec!["fd00::2".parse::<Ipv6Addr>().unwrap()]
         );
+    }
+
+    fn pod(uid: &str, name: &str) -> Arc<Identity> {
+        Arc::new(Identity {
+            service_name: name.into(),
+            k8s_pod_uid: uid.into(),
+            ..Default::default()
+        })
+    }
+
+    /// A client pod whose process is seen at work between two walks keeps its addresses while
+    /// its cgroup lives, though the walks find the cgroup empty; they go with the cgroup.
+    #[test]
+    fn a_pod_seen_at_work_keeps_its_addresses_while_its_cgroup_lives() {
+        let ours: HashSet<IpAddr> = addresses(std::process::id()).into_iter().collect();
+        assert!(!ours.is_empty(), "this test needs a non-loopback address");
+        let empty = std::env::temp_dir().join(format!("peermap-{}", std::process::id()));
+        fs::create_dir_all(&empty).unwrap();
+        fs::write(empty.join("cgroup.procs"), "").unwrap();
+        let client = pod("u1", "loadgen");
+        let mut m = PeerMap::default();
+        m.refresh(&[(7, client.clone(), empty.clone())]);
+        assert!(m.map().is_empty(), "no process seen yet");
+        m.learn(7, &client, std::process::id());
+        let got = |m: &PeerMap| -> HashSet<IpAddr> { m.map().keys().copied().collect() };
+        assert_eq!(got(&m), ours);
+        assert!(m.map().values().all(|i| i.service_name == "loadgen"));
+        m.refresh(&[(7, client.clone(), empty.clone())]);
+        assert_eq!(got(&m), ours, "kept while the cgroup lives");
+        // The sandbox is never a claimant, and a second pod claiming the same addresses (host
+        // network) leaves them unresolved.
+        m.learn(8, &pod("u1", "pause"), std::process::id());
+        assert_eq!(got(&m), ours);
+        m.learn(9, &pod("u2", "other"), std::process::id());
+        assert!(m.map().is_empty(), "two pods claim them");
+        m.refresh(&[]);
+        assert!(m.map().is_empty(), "gone with the cgroup");
+        fs::remove_dir_all(&empty).unwrap();
     }
 
     #[test]

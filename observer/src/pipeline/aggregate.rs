@@ -236,6 +236,7 @@ impl Pipeline {
         let wall = std::time::SystemTime::now();
         for r in requests {
             let id = self.resolver.identity_hinted(r.cgroup_id, r.tgid);
+            self.peers.learn(r.cgroup_id, &id, r.tgid);
             let target = self.requests.record(r, &id, now_ns);
             if live {
                 self.live.send(super::live::LiveRequest {
