@@ -163,7 +163,7 @@ impl Tracker {
         match ev.kind {
             Kind::Close => self.on_close(ev, out),
             Kind::Request => {
-                let mut c = take(&mut self.conns, ev);
+                let mut c = take(&mut self.conns, ev, out);
                 if let Some(req) = take_request(&mut c, ev.request) {
                     let (ok, overflow) =
                         requests(&mut c, &mut self.routes, req.bytes, req.ts_ns, ev.tgid);
@@ -177,7 +177,7 @@ impl Tracker {
     }
 
     fn on_exchange(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
-        let mut c = take(&mut self.conns, ev);
+        let mut c = take(&mut self.conns, ev, out);
         // A response starts: the previous one in flight ended with the counters before it.
         if let Some(f) = c.responding.take() {
             finish(&c, f, ev.prev.last_ns, out);
@@ -199,7 +199,7 @@ impl Tracker {
 
     /// The request of the response held on its connection: one exchange.
     fn on_answered(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
-        let mut c = take(&mut self.conns, ev);
+        let mut c = take(&mut self.conns, ev, out);
         let held = c.held.take();
         if let (Some(h), Some(req)) = (held, ev.request) {
             let mut one = Conn {
@@ -224,7 +224,7 @@ impl Tracker {
     }
 
     fn on_close(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
-        let mut c = take(&mut self.conns, ev);
+        let mut c = take(&mut self.conns, ev, out);
         self.unparsed.response_without_request += std::mem::take(&mut c.orphaned);
         if let Some(f) = c.responding.take() {
             finish(&c, f, ev.prev.last_ns, out);
@@ -366,17 +366,25 @@ type Conns = HashMap<u64, Conn, foldhash::fast::RandomState>;
 
 /// The connection of a record, out of the table (or new): most exchanges leave nothing behind,
 /// so a connection is kept only while something is pending ([`put`]).
-fn take(conns: &mut Conns, ev: &Event<'_>) -> Conn {
+fn take(conns: &mut Conns, ev: &Event<'_>, out: &mut Vec<Request>) -> Conn {
     let mut c = conns.remove(&ev.sk).unwrap_or_default();
     if c.held.is_some() && !ev.answered {
         // Another record came first: the held response had no request after all.
         c.held = None;
         c.orphaned += 1;
     }
-    if c.side != Some(ev.side) || c.cgroup_id != ev.cgroup_id {
-        // A connection changing roles or owner (or first seen): nothing carries over.
-        c.pending.clear();
-        c.responding = None;
+    let other_peer = c.peer.is_some_and(|p| p != (ev.peer, ev.peer_port));
+    if c.side != Some(ev.side) || c.cgroup_id != ev.cgroup_id || other_peer {
+        // Another connection on this socket's memory (another owner, side or peer): the one
+        // followed here ended, its socket destroyed with nothing pending in the kernel (a
+        // client that left without reading a response's body, say). What it had ends now, as
+        // its socket's end would have ended it.
+        if let Some(f) = c.responding.take() {
+            let end = f.first_ns;
+            finish(&c, f, end, out);
+        }
+        let end = c.last_ns;
+        close_pending(&mut c, end, out);
         c.timed_out = None;
         c.side = Some(ev.side);
         c.cgroup_id = ev.cgroup_id;
@@ -745,6 +753,30 @@ mod tests {
         out.iter()
             .map(|r| r.status.as_ref().and_then(Status::code))
             .collect()
+    }
+
+    /// A client leaves without reading a response's body (BusyBox wget on a 404): its socket
+    /// goes with nothing pending in the kernel, and the socket's memory serves another owner's
+    /// connection before the response was found ended. The response ends then, counted once.
+    #[test]
+    fn a_response_in_flight_ends_when_its_socket_memory_serves_another_connection() {
+        const NOT_FOUND: &[u8] = b"HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n<HTML>";
+        for change in ["cgroup", "side", "peer"] {
+            let mut t = Tracker::new(T);
+            let mut out = Vec::new();
+            t.on_event(&exchange(Side::Client, 100, GET, 150, NOT_FOUND), &mut out);
+            assert!(out.is_empty(), "its body is still due");
+            let mut next = exchange(Side::Client, 300, GET, 350, OK);
+            match change {
+                "cgroup" => next.cgroup_id = 9,
+                "side" => next.side = Side::Server,
+                _ => next.peer_port = 40001,
+            }
+            t.on_event(&next, &mut out);
+            assert_eq!(statuses(&out), [Some(404), Some(200)], "{change}");
+            assert_eq!(out[0].duration_ns, 50, "{change}");
+            assert_eq!(out[0].cgroup_id, 7, "{change}");
+        }
     }
 
     #[test]
