@@ -77,6 +77,8 @@ const _: () = assert!(core::mem::size_of::<SyscallEntry>() == 24);
 pub const L7_UNDECIDED: u8 = 0;
 /// HTTP/1.0 and HTTP/1.1.
 pub const L7_HTTP1: u8 = 1;
+/// Redis (RESP2 and RESP3), a stream protocol.
+pub const L7_REDIS: u8 = 2;
 /// No registered protocol matched the connection's first bytes.
 pub const L7_NONE: u8 = 255;
 
@@ -98,6 +100,17 @@ pub const L7_EV_REQUEST: u8 = 1;
 /// [`L7Event::kind`]: the socket is gone while a request was pending or a response was still
 /// being transferred.
 pub const L7_EV_CLOSE: u8 = 2;
+/// [`L7Event::kind`]: the bytes of one call of a stream protocol's connection (one whose
+/// messages user space frames itself: pipelined, several in a call): `ts_ns` is when the call
+/// ended, `req_ts` when its syscall began (else `ts_ns`), `resp_len` the call's bytes and
+/// `resp_snip` those that follow the header (at most [`L7_DATA_MAX`]); `L7_EVF_SEND` says
+/// the direction.
+pub const L7_EV_DATA: u8 = 3;
+/// [`L7Event::flags`] of a `DATA` record: the call sent (else it received).
+pub const L7_EVF_SEND: u8 = 2;
+/// Bytes of a stream protocol's call sent in its `DATA` record (the rest is only counted).
+pub const L7_DATA_MAX: usize = 4096;
+
 /// [`L7Event::flags`] of a `REQUEST`: the request's answer already started (the record before,
 /// an `EXCHANGE` without request, is it): its send hook ran only after the answer came back.
 pub const L7_EVF_ANSWERED: u8 = 1;
@@ -207,6 +220,15 @@ pub struct L7Event {
 pub const L7_EVENT_HEADER: usize = 32 + 24 + 24 + 16 + 8;
 const _: () =
     assert!(core::mem::size_of::<L7Event>() == L7_EVENT_HEADER + L7_REQ_MAX + L7_RESP_MAX);
+
+/// A `DATA` record as the kernel builds it: an [`L7Event`]'s header and up to
+/// [`L7_DATA_MAX`] bytes of the call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct L7Data {
+    pub head: [u8; L7_EVENT_HEADER],
+    pub data: [u8; L7_DATA_MAX],
+}
 
 /// Connect failure reasons, index into [`TcpStats::connect_failures`].
 pub const FAIL_REFUSED: usize = 0;

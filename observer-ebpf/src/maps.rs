@@ -8,7 +8,7 @@ use aya_ebpf::{
     Global,
 };
 use observer_common::{
-    ConnInfo, KernelOffsets, L7Conn, L7Event, LifecycleOffsets, SyscallEntry, SyscallErrKey,
+    ConnInfo, KernelOffsets, L7Conn, L7Data, L7Event, LifecycleOffsets, SyscallEntry, SyscallErrKey,
     SyscallKey, SyscallStats, TcpEdgeKey, TcpEdgeStats, TcpStats, LOST_COUNTERS,
     MAX_CGROUP_FILTERS, SYSCALL_SLOTS,
 };
@@ -124,6 +124,10 @@ pub static L7_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 /// a connection state being entered.
 #[map]
 pub static L7_SCRATCH: PerCpuArray<L7Event> = PerCpuArray::with_max_entries(2, 0);
+
+/// Per-CPU scratch of the stream framer: a `DATA` record being built.
+#[map]
+pub static L7_DATA_SCRATCH: PerCpuArray<L7Data> = PerCpuArray::with_max_entries(1, 0);
 
 /// Records the kernel side could not keep, by `LOST_*` index.
 /// Processes the OOM killer chose (`oom:mark_victim`), by pid, until they exit.

@@ -137,6 +137,8 @@ pub enum ProbeKind {
     Tcp,
     /// HTTP/1.x requests, server and client side: rate, status, route, duration, APDEX.
     Http,
+    /// Redis commands (RESP2/RESP3), client and server side: rate, errors, duration.
+    Redis,
     /// OOM kills and exits of main processes (exit code or signal), per container.
     Lifecycle,
     /// Empty programs on syscall entry and exit: the benchmark's cost floor.
@@ -153,6 +155,7 @@ impl ProbeKind {
     pub fn l7_name(self) -> Option<&'static str> {
         match self {
             ProbeKind::Http => Some("http"),
+            ProbeKind::Redis => Some("redis"),
             _ => None,
         }
     }

@@ -149,6 +149,7 @@ fn seeds_through_the_tracker_never_panic() {
         peer_port: 1,
         tgid: 1,
         answered: false,
+        data: None,
     };
     let mut tracker = Tracker::new(1_000_000);
     let mut out = Vec::new();

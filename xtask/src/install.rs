@@ -101,6 +101,11 @@ const PACKAGES: &[(Scope, &str, &str)] = &[
     ),
     (
         Scope::Test,
+        "redis-server",
+        "Redis server, redis-cli and redis-benchmark (the Redis tests)",
+    ),
+    (
+        Scope::Test,
         "catatonit",
         "the init of podman pods' infra containers (the podman-pod tests)",
     ),

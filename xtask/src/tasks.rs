@@ -140,7 +140,14 @@ const FUZZ_SECONDS: u32 = 60;
 /// fails the run. The corpus is copied first, so the run never writes into the repository.
 fn fuzz() -> Result<()> {
     let root = workspace_root();
-    let targets = [("http_parse", "observer/tests/http-seeds", "fuzz/http.dict")];
+    let targets = [
+        ("http_parse", "observer/tests/http-seeds", "fuzz/http.dict"),
+        (
+            "resp_parse",
+            "observer/tests/redis-seeds",
+            "fuzz/redis.dict",
+        ),
+    ];
     for (target, seeds, dict) in targets {
         let corpus =
             std::env::temp_dir().join(format!("observer-fuzz-{target}-{}", std::process::id()));

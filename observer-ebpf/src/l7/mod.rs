@@ -18,6 +18,8 @@
 //! [`frame`], and its id in `observer-common`.
 
 pub mod http1;
+pub mod redis;
+pub mod stream;
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -28,7 +30,7 @@ use aya_ebpf::{
 };
 use observer_common::{
     ConnInfo, L7Conn, L7Dir, L7Event, DIR_UNKNOWN, L7_EVENT_HEADER, L7_EV_CLOSE, L7_EV_REQUEST,
-    L7_F_OPEN_AT_USER, L7_HTTP1, L7_NONE, L7_REQ_MAX, L7_RESP_MAX, L7_UNDECIDED,
+    L7_F_OPEN_AT_USER, L7_HTTP1, L7_NONE, L7_REDIS, L7_REQ_MAX, L7_RESP_MAX, L7_UNDECIDED,
     LOST_L7_CONN_MAP_FULL, LOST_L7_RINGBUF_FULL, LOST_L7_USER_READ, SYSCALL_SLOTS,
     WORK_ENTRY_SLOTS, WORK_TASK_REGS,
 };
@@ -171,7 +173,7 @@ fn iov_at(iov: u64, i: u32) -> Option<(u64, u32)> {
 impl Call {
     /// The first contiguous user segment of the call's data: (address, length).
     #[inline(always)]
-    fn first_segment(&self) -> Option<(u64, u32)> {
+    pub fn first_segment(&self) -> Option<(u64, u32)> {
         match self.io {
             Io::Buf => Some((self.arg, self.ret)),
             Io::Iovec => iov_at(self.arg, 0).map(|(b, l)| (b, min(l, self.ret))),
@@ -318,15 +320,29 @@ fn detect(head: *const L7Event, n: u32) -> (u8, Detected) {
             return (L7_HTTP1, d);
         }
     }
+    if enabled & (1 << L7_REDIS) != 0 {
+        let d = redis::detect(head, n);
+        if d != Detected::No {
+            return (L7_REDIS, d);
+        }
+    }
     (L7_NONE, Detected::No)
+}
+
+/// Protocols framed in user space (see [`stream`]).
+#[inline(always)]
+fn is_stream(proto: u8) -> bool {
+    proto == L7_REDIS
 }
 
 /// Hands a call of a claimed connection to its protocol's framer.
 #[inline(always)]
 fn frame(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
     // SAFETY: map value pointer checked by the verifier.
-    if unsafe { (*st).proto } == L7_HTTP1 {
-        http1::on_call(st, call, head, n);
+    match unsafe { (*st).proto } {
+        L7_HTTP1 => http1::on_call(st, call, head, n),
+        L7_REDIS => stream::on_call(st, call),
+        _ => {}
     }
 }
 
@@ -387,6 +403,11 @@ pub fn on_io(sk: u64, sock: Sock, ret: u32, send: bool, now: u64) {
         return;
     };
     if let Some(st) = st {
+        // SAFETY: map value pointer checked by the verifier.
+        if is_stream(unsafe { (*st).proto }) {
+            stream::on_call(st, &call);
+            return;
+        }
         let n = call.read_head(head);
         frame(st, &call, head, n);
         return;
@@ -455,7 +476,9 @@ fn claim(sk: u64, proto: u8, d: Detected, send: bool) -> Option<*mut L7Conn> {
         } else {
             observer_common::L7_SIDE_CLIENT
         };
-        (*st).flags = 0;
+        // A stream protocol's user space holds its pending messages: the socket's end must
+        // reach it.
+        (*st).flags = if is_stream(proto) { L7_F_OPEN_AT_USER } else { 0 };
         (*st)._pad = 0;
         (*st).req_snip = 0;
         (*st)._pad2 = [0; 3];
@@ -519,7 +542,7 @@ pub fn output(ev: *const L7Event, size: u32) {
 /// Wake the reader only when a batch is waiting; user space also drains on a short timer, so a
 /// lone record is delivered within that period.
 #[inline(always)]
-fn wakeup() -> u64 {
+pub fn wakeup() -> u64 {
     if L7_EVENTS.query(BPF_RB_AVAIL_DATA) >= RINGBUF_WAKEUP_BYTES.load() {
         BPF_RB_FORCE_WAKEUP
     } else {

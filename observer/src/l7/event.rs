@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use observer_common::{
-    L7Dir, L7Event, L7_EVENT_HEADER, L7_EVF_ANSWERED, L7_EV_CLOSE, L7_EV_EXCHANGE, L7_EV_REQUEST,
-    L7_REQ_MAX, L7_RESP_MAX, L7_SIDE_CLIENT,
+    L7Dir, L7Event, L7_DATA_MAX, L7_EVENT_HEADER, L7_EVF_ANSWERED, L7_EVF_SEND, L7_EV_CLOSE,
+    L7_EV_DATA, L7_EV_EXCHANGE, L7_EV_REQUEST, L7_REQ_MAX, L7_RESP_MAX, L7_SIDE_CLIENT,
 };
 
 use super::{peer_addr, Side};
@@ -20,6 +20,21 @@ pub enum Kind {
     Request,
     /// The socket is gone while something was pending.
     Close,
+    /// One call of a stream protocol's connection ([`Event::data`]).
+    Data,
+}
+
+/// A piece of one call of a stream protocol's connection: the call's direction, when it began
+/// and ended, its byte count, and `bytes` of it from `offset` (a long call comes in several
+/// records, in order; an empty piece says the rest of the call was not read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Data<'a> {
+    pub send: bool,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub len: u32,
+    pub offset: u32,
+    pub bytes: &'a [u8],
 }
 
 /// One record of the L7 ring.
@@ -45,6 +60,8 @@ pub struct Event<'a> {
     /// A `Request` whose answer already started: the `Exchange` without request just before it
     /// on this connection (its send hook ran after the answer came back).
     pub answered: bool,
+    /// The call of a `Data` record.
+    pub data: Option<Data<'a>>,
 }
 
 /// A message's first call: when, how many bytes, and the first of them.
@@ -69,6 +86,42 @@ impl<'a> Event<'a> {
             h.assume_init()
         };
         let data = &b[L7_EVENT_HEADER..];
+        let side = if h.side == L7_SIDE_CLIENT {
+            Side::Client
+        } else {
+            Side::Server
+        };
+        let peer = peer_addr(h.peer.family, &h.peer.addr);
+        if h.kind == L7_EV_DATA {
+            let n = usize::from(h.resp_snip);
+            let end = u64::from(h.req_len) + n as u64;
+            if n > L7_DATA_MAX || n > data.len() || end > u64::from(h.resp_len) {
+                return None;
+            }
+            return Some(Event {
+                sk: h.sk,
+                cgroup_id: h.cgroup_id,
+                kind: Kind::Data,
+                proto: h.proto,
+                side,
+                ts_ns: h.ts_ns,
+                request: None,
+                response: None,
+                prev: h.prev,
+                peer,
+                peer_port: h.peer.port,
+                tgid: h.tgid,
+                answered: false,
+                data: Some(Data {
+                    send: h.flags & L7_EVF_SEND != 0,
+                    start_ns: if h.req_ts == 0 { h.ts_ns } else { h.req_ts },
+                    end_ns: h.ts_ns,
+                    len: h.resp_len,
+                    offset: h.req_len,
+                    bytes: &data[..n],
+                }),
+            });
+        }
         let resp_n = usize::from(h.resp_snip);
         let req_n = usize::from(h.req_snip);
         if resp_n > L7_RESP_MAX || req_n > L7_REQ_MAX || L7_RESP_MAX + req_n > data.len() {
@@ -95,19 +148,16 @@ impl<'a> Event<'a> {
             cgroup_id: h.cgroup_id,
             kind,
             proto: h.proto,
-            side: if h.side == L7_SIDE_CLIENT {
-                Side::Client
-            } else {
-                Side::Server
-            },
+            side,
             ts_ns: h.ts_ns,
             request,
             response,
             prev: h.prev,
-            peer: peer_addr(h.peer.family, &h.peer.addr),
+            peer,
             peer_port: h.peer.port,
             tgid: h.tgid,
             answered: kind == Kind::Request && h.flags & L7_EVF_ANSWERED != 0,
+            data: None,
         })
     }
 }
@@ -116,7 +166,10 @@ impl<'a> Event<'a> {
 #[cfg(test)]
 pub fn record(e: &Event<'_>) -> Vec<u8> {
     use observer_common::{L7Peer, L7_EV_CLOSE, L7_SIDE_SERVER};
-    let resp = e.response.map_or(&[][..], |p| p.bytes);
+    let resp = e
+        .data
+        .map(|d| d.bytes)
+        .unwrap_or_else(|| e.response.map_or(&[][..], |p| p.bytes));
     let req = e.request.map_or(&[][..], |p| p.bytes);
     let (family, addr) = match e.peer {
         IpAddr::V4(v4) => {
@@ -130,7 +183,10 @@ pub fn record(e: &Event<'_>) -> Vec<u8> {
         sk: e.sk,
         cgroup_id: e.cgroup_id,
         ts_ns: e.ts_ns,
-        req_ts: e.request.map_or(0, |p| p.ts_ns),
+        req_ts: match e.data {
+            Some(d) => d.start_ns,
+            None => e.request.map_or(0, |p| p.ts_ns),
+        },
         prev: e.prev,
         peer: L7Peer {
             family,
@@ -138,21 +194,33 @@ pub fn record(e: &Event<'_>) -> Vec<u8> {
             _pad: 0,
             addr,
         },
-        resp_len: e.response.map_or(0, |p| p.len),
-        req_len: e.request.map_or(0, |p| p.len),
+        resp_len: match e.data {
+            Some(d) => d.len,
+            None => e.response.map_or(0, |p| p.len),
+        },
+        req_len: match e.data {
+            Some(d) => d.offset,
+            None => e.request.map_or(0, |p| p.len),
+        },
         tgid: e.tgid,
         proto: e.proto,
         kind: match e.kind {
             Kind::Exchange => L7_EV_EXCHANGE,
             Kind::Request => L7_EV_REQUEST,
             Kind::Close => L7_EV_CLOSE,
+            Kind::Data => observer_common::L7_EV_DATA,
         },
         side: if e.side == Side::Client {
             L7_SIDE_CLIENT
         } else {
             L7_SIDE_SERVER
         },
-        flags: if e.answered { L7_EVF_ANSWERED } else { 0 },
+        flags: match e.data {
+            Some(d) if d.send => L7_EVF_SEND,
+            Some(_) => 0,
+            None if e.answered => L7_EVF_ANSWERED,
+            None => 0,
+        },
         req_snip: req.len() as u16,
         resp_snip: resp.len() as u16,
         _pad2: 0,
@@ -161,6 +229,9 @@ pub fn record(e: &Event<'_>) -> Vec<u8> {
     // SAFETY: L7Event is plain old data without padding.
     let head =
         unsafe { std::slice::from_raw_parts(&h as *const L7Event as *const u8, L7_EVENT_HEADER) };
+    if e.data.is_some() {
+        return [head, resp].concat();
+    }
     let mut area = resp.to_vec();
     area.resize(L7_RESP_MAX, 0);
     [head, &area, req].concat()

@@ -11,6 +11,7 @@
 pub mod cap;
 pub mod event;
 pub mod http1;
+pub mod redis;
 #[cfg(test)]
 mod tests;
 
@@ -108,6 +109,9 @@ pub struct Spec {
     pub server_target_label: &'static str,
     pub client_target_label: Option<&'static str>,
     pub status_label: &'static str,
+    /// Labels every series of the protocol carries (`db_system_name="redis"`): protocols
+    /// sharing a family are told apart by them.
+    pub constant_labels: &'static [(&'static str, &'static str)],
     /// Server side: APDEX and active clients are kept.
     pub apdex: bool,
     /// The service graph's `connection_type` of its edges ("" between services, "database").
@@ -171,11 +175,14 @@ pub struct Settings {
 /// Every protocol the observer knows, with the probe name that turns it on. Adding a protocol
 /// is one line here (and its kernel detector's).
 pub fn registry(settings: &Settings) -> Vec<Box<dyn Protocol>> {
-    vec![Box::new(http1::Http1::new(settings))]
+    vec![
+        Box::new(http1::Http1::new(settings)),
+        Box::new(redis::Redis::new(settings)),
+    ]
 }
 
 /// The specs of every known protocol.
-pub const SPECS: &[&Spec] = &[&http1::SPEC];
+pub const SPECS: &[&Spec] = &[&http1::SPEC, &redis::SPEC];
 
 /// The spec of a probe name (`--probes`).
 pub fn spec_by_name(name: &str) -> Option<&'static Spec> {

@@ -45,6 +45,7 @@ static ECHO: Spec = Spec {
     server_target_label: "echo_target",
     client_target_label: Some("echo_target"),
     status_label: "echo_code",
+    constant_labels: &[],
     apdex: false,
     connection_type: "database",
     failed: |s, e| e.is_some() || s.and_then(Status::code).is_some_and(|c| c != 0),
@@ -181,6 +182,7 @@ fn bytes(
         peer_port: if side == Side::Client { 5432 } else { 40000 },
         tgid: 1,
         answered: false,
+        data: None,
     })
 }
 

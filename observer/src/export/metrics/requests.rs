@@ -2,13 +2,13 @@
 //! conventions: `http_server_request_duration_seconds`, ...), and the service-level APDEX and
 //! active clients of the protocols that keep them.
 
-use std::{collections::BTreeSet, fmt};
+use std::{collections::BTreeMap, fmt};
 
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType, registry::Unit};
 
 use super::{counter, gauge, histogram, with, Labels};
 use crate::{
-    l7::{Spec, Status},
+    l7::Status,
     pipeline::requests::{RequestTotals, APDEX_LEVELS},
 };
 
@@ -22,70 +22,70 @@ fn base(name: &str) -> &str {
 }
 
 pub fn encode(enc: &mut DescriptorEncoder, r: &RequestTotals) -> fmt::Result {
-    // The protocols with figures, in id order: every family once.
-    let specs: BTreeSet<&'static Spec> = r
-        .server
-        .keys()
-        .map(|(_, k)| k.protocol)
-        .chain(r.client.keys().map(|(_, k)| k.protocol))
-        .collect();
-    for spec in specs {
-        let server: Vec<_> = r
+    // The families with figures, each once, though several protocols share it (the database
+    // protocols' `db_client_operation_duration_seconds`, told apart by their constant labels).
+    let mut server_families: BTreeMap<&'static str, &'static str> = BTreeMap::new();
+    let mut client_families: BTreeMap<&'static str, &'static str> = BTreeMap::new();
+    for (_, k) in r.server.keys() {
+        server_families.insert(k.protocol.server.name, k.protocol.server.help);
+    }
+    for (_, k) in r.client.keys() {
+        client_families.insert(k.protocol.client.name, k.protocol.client.help);
+    }
+    for (name, help) in server_families {
+        let mut m = enc.encode_descriptor(
+            base(name),
+            help,
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for ((id, k), h) in r
             .server
             .iter()
-            .filter(|((_, k), _)| k.protocol == spec)
-            .collect();
-        if !server.is_empty() {
-            let mut m = enc.encode_descriptor(
-                base(spec.server.name),
-                spec.server.help,
-                Some(&Unit::Seconds),
-                MetricType::Histogram,
-            )?;
-            for ((id, k), h) in server {
-                let status = status_label(k.status.as_ref());
-                let l = with(
-                    id,
-                    &[
-                        (spec.operation_label, k.operation),
-                        (spec.status_label, &status),
-                        (spec.server_target_label, &k.target),
-                        ("error_type", k.error_type.unwrap_or("")),
-                    ],
-                );
-                histogram(&mut m, &l, h)?;
-            }
+            .filter(|((_, k), _)| k.protocol.server.name == name)
+        {
+            let spec = k.protocol;
+            let status = status_label(k.status.as_ref());
+            let mut extra: Labels = spec.constant_labels.to_vec();
+            extra.extend([
+                (spec.operation_label, k.operation),
+                (spec.status_label, &status),
+                (spec.server_target_label, &k.target),
+                ("error_type", k.error_type.unwrap_or("")),
+            ]);
+            histogram(&mut m, &with(id, &extra), h)?;
         }
-        let client: Vec<_> = r
+    }
+    for (name, help) in client_families {
+        let mut m = enc.encode_descriptor(
+            base(name),
+            help,
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for ((id, k), h) in r
             .client
             .iter()
-            .filter(|((_, k), _)| k.protocol == spec)
-            .collect();
-        if !client.is_empty() {
-            let mut m = enc.encode_descriptor(
-                base(spec.client.name),
-                spec.client.help,
-                Some(&Unit::Seconds),
-                MetricType::Histogram,
-            )?;
-            for ((id, k), h) in client {
-                let status = status_label(k.status.as_ref());
-                let port = k.server_port.to_string();
-                let address = k.server_address.to_string();
-                let mut extra: Labels = vec![
-                    (spec.operation_label, k.operation),
-                    (spec.status_label, &status),
-                ];
-                if let (Some(label), Some(t)) = (spec.client_target_label, &k.target) {
-                    extra.push((label, t));
-                }
-                extra.extend([
-                    ("server_address", address.as_str()),
-                    ("server_port", port.as_str()),
-                    ("error_type", k.error_type.unwrap_or("")),
-                ]);
-                histogram(&mut m, &with(id, &extra), h)?;
+            .filter(|((_, k), _)| k.protocol.client.name == name)
+        {
+            let spec = k.protocol;
+            let status = status_label(k.status.as_ref());
+            let port = k.server_port.to_string();
+            let address = k.server_address.to_string();
+            let mut extra: Labels = spec.constant_labels.to_vec();
+            extra.extend([
+                (spec.operation_label, k.operation),
+                (spec.status_label, &status),
+            ]);
+            if let (Some(label), Some(t)) = (spec.client_target_label, &k.target) {
+                extra.push((label, t));
             }
+            extra.extend([
+                ("server_address", address.as_str()),
+                ("server_port", port.as_str()),
+                ("error_type", k.error_type.unwrap_or("")),
+            ]);
+            histogram(&mut m, &with(id, &extra), h)?;
         }
     }
     counter(

@@ -27,6 +27,7 @@ pub static SPEC: Spec = Spec {
     server_target_label: "http_route",
     client_target_label: None,
     status_label: "http_response_status_code",
+    constant_labels: &[],
     apdex: true,
     connection_type: "",
     failed,

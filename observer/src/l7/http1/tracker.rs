@@ -173,6 +173,8 @@ impl Tracker {
                 put(&mut self.conns, &mut self.unparsed, ev.sk, c);
             }
             Kind::Exchange => self.on_exchange(ev, out),
+            // Only stream protocols send these.
+            Kind::Data => self.unparsed.invalid += 1,
         }
     }
 
@@ -700,6 +702,7 @@ mod tests {
             peer_port: 40000,
             tgid: 1,
             answered: false,
+            data: None,
         }
     }
 

@@ -1,0 +1,105 @@
+//! The framer of stream protocols: those whose messages user space frames itself (Redis,
+//! and the database protocols after it), because one call may carry many of them (a pipeline of
+//! a hundred commands in one write) and a message's length sits in its own header.
+//!
+//! Each call of a claimed connection sends one `DATA` record: when the call began and ended,
+//! its direction and byte count, and its first [`L7_DATA_MAX`] bytes. That is at most one
+//! record per call, and a call carries at least one message, so never more records than
+//! requests; the pairing, the timing of each message and everything the protocol says are
+//! user space's, which sees every call of the connection in order.
+
+use observer_common::{
+    L7Conn, L7Data, L7Event, L7_DATA_MAX, L7_EVENT_HEADER, L7_EVF_SEND, L7_EV_DATA,
+    LOST_L7_RINGBUF_FULL, LOST_L7_USER_READ,
+};
+use aya_ebpf::helpers::generated::bpf_probe_read_user;
+
+
+use super::{tgid, wakeup, Call, Io};
+use crate::maps::{count_lost, L7_DATA_SCRATCH, L7_EVENTS};
+
+/// Mask of the bytes read from a call per record (one less than [`L7_DATA_MAX`]).
+const DATA_MASK: u32 = L7_DATA_MAX as u32 - 1;
+/// Records sent for one call at most: a call longer than `MAX_CHUNKS * DATA_MASK` bytes (a
+/// large value) has only its first bytes sent, the rest counted; user space skips a payload
+/// by its length and loses a connection's framing only when message headers fall beyond.
+const MAX_CHUNKS: u32 = 16;
+
+/// One call of a stream protocol's connection: its bytes in `DATA` records of up to
+/// [`DATA_MASK`] bytes each, in order; `req_len` is a record's offset in the call.
+#[inline(always)]
+pub fn on_call(st: *mut L7Conn, call: &Call) {
+    let Some(rec) = L7_DATA_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let ev = rec as *mut L7Event;
+    // SAFETY: `ev` is this CPU's scratch record (an L7Data, whose header is an L7Event's); `st`
+    // a map value pointer checked by the verifier.
+    unsafe {
+        (*ev).sk = call.sk;
+        (*ev).cgroup_id = (*st).cgroup_id;
+        (*ev).ts_ns = call.now;
+        (*ev).req_ts = call.start;
+        (*ev).prev = Default::default();
+        (*ev).peer = (*st).peer;
+        (*ev).resp_len = call.ret;
+        (*ev).req_len = 0;
+        (*ev).tgid = tgid();
+        (*ev).proto = (*st).proto;
+        (*ev).kind = L7_EV_DATA;
+        (*ev).side = (*st).side;
+        (*ev).flags = if call.send { L7_EVF_SEND } else { 0 };
+        (*ev).req_snip = 0;
+        (*ev).resp_snip = 0;
+        (*ev)._pad2 = 0;
+    }
+    let (ptr, avail) = if call.io == Io::None {
+        (0, 0)
+    } else {
+        call.first_segment().unwrap_or((0, 0))
+    };
+    let mut off = 0u32;
+    let mut i = 0u32;
+    while i < MAX_CHUNKS {
+        let left = avail.saturating_sub(off);
+        let want = if left > DATA_MASK { DATA_MASK } else { left };
+        let mut n = unsafe { core::ptr::read_volatile(&want) } & DATA_MASK;
+        if n > 0 {
+            // SAFETY: the scratch record's data holds L7_DATA_MAX (> n) bytes.
+            let r = unsafe {
+                bpf_probe_read_user(
+                    (*rec).data.as_mut_ptr() as *mut _,
+                    n,
+                    (ptr + off as u64) as *const _,
+                )
+            };
+            if r != 0 {
+                count_lost(LOST_L7_USER_READ);
+                n = 0;
+            }
+        }
+        // SAFETY: as above.
+        unsafe {
+            (*ev).req_len = off;
+            (*ev).resp_snip = n as u16;
+        }
+        let size = (unsafe { core::ptr::read_volatile(&n) } & DATA_MASK) as usize + L7_EVENT_HEADER;
+        if size > core::mem::size_of::<L7Data>() {
+            return;
+        }
+        // SAFETY: `rec` is a valid L7Data and `size` is within it.
+        let bytes = unsafe { core::slice::from_raw_parts(rec as *const u8, size) };
+        if L7_EVENTS.output::<[u8]>(bytes, wakeup()).is_err() {
+            count_lost(LOST_L7_RINGBUF_FULL);
+            return;
+        }
+        if n == 0 {
+            return;
+        }
+        off += n;
+        if off >= avail {
+            return;
+        }
+        i += 1;
+    }
+}

@@ -1,0 +1,447 @@
+//! Redis, RESP2 and RESP3: the parser ([`resp`], pure, shared with the fuzz target) and the
+//! tracker that pairs commands and replies per connection, in order (Redis answers every
+//! command of a connection in the order sent, pipelined or not).
+//!
+//! The kernel sends every call of a Redis connection (the stream framer), so a write carrying a
+//! hundred commands is a hundred operations: each starts when its call did and ends when the
+//! call that completed its reply did. Pub/sub messages (RESP2 arrays `message`, `pmessage`,
+//! `smessage` on a subscribed connection, RESP3 pushes) are not replies and not operations; a
+//! `SUBSCRIBE` of several channels is one operation, its further confirmations are not.
+
+pub mod commands;
+pub mod resp;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use observer_common::L7_REDIS;
+
+use super::{event::Kind, ConnTable, Event, Protocol, Request, Settings, Side, Spec, Status};
+use resp::{Broken, Message, Stream};
+
+/// Redis as the exporters see it: OpenTelemetry's database client family.
+pub static SPEC: Spec = Spec {
+    id: L7_REDIS,
+    name: "redis",
+    server: super::Family {
+        name: "db_server_operation_duration_seconds",
+        help:
+            "Duration of database operations answered, from the command read to its reply written",
+    },
+    client: super::Family {
+        name: "db_client_operation_duration_seconds",
+        help: "Duration of database operations made, from the command written to its reply read",
+    },
+    operation_label: "db_operation_name",
+    server_target_label: "db_collection_name",
+    client_target_label: None,
+    status_label: "db_response_status_code",
+    constant_labels: &[("db_system_name", "redis")],
+    apdex: false,
+    connection_type: "database",
+    failed,
+};
+
+/// An error reply, or none at all.
+fn failed(status: Option<&Status>, error: Option<&'static str>) -> bool {
+    error.is_some() || matches!(status, Some(Status::Text(t)) if !t.is_empty())
+}
+
+/// Commands waiting for their replies per connection before the oldest are given up.
+const MAX_PENDING: usize = 4096;
+/// Connections followed at most (each is two small parsers and its pending commands).
+const MAX_CONNS: usize = 65536;
+/// Distinct error prefixes kept as label values; further ones are `_OTHER`.
+const MAX_PREFIXES: usize = 64;
+/// How often connections idle that long are checked against the kernel's table.
+const SWEEP_NS: u64 = 5_000_000_000;
+
+#[derive(Debug)]
+struct Pending {
+    op: &'static str,
+    start_ns: u64,
+    tgid: u32,
+}
+
+/// Where a direction's current call stands: its length, the bytes seen of it, its times and
+/// process.
+#[derive(Debug, Default, Clone, Copy)]
+struct CallPos {
+    len: u32,
+    seen: u32,
+    start_ns: u64,
+    end_ns: u64,
+    tgid: u32,
+}
+
+#[derive(Debug)]
+struct Conn {
+    side: Side,
+    cgroup_id: u64,
+    peer: IpAddr,
+    peer_port: u16,
+    commands: Stream,
+    replies: Stream,
+    /// The current call of each direction (commands, replies).
+    pos: [CallPos; 2],
+    /// Whether each direction's lost framing was counted.
+    counted: [bool; 2],
+    pending: VecDeque<Pending>,
+    /// A `SUBSCRIBE` family command was sent: arrays of `message` are pushes from then on.
+    subscribed: bool,
+    last_ns: u64,
+}
+
+/// Records and messages the tracker could not use.
+#[derive(Debug, Default)]
+pub struct Unparsed {
+    /// Bytes that are not RESP: the connection's framing is lost until its next command.
+    pub invalid: u64,
+    /// Message headers in bytes the kernel did not send (a call beyond what it reads).
+    pub gap: u64,
+    /// Nesting deeper than followed.
+    pub too_deep: u64,
+    /// A reply with no command waiting (the connection joined mid-pipeline).
+    pub reply_without_command: u64,
+    /// Commands given up because too many waited on one connection.
+    pub pending_overflow: u64,
+    /// Connections dropped because too many were followed.
+    pub conns_evicted: u64,
+    /// Commands waiting when the framing was lost: not counted as operations.
+    pub lost_in_resync: u64,
+}
+
+/// The Redis protocol of the L7 path.
+#[derive(Debug)]
+pub struct Redis {
+    conns: HashMap<u64, Conn, foldhash::fast::RandomState>,
+    timeout_ns: u64,
+    prefixes: HashMap<Vec<u8>, Arc<str>, foldhash::fast::RandomState>,
+    ok: Arc<str>,
+    other: Arc<str>,
+    no_target: Arc<str>,
+    last_sweep_ns: u64,
+    pub unparsed: Unparsed,
+}
+
+impl Redis {
+    pub fn new(settings: &Settings) -> Self {
+        Self {
+            conns: HashMap::default(),
+            timeout_ns: settings.request_timeout_ns,
+            prefixes: HashMap::default(),
+            ok: Arc::from(""),
+            other: Arc::from("_OTHER"),
+            no_target: Arc::from(""),
+            last_sweep_ns: 0,
+            unparsed: Unparsed::default(),
+        }
+    }
+
+    /// The label value of an error prefix: upper-case words only, a bounded set.
+    fn status(&mut self, error: Option<Vec<u8>>) -> Status {
+        let Some(p) = error else {
+            return Status::Text(self.ok.clone());
+        };
+        if let Some(s) = self.prefixes.get(&p) {
+            return Status::Text(s.clone());
+        }
+        let word = !p.is_empty()
+            && p.iter()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_');
+        if !word || self.prefixes.len() >= MAX_PREFIXES {
+            return Status::Text(self.other.clone());
+        }
+        let s: Arc<str> = Arc::from(String::from_utf8_lossy(&p).as_ref());
+        self.prefixes.insert(p, s.clone());
+        Status::Text(s)
+    }
+
+    fn finish(
+        &mut self,
+        c: &Conn,
+        p: Pending,
+        end_ns: u64,
+        status: Option<Status>,
+        out: &mut Vec<Request>,
+    ) {
+        out.push(Request {
+            protocol: &SPEC,
+            side: c.side,
+            cgroup_id: c.cgroup_id,
+            tgid: p.tgid,
+            peer: c.peer,
+            peer_port: c.peer_port,
+            operation: p.op,
+            target: self.no_target.clone(),
+            error_type: if status.is_none() {
+                Some("connection_closed")
+            } else {
+                None
+            },
+            status,
+            duration_ns: end_ns.saturating_sub(p.start_ns),
+        });
+    }
+
+    fn on_data(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
+        let Some(d) = ev.data else { return };
+        if !self.conns.contains_key(&ev.sk) && self.conns.len() >= MAX_CONNS {
+            self.evict_oldest(out);
+        }
+        let mut c = self.conns.remove(&ev.sk).unwrap_or_else(|| Conn {
+            side: ev.side,
+            cgroup_id: ev.cgroup_id,
+            peer: ev.peer,
+            peer_port: ev.peer_port,
+            commands: Stream::requests(),
+            replies: Stream::replies(),
+            pos: [CallPos::default(); 2],
+            counted: [false; 2],
+            pending: VecDeque::new(),
+            subscribed: false,
+            last_ns: d.end_ns,
+        });
+        c.last_ns = d.end_ns;
+        let commands = d.send == (c.side == Side::Client);
+        let dir = usize::from(!commands);
+        // The other direction's last call is over: what of it the kernel did not send is a gap.
+        self.settle(&mut c, 1 - dir, out);
+        if d.offset == 0 {
+            self.settle(&mut c, dir, out);
+            c.pos[dir] = CallPos {
+                len: d.len,
+                seen: 0,
+                start_ns: d.start_ns,
+                end_ns: d.end_ns,
+                tgid: ev.tgid,
+            };
+        } else if d.offset > c.pos[dir].seen {
+            // A piece of this call was lost (the ring was full).
+            let missing = u64::from(d.offset - c.pos[dir].seen);
+            c.pos[dir].seen = d.offset;
+            let mut msgs = Vec::new();
+            stream(&mut c, dir).gap(missing, &mut |m| msgs.push(m));
+            self.handle(&mut c, dir, msgs, out);
+        }
+        let broken = c.commands.broken().is_some() || c.replies.broken().is_some();
+        if dir == 0 && broken && d.offset == 0 && starts_command(d.bytes) {
+            // Framing lost: start over at a call that starts a command. Whatever waited
+            // cannot be paired any more.
+            self.unparsed.lost_in_resync += c.pending.len() as u64;
+            c.pending.clear();
+            c.commands.reset();
+            c.replies.reset();
+            c.counted = [false; 2];
+        }
+        let mut msgs = Vec::new();
+        stream(&mut c, dir).feed(d.bytes, &mut |m| msgs.push(m));
+        c.pos[dir].seen = d.offset.saturating_add(d.bytes.len() as u32);
+        self.handle(&mut c, dir, msgs, out);
+        self.conns.insert(ev.sk, c);
+    }
+
+    /// Ends a direction's last call: bytes of it the kernel did not send are a gap.
+    fn settle(&mut self, c: &mut Conn, dir: usize, out: &mut Vec<Request>) {
+        let p = c.pos[dir];
+        if p.seen >= p.len {
+            return;
+        }
+        c.pos[dir].seen = p.len;
+        let mut msgs = Vec::new();
+        stream(c, dir).gap(u64::from(p.len - p.seen), &mut |m| msgs.push(m));
+        self.handle(c, dir, msgs, out);
+    }
+
+    /// The messages of direction `dir`'s current call.
+    fn handle(&mut self, c: &mut Conn, dir: usize, msgs: Vec<Message>, out: &mut Vec<Request>) {
+        let call = c.pos[dir];
+        for m in msgs {
+            match m {
+                Message::Command(name) => {
+                    let op = commands::name(&name);
+                    if commands::subscribes(op) {
+                        c.subscribed = true;
+                    }
+                    if c.pending.len() >= MAX_PENDING {
+                        c.pending.pop_front();
+                        self.unparsed.pending_overflow += 1;
+                    }
+                    // A client's command left when its call began; a server's arrived when
+                    // its call ended.
+                    let start_ns = if c.side == Side::Client {
+                        call.start_ns
+                    } else {
+                        call.end_ns
+                    };
+                    c.pending.push_back(Pending {
+                        op,
+                        start_ns,
+                        tgid: call.tgid,
+                    });
+                }
+                Message::Push => {}
+                Message::Reply { error, first } => {
+                    if c.subscribed {
+                        if let Some(kind) = first.as_deref().and_then(commands::pubsub_kind) {
+                            let front_subscribes = c
+                                .pending
+                                .front()
+                                .is_some_and(|p| commands::subscribes(p.op));
+                            if kind == commands::PubSub::Message || !front_subscribes {
+                                continue;
+                            }
+                        }
+                    }
+                    let Some(p) = c.pending.pop_front() else {
+                        self.unparsed.reply_without_command += 1;
+                        continue;
+                    };
+                    let status = self.status(error);
+                    self.finish(c, p, call.end_ns, Some(status), out);
+                }
+            }
+        }
+        if let Some(b) = stream(c, dir).broken() {
+            if !c.counted[dir] {
+                c.counted[dir] = true;
+                *b.counter(&mut self.unparsed) += 1;
+            }
+        }
+    }
+
+    fn evict_oldest(&mut self, out: &mut Vec<Request>) {
+        let Some((&sk, _)) = self.conns.iter().min_by_key(|(_, c)| c.last_ns) else {
+            return;
+        };
+        if let Some(c) = self.conns.remove(&sk) {
+            self.unparsed.conns_evicted += 1;
+            self.close(c, out);
+        }
+    }
+
+    /// The connection is gone: commands still waiting end without reply.
+    fn close(&mut self, mut c: Conn, out: &mut Vec<Request>) {
+        let end = c.last_ns;
+        while let Some(p) = c.pending.pop_front() {
+            self.finish(&c, p, end, None, out);
+        }
+    }
+}
+
+/// The parser of a direction (0: commands, 1: replies).
+fn stream(c: &mut Conn, dir: usize) -> &mut Stream {
+    if dir == 0 {
+        &mut c.commands
+    } else {
+        &mut c.replies
+    }
+}
+
+/// Whether a call's bytes start with a command's header (`*<digits>\r\n$`).
+fn starts_command(b: &[u8]) -> bool {
+    let Some(rest) = b.strip_prefix(b"*") else {
+        return false;
+    };
+    let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+    digits > 0 && rest[digits..].starts_with(b"\r\n$")
+}
+
+impl Protocol for Redis {
+    fn spec(&self) -> &'static Spec {
+        &SPEC
+    }
+
+    fn on_event(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
+        match ev.kind {
+            Kind::Data => self.on_data(ev, out),
+            Kind::Close => {
+                if let Some(mut c) = self.conns.remove(&ev.sk) {
+                    c.last_ns = c.last_ns.max(ev.ts_ns);
+                    self.close(c, out);
+                }
+            }
+            // Only the HTTP/1 framer sends these.
+            Kind::Exchange | Kind::Request => self.unparsed.invalid += 1,
+        }
+    }
+
+    fn poll(&mut self, now_ns: u64, conns: &dyn ConnTable, out: &mut Vec<Request>) {
+        // Commands unanswered for too long (not those that block by design) end as timeouts;
+        // those behind a blocking one wait with it.
+        let timeout = self.timeout_ns;
+        let mut ended = Vec::new();
+        for c in self.conns.values_mut() {
+            while c.pending.front().is_some_and(|p| {
+                now_ns.saturating_sub(p.start_ns) >= timeout && !commands::blocks(p.op)
+            }) {
+                let p = c.pending.pop_front().expect("checked");
+                ended.push((c.side, c.cgroup_id, c.peer, c.peer_port, p));
+            }
+        }
+        for (side, cgroup_id, peer, peer_port, p) in ended {
+            out.push(Request {
+                protocol: &SPEC,
+                side,
+                cgroup_id,
+                tgid: p.tgid,
+                peer,
+                peer_port,
+                operation: p.op,
+                target: self.no_target.clone(),
+                status: None,
+                error_type: Some("timeout"),
+                duration_ns: now_ns.saturating_sub(p.start_ns),
+            });
+        }
+        if now_ns.saturating_sub(self.last_sweep_ns) < SWEEP_NS {
+            return;
+        }
+        self.last_sweep_ns = now_ns;
+        let gone: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now_ns.saturating_sub(c.last_ns) >= SWEEP_NS)
+            .map(|(&sk, _)| sk)
+            .filter(|&sk| conns.get(sk).is_none())
+            .collect();
+        for sk in gone {
+            if let Some(c) = self.conns.remove(&sk) {
+                self.close(c, out);
+            }
+        }
+    }
+
+    fn unparsed(&self) -> Vec<(&'static str, u64)> {
+        let u = &self.unparsed;
+        vec![
+            ("invalid", u.invalid),
+            ("gap", u.gap),
+            ("too_deep", u.too_deep),
+            ("response_without_request", u.reply_without_command),
+            ("pending_overflow", u.pending_overflow),
+            ("connection_evicted", u.conns_evicted),
+            ("lost_in_resync", u.lost_in_resync),
+        ]
+    }
+
+    fn conns(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+impl Broken {
+    fn counter(self, u: &mut Unparsed) -> &mut u64 {
+        match self {
+            Broken::Invalid => &mut u.invalid,
+            Broken::Gap => &mut u.gap,
+            Broken::TooDeep => &mut u.too_deep,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
