@@ -27,7 +27,7 @@ pub struct Args {
         long,
         env = "OBSERVER_PROBES",
         value_delimiter = ',',
-        default_value = "syscalls,tcp,http,lifecycle"
+        default_value = "syscalls,tcp,http,redis,lifecycle"
     )]
     pub probes: Vec<ProbeKind>,
 
@@ -363,7 +363,10 @@ mod tests {
         assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:9464");
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
         assert!(c.syscalls && c.tcp && c.lifecycle);
-        assert_eq!(c.l7.iter().map(|s| s.name).collect::<Vec<_>>(), ["http"]);
+        assert_eq!(
+            c.l7.iter().map(|s| s.name).collect::<Vec<_>>(),
+            ["http", "redis"]
+        );
         assert_eq!(c.apdex_threshold, 0.5);
         assert_eq!(c.http_request_timeout, Duration::from_secs(30));
         assert_eq!(c.cgroup_grace, Duration::from_secs(300));

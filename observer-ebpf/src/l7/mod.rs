@@ -270,21 +270,18 @@ impl Call {
     }
 }
 
-/// Shifts `add` (its last `n` bytes valid) into the rolling 8-byte tail `t`.
+/// Shifts `add` (its last `n` bytes valid) into the rolling 8-byte tail `t`. Done on a u64 (no
+/// byte indexed by a variable: older verifiers refuse such stack accesses).
 #[inline(always)]
 pub fn push_tail(t: &mut [u8; 8], add: [u8; 8], n: u32) {
     if n >= 8 {
         *t = add;
         return;
     }
-    let n = n as usize;
-    let mut out = [0u8; 8];
-    let mut i = 0usize;
-    while i < 8 {
-        out[i] = if i < 8 - n { t[i + n] } else { add[i] };
-        i += 1;
-    }
-    *t = out;
+    let shift = (n & 7) * 8;
+    let mask = (1u64 << shift) - 1;
+    let v = (u64::from_be_bytes(*t) << shift) | (u64::from_be_bytes(add) & mask);
+    *t = v.to_be_bytes();
 }
 
 /// Adds a continuation call (no message starts in it) to a direction's counters.
