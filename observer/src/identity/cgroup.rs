@@ -158,16 +158,23 @@ impl Resolver {
 
     /// Like [`Resolver::identity`], with a process of the cgroup that was just seen at work: a
     /// pod whose main process had not started (or had already exited) when the hierarchy was
-    /// walked has no service name yet; the process's command name gives it one.
+    /// walked has no service name yet, or only its launcher's; the process's command name gives
+    /// it one (and a later walk finding the launcher again does not take it back).
     pub fn identity_hinted(&mut self, id: u64, tgid: u32) -> Arc<Identity> {
         let ident = self.identity(id);
-        if !ident.service_name.is_empty() || ident.k8s_pod_uid.is_empty() || tgid == 0 {
+        // Named after a launcher only without metadata (metadata's names are the pod's own).
+        let unnamed = ident.service_name.is_empty()
+            || (ident.k8s_pod_name.is_empty() && is_launcher(&ident.service_name));
+        if !unnamed || ident.k8s_pod_uid.is_empty() || tgid == 0 {
             return ident;
         }
         let stat = procfs::process::Process::new(tgid as i32).and_then(|p| p.stat());
         let Ok(stat) = stat else {
             return ident;
         };
+        if is_launcher(&stat.comm) || stat.comm == ident.service_name {
+            return ident;
+        }
         let named = Arc::new(Identity {
             service_name: stat.comm,
             ..(*ident).clone()
@@ -212,7 +219,10 @@ impl Resolver {
                         let had_pod_name = !k.identity.k8s_pod_name.is_empty();
                         let now_named = self.resolve(&root, &dir);
                         let k = self.known.get_mut(&id).expect("just found");
-                        let downgrade = had_pod_name && now_named.k8s_pod_name.is_empty();
+                        let downgrade = (had_pod_name && now_named.k8s_pod_name.is_empty())
+                            || (is_launcher(&now_named.service_name)
+                                && !k.identity.service_name.is_empty()
+                                && !is_launcher(&k.identity.service_name));
                         if !now_named.service_name.is_empty()
                             && !downgrade
                             && now_named != *k.identity
@@ -321,6 +331,13 @@ fn resolve_path(root: &Path, dir: &Path, meta: Option<&MetaStore>) -> Identity {
     Identity::from_kind(&kind, process.as_deref())
 }
 
+/// Command names of the programs that start a container's main process (runc's init stages,
+/// `ip netns exec`, a shell's `exec`): a walk that found one of them at work named the workload
+/// too early, and the first process seen making a request names it instead.
+fn is_launcher(comm: &str) -> bool {
+    matches!(comm, "ip" | "sh" | "runc" | "crun" | "conmon" | "exe") || comm.starts_with("runc:[")
+}
+
 /// The command name of the first process of a cgroup (its main process, in a container).
 fn process_name(dir: &Path) -> Option<String> {
     let procs = fs::read_to_string(dir.join("cgroup.procs")).ok()?;
@@ -359,6 +376,40 @@ mod tests {
         );
         use procfs::FromRead;
         assert!(procfs::process::MountInfos::from_read("garbage\n - \n1 2 3".as_bytes()).is_err());
+    }
+
+    /// A walk that found a container's launcher at work (a shell about to exec the program)
+    /// named it after the launcher; the first process seen making a request names it, and the
+    /// next walk finding the launcher again does not take the name back.
+    #[test]
+    fn a_container_named_after_its_launcher_takes_its_programs_name() {
+        let dir = std::env::temp_dir().join(format!("observer-launcher-{}", std::process::id()));
+        let ctr = dir.join("kubepods/besteffort/pod6b1e3a5c-9f0d-4c1e-8a2b-3c4d5e6f7a8b/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+        fs::create_dir_all(&ctr).unwrap();
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 5; :"])
+            .spawn()
+            .unwrap();
+        fs::write(ctr.join("cgroup.procs"), format!("{}\n", sh.id())).unwrap();
+        let mut r = Resolver::new(CgroupFs::at(dir.clone()));
+        r.rescan();
+        let id = fs::metadata(&ctr).unwrap().ino();
+        assert_eq!(r.identity(id).service_name, "sh");
+        let me = procfs::process::Process::myself()
+            .unwrap()
+            .stat()
+            .unwrap()
+            .comm;
+        assert_eq!(r.identity_hinted(id, std::process::id()).service_name, me);
+        r.rescan();
+        assert_eq!(
+            r.identity(id).service_name,
+            me,
+            "the walk keeps the program's name"
+        );
+        let _ = sh.kill();
+        let _ = sh.wait();
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
