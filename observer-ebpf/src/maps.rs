@@ -8,8 +8,8 @@ use aya_ebpf::{
     Global,
 };
 use observer_common::{
-    ConnInfo, KernelOffsets, L7Conn, L7Data, L7Event, LifecycleOffsets, SyscallEntry, SyscallErrKey,
-    SyscallKey, SyscallStats, TcpEdgeKey, TcpEdgeStats, TcpStats, LOST_COUNTERS,
+    ConnInfo, KernelOffsets, L7Conn, L7Data, L7Event, LifecycleOffsets, SyscallEntry,
+    SyscallErrKey, SyscallKey, SyscallStats, TcpEdgeKey, TcpEdgeStats, TcpStats, LOST_COUNTERS,
     MAX_CGROUP_FILTERS, SYSCALL_SLOTS,
 };
 

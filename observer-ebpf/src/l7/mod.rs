@@ -475,7 +475,11 @@ fn claim(sk: u64, proto: u8, d: Detected, send: bool) -> Option<*mut L7Conn> {
         };
         // A stream protocol's user space holds its pending messages: the socket's end must
         // reach it.
-        (*st).flags = if is_stream(proto) { L7_F_OPEN_AT_USER } else { 0 };
+        (*st).flags = if is_stream(proto) {
+            L7_F_OPEN_AT_USER
+        } else {
+            0
+        };
         (*st)._pad = 0;
         (*st).req_snip = 0;
         (*st)._pad2 = [0; 3];

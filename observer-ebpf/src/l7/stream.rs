@@ -8,12 +8,11 @@
 //! requests; the pairing, the timing of each message and everything the protocol says are
 //! user space's, which sees every call of the connection in order.
 
+use aya_ebpf::helpers::generated::bpf_probe_read_user;
 use observer_common::{
     L7Conn, L7Data, L7Event, L7_DATA_MAX, L7_EVENT_HEADER, L7_EVF_SEND, L7_EV_DATA,
     LOST_L7_RINGBUF_FULL, LOST_L7_USER_READ,
 };
-use aya_ebpf::helpers::generated::bpf_probe_read_user;
-
 
 use super::{tgid, wakeup, Call, Io};
 use crate::maps::{count_lost, L7_DATA_SCRATCH, L7_EVENTS};
