@@ -149,6 +149,23 @@ fn per_op(s: &[Sample], family: &str, pod: &Pod, extra: &[(&str, &str)]) -> BTre
     m
 }
 
+/// Scrapes until a pod's operations per name in `family` are `want`; asserts they are.
+fn until_ops(
+    obs: &Observer,
+    family: &str,
+    pod: &Pod,
+    want: &BTreeMap<String, u64>,
+    what: &str,
+) -> Vec<Sample> {
+    let samples = obs
+        .scrape_until(Duration::from_secs(15), |x| {
+            per_op(x, family, pod, &[]) == *want
+        })
+        .unwrap();
+    assert_eq!(&per_op(&samples, family, pod, &[]), want, "{what}");
+    samples
+}
+
 struct Setup {
     dir: TempDir,
     _bridge: Bridge,
@@ -254,31 +271,11 @@ fn redis_benchmark_pipelined_counts_equal_the_servers_commandstats() {
     // The client pod made everything the server counted but the first INFO (the test's).
     let mut want_client = server.clone();
     want_client.remove("INFO");
-    let samples = s
-        .obs
-        .scrape_until(Duration::from_secs(15), |x| {
-            per_op(x, CLIENT, &s.client, &[]) == want_client
-        })
-        .unwrap();
-    assert_eq!(
-        per_op(&samples, CLIENT, &s.client, &[]),
-        want_client,
-        "client side"
-    );
+    until_ops(&s.obs, CLIENT, &s.client, &want_client, "client side");
     // The server pod answered all of it, and both INFO calls of the test.
     let mut want_server = server.clone();
     *want_server.entry("INFO".into()).or_default() += 1;
-    let samples = s
-        .obs
-        .scrape_until(Duration::from_secs(15), |x| {
-            per_op(x, SERVER, &s.server, &[]) == want_server
-        })
-        .unwrap();
-    assert_eq!(
-        per_op(&samples, SERVER, &s.server, &[]),
-        want_server,
-        "server side"
-    );
+    let samples = until_ops(&s.obs, SERVER, &s.server, &want_server, "server side");
     // None failed, and nothing was left unparsed.
     let failed: f64 = matching(&samples, CLIENT, &[("k8s_pod_uid", s.client.uid.as_str())])
         .filter(|x| {
@@ -359,17 +356,7 @@ fn a_raw_client_pipelines_transactions_errors_and_pub_sub() {
         "errors: the client's against errorstats"
     );
     assert_eq!(tally_errors, BTreeMap::from([("WRONGTYPE".to_string(), 1)]));
-    let samples = s
-        .obs
-        .scrape_until(Duration::from_secs(15), |x| {
-            per_op(x, CLIENT, &s.client, &[]) == tally
-        })
-        .unwrap();
-    assert_eq!(
-        per_op(&samples, CLIENT, &s.client, &[]),
-        tally,
-        "client side"
-    );
+    let samples = until_ops(&s.obs, CLIENT, &s.client, &tally, "client side");
     assert_eq!(
         per_op(
             &samples,
@@ -397,13 +384,7 @@ fn a_connection_from_before_the_observer_counts_and_a_slow_command_lands_in_its_
     });
     std::fs::write(&*go.borrow(), "").unwrap();
     let want = BTreeMap::from([("PING".to_string(), 1), ("DEBUG".to_string(), 1)]);
-    let samples = s
-        .obs
-        .scrape_until(Duration::from_secs(15), |x| {
-            per_op(x, CLIENT, &s.client, &[]) == want
-        })
-        .unwrap();
-    assert_eq!(per_op(&samples, CLIENT, &s.client, &[]), want);
+    let samples = until_ops(&s.obs, CLIENT, &s.client, &want, "operations");
     let bucket = |le: &str| -> u64 {
         matching(
             &samples,
