@@ -78,9 +78,6 @@ struct Known {
     resolved: bool,
     /// The cgroup directory, once a walk found it.
     dir: Option<PathBuf>,
-    /// The last process whose name was read for a hint: a process that gave none (a launcher,
-    /// or gone) is not read again on its every request.
-    hinted_tgid: u32,
 }
 
 /// Maps cgroup ids to identities, with a cache refreshed by walking the hierarchy.
@@ -154,7 +151,6 @@ impl Resolver {
             gone_since: Some(Instant::now()),
             resolved: false,
             dir: None,
-            hinted_tgid: 0,
         };
         self.known.insert(id, known);
         identity
@@ -171,11 +167,6 @@ impl Resolver {
             || (ident.k8s_pod_name.is_empty() && is_launcher(&ident.service_name));
         if !unnamed || ident.k8s_pod_uid.is_empty() || tgid == 0 {
             return ident;
-        }
-        match self.known.get_mut(&id) {
-            Some(k) if k.hinted_tgid == tgid => return ident,
-            Some(k) => k.hinted_tgid = tgid,
-            None => {}
         }
         let stat = procfs::process::Process::new(tgid as i32).and_then(|p| p.stat());
         let Ok(stat) = stat else {
@@ -253,7 +244,6 @@ impl Resolver {
                             gone_since: None,
                             resolved: true,
                             dir: Some(dir.clone()),
-                            hinted_tgid: 0,
                         },
                     );
                 }
