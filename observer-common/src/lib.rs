@@ -79,6 +79,12 @@ pub const L7_UNDECIDED: u8 = 0;
 pub const L7_HTTP1: u8 = 1;
 /// Redis (RESP2 and RESP3), a stream protocol.
 pub const L7_REDIS: u8 = 2;
+/// PostgreSQL (frontend/backend protocol v3), a stream protocol.
+pub const L7_POSTGRES: u8 = 3;
+/// MySQL and MariaDB (client/server protocol), a stream protocol.
+pub const L7_MYSQL: u8 = 4;
+/// Memcached (text protocol), a stream protocol.
+pub const L7_MEMCACHED: u8 = 5;
 /// No registered protocol matched the connection's first bytes.
 pub const L7_NONE: u8 = 255;
 

@@ -27,7 +27,7 @@ pub struct Args {
         long,
         env = "OBSERVER_PROBES",
         value_delimiter = ',',
-        default_value = "syscalls,tcp,http,redis,lifecycle"
+        default_value = "syscalls,tcp,http,redis,postgresql,mysql,memcached,lifecycle"
     )]
     pub probes: Vec<ProbeKind>,
 
@@ -139,6 +139,12 @@ pub enum ProbeKind {
     Http,
     /// Redis commands (RESP2/RESP3), client and server side: rate, errors, duration.
     Redis,
+    /// PostgreSQL statements (protocol v3, plaintext), client and server side.
+    Postgresql,
+    /// MySQL and MariaDB commands (client/server protocol, plaintext), client and server side.
+    Mysql,
+    /// Memcached commands (text protocol), client and server side.
+    Memcached,
     /// OOM kills and exits of main processes (exit code or signal), per container.
     Lifecycle,
     /// Empty programs on syscall entry and exit: the benchmark's cost floor.
@@ -156,6 +162,9 @@ impl ProbeKind {
         match self {
             ProbeKind::Http => Some("http"),
             ProbeKind::Redis => Some("redis"),
+            ProbeKind::Postgresql => Some("postgresql"),
+            ProbeKind::Mysql => Some("mysql"),
+            ProbeKind::Memcached => Some("memcached"),
             _ => None,
         }
     }
@@ -365,7 +374,7 @@ mod tests {
         assert!(c.syscalls && c.tcp && c.lifecycle);
         assert_eq!(
             c.l7.iter().map(|s| s.name).collect::<Vec<_>>(),
-            ["http", "redis"]
+            ["http", "redis", "postgresql", "mysql", "memcached"]
         );
         assert_eq!(c.apdex_threshold, 0.5);
         assert_eq!(c.http_request_timeout, Duration::from_secs(30));

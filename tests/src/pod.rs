@@ -173,6 +173,11 @@ impl Pod {
         Ok(out)
     }
 
+    /// Runs a process inside the pod to completion, whatever its exit status.
+    pub fn output(&self, program: &str, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(self.command(program, args).stdin(Stdio::null()).output()?)
+    }
+
     /// Runs a Python script inside the pod; returns its stdout.
     pub fn python(&self, script: &str, args: &[&str]) -> anyhow::Result<String> {
         let mut a = vec!["-c", script];

@@ -17,6 +17,9 @@ pub fn every_default_probe_is_up(s: &[Sample]) {
     for p in [
         "http",
         "redis",
+        "postgresql",
+        "mysql",
+        "memcached",
         "lifecycle",
         "syscalls",
         "tcp_bytes",

@@ -114,8 +114,12 @@ fn expected_hook(probe: &str, raw: bool) -> &'static str {
     let tracepoint_or_raw = if raw { "raw_tp" } else { "tp_btf" };
     match probe {
         "syscalls" | "tcp_connections" | "tcp_retransmits" | "lifecycle" => tracepoint_or_raw,
-        "tcp_bytes" | "http" | "redis" if kernel_version() < (6, 3) => "fexit",
-        "tcp_bytes" | "http" | "redis" => tracepoint_or_raw,
+        "tcp_bytes" | "http" | "redis" | "postgresql" | "mysql" | "memcached"
+            if kernel_version() < (6, 3) =>
+        {
+            "fexit"
+        }
+        "tcp_bytes" | "http" | "redis" | "postgresql" | "mysql" | "memcached" => tracepoint_or_raw,
         other => panic!("no expected hook for probe {other}"),
     }
 }
@@ -714,7 +718,7 @@ fn no_probe_needs_tracefs() {
     let obs = obs.unwrap();
     let s = obs.scrape().unwrap();
     let probes: Vec<&Sample> = s.iter().filter(|x| x.name == "observer_probe_up").collect();
-    assert_eq!(probes.len(), 7, "{probes:?}");
+    assert_eq!(probes.len(), 8, "{probes:?}");
     for p in probes {
         assert_eq!(p.value, 1.0, "{:?}", p.labels);
         assert_ne!(p.labels["hook"], "tracepoint", "{:?}", p.labels);

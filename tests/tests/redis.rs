@@ -317,7 +317,21 @@ fn redis_benchmark_pipelined_counts_equal_the_servers_commandstats() {
         .obs
         .scrape_until(Duration::from_secs(15), |x| edges(x) == want_edges)
         .unwrap();
-    assert_eq!(edges(&samples), want_edges, "service graph edges");
+    let names: Vec<String> = matching(&samples, CLIENT, &[("k8s_pod_uid", s.client.uid.as_str())])
+        .map(|x| x.labels["service_name"].clone())
+        .collect();
+    let all: Vec<String> = matching(
+        &samples,
+        "traces_service_graph_request_total",
+        &[("connection_type", "database")],
+    )
+    .map(|e| format!("{:?}={}", e.labels, e.value))
+    .collect();
+    assert_eq!(
+        edges(&samples),
+        want_edges,
+        "service graph edges; the client pod is named {names:?}; every database edge: {all:?}"
+    );
     s.obs.stop().unwrap();
 }
 

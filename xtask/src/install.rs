@@ -101,6 +101,26 @@ const PACKAGES: &[(Scope, &str, &str)] = &[
     ),
     (
         Scope::Test,
+        "postgresql",
+        "PostgreSQL server with pg_stat_statements, psql and pgbench (the PostgreSQL tests)",
+    ),
+    (
+        Scope::Test,
+        "mariadb-server",
+        "MariaDB server (the MySQL tests)",
+    ),
+    (
+        Scope::Test,
+        "mariadb-client",
+        "mariadb and mysqlslap (the MySQL tests)",
+    ),
+    (
+        Scope::Test,
+        "python3-pymysql",
+        "PyMySQL, the Python client of the MySQL tests",
+    ),
+    (
+        Scope::Test,
         "redis-server",
         "Redis server, redis-cli and redis-benchmark (the Redis tests)",
     ),

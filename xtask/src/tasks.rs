@@ -147,6 +147,16 @@ fn fuzz() -> Result<()> {
             "observer/tests/redis-seeds",
             "fuzz/redis.dict",
         ),
+        (
+            "pg_parse",
+            "observer/tests/postgres-seeds",
+            "fuzz/postgres.dict",
+        ),
+        (
+            "mysql_parse",
+            "observer/tests/mysql-seeds",
+            "fuzz/mysql.dict",
+        ),
     ];
     for (target, seeds, dict) in targets {
         let corpus =

@@ -18,6 +18,9 @@
 //! [`frame`], and its id in `observer-common`.
 
 pub mod http1;
+pub mod memcached;
+pub mod mysql;
+pub mod postgres;
 pub mod redis;
 pub mod stream;
 
@@ -30,9 +33,9 @@ use aya_ebpf::{
 };
 use observer_common::{
     ConnInfo, L7Conn, L7Dir, L7Event, DIR_UNKNOWN, L7_EVENT_HEADER, L7_EV_CLOSE, L7_EV_REQUEST,
-    L7_F_OPEN_AT_USER, L7_HTTP1, L7_NONE, L7_REDIS, L7_REQ_MAX, L7_RESP_MAX, L7_UNDECIDED,
-    LOST_L7_CONN_MAP_FULL, LOST_L7_RINGBUF_FULL, LOST_L7_USER_READ, SYSCALL_SLOTS,
-    WORK_ENTRY_SLOTS, WORK_TASK_REGS,
+    L7_F_OPEN_AT_USER, L7_HTTP1, L7_MEMCACHED, L7_MYSQL, L7_NONE, L7_POSTGRES, L7_REDIS,
+    L7_REQ_MAX, L7_RESP_MAX, L7_UNDECIDED, LOST_L7_CONN_MAP_FULL, LOST_L7_RINGBUF_FULL,
+    LOST_L7_USER_READ, SYSCALL_SLOTS, WORK_ENTRY_SLOTS, WORK_TASK_REGS,
 };
 
 use crate::{
@@ -307,9 +310,10 @@ pub enum Detected {
     Response,
 }
 
-/// Runs every enabled detector on the first `n` bytes of a call: the protocol and its verdict.
+/// Runs every enabled detector on the first `n` bytes of a call of `ret` bytes: the protocol
+/// and its verdict.
 #[inline(always)]
-fn detect(head: *const L7Event, n: u32) -> (u8, Detected) {
+fn detect(head: *const L7Event, n: u32, ret: u32) -> (u8, Detected) {
     let enabled = L7_PROTOCOLS.load();
     if enabled & (1 << L7_HTTP1) != 0 {
         let d = http1::detect(head, n);
@@ -323,13 +327,32 @@ fn detect(head: *const L7Event, n: u32) -> (u8, Detected) {
             return (L7_REDIS, d);
         }
     }
+    if enabled & (1 << L7_POSTGRES) != 0 {
+        let d = postgres::detect(head, n);
+        if d != Detected::No {
+            return (L7_POSTGRES, d);
+        }
+    }
+    // After PostgreSQL: a `Q` message whose length's low byte is 3 reads as a MySQL query.
+    if enabled & (1 << L7_MYSQL) != 0 {
+        let d = mysql::detect(head, n, ret);
+        if d != Detected::No {
+            return (L7_MYSQL, d);
+        }
+    }
+    if enabled & (1 << L7_MEMCACHED) != 0 {
+        let d = memcached::detect(head, n);
+        if d != Detected::No {
+            return (L7_MEMCACHED, d);
+        }
+    }
     (L7_NONE, Detected::No)
 }
 
 /// Protocols framed in user space (see [`stream`]).
 #[inline(always)]
 fn is_stream(proto: u8) -> bool {
-    proto == L7_REDIS
+    matches!(proto, L7_REDIS | L7_POSTGRES | L7_MYSQL | L7_MEMCACHED)
 }
 
 /// Hands a call of a claimed connection to its protocol's framer.
@@ -338,7 +361,7 @@ fn frame(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
     // SAFETY: map value pointer checked by the verifier.
     match unsafe { (*st).proto } {
         L7_HTTP1 => http1::on_call(st, call, head, n),
-        L7_REDIS => stream::on_call(st, call),
+        L7_REDIS | L7_POSTGRES | L7_MYSQL | L7_MEMCACHED => stream::on_call(st, call),
         _ => {}
     }
 }
@@ -413,7 +436,7 @@ pub fn on_io(sk: u64, sock: Sock, ret: u32, send: bool, now: u64) {
         return;
     }
     let n = call.read_head(head);
-    let (proto, d) = detect(head, n);
+    let (proto, d) = detect(head, n, call.ret);
     if d == Detected::No {
         if let Some(c) = conn {
             // SAFETY: map value pointer checked by the verifier.

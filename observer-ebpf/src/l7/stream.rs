@@ -3,14 +3,15 @@
 //! a hundred commands in one write) and a message's length sits in its own header.
 //!
 //! Each call of a claimed connection sends one `DATA` record: when the call began and ended,
-//! its direction and byte count, and its first [`L7_DATA_MAX`] bytes. That is at most one
+//! its direction and byte count, the calling task's command name (in `prev`, which a `DATA`
+//! record has no other use for), and its first [`L7_DATA_MAX`] bytes. That is at most one
 //! record per call, and a call carries at least one message, so never more records than
 //! requests; the pairing, the timing of each message and everything the protocol says are
 //! user space's, which sees every call of the connection in order.
 
-use aya_ebpf::helpers::generated::bpf_probe_read_user;
+use aya_ebpf::helpers::{bpf_get_current_comm, generated::bpf_probe_read_user};
 use observer_common::{
-    L7Conn, L7Data, L7Event, L7_DATA_MAX, L7_EVENT_HEADER, L7_EVF_SEND, L7_EV_DATA,
+    L7Conn, L7Data, L7Dir, L7Event, L7_DATA_MAX, L7_EVENT_HEADER, L7_EVF_SEND, L7_EV_DATA,
     LOST_L7_RINGBUF_FULL, LOST_L7_USER_READ,
 };
 
@@ -39,7 +40,18 @@ pub fn on_call(st: *mut L7Conn, call: &Call) {
         (*ev).cgroup_id = (*st).cgroup_id;
         (*ev).ts_ns = call.now;
         (*ev).req_ts = call.start;
-        (*ev).prev = Default::default();
+        // The caller's command name, for user space to name a pod whose process may be gone
+        // by the time the record is read (a short-lived client).
+        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).prev = L7Dir {
+            bytes: u64::from_ne_bytes([
+                comm[0], comm[1], comm[2], comm[3], comm[4], comm[5], comm[6], comm[7],
+            ]),
+            last_ns: u64::from_ne_bytes([
+                comm[8], comm[9], comm[10], comm[11], comm[12], comm[13], comm[14], comm[15],
+            ]),
+            tail: [0; 8],
+        };
         (*ev).peer = (*st).peer;
         (*ev).resp_len = call.ret;
         (*ev).req_len = 0;

@@ -159,8 +159,14 @@ impl Resolver {
     /// Like [`Resolver::identity`], with a process of the cgroup that was just seen at work: a
     /// pod whose main process had not started (or had already exited) when the hierarchy was
     /// walked has no service name yet, or only its launcher's; the process's command name gives
-    /// it one (and a later walk finding the launcher again does not take it back).
-    pub fn identity_hinted(&mut self, id: u64, tgid: u32) -> Arc<Identity> {
+    /// it one (and a later walk finding the launcher again does not take it back). `comm` gives
+    /// the name the kernel saw with the request, if it did: the process may be gone already.
+    pub fn identity_hinted(
+        &mut self,
+        id: u64,
+        tgid: u32,
+        comm: impl FnOnce() -> Option<String>,
+    ) -> Arc<Identity> {
         let ident = self.identity(id);
         // Named after a launcher only without metadata (metadata's names are the pod's own).
         let unnamed = ident.service_name.is_empty()
@@ -168,15 +174,21 @@ impl Resolver {
         if !unnamed || ident.k8s_pod_uid.is_empty() || tgid == 0 {
             return ident;
         }
-        let stat = procfs::process::Process::new(tgid as i32).and_then(|p| p.stat());
-        let Ok(stat) = stat else {
-            return ident;
+        let name = match comm() {
+            Some(c) => c,
+            None => {
+                let stat = procfs::process::Process::new(tgid as i32).and_then(|p| p.stat());
+                let Ok(stat) = stat else {
+                    return ident;
+                };
+                stat.comm
+            }
         };
-        if is_launcher(&stat.comm) || stat.comm == ident.service_name {
+        if is_launcher(&name) || name == ident.service_name {
             return ident;
         }
         let named = Arc::new(Identity {
-            service_name: stat.comm,
+            service_name: name,
             ..(*ident).clone()
         });
         if let Some(k) = self.known.get_mut(&id) {
@@ -400,7 +412,11 @@ mod tests {
             .stat()
             .unwrap()
             .comm;
-        assert_eq!(r.identity_hinted(id, std::process::id()).service_name, me);
+        assert_eq!(
+            r.identity_hinted(id, std::process::id(), || None)
+                .service_name,
+            me
+        );
         r.rescan();
         assert_eq!(
             r.identity(id).service_name,
@@ -409,6 +425,20 @@ mod tests {
         );
         let _ = sh.kill();
         let _ = sh.wait();
+        // A pod whose only process made its requests and exited before they were recorded (no
+        // process in its cgroup at the walk, none in /proc): the kernel's name for it names it.
+        let gone = dir.join("kubepods/besteffort/pod0a1b2c3d-9f0d-4c1e-8a2b-3c4d5e6f7a8b/fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210");
+        fs::create_dir_all(&gone).unwrap();
+        r.rescan();
+        let id = fs::metadata(&gone).unwrap().ino();
+        assert_eq!(r.identity(id).service_name, "");
+        let dead = sh.id();
+        assert_eq!(r.identity_hinted(id, dead, || None).service_name, "");
+        assert_eq!(
+            r.identity_hinted(id, dead, || Some("short-lived".into()))
+                .service_name,
+            "short-lived"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

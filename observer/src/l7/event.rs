@@ -35,6 +35,16 @@ pub struct Data<'a> {
     pub len: u32,
     pub offset: u32,
     pub bytes: &'a [u8],
+    /// The calling task's command name (NUL-padded; all zero: unknown).
+    pub comm: [u8; 16],
+}
+
+/// A `DATA` record carries the caller's command name in its `prev` field.
+fn comm_of(prev: &L7Dir) -> [u8; 16] {
+    let mut c = [0; 16];
+    c[..8].copy_from_slice(&prev.bytes.to_ne_bytes());
+    c[8..].copy_from_slice(&prev.last_ns.to_ne_bytes());
+    c
 }
 
 /// One record of the L7 ring.
@@ -119,6 +129,7 @@ impl<'a> Event<'a> {
                     len: h.resp_len,
                     offset: h.req_len,
                     bytes: &data[..n],
+                    comm: comm_of(&h.prev),
                 }),
             });
         }
@@ -187,7 +198,14 @@ pub fn record(e: &Event<'_>) -> Vec<u8> {
             Some(d) => d.start_ns,
             None => e.request.map_or(0, |p| p.ts_ns),
         },
-        prev: e.prev,
+        prev: match e.data {
+            Some(d) => L7Dir {
+                bytes: u64::from_ne_bytes(d.comm[..8].try_into().expect("8 bytes")),
+                last_ns: u64::from_ne_bytes(d.comm[8..].try_into().expect("8 bytes")),
+                tail: [0; 8],
+            },
+            None => e.prev,
+        },
         peer: L7Peer {
             family,
             port: e.peer_port,

@@ -11,7 +11,12 @@
 pub mod cap;
 pub mod event;
 pub mod http1;
+pub mod memcached;
+pub mod mysql;
+pub mod postgres;
 pub mod redis;
+pub mod sql;
+pub mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -178,11 +183,20 @@ pub fn registry(settings: &Settings) -> Vec<Box<dyn Protocol>> {
     vec![
         Box::new(http1::Http1::new(settings)),
         Box::new(redis::Redis::new(settings)),
+        Box::new(postgres::Postgres::new(settings)),
+        Box::new(mysql::Mysql::new(settings)),
+        Box::new(memcached::Memcached::new(settings)),
     ]
 }
 
 /// The specs of every known protocol.
-pub const SPECS: &[&Spec] = &[&http1::SPEC, &redis::SPEC];
+pub const SPECS: &[&Spec] = &[
+    &http1::SPEC,
+    &redis::SPEC,
+    &postgres::SPEC,
+    &mysql::SPEC,
+    &memcached::SPEC,
+];
 
 /// The spec of a probe name (`--probes`).
 pub fn spec_by_name(name: &str) -> Option<&'static Spec> {

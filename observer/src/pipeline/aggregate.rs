@@ -230,12 +230,19 @@ impl Pipeline {
     }
 
     /// Records finished requests (at most one hierarchy walk per batch for new cgroups).
-    pub fn record_requests(&mut self, requests: &[Request], now_ns: u64) {
+    pub fn record_requests(
+        &mut self,
+        requests: &[Request],
+        now_ns: u64,
+        comms: &super::capture::Comms,
+    ) {
         self.resolver.begin_round();
         let live = self.live.has_subscribers();
         let wall = std::time::SystemTime::now();
         for r in requests {
-            let id = self.resolver.identity_hinted(r.cgroup_id, r.tgid);
+            let id = self
+                .resolver
+                .identity_hinted(r.cgroup_id, r.tgid, || comms.get(r.cgroup_id, r.tgid));
             self.peers.learn(r.cgroup_id, &id, r.tgid);
             let target = self.requests.record(r, &id, now_ns);
             if live {
@@ -311,7 +318,7 @@ impl Pipeline {
     /// The identity of a cgroup an event just came from (walks the hierarchy for a new one).
     pub fn identity_now(&mut self, cgroup_id: u64, tgid: u32) -> Arc<Identity> {
         self.resolver.begin_round();
-        self.resolver.identity_hinted(cgroup_id, tgid)
+        self.resolver.identity_hinted(cgroup_id, tgid, || None)
     }
 
     /// The kernel side's lost-record counters, summed over the CPUs (cheap: one lookup each).

@@ -56,6 +56,39 @@ pub struct Dispatch {
     /// Protocol id → index in `protocols`.
     by_id: [Option<u8>; 256],
     malformed: u64,
+    pub comms: Comms,
+}
+
+/// The command names the kernel gave with `DATA` records, per (cgroup, process): a pod whose
+/// process has exited by the time its requests are recorded (a short-lived client) is named
+/// from them instead of `/proc`. Bounded; a run of records of one process costs one compare.
+#[derive(Debug, Default)]
+pub struct Comms {
+    map: std::collections::HashMap<(u64, u32), [u8; 16], foldhash::fast::RandomState>,
+    last: (u64, u32, [u8; 16]),
+}
+
+/// Processes whose names are kept at most (the map starts over when full).
+const MAX_COMMS: usize = 16384;
+
+impl Comms {
+    pub fn learn(&mut self, cgroup_id: u64, tgid: u32, comm: [u8; 16]) {
+        if comm[0] == 0 || self.last == (cgroup_id, tgid, comm) {
+            return;
+        }
+        self.last = (cgroup_id, tgid, comm);
+        if self.map.len() >= MAX_COMMS {
+            self.map.clear();
+        }
+        self.map.insert((cgroup_id, tgid), comm);
+    }
+
+    /// The command name of a process of a cgroup, if a record gave it.
+    pub fn get(&self, cgroup_id: u64, tgid: u32) -> Option<String> {
+        let c = self.map.get(&(cgroup_id, tgid))?;
+        let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+        Some(String::from_utf8_lossy(&c[..end]).into_owned())
+    }
 }
 
 impl Dispatch {
@@ -68,6 +101,7 @@ impl Dispatch {
             protocols,
             by_id,
             malformed: 0,
+            comms: Comms::default(),
         }
     }
 
@@ -77,6 +111,9 @@ impl Dispatch {
             self.malformed += 1;
             return;
         };
+        if let Some(d) = &ev.data {
+            self.comms.learn(ev.cgroup_id, ev.tgid, d.comm);
+        }
         match self.by_id[usize::from(ev.proto)] {
             Some(i) => self.protocols[usize::from(i)].on_event(&ev, out),
             None => self.malformed += 1,
@@ -131,7 +168,7 @@ impl L7Reader {
         }
         let mut p = self.pipeline.lock().unwrap_or_else(|e| e.into_inner());
         if !self.out.is_empty() {
-            p.record_requests(&self.out, monotonic_ns());
+            p.record_requests(&self.out, monotonic_ns(), &self.dispatch.comms);
             self.out.clear();
         }
         if health {

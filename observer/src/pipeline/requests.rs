@@ -247,6 +247,16 @@ impl RequestAgg {
         v
     }
 
+    /// The target a request is counted under: its own while the service has fewer distinct ones
+    /// than the cap (per protocol, both sides together), else the overflow value.
+    fn admit(&mut self, spec: &'static Spec, service: &str, target: &Arc<str>) -> Arc<str> {
+        let cap_per = self.settings.target_cap;
+        self.targets
+            .entry(spec)
+            .or_insert_with(|| TargetCap::new(cap_per))
+            .admit(service, target)
+    }
+
     /// Records one request of a cgroup whose identity is `id`; `now_ns` is the kernel clock.
     /// Returns the target it was counted under (capped on the server side).
     pub fn record(&mut self, r: &Request, id: &Identity, now_ns: u64) -> Arc<str> {
@@ -257,12 +267,7 @@ impl RequestAgg {
         let failed = r.failed();
         match r.side {
             Side::Server => {
-                let cap_per = self.settings.target_cap;
-                let target = self
-                    .targets
-                    .entry(spec)
-                    .or_insert_with(|| TargetCap::new(cap_per))
-                    .admit(&id.service_name, &r.target);
+                let target = self.admit(spec, &id.service_name, &r.target);
                 let key = ServerKey {
                     protocol: spec,
                     operation: r.operation,
@@ -311,7 +316,9 @@ impl RequestAgg {
                     protocol: spec,
                     operation: r.operation,
                     status: r.status.clone(),
-                    target: spec.client_target_label.map(|_| r.target.clone()),
+                    target: spec
+                        .client_target_label
+                        .map(|_| self.admit(spec, &id.service_name, &r.target)),
                     server_address: r.peer,
                     server_port: r.peer_port,
                     error_type: r.error_type,

@@ -67,7 +67,10 @@ const CLOCK_TICKS: f64 = 100.0;
 const SETUPS: [(&str, Option<&str>); NSETUPS] = [
     ("none", None),
     ("empty-hooks", Some("empty-hooks")),
-    ("observer", Some("syscalls,tcp,http,redis,lifecycle")),
+    (
+        "observer",
+        Some("syscalls,tcp,http,redis,postgresql,mysql,memcached,lifecycle"),
+    ),
     // The foundation's own scope (syscalls and TCP, without HTTP).
     ("syscalls,tcp", Some("syscalls,tcp")),
     // Each probe alone, for the cost per probe.

@@ -19,7 +19,11 @@ use std::{
 
 use observer_common::L7_REDIS;
 
-use super::{event::Kind, ConnTable, Event, Protocol, Request, Settings, Side, Spec, Status};
+use super::{
+    event::Kind,
+    stream::{CallPos, Calls, Input},
+    ConnTable, Event, Protocol, Request, Settings, Side, Spec, Status,
+};
 use resp::{Broken, Message, Stream};
 
 /// Redis as the exporters see it: OpenTelemetry's database client family.
@@ -66,17 +70,6 @@ struct Pending {
     tgid: u32,
 }
 
-/// Where a direction's current call stands: its length, the bytes seen of it, its times and
-/// process.
-#[derive(Debug, Default, Clone, Copy)]
-struct CallPos {
-    len: u32,
-    seen: u32,
-    start_ns: u64,
-    end_ns: u64,
-    tgid: u32,
-}
-
 #[derive(Debug)]
 struct Conn {
     side: Side,
@@ -86,7 +79,7 @@ struct Conn {
     commands: Stream,
     replies: Stream,
     /// The current call of each direction (commands, replies).
-    pos: [CallPos; 2],
+    calls: Calls,
     /// Whether each direction's lost framing was counted.
     counted: [bool; 2],
     pending: VecDeque<Pending>,
@@ -199,7 +192,7 @@ impl Redis {
             peer_port: ev.peer_port,
             commands: Stream::requests(),
             replies: Stream::replies(),
-            pos: [CallPos::default(); 2],
+            calls: Calls::default(),
             counted: [false; 2],
             pending: VecDeque::new(),
             subscribed: false,
@@ -207,58 +200,41 @@ impl Redis {
         });
         c.last_ns = d.end_ns;
         let commands = d.send == (c.side == Side::Client);
-        let dir = usize::from(!commands);
-        // The other direction's last call is over: what of it the kernel did not send is a gap.
-        self.settle(&mut c, 1 - dir, out);
-        if d.offset == 0 {
-            self.settle(&mut c, dir, out);
-            c.pos[dir] = CallPos {
-                len: d.len,
-                seen: 0,
-                start_ns: d.start_ns,
-                end_ns: d.end_ns,
-                tgid: ev.tgid,
-            };
-        } else if d.offset > c.pos[dir].seen {
-            // A piece of this call was lost (the ring was full).
-            let missing = u64::from(d.offset - c.pos[dir].seen);
-            c.pos[dir].seen = d.offset;
+        let mut calls = c.calls;
+        calls.record(usize::from(!commands), &d, ev.tgid, |dir, input, call| {
             let mut msgs = Vec::new();
-            stream(&mut c, dir).gap(missing, &mut |m| msgs.push(m));
-            self.handle(&mut c, dir, msgs, out);
-        }
-        let broken = c.commands.broken().is_some() || c.replies.broken().is_some();
-        if dir == 0 && broken && d.offset == 0 && starts_command(d.bytes) {
-            // Framing lost: start over at a call that starts a command. Whatever waited
-            // cannot be paired any more.
-            self.unparsed.lost_in_resync += c.pending.len() as u64;
-            c.pending.clear();
-            c.commands.reset();
-            c.replies.reset();
-            c.counted = [false; 2];
-        }
-        let mut msgs = Vec::new();
-        stream(&mut c, dir).feed(d.bytes, &mut |m| msgs.push(m));
-        c.pos[dir].seen = d.offset.saturating_add(d.bytes.len() as u32);
-        self.handle(&mut c, dir, msgs, out);
+            match input {
+                Input::Gap(n) => stream(&mut c, dir).gap(n, &mut |m| msgs.push(m)),
+                Input::Bytes(b) => {
+                    let broken = c.commands.broken().is_some() || c.replies.broken().is_some();
+                    let call_start = call.seen as usize == b.len();
+                    if dir == 0 && broken && call_start && starts_command(b) {
+                        // Framing lost: start over at a call that starts a command. Whatever
+                        // waited cannot be paired any more.
+                        self.unparsed.lost_in_resync += c.pending.len() as u64;
+                        c.pending.clear();
+                        c.commands.reset();
+                        c.replies.reset();
+                        c.counted = [false; 2];
+                    }
+                    stream(&mut c, dir).feed(b, &mut |m| msgs.push(m));
+                }
+            }
+            self.handle(&mut c, dir, call, msgs, out);
+        });
+        c.calls = calls;
         self.conns.insert(ev.sk, c);
     }
 
-    /// Ends a direction's last call: bytes of it the kernel did not send are a gap.
-    fn settle(&mut self, c: &mut Conn, dir: usize, out: &mut Vec<Request>) {
-        let p = c.pos[dir];
-        if p.seen >= p.len {
-            return;
-        }
-        c.pos[dir].seen = p.len;
-        let mut msgs = Vec::new();
-        stream(c, dir).gap(u64::from(p.len - p.seen), &mut |m| msgs.push(m));
-        self.handle(c, dir, msgs, out);
-    }
-
     /// The messages of direction `dir`'s current call.
-    fn handle(&mut self, c: &mut Conn, dir: usize, msgs: Vec<Message>, out: &mut Vec<Request>) {
-        let call = c.pos[dir];
+    fn handle(
+        &mut self,
+        c: &mut Conn,
+        dir: usize,
+        call: CallPos,
+        msgs: Vec<Message>,
+        out: &mut Vec<Request>,
+    ) {
         for m in msgs {
             match m {
                 Message::Command(name) => {

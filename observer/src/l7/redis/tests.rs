@@ -1,35 +1,12 @@
 //! The tracker on records built as the kernel builds them.
 
-use std::net::{IpAddr, Ipv4Addr};
-
-use observer_common::{L7Dir, L7_REDIS};
+use observer_common::L7_REDIS;
 
 use super::{resp::command, Redis, SPEC};
 use crate::l7::{
-    event::{record, Data, Event, Kind},
-    ConnTable, Protocol, Request, Settings, Side, Status,
+    stream::testing::{close, feed, piece, whole as whole_call, Live, NoConns, MS},
+    Protocol, Request, Settings, Side, Status,
 };
-
-const SK: u64 = 0xffff_8880_0000_1000;
-const MS: u64 = 1_000_000;
-
-struct NoConns;
-impl ConnTable for NoConns {
-    fn get(&self, _sk: u64) -> Option<observer_common::L7Conn> {
-        None
-    }
-    fn scan(&self, _f: &mut dyn FnMut(u64, &observer_common::L7Conn)) {}
-}
-
-/// Every socket still there.
-struct Live;
-impl ConnTable for Live {
-    fn get(&self, _sk: u64) -> Option<observer_common::L7Conn> {
-        // SAFETY: L7Conn is plain integers; all-zero is valid.
-        Some(unsafe { std::mem::zeroed() })
-    }
-    fn scan(&self, _f: &mut dyn FnMut(u64, &observer_common::L7Conn)) {}
-}
 
 fn tracker() -> Redis {
     Redis::new(&Settings {
@@ -48,39 +25,9 @@ fn call(
     offset: u32,
     bytes: &[u8],
 ) -> Vec<u8> {
-    record(&Event {
-        sk: SK,
-        cgroup_id: 7,
-        kind: Kind::Data,
-        proto: L7_REDIS,
-        side,
-        ts_ns: end * MS,
-        request: None,
-        response: None,
-        prev: L7Dir::default(),
-        peer: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
-        peer_port: 6379,
-        tgid: 42,
-        answered: false,
-        data: Some(Data {
-            send,
-            start_ns: start * MS,
-            end_ns: end * MS,
-            len,
-            offset,
-            bytes,
-        }),
-    })
+    piece(L7_REDIS, side, send, start, end, len, offset, bytes)
 }
 
-fn feed(t: &mut Redis, rec: &[u8]) -> Vec<Request> {
-    let ev = Event::parse(rec).expect("a valid record");
-    let mut out = Vec::new();
-    t.on_event(&ev, &mut out);
-    out
-}
-
-/// Sends `bytes` as one whole call.
 fn whole(
     t: &mut Redis,
     side: Side,
@@ -89,10 +36,7 @@ fn whole(
     end: u64,
     bytes: &[u8],
 ) -> Vec<Request> {
-    feed(
-        t,
-        &call(side, send, start, end, bytes.len() as u32, 0, bytes),
-    )
+    whole_call(t, side, send, start, end, bytes)
 }
 
 fn ops(r: &[Request]) -> Vec<(&'static str, String, u64)> {
@@ -259,22 +203,7 @@ fn hostile_bytes_and_the_end_of_a_connection() {
     let mut out = Vec::new();
     t.poll(100_000 * MS, &Live, &mut out);
     assert!(out.is_empty(), "blocking");
-    let close = record(&Event {
-        sk: SK,
-        cgroup_id: 7,
-        kind: Kind::Close,
-        proto: L7_REDIS,
-        side: Side::Client,
-        ts_ns: 200_000 * MS,
-        request: None,
-        response: None,
-        prev: L7Dir::default(),
-        peer: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
-        peer_port: 6379,
-        tgid: 42,
-        answered: false,
-        data: None,
-    });
+    let close = close(L7_REDIS, Side::Client, 200_000);
     let r = feed(&mut t, &close);
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].operation, "BLPOP");
