@@ -126,6 +126,21 @@ const PACKAGES: &[(Scope, &str, &str)] = &[
     ),
     (
         Scope::Test,
+        "memcached",
+        "Memcached server (the Memcached tests)",
+    ),
+    (
+        Scope::Test,
+        "libmemcached-tools",
+        "memcslap, the C load generator of the Memcached tests",
+    ),
+    (
+        Scope::Test,
+        "python3-pymemcache",
+        "pymemcache, the Python client of the Memcached tests",
+    ),
+    (
+        Scope::Test,
         "catatonit",
         "the init of podman pods' infra containers (the podman-pod tests)",
     ),

@@ -174,6 +174,24 @@ fn iov_at(iov: u64, i: u32) -> Option<(u64, u32)> {
 }
 
 impl Call {
+    /// The address of the call's `struct iovec` array (`readv`/`writev`, `recvmsg`/`sendmsg`).
+    #[inline(always)]
+    pub fn iovecs(&self) -> Option<u64> {
+        match self.io {
+            Io::Iovec => Some(self.arg),
+            Io::Msghdr => read_user(self.arg + MSGHDR_IOV),
+            Io::Buf | Io::None => None,
+        }
+    }
+
+    /// Segment `i` (> 0) of a vectored call: (address, length), its length cut at the call's
+    /// byte count `off` bytes in. Never read past the array: a call's segments before the one
+    /// where its byte count ends are all there.
+    #[inline(always)]
+    pub fn segment(&self, iov: u64, i: u32, off: u32) -> Option<(u64, u32)> {
+        iov_at(iov, i).map(|(b, l)| (b, min(l, self.ret.saturating_sub(off))))
+    }
+
     /// The first contiguous user segment of the call's data: (address, length).
     #[inline(always)]
     pub fn first_segment(&self) -> Option<(u64, u32)> {
@@ -302,16 +320,25 @@ pub fn continue_dir(d: &mut L7Dir, call: &Call, head: *const L7Event, n: u32) {
 
 /// What a detector says of a call's first bytes.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Detected {
-    No,
+    No = 0,
     /// The bytes start a request (the receiving end is the server).
-    Request,
+    Request = 1,
     /// The bytes start a response (the sending end is the server).
-    Response,
+    Response = 2,
 }
 
 /// Runs every enabled detector on the first `n` bytes of a call of `ret` bytes: the protocol
-/// and its verdict.
+/// and its verdict. A function of its own in the program (a BPF-to-BPF call once per undecided
+/// call): inlined, the detectors' branches made the compiler spill an uninitialised register in
+/// the socket I/O program, which the verifier refuses.
+#[inline(never)]
+fn detect_call(head: *const L7Event, n: u32, ret: u32) -> u32 {
+    let (p, d) = detect(head, n, ret);
+    (p as u32) << 8 | d as u32
+}
+
 #[inline(always)]
 fn detect(head: *const L7Event, n: u32, ret: u32) -> (u8, Detected) {
     let enabled = L7_PROTOCOLS.load();
@@ -436,7 +463,13 @@ pub fn on_io(sk: u64, sock: Sock, ret: u32, send: bool, now: u64) {
         return;
     }
     let n = call.read_head(head);
-    let (proto, d) = detect(head, n, call.ret);
+    let v = detect_call(head, n, call.ret);
+    let proto = (v >> 8) as u8;
+    let d = match v & 0xff {
+        1 => Detected::Request,
+        2 => Detected::Response,
+        _ => Detected::No,
+    };
     if d == Detected::No {
         if let Some(c) = conn {
             // SAFETY: map value pointer checked by the verifier.

@@ -24,6 +24,9 @@ const DATA_MASK: u32 = L7_DATA_MAX as u32 - 1;
 /// large value) has only its first bytes sent, the rest counted; user space skips a payload
 /// by its length and loses a connection's framing only when message headers fall beyond.
 const MAX_CHUNKS: u32 = 16;
+/// Segments of a vectored call (`writev`, `sendmsg`) followed at most; bytes in later ones are
+/// a gap user space sees.
+const MAX_SEGMENTS: u32 = 8;
 
 /// One call of a stream protocol's connection: its bytes in `DATA` records of up to
 /// [`DATA_MASK`] bytes each, in order; `req_len` is a record's offset in the call.
@@ -64,15 +67,36 @@ pub fn on_call(st: *mut L7Conn, call: &Call) {
         (*ev).resp_snip = 0;
         (*ev)._pad2 = 0;
     }
-    let (ptr, avail) = if call.io == Io::None {
+    let (mut ptr, mut avail) = if call.io == Io::None {
         (0, 0)
     } else {
         call.first_segment().unwrap_or((0, 0))
     };
+    // A vectored call's later segments follow (a server's reply header, value and trailer in
+    // three), while its bytes last.
+    let iov = call.iovecs().unwrap_or(0);
+    let mut seg = 0u32;
+    let mut seg_off = 0u32;
     let mut off = 0u32;
+    let mut records = 0u32;
     let mut i = 0u32;
-    while i < MAX_CHUNKS {
-        let left = avail.saturating_sub(off);
+    while i < MAX_CHUNKS + MAX_SEGMENTS {
+        i += 1;
+        if seg_off >= avail && off > 0 {
+            // This segment is sent: the next one, if the call's bytes go on.
+            if off >= call.ret || iov == 0 || seg + 1 >= MAX_SEGMENTS {
+                return;
+            }
+            seg += 1;
+            let Some((p, l)) = call.segment(iov, seg, off) else {
+                return;
+            };
+            ptr = p;
+            avail = l;
+            seg_off = 0;
+            continue;
+        }
+        let left = avail.saturating_sub(seg_off);
         let want = if left > DATA_MASK { DATA_MASK } else { left };
         let mut n = unsafe { core::ptr::read_volatile(&want) } & DATA_MASK;
         if n > 0 {
@@ -81,7 +105,7 @@ pub fn on_call(st: *mut L7Conn, call: &Call) {
                 bpf_probe_read_user(
                     (*rec).data.as_mut_ptr() as *mut _,
                     n,
-                    (ptr + off as u64) as *const _,
+                    (ptr + seg_off as u64) as *const _,
                 )
             };
             if r != 0 {
@@ -108,9 +132,10 @@ pub fn on_call(st: *mut L7Conn, call: &Call) {
             return;
         }
         off += n;
-        if off >= avail {
+        seg_off += n;
+        records += 1;
+        if off >= call.ret || records >= MAX_CHUNKS {
             return;
         }
-        i += 1;
     }
 }
