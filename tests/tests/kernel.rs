@@ -718,7 +718,9 @@ fn no_probe_needs_tracefs() {
     let obs = obs.unwrap();
     let s = obs.scrape().unwrap();
     let probes: Vec<&Sample> = s.iter().filter(|x| x.name == "observer_probe_up").collect();
-    assert_eq!(probes.len(), 8, "{probes:?}");
+    // The default probes' series: syscalls, tcp_connections, tcp_retransmits, tcp_bytes, http,
+    // redis, postgresql, mysql, memcached, lifecycle.
+    assert_eq!(probes.len(), 10, "{probes:?}");
     for p in probes {
         assert_eq!(p.value, 1.0, "{:?}", p.labels);
         assert_ne!(p.labels["hook"], "tracepoint", "{:?}", p.labels);

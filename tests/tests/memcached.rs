@@ -140,7 +140,11 @@ fn memcslap_counts_equal_the_servers_stats() {
             per_op(x, CLIENT, &s.client, false) == want
         })
         .unwrap();
-    assert_eq!(per_op(&samples, CLIENT, &s.client, false), want, "client pod");
+    assert_eq!(
+        per_op(&samples, CLIENT, &s.client, false),
+        want,
+        "client pod"
+    );
     // The server answered the same, and the host's two `stats`.
     let mut want_server = want.clone();
     want_server.insert("stats".into(), 2);

@@ -157,6 +157,11 @@ fn fuzz() -> Result<()> {
             "observer/tests/mysql-seeds",
             "fuzz/mysql.dict",
         ),
+        (
+            "memcached_parse",
+            "observer/tests/memcached-seeds",
+            "fuzz/memcached.dict",
+        ),
     ];
     for (target, seeds, dict) in targets {
         let corpus =

@@ -373,6 +373,13 @@ impl Protocol for Memcached {
 }
 
 #[cfg(test)]
+impl Memcached {
+    fn pending_total(&self) -> usize {
+        self.conns.values().map(|c| c.pending.len()).sum()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::l7::stream::testing::whole;
@@ -445,16 +452,9 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                b.push(if x % 3 == 0 { b'\n' } else { x as u8 });
+                b.push(if x.is_multiple_of(3) { b'\n' } else { x as u8 });
             }
             let _ = whole(&mut m, Side::Client, i % 2 == 0, i, i, &b);
         }
-    }
-}
-
-#[cfg(test)]
-impl Memcached {
-    fn pending_total(&self) -> usize {
-        self.conns.values().map(|c| c.pending.len()).sum()
     }
 }

@@ -562,32 +562,30 @@ impl Mysql {
             }
             return;
         }
-        match p.first() {
-            Some(0x00 | 0xff) => {
-                c.phase = Phase::Commands;
-                // The end of a `COM_CHANGE_USER`.
-                if let Some(u) = c.units.pop_front() {
-                    let status = p.error_code().map(|e| Status::Code(u32::from(e)));
-                    let op = match u.what {
-                        What::Simple(op) => op,
-                        _ => "_OTHER",
-                    };
-                    Self::emit(
-                        c,
-                        op,
-                        self.ok.clone(),
-                        u.start_ns,
-                        u.tgid,
-                        end_ns,
-                        Some(status.unwrap_or_else(|| Status::Text(self.ok.clone()))),
-                        None,
-                        out,
-                    );
-                }
-                c.resp = Resp::Start;
-                c.next_seq = 1;
+        if let Some(0x00 | 0xff) = p.first() {
+            c.phase = Phase::Commands;
+            // The end of a `COM_CHANGE_USER`.
+            if let Some(u) = c.units.pop_front() {
+                let status = p.error_code().map(|e| Status::Code(u32::from(e)));
+                let op = if let What::Simple(op) = u.what {
+                    op
+                } else {
+                    "_OTHER"
+                };
+                Self::emit(
+                    c,
+                    op,
+                    self.ok.clone(),
+                    u.start_ns,
+                    u.tgid,
+                    end_ns,
+                    Some(status.unwrap_or_else(|| Status::Text(self.ok.clone()))),
+                    None,
+                    out,
+                );
             }
-            _ => {}
+            c.resp = Resp::Start;
+            c.next_seq = 1;
         }
     }
 
