@@ -161,6 +161,11 @@ const PACKAGES: &[(Scope, &str, &str)] = &[
     ),
     (
         Scope::Test,
+        "kmod",
+        "depmod, which virtme-ng runs on the guest kernels' modules",
+    ),
+    (
+        Scope::Test,
         "busybox-static",
         "initramfs of the matrix VMs (virtme-ng)",
     ),
