@@ -36,10 +36,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the observer (the same as no subcommand).
     Run(Args),
-    /// Workloads with their requests per second, error rate, mean and p99 latency, APDEX and
-    /// active clients, from a running observer.
+    /// Workloads with their requests per second, error rate, mean and p99 latency, APDEX,
+    /// active clients, outbound calls and the time they spent waiting on databases and caches,
+    /// from a running observer.
     Top(TopArgs),
-    /// Who calls whom: the HTTP edges between workloads and addresses, with requests per
+    /// Who calls whom: the L7 edges between workloads and addresses, with requests per
     /// second, error rate and p99 latency, from a running observer.
     Topology(TopArgs),
     /// Requests as they complete, one line each, from a running observer (Ctrl-C stops).
@@ -389,6 +390,9 @@ async fn top(a: &TopArgs, grpc_addr: SocketAddr) -> Result<(), Failure> {
                     "active_clients": w.active_clients,
                     "client_total": figures_json(w.client_total.as_ref()),
                     "client_window": figures_json(w.client_window.as_ref()),
+                    "db_client_total": figures_json(w.db_client_total.as_ref()),
+                    "db_client_window": figures_json(w.db_client_window.as_ref()),
+                    "db_ms_per_second": db_ms_per_second(w.db_client_window.as_ref()),
                 })
             })
             .collect();
@@ -434,6 +438,7 @@ async fn top(a: &TopArgs, grpc_addr: SocketAddr) -> Result<(), Failure> {
                     "{:.1}",
                     w.client_window.unwrap_or_default().requests_per_second
                 ),
+                db_cell(w.db_client_window.as_ref()),
             ]
         })
         .collect();
@@ -449,12 +454,29 @@ async fn top(a: &TopArgs, grpc_addr: SocketAddr) -> Result<(), Failure> {
         "CLIENTS",
         "REQUESTS",
         "OUT-TPS",
+        "DB(ms/s)",
     ];
     out(&format!(
         "{}{}",
         window_line(r.window.as_ref()),
         table(&header, &body, 3)
     ))
+}
+
+/// Milliseconds per second a workload spent waiting on databases and caches over the window:
+/// its operations per second times their mean latency.
+fn db_ms_per_second(f: Option<&pb::RequestFigures>) -> f64 {
+    let f = f.copied().unwrap_or_default();
+    f.requests_per_second * f.latency.unwrap_or_default().mean_seconds * 1000.0
+}
+
+/// `top`'s DB column: "-" for a workload that made no database call in the window.
+fn db_cell(f: Option<&pb::RequestFigures>) -> String {
+    if f.is_some_and(|f| f.requests > 0) {
+        format!("{:.1}", db_ms_per_second(f))
+    } else {
+        "-".into()
+    }
 }
 
 fn node_label(n: Option<&pb::Node>, id: &str) -> String {

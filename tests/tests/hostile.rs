@@ -408,3 +408,195 @@ fn secrets_in_paths_reach_no_label_stream_or_command_line() {
     );
     obs.stop().unwrap();
 }
+
+/// A stand-in peer for the database ports (no real server would answer lies): per connection it
+/// reads the first message; a well-formed one (Redis `ECHO`, Memcached `incr`, a PostgreSQL or
+/// MySQL `SELECT 1`) gets a well-formed reply, anything else a reply whose lengths lie followed
+/// by random bytes. Then it reads until the client closes. Args: the four ports.
+const DB_PEER: &str = r#"
+import random, socket, struct, sys, threading
+ports = [int(p) for p in sys.argv[1:5]]
+REDIS, PG, MYSQL, MC = ports
+def good(port, data):
+    if port == REDIS and b"ECHO" in data:
+        return b"$2\r\nhi\r\n"
+    if port == MC and data.startswith(b"incr"):
+        return b"5\r\n"
+    if port == PG and b"SELECT 1" in data:
+        tag = b"SELECT 1\x00"
+        return b"C" + struct.pack(">I", 4 + len(tag)) + tag + b"Z\x00\x00\x00\x05I"
+    if port == MYSQL and b"SELECT 1" in data:
+        ok = b"\x00\x00\x00\x02\x00\x00\x00"
+        return struct.pack("<I", len(ok))[:3] + b"\x01" + ok
+    return None
+def lie(port, rnd):
+    junk = bytes(rnd.getrandbits(8) for _ in range(512))
+    return {
+        REDIS: b"$99999999999999999999\r\nxx",
+        MC: b"VALUE k 0 99999999999999\r\n",
+        PG: b"T\x7f\xff\xff\xff",
+        MYSQL: b"\x05\x00\x00\x07\x00\x00\x00\x02\x00",
+    }[port] + junk
+def serve(port, conn, seed):
+    rnd = random.Random(seed)
+    try:
+        data = conn.recv(65536)
+        conn.sendall(good(port, data) or lie(port, rnd))
+        while conn.recv(65536):
+            pass
+    except OSError:
+        pass
+    conn.close()
+def listen(port):
+    l = socket.socket()
+    l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind(("0.0.0.0", port))
+    l.listen(64)
+    seed = 0
+    while True:
+        c, _ = l.accept()
+        seed += 1
+        threading.Thread(target=serve, args=(port, c, port * 1000 + seed), daemon=True).start()
+for p in ports[1:]:
+    threading.Thread(target=listen, args=(p,), daemon=True).start()
+listen(ports[0])
+"#;
+
+/// For each port: `n` hostile connections (a message that claims the connection, then the peer's
+/// lying reply, then the client's own truncated packets, lying lengths and random bytes), then
+/// one well-formed exchange on a new connection. Prints `ok <port>` per well-formed reply read.
+const DB_CLIENT: &str = r#"
+import random, socket, struct, sys, time
+host, n = sys.argv[1], int(sys.argv[2])
+ports = [int(p) for p in sys.argv[3:7]]
+REDIS, PG, MYSQL, MC = ports
+def pg(tag, body):
+    return tag + struct.pack(">I", 4 + len(body)) + body
+def my(seq, body):
+    return struct.pack("<I", len(body))[:3] + bytes([seq]) + body
+claim = {
+    REDIS: b"*1\r\n$4\r\nPING\r\n",
+    MC: b"get k\r\n",
+    PG: pg(b"Q", b"INSERT INTO t VALUES (1)\x00"),
+    MYSQL: my(0, b"\x03INSERT INTO t VALUES (1)"),
+}
+lies = {
+    REDIS: b"*3\r\n$999999999999\r\nab",
+    MC: b"set k 0 0 99999999999999\r\nab",
+    PG: b"P\xff\xff\xff\xff\x00",
+    MYSQL: b"\x02\x00\x00\x05\x03S",
+}
+wellformed = {
+    REDIS: (b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n", b"$2\r\nhi\r\n"),
+    MC: (b"incr ctr 1\r\n", b"5\r\n"),
+    PG: (pg(b"Q", b"SELECT 1\x00"), b"I"),
+    MYSQL: (my(0, b"\x03SELECT 1"), b"\x00\x02\x00\x00\x00"),
+}
+rnd = random.Random(7)
+for port in ports:
+    for i in range(n):
+        s = socket.create_connection((host, port), timeout=10)
+        s.sendall(claim[port])
+        s.recv(65536)
+        time.sleep(0.01)
+        s.sendall(lies[port])
+        time.sleep(0.01)
+        s.sendall(bytes(rnd.getrandbits(8) for _ in range(1024)))
+        s.close()
+for port in ports:
+    msg, end = wellformed[port]
+    s = socket.create_connection((host, port), timeout=10)
+    s.sendall(msg)
+    got = b""
+    while not got.endswith(end):
+        b = s.recv(65536)
+        if not b:
+            break
+        got += b
+    s.close()
+    print("ok", port)
+"#;
+
+/// Lying lengths, truncated packets and random bytes on each database port, both ways: the
+/// observer keeps running, counts them as unparsed per protocol, and a well-formed exchange
+/// after them on the same ports is counted exactly once, under its own name.
+#[test]
+fn hostile_bytes_on_database_ports_are_counted_as_unparsed_and_crash_nothing() {
+    require_root();
+    let dir = TempDir::new("hostile-db").unwrap();
+    let bridge = Bridge::new().unwrap();
+    let mut server = Pod::new(&bridge).unwrap();
+    let client = Pod::new(&bridge).unwrap();
+    let ports = ["6379", "5432", "3306", "11211"];
+    let peer = dir.write("peer.py", DB_PEER).unwrap();
+    let mut args = vec![peer.as_str()];
+    args.extend(ports);
+    server.spawn("python3", &args).unwrap();
+    for p in ports {
+        server.wait_listening(p.parse().unwrap()).unwrap();
+    }
+    let obs = Observer::start(&["--probes", "tcp,redis,postgresql,mysql,memcached"]).unwrap();
+    let script = dir.write("client.py", DB_CLIENT).unwrap();
+    let n = if slowdown() > 1 { 2 } else { 10 };
+    let n_arg = n.to_string();
+    let mut args = vec![script.as_str(), server.ip.as_str(), n_arg.as_str()];
+    args.extend(ports);
+    let out = client.run("python3", &args).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(text.lines().count(), 4, "{text}");
+    let systems = [
+        ("redis", "redis", "ECHO"),
+        ("postgresql", "postgresql", "SELECT"),
+        ("mysql", "mysql", "SELECT"),
+        ("memcached", "memcached", "incr"),
+    ];
+    let good = |s: &[Sample], system: &str, op: &str| -> f64 {
+        s.iter()
+            .filter(|x| {
+                x.name == "db_client_operation_duration_seconds_count"
+                    && x.labels.get("k8s_pod_uid") == Some(&client.uid)
+                    && x.labels.get("db_system_name").map(String::as_str) == Some(system)
+                    && x.labels.get("db_operation_name").map(String::as_str) == Some(op)
+            })
+            .map(|x| x.value)
+            .sum()
+    };
+    let unparsed = |s: &[Sample], protocol: &str| -> f64 {
+        s.iter()
+            .filter(|x| {
+                x.name == "observer_l7_messages_unparsed_total"
+                    && x.labels.get("protocol").map(String::as_str) == Some(protocol)
+            })
+            .map(|x| x.value)
+            .sum()
+    };
+    let done = |s: &[Sample]| {
+        systems
+            .iter()
+            .all(|(p, sys, op)| good(s, sys, op) == 1.0 && unparsed(s, p) > 0.0)
+    };
+    let s = obs.scrape_until(WAIT, done).unwrap();
+    for (protocol, system, op) in systems {
+        let reasons: Vec<String> = s
+            .iter()
+            .filter(|x| {
+                x.name == "observer_l7_messages_unparsed_total"
+                    && x.labels.get("protocol").map(String::as_str) == Some(protocol)
+                    && x.value > 0.0
+            })
+            .map(|x| format!("{}={}", x.labels["reason"], x.value))
+            .collect();
+        println!("{protocol}: unparsed {reasons:?}");
+        assert_eq!(
+            good(&s, system, op),
+            1.0,
+            "{protocol}: the well-formed {op}"
+        );
+        assert!(
+            unparsed(&s, protocol) > 0.0,
+            "{protocol}: nothing counted unparsed"
+        );
+    }
+    let status = obs.stop().unwrap();
+    assert!(status.success(), "the observer exited with {status}");
+}

@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, time::Duration};
 use observer_tests::{
     metrics::{matching, Sample},
     net::Bridge,
-    observer::Observer,
+    observer::{self, Observer},
     pod::Pod,
     require_root, sh, slowdown, TempDir,
 };
@@ -277,5 +277,29 @@ fn a_python_client_with_noreply_multi_key_gets_and_errors() {
     .map(|x| x.value)
     .sum();
     assert_eq!(failed, 1.0);
+    // `observer top`: the client pod's database operations, exact, with the two error replies,
+    // and the time it waited on them.
+    let out = std::process::Command::new(observer::binary())
+        .args(["top", "--server", &s.obs.grpc_addr, "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let top: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = top["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["workload"]["pod_uid"] == s.client.uid.as_str())
+        .unwrap_or_else(|| panic!("client pod in top: {top}"))
+        .clone();
+    let ops: u64 = tally.values().sum();
+    assert_eq!(row["db_client_total"]["requests"], ops, "{row}");
+    assert_eq!(row["db_client_total"]["errors"], 2, "{row}");
+    assert_eq!(row["client_total"]["requests"], ops, "{row}");
+    assert!(row["db_ms_per_second"].as_f64().is_some(), "{row}");
     s.obs.stop().unwrap();
 }

@@ -150,13 +150,24 @@ impl Win {
 
     /// Total and window figures of one workload side.
     fn side(&self, id: &Arc<Identity>, server: bool) -> (pb::RequestFigures, pb::RequestFigures) {
-        let pick = |f: &Figures| {
+        self.figures_of(|f: &Figures| {
             if server {
                 f.server.get(id).cloned()
             } else {
                 f.client.get(id).cloned()
             }
-        };
+        })
+    }
+
+    /// Total and window figures of a workload's database and cache operations.
+    fn db_client(&self, id: &Arc<Identity>) -> (pb::RequestFigures, pb::RequestFigures) {
+        self.figures_of(|f: &Figures| f.db_client.get(id).cloned())
+    }
+
+    fn figures_of(
+        &self,
+        pick: impl Fn(&Figures) -> Option<Agg>,
+    ) -> (pb::RequestFigures, pb::RequestFigures) {
         let now = pick(&self.now).unwrap_or_default();
         let then = self.then().and_then(pick);
         // Without a snapshot there is no window: nothing happened in it as far as we know.
@@ -267,6 +278,7 @@ pub fn latency(cur: &Current, win: &Win, sel: &Selector) -> Result<pb::Latency, 
         }
         let (total, window) = win.side(&id, true);
         let (client_total, client_window) = win.side(&id, false);
+        let (db_client_total, db_client_window) = win.db_client(&id);
         let (apdex, window_apdex) = win.apdex(t, &id);
         out.push(pb::WorkloadLatency {
             workload: Some(convert::workload(&id)),
@@ -276,6 +288,8 @@ pub fn latency(cur: &Current, win: &Win, sel: &Selector) -> Result<pb::Latency, 
             window: Some(window),
             client_total: Some(client_total),
             client_window: Some(client_window),
+            db_client_total: Some(db_client_total),
+            db_client_window: Some(db_client_window),
             apdex: Some(apdex),
             window_apdex: Some(window_apdex),
             active_clients: t.requests.active_clients.get(&id).copied().unwrap_or(0),
@@ -414,6 +428,7 @@ pub fn workloads(cur: &Current, win: &Win) -> pb::Workloads {
         .map(|id| {
             let (total, window) = win.side(id, true);
             let (client_total, client_window) = win.side(id, false);
+            let (db_client_total, db_client_window) = win.db_client(id);
             let (apdex, window_apdex) = win.apdex(t, id);
             pb::WorkloadSummary {
                 workload: Some(convert::workload(id)),
@@ -424,6 +439,8 @@ pub fn workloads(cur: &Current, win: &Win) -> pb::Workloads {
                 active_clients: t.requests.active_clients.get(id).copied().unwrap_or(0),
                 client_total: Some(client_total),
                 client_window: Some(client_window),
+                db_client_total: Some(db_client_total),
+                db_client_window: Some(db_client_window),
             }
         })
         .collect();

@@ -145,6 +145,8 @@ pub fn series_hash(id: &Identity, side: SeriesSide, key: &impl Hash) -> u64 {
 pub struct Figures {
     pub server: BTreeMap<Arc<Identity>, Agg>,
     pub client: BTreeMap<Arc<Identity>, Agg>,
+    /// The client side's database and cache operations (`connection_type` "database").
+    pub db_client: BTreeMap<Arc<Identity>, Agg>,
     pub apdex: BTreeMap<Arc<Identity>, [u64; 3]>,
     pub edges: BTreeMap<EdgeKey, EdgeAgg>,
     /// (series hash, count), sorted by hash.
@@ -179,13 +181,20 @@ impl Figures {
             }
         }
         for ((id, k), h) in &http.client {
+            let failed = (k.protocol.failed)(k.status.as_ref(), k.error_type);
             if f.client.len() < aggs || f.client.contains_key(id) {
-                let a = f.client.entry(id.clone()).or_default();
-                a.add(
-                    h.count,
-                    (k.protocol.failed)(k.status.as_ref(), k.error_type),
-                    h,
-                );
+                f.client
+                    .entry(id.clone())
+                    .or_default()
+                    .add(h.count, failed, h);
+            }
+            if k.protocol.connection_type == "database"
+                && (f.db_client.len() < aggs || f.db_client.contains_key(id))
+            {
+                f.db_client
+                    .entry(id.clone())
+                    .or_default()
+                    .add(h.count, failed, h);
             }
             if f.series.len() < series {
                 f.series
