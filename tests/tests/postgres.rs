@@ -34,6 +34,11 @@ struct Setup {
 /// initdb (trust for every host), the server in its pod with pg_stat_statements, the database
 /// initialised by pgbench from the host, then the observer.
 fn setup() -> Setup {
+    setup_with(|_, _, _| {})
+}
+
+/// As [`setup`]; `before` runs once the database is ready and before the observer starts.
+fn setup_with(before: impl FnOnce(&TempDir, &mut Pod, &str)) -> Setup {
     require_root();
     let dir = TempDir::new("postgres").unwrap();
     let data = dir.join("data");
@@ -52,7 +57,7 @@ fn setup() -> Setup {
     .unwrap();
     let bridge = Bridge::new().unwrap();
     let mut server = Pod::new(&bridge).unwrap();
-    let client = Pod::new(&bridge).unwrap();
+    let mut client = Pod::new(&bridge).unwrap();
     let port = PORT.to_string();
     server
         .spawn(
@@ -88,6 +93,7 @@ fn setup() -> Setup {
         "pgbench -h {host} -p {PORT} -U postgres -i -s 1 -q postgres 2>&1"
     ))
     .unwrap();
+    before(&dir, &mut client, &host);
     let obs = Observer::start(&["--probes", "tcp,postgresql"]).unwrap();
     Setup {
         _dir: dir,
@@ -288,5 +294,71 @@ fn an_error_is_counted_once_with_its_sqlstate() {
         ),
         want
     );
+    s.obs.stop().unwrap();
+}
+
+/// psycopg2 (libpq; autocommit, so no implicit `BEGIN`): connects at once, waits for the file
+/// given as third argument, then on that connection creates a temporary table and runs a 60 ms
+/// `pg_sleep`, reading each result.
+const EARLY_PY: &str = r#"
+import os, sys, time
+import psycopg2
+c = psycopg2.connect(host=sys.argv[1], port=int(sys.argv[2]), user="postgres", dbname="postgres")
+c.autocommit = True
+while not os.path.exists(sys.argv[3]):
+    time.sleep(0.05)
+cur = c.cursor()
+cur.execute("CREATE TEMP TABLE early (id int)")
+cur.execute("SELECT pg_sleep(%s)", (0.06,))
+cur.fetchall()
+c.close()
+"#;
+
+/// Debian's interpreter, which has psycopg2 (another `python3` on the PATH may not).
+const PYTHON: &str = "/usr/bin/python3";
+
+#[test]
+fn a_connection_from_before_the_observer_counts_and_a_slow_statement_lands_in_its_bucket() {
+    let go = std::cell::RefCell::new(String::new());
+    let s = setup_with(|dir, client, host| {
+        let script = dir.write("early.py", EARLY_PY).unwrap();
+        *go.borrow_mut() = dir.join("go");
+        client
+            .spawn(PYTHON, &[&script, host, &PORT.to_string(), &go.borrow()])
+            .unwrap();
+        // Connected (startup and authentication done) before the observer starts.
+        std::thread::sleep(Duration::from_millis(if slowdown() > 1 {
+            3000
+        } else {
+            500
+        }));
+    });
+    std::fs::write(&*go.borrow(), "").unwrap();
+    let want = BTreeMap::from([("CREATE TABLE".to_string(), 1), ("SELECT".to_string(), 1)]);
+    let samples = s
+        .obs
+        .scrape_until(Duration::from_secs(20), |x| {
+            per_op(x, &s.client, &[]) == want
+        })
+        .unwrap();
+    assert_eq!(per_op(&samples, &s.client, &[]), want, "client pod");
+    let bucket = |le: &str| -> u64 {
+        matching(
+            &samples,
+            "db_client_operation_duration_seconds_bucket",
+            &[
+                ("k8s_pod_uid", s.client.uid.as_str()),
+                ("db_operation_name", "SELECT"),
+                ("le", le),
+            ],
+        )
+        .map(|x| x.value as u64)
+        .sum()
+    };
+    assert_eq!(bucket("0.05"), 0, "slept 60 ms");
+    // Under emulation a guest's clock runs unevenly: the upper bound is the host kernel's.
+    if slowdown() == 1 {
+        assert_eq!(bucket("0.1"), 1, "within 0.1 s");
+    }
     s.obs.stop().unwrap();
 }

@@ -100,9 +100,9 @@ const PACKAGES: &[(Scope, &str, &str)] = &[
         "the image's Debian base, made locally (no registry)",
     ),
     (
-        Scope::Test,
+        Scope::Bench,
         "postgresql",
-        "PostgreSQL server with pg_stat_statements, psql and pgbench (the PostgreSQL tests)",
+        "PostgreSQL server with pg_stat_statements, psql and pgbench (the PostgreSQL tests and benchmark)",
     ),
     (
         Scope::Test,
@@ -116,13 +116,18 @@ const PACKAGES: &[(Scope, &str, &str)] = &[
     ),
     (
         Scope::Test,
+        "python3-psycopg2",
+        "psycopg2 (libpq), the Python client of the PostgreSQL tests",
+    ),
+    (
+        Scope::Test,
         "python3-pymysql",
         "PyMySQL, the Python client of the MySQL tests",
     ),
     (
-        Scope::Test,
+        Scope::Bench,
         "redis-server",
-        "Redis server, redis-cli and redis-benchmark (the Redis tests)",
+        "Redis server, redis-cli and redis-benchmark (the Redis tests and benchmark)",
     ),
     (
         Scope::Test,
@@ -343,9 +348,19 @@ pub fn venv() -> PathBuf {
     crate::tasks::workspace_root().join(".venv")
 }
 
-/// Runs virtme-ng's `vng` from the project's virtual environment.
+/// Runs virtme-ng's `vng` from the project's virtual environment. `vng` starts its helpers
+/// (`virtme-run`, ...) from the PATH and runs `depmod`: the environment's `bin` and the sbin
+/// directories go first on it, whatever the caller's PATH holds.
 pub fn vng() -> Command {
-    Command::new(venv().join("bin/vng"))
+    let bin = venv().join("bin");
+    let path = format!(
+        "{}:/usr/local/sbin:/usr/sbin:/sbin:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut c = Command::new(bin.join("vng"));
+    c.env("PATH", path);
+    c
 }
 
 fn install_virtme() -> Result<()> {

@@ -10,7 +10,8 @@
 //! would. The run time of each program the observer holds (found from its file descriptors,
 //! whatever the program's name) comes from a short extra wrk run with
 //! kernel.bpf_stats_enabled=1, kept apart because the stats cost every program run two clock
-//! reads, which would bias the throughput.
+//! reads, which would bias the throughput. `db.rs` adds the database settings: Redis under
+//! `redis-benchmark -P 1` and PostgreSQL under `pgbench -S`, pod to pod.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -27,6 +28,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
+mod db;
 mod place;
 
 use place::{Place, Pods};
@@ -51,9 +53,16 @@ pub struct BenchArgs {
     /// Second fixed rate (pod to pod), or the machine's saturation if lower; 0 skips it.
     #[arg(long, default_value_t = 50_000)]
     pub high_rate: u32,
-    /// Settings: pinned (loopback, one CPU each), pods (pod to pod), or both.
-    #[arg(long, default_value = "both", value_parser = ["pinned", "pods", "both"])]
+    /// Settings: pinned (loopback, one CPU each), pods (pod to pod), both of these, db (Redis
+    /// and PostgreSQL, pod to pod), or all.
+    #[arg(long, default_value = "all", value_parser = ["pinned", "pods", "both", "db", "all"])]
     pub setting: String,
+    /// Rounds of each database setting (a run without and one with the observer each).
+    #[arg(long, default_value_t = 5)]
+    pub db_rounds: usize,
+    /// Length of each database run, in seconds.
+    #[arg(long, default_value_t = 8)]
+    pub db_duration: u64,
 }
 
 const TARGET: f64 = 0.85;
@@ -196,6 +205,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let places: Vec<fn() -> Result<Place>> = match args.setting.as_str() {
         "pinned" => vec![pinned],
         "pods" => vec![pods],
+        "db" => vec![],
         _ => vec![pinned, pods],
     };
     for make in places {
@@ -236,6 +246,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if let Some(n) = g.nginx.take() {
             stop(n)?;
         }
+    }
+    if matches!(args.setting.as_str(), "db" | "all") {
+        ensure!(
+            args.db_rounds >= 1 && args.db_duration >= 1,
+            "--db-rounds and --db-duration must be at least 1"
+        );
+        db::run(&mut g, &observer, args.db_rounds, args.db_duration)?;
     }
     Ok(())
 }

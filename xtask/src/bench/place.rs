@@ -61,7 +61,7 @@ impl Pods {
     }
 
     /// `cmd` in pod `i` (0: server, 1: client): it joins the pod's cgroup, then its namespace.
-    fn command(&self, i: usize, cmd: &[&str]) -> Command {
+    pub(super) fn command(&self, i: usize, cmd: &[&str]) -> Command {
         let mut c = Command::new("sh");
         c.arg("-c")
             .arg(format!(

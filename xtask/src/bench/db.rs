@@ -1,0 +1,385 @@
+//! The database settings of the benchmark, pod to pod (the server in one simulated pod, its load
+//! generator in another, both observed): Redis under `redis-benchmark -P 1` (one command per
+//! round trip, 32 connections, saturated) and PostgreSQL under `pgbench -S` (select-only, 8
+//! clients). Each round runs the load without the observer and with its default probes, in an
+//! order rotated per round; the report gives medians, the throughput ratio, the observer's CPU,
+//! and the eBPF time per operation from a short extra run with kernel.bpf_stats_enabled=1.
+
+use std::{
+    fs,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context, Result};
+
+use super::{
+    bpf_programs, bpf_stats, check_interrupted, cpu_ticks, median, observer_programs, place::Pods,
+    show, start_observer, stop, tail, Guard, SETUPS,
+};
+
+/// The throughput the default probes must keep, as a share of the run without the observer.
+const TARGET: f64 = 0.90;
+/// The server's address in the pods (see `place.rs`).
+const SERVER_IP: &str = "10.233.0.2";
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// One load run: operations per second and how many operations it made.
+struct Run {
+    ops_per_sec: f64,
+    ops: u64,
+}
+
+/// The database workloads this benchmark drives.
+#[derive(Clone, Copy)]
+enum Db {
+    Redis,
+    Postgres,
+}
+
+impl Db {
+    fn name(self) -> &'static str {
+        match self {
+            Db::Redis => "redis",
+            Db::Postgres => "postgresql",
+        }
+    }
+
+    fn describe(self, secs: u64) -> String {
+        match self {
+            Db::Redis => format!(
+                "redis-server at {SERVER_IP}:6379, redis-benchmark -P 1 -c 32 -t set,get (about {secs} s)"
+            ),
+            Db::Postgres => format!(
+                "postgres 15 at {SERVER_IP}:5432, pgbench -S -c 8 -j 2 -T {secs} (scale 1)"
+            ),
+        }
+    }
+
+    /// Starts the server in pod 0 and prepares its data; its processes die with the pods.
+    fn start(self, pods: &Pods, dir: &std::path::Path) -> Result<()> {
+        match self {
+            Db::Redis => {
+                pods.command(
+                    0,
+                    &[
+                        "redis-server",
+                        "--bind",
+                        SERVER_IP,
+                        "--port",
+                        "6379",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--protected-mode",
+                        "no",
+                    ],
+                )
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting redis-server (is it installed?)")?;
+                wait_port(pods, 6379)
+            }
+            Db::Postgres => {
+                let data = dir.join("pgdata");
+                let data = data.display().to_string();
+                sh(&format!(
+                    "mkdir -p {data} && chown -R postgres:postgres {}",
+                    dir.display()
+                ))?;
+                sh(&format!(
+                    "setpriv --reuid postgres --regid postgres --init-groups {PG_BIN}/initdb -D {data} --auth=trust -U postgres >/dev/null && echo 'host all all 0.0.0.0/0 trust' >> {data}/pg_hba.conf"
+                ))?;
+                let postgres = format!("{PG_BIN}/postgres");
+                let sockets = format!("unix_socket_directories={data}");
+                pods.command(
+                    0,
+                    &[
+                        "setpriv",
+                        "--reuid",
+                        "postgres",
+                        "--regid",
+                        "postgres",
+                        "--init-groups",
+                        &postgres,
+                        "-D",
+                        &data,
+                        "-c",
+                        "listen_addresses=*",
+                        "-c",
+                        &sockets,
+                        "-c",
+                        "ssl=off",
+                        "-c",
+                        "max_connections=50",
+                    ],
+                )
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(dir.join("postgres.log"))?)
+                .spawn()
+                .context("starting postgres (is postgresql installed?)")?;
+                wait_port(pods, 5432)?;
+                let out = pods
+                    .command(
+                        1,
+                        &[
+                            "pgbench", "-h", SERVER_IP, "-U", "postgres", "-i", "-s", "1", "-q",
+                            "postgres",
+                        ],
+                    )
+                    .output()
+                    .context("pgbench -i")?;
+                ensure!(
+                    out.status.success(),
+                    "pgbench -i: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// One load run of about `secs` seconds.
+    fn load(self, pods: &Pods, secs: u64) -> Result<Run> {
+        match self {
+            Db::Redis => {
+                // -n per test, sized for about `secs` seconds at this machine's rate (two tests).
+                let n = (secs * 25_000).to_string();
+                let out = pods
+                    .command(
+                        1,
+                        &[
+                            "redis-benchmark",
+                            "-h",
+                            SERVER_IP,
+                            "-p",
+                            "6379",
+                            "-c",
+                            "32",
+                            "-P",
+                            "1",
+                            "-n",
+                            &n,
+                            "-t",
+                            "set,get",
+                            "--csv",
+                        ],
+                    )
+                    .stdin(Stdio::null())
+                    .output()
+                    .context("running redis-benchmark")?;
+                check_interrupted()?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                ensure!(
+                    out.status.success(),
+                    "redis-benchmark: {}{text}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                // "SET","71428.57",... per test: the time of both is the sum of n / rate.
+                let rates: Vec<f64> = text
+                    .lines()
+                    .filter(|l| l.starts_with("\"SET\"") || l.starts_with("\"GET\""))
+                    .filter_map(|l| l.split(',').nth(1)?.trim_matches('"').parse().ok())
+                    .collect();
+                ensure!(rates.len() == 2, "no SET and GET rates in:\n{text}");
+                let n: u64 = n.parse()?;
+                let time: f64 = rates.iter().map(|r| n as f64 / r).sum();
+                Ok(Run {
+                    ops_per_sec: 2.0 * n as f64 / time,
+                    ops: 2 * n,
+                })
+            }
+            Db::Postgres => {
+                let t = secs.to_string();
+                let out = pods
+                    .command(
+                        1,
+                        &[
+                            "pgbench", "-h", SERVER_IP, "-U", "postgres", "-S", "-c", "8", "-j",
+                            "2", "-T", &t, "postgres",
+                        ],
+                    )
+                    .stdin(Stdio::null())
+                    .output()
+                    .context("running pgbench")?;
+                check_interrupted()?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                ensure!(
+                    out.status.success(),
+                    "pgbench: {}{text}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let tps = text
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("tps = "))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+                    .with_context(|| format!("no tps in pgbench output:\n{text}"))?;
+                let ops = text
+                    .lines()
+                    .find_map(|l| {
+                        l.trim()
+                            .strip_prefix("number of transactions actually processed: ")
+                    })
+                    .and_then(|v| v.split('/').next()?.trim().parse::<u64>().ok())
+                    .with_context(|| format!("no transaction count in:\n{text}"))?;
+                // -S: one SELECT per transaction.
+                Ok(Run {
+                    ops_per_sec: tps,
+                    ops,
+                })
+            }
+        }
+    }
+}
+
+/// Figures of one run with the observer.
+#[derive(Default)]
+struct Sample {
+    ops_per_sec: f64,
+    cpu_pct: Option<f64>,
+    /// eBPF nanoseconds per operation, all the observer's programs together.
+    bpf_ns_per_op: Option<f64>,
+}
+
+/// Runs the database settings: `rounds` rounds of each, `secs` seconds per run.
+pub fn run(g: &mut Guard, observer: &std::path::Path, rounds: usize, secs: u64) -> Result<()> {
+    let probes = SETUPS[super::OBSERVER].1.context("default probes")?;
+    for db in [Db::Redis, Db::Postgres] {
+        let pods = Pods::new()?;
+        let dir = g.dir.join(db.name());
+        fs::create_dir_all(&dir)?;
+        db.start(&pods, &dir)?;
+        println!(
+            "\nbench [{}]: {}, {rounds} rounds",
+            db.name(),
+            db.describe(secs)
+        );
+        db.load(&pods, 2).context("warm-up run")?;
+        let mut none = Vec::new();
+        let mut with = Vec::new();
+        for r in 0..rounds {
+            let mut line = Vec::new();
+            for observed in [r % 2 == 1, r % 2 == 0] {
+                check_interrupted()?;
+                if observed {
+                    let s = observed_run(g, observer, probes, db, &pods, secs)
+                        .with_context(|| format!("round {}, observer", r + 1))?;
+                    line.push(format!(
+                        "observer {:.0} ops/s (cpu {}%)",
+                        s.ops_per_sec,
+                        show(s.cpu_pct.unwrap_or(f64::NAN), 2)
+                    ));
+                    with.push(s);
+                } else {
+                    let run = db.load(&pods, secs)?;
+                    line.push(format!("none {:.0} ops/s", run.ops_per_sec));
+                    none.push(run.ops_per_sec);
+                }
+            }
+            println!("round {}/{rounds}: {}", r + 1, line.join(" | "));
+        }
+        let base = median(none.clone());
+        let obs = median(with.iter().map(|s| s.ops_per_sec).collect());
+        let paired = median(
+            none.iter()
+                .zip(&with)
+                .map(|(n, s)| s.ops_per_sec / n)
+                .collect(),
+        );
+        let cpu = median(with.iter().filter_map(|s| s.cpu_pct).collect());
+        let ns = median(with.iter().filter_map(|s| s.bpf_ns_per_op).collect());
+        println!(
+            "bench [{}]: none {base:.0} ops/s, observer {obs:.0} ops/s: ratio {:.3} (paired {paired:.3}; target >= {TARGET}); observer CPU {}%; eBPF time per operation (both sides, all programs) {} ns",
+            db.name(),
+            obs / base,
+            show(cpu, 2),
+            show(ns, 0)
+        );
+        drop(pods);
+    }
+    Ok(())
+}
+
+/// One run under the observer with its default probes, then a short one with BPF stats on.
+fn observed_run(
+    g: &mut Guard,
+    bin: &std::path::Path,
+    probes: &str,
+    db: Db,
+    pods: &Pods,
+    secs: u64,
+) -> Result<Sample> {
+    let log = g.dir.join(format!("observer-{}.log", db.name()));
+    let (pid, _addr) = start_observer(g, bin, probes, &log)?;
+    thread::sleep(Duration::from_secs(1));
+    let cpu_before = cpu_ticks(pid)?;
+    let t0 = Instant::now();
+    let run = db.load(pods, secs)?;
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks(pid)? - cpu_before) as f64 / super::CLOCK_TICKS;
+
+    let own = observer_programs(pid)?;
+    let total = |v: &[super::Prog]| -> u64 {
+        v.iter()
+            .filter(|p| own.contains(&p.id))
+            .map(|p| p.run_time_ns)
+            .sum()
+    };
+    let before = total(&bpf_programs()?);
+    bpf_stats(true)?;
+    let stats_run = db.load(pods, secs.min(3));
+    bpf_stats(false)?;
+    let stats_run = stats_run?;
+    let after = total(&bpf_programs()?);
+
+    let status = stop(g.observer.take().context("observer gone")?)?;
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    ensure!(
+        status.success(),
+        "observer exited with {status}:\n{}",
+        tail(&text)
+    );
+    Ok(Sample {
+        ops_per_sec: run.ops_per_sec,
+        cpu_pct: Some(100.0 * cpu / wall),
+        bpf_ns_per_op: Some(after.saturating_sub(before) as f64 / stats_run.ops.max(1) as f64),
+    })
+}
+
+/// Waits, 30 s at most, until the server's port answers from the client pod.
+fn wait_port(pods: &Pods, port: u16) -> Result<()> {
+    let probe = format!("exec 3<>/dev/tcp/{SERVER_IP}/{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        check_interrupted()?;
+        let up = pods
+            .command(1, &["bash", "-c", &probe])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if up {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "port {port} not up in the server pod within 30 s"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sh(cmd: &str) -> Result<()> {
+    let out = Command::new("sh").args(["-c", cmd]).output()?;
+    ensure!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
