@@ -424,7 +424,17 @@ pub fn on_io(sk: u64, sock: Sock, ret: u32, send: bool, now: u64) {
     if !sock.tcp {
         return;
     }
-    let c = sock.conn;
+    on_tcp_io(sk, sock.conn, u64::from(ret) | u64::from(send) << 32, now);
+}
+
+/// The L7 path of one call on a TCP socket (`packed` holds its byte count, and its direction in
+/// bit 32). A function of its own in the program (a BPF-to-BPF call): inlined into the socket
+/// hooks, the compiler spilled a register it had left uninitialised on one path, which the
+/// verifier refuses (5.10's on the fexit hooks, every kernel's once the detectors grew).
+#[inline(never)]
+fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) {
+    let ret = packed as u32;
+    let send = packed >> 32 != 0;
     let (conn, st) = if c.is_null() {
         (None, L7_CONNS.get_ptr_mut(&sk))
     } else {

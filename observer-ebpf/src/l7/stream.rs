@@ -26,7 +26,7 @@ const DATA_MASK: u32 = L7_DATA_MAX as u32 - 1;
 const MAX_CHUNKS: u32 = 16;
 /// Segments of a vectored call (`writev`, `sendmsg`) followed at most; bytes in later ones are
 /// a gap user space sees.
-const MAX_SEGMENTS: u32 = 8;
+const MAX_SEGMENTS: u32 = 4;
 
 /// One call of a stream protocol's connection: its bytes in `DATA` records of up to
 /// [`DATA_MASK`] bytes each, in order; `req_len` is a record's offset in the call.
@@ -67,75 +67,89 @@ pub fn on_call(st: *mut L7Conn, call: &Call) {
         (*ev).resp_snip = 0;
         (*ev)._pad2 = 0;
     }
-    let (mut ptr, mut avail) = if call.io == Io::None {
+    let (ptr, avail) = if call.io == Io::None {
         (0, 0)
     } else {
         call.first_segment().unwrap_or((0, 0))
     };
-    // A vectored call's later segments follow (a server's reply header, value and trailer in
-    // three), while its bytes last.
-    let iov = call.iovecs().unwrap_or(0);
-    let mut seg = 0u32;
-    let mut seg_off = 0u32;
+    // The first segment, in records of up to DATA_MASK bytes.
     let mut off = 0u32;
-    let mut records = 0u32;
     let mut i = 0u32;
-    while i < MAX_CHUNKS + MAX_SEGMENTS {
-        i += 1;
-        if seg_off >= avail && off > 0 {
-            // This segment is sent: the next one, if the call's bytes go on.
-            if off >= call.ret || iov == 0 || seg + 1 >= MAX_SEGMENTS {
-                return;
-            }
-            seg += 1;
-            let Some((p, l)) = call.segment(iov, seg, off) else {
-                return;
-            };
-            ptr = p;
-            avail = l;
-            seg_off = 0;
-            continue;
-        }
-        let left = avail.saturating_sub(seg_off);
-        let want = if left > DATA_MASK { DATA_MASK } else { left };
-        let mut n = unsafe { core::ptr::read_volatile(&want) } & DATA_MASK;
-        if n > 0 {
-            // SAFETY: the scratch record's data holds L7_DATA_MAX (> n) bytes.
-            let r = unsafe {
-                bpf_probe_read_user(
-                    (*rec).data.as_mut_ptr() as *mut _,
-                    n,
-                    (ptr + seg_off as u64) as *const _,
-                )
-            };
-            if r != 0 {
-                count_lost(LOST_L7_USER_READ);
-                n = 0;
-            }
-        }
-        // SAFETY: as above.
-        unsafe {
-            (*ev).req_len = off;
-            (*ev).resp_snip = n as u16;
-        }
-        let size = (unsafe { core::ptr::read_volatile(&n) } & DATA_MASK) as usize + L7_EVENT_HEADER;
-        if size > core::mem::size_of::<L7Data>() {
-            return;
-        }
-        // SAFETY: `rec` is a valid L7Data and `size` is within it.
-        let bytes = unsafe { core::slice::from_raw_parts(rec as *const u8, size) };
-        if L7_EVENTS.output::<[u8]>(bytes, wakeup()).is_err() {
-            count_lost(LOST_L7_RINGBUF_FULL);
-            return;
-        }
+    while i < MAX_CHUNKS {
+        let n = emit(rec, ev, ptr + off as u64, avail.saturating_sub(off), off);
         if n == 0 {
             return;
         }
         off += n;
-        seg_off += n;
-        records += 1;
-        if off >= call.ret || records >= MAX_CHUNKS {
+        if off >= avail {
+            break;
+        }
+        i += 1;
+    }
+    if off < avail || off >= call.ret {
+        return;
+    }
+    // A vectored call's later segments (a server's reply header, value and trailer in three):
+    // a record each, of its first DATA_MASK bytes; the rest of a longer one is a gap user space
+    // skips. Two plain loops one after the other: a loop switching between segments and chunks
+    // branches on every round, which older verifiers explore round by round for minutes.
+    let Some(iov) = call.iovecs() else {
+        return;
+    };
+    // The offset goes through the record (map memory, unknown to the verifier): every way out
+    // of the loop above reaches this one as the same state, which the verifier then checks once
+    // (5.10's gave up at its million instructions otherwise).
+    // SAFETY: `ev` is the header of the scratch record.
+    let mut off = unsafe {
+        (*ev).req_len = off;
+        core::ptr::read_volatile(&(*ev).req_len)
+    };
+    let mut seg = 1u32;
+    while seg < MAX_SEGMENTS {
+        let Some((p, l)) = call.segment(iov, seg, off) else {
+            return;
+        };
+        if l > 0 && emit(rec, ev, p, l, off) == 0 {
             return;
         }
+        off += l;
+        if off >= call.ret {
+            return;
+        }
+        seg += 1;
     }
+}
+
+/// Sends one DATA record: the header in `ev` with `off` (the record's offset in the call) and
+/// up to DATA_MASK of the `left` bytes at user address `ptr`. Returns how many bytes it holds
+/// (0: nothing was read, or the ring was full; both counted).
+#[inline(always)]
+fn emit(rec: *mut L7Data, ev: *mut L7Event, ptr: u64, left: u32, off: u32) -> u32 {
+    let want = if left > DATA_MASK { DATA_MASK } else { left };
+    let mut n = unsafe { core::ptr::read_volatile(&want) } & DATA_MASK;
+    if n > 0 {
+        // SAFETY: the scratch record's data holds L7_DATA_MAX (> n) bytes.
+        let r =
+            unsafe { bpf_probe_read_user((*rec).data.as_mut_ptr() as *mut _, n, ptr as *const _) };
+        if r != 0 {
+            count_lost(LOST_L7_USER_READ);
+            n = 0;
+        }
+    }
+    // SAFETY: `ev` is the header of the scratch record.
+    unsafe {
+        (*ev).req_len = off;
+        (*ev).resp_snip = n as u16;
+    }
+    let size = (unsafe { core::ptr::read_volatile(&n) } & DATA_MASK) as usize + L7_EVENT_HEADER;
+    if size > core::mem::size_of::<L7Data>() {
+        return 0;
+    }
+    // SAFETY: `rec` is a valid L7Data and `size` is within it.
+    let bytes = unsafe { core::slice::from_raw_parts(rec as *const u8, size) };
+    if L7_EVENTS.output::<[u8]>(bytes, wakeup()).is_err() {
+        count_lost(LOST_L7_RINGBUF_FULL);
+        return 0;
+    }
+    n
 }
