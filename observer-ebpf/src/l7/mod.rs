@@ -69,6 +69,7 @@ pub const HEAD_MASK: u32 = 255;
 
 /// How the current syscall hands its data over.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Io {
     /// One flat buffer (`read`, `write`, `recvfrom`, `sendto`).
     Buf,
@@ -82,6 +83,7 @@ pub enum Io {
 
 /// One send or receive call on a socket.
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub struct Call {
     pub sk: u64,
     pub ret: u32,
@@ -329,13 +331,19 @@ pub enum Detected {
     Response = 2,
 }
 
-/// Runs every enabled detector on the first `n` bytes of a call of `ret` bytes: the protocol
-/// and its verdict. A function of its own in the program (a BPF-to-BPF call once per undecided
-/// call): inlined, the detectors' branches made the compiler spill an uninitialised register in
-/// the socket I/O program, which the verifier refuses.
+/// Runs every enabled detector on the first `n` bytes of a call of `ret` bytes, which
+/// [`Call::read_head`] put in the first scratch record: the protocol (bits 8..16) and its
+/// verdict. A global BPF function: the verifier checks it once, on its own, not again for
+/// every state its callers reach it in (inlined, the detectors' branches made the compiler
+/// spill an uninitialised register; as a static function, 5.10's verifier went through them
+/// once per data shape of the call and ran out of its million instructions).
+#[unsafe(no_mangle)]
 #[inline(never)]
-fn detect_call(head: *const L7Event, n: u32, ret: u32) -> u32 {
-    let (p, d) = detect(head, n, ret);
+pub extern "C" fn l7_detect(n: u32, ret: u32) -> u32 {
+    let Some(head) = L7_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let (p, d) = detect(head, n & HEAD_MASK, ret);
     (p as u32) << 8 | d as u32
 }
 
@@ -382,14 +390,13 @@ fn is_stream(proto: u8) -> bool {
     matches!(proto, L7_REDIS | L7_POSTGRES | L7_MYSQL | L7_MEMCACHED)
 }
 
-/// Hands a call of a claimed connection to its protocol's framer.
+/// Hands a call of a claimed connection to its protocol's framer (the stream protocols' calls
+/// go to [`stream::hand_over`] instead).
 #[inline(always)]
 fn frame(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
     // SAFETY: map value pointer checked by the verifier.
-    match unsafe { (*st).proto } {
-        L7_HTTP1 => http1::on_call(st, call, head, n),
-        L7_REDIS | L7_POSTGRES | L7_MYSQL | L7_MEMCACHED => stream::on_call(st, call),
-        _ => {}
+    if unsafe { (*st).proto } == L7_HTTP1 {
+        http1::on_call(st, call, head, n);
     }
 }
 
@@ -424,15 +431,20 @@ pub fn on_io(sk: u64, sock: Sock, ret: u32, send: bool, now: u64) {
     if !sock.tcp {
         return;
     }
-    on_tcp_io(sk, sock.conn, u64::from(ret) | u64::from(send) << 32, now);
+    if on_tcp_io(sk, sock.conn, u64::from(ret) | u64::from(send) << 32, now) {
+        // Called from here, not from inside the function above: the BPF stack of a chain of
+        // calls is 512 bytes in all.
+        stream::l7_stream_call();
+    }
 }
 
 /// The L7 path of one call on a TCP socket (`packed` holds its byte count, and its direction in
-/// bit 32). A function of its own in the program (a BPF-to-BPF call): inlined into the socket
+/// bit 32). True when the call is a stream protocol's, handed over in `L7_CALL` for the
+/// stream framer. A function of its own in the program (a BPF-to-BPF call): inlined into the socket
 /// hooks, the compiler spilled a register it had left uninitialised on one path, which the
 /// verifier refuses (5.10's on the fexit hooks, every kernel's once the detectors grew).
 #[inline(never)]
-fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) {
+fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) -> bool {
     let ret = packed as u32;
     let send = packed >> 32 != 0;
     let (conn, st) = if c.is_null() {
@@ -440,7 +452,7 @@ fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) {
     } else {
         // SAFETY: a map value pointer the caller got from the verifier-checked lookup.
         match unsafe { (*c).l7 } {
-            L7_NONE => return,
+            L7_NONE => return false,
             L7_UNDECIDED => (Some(c), None),
             // Claimed: its state should be there (else it was lost; decide again).
             _ => (Some(c), L7_CONNS.get_ptr_mut(&sk)),
@@ -457,23 +469,22 @@ fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) {
         arg,
     };
     let Some(head) = L7_SCRATCH.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     if let Some(st) = st {
         // SAFETY: map value pointer checked by the verifier.
         if is_stream(unsafe { (*st).proto }) {
-            stream::on_call(st, &call);
-            return;
+            return stream::hand_over(&call);
         }
         let n = call.read_head(head);
         frame(st, &call, head, n);
-        return;
+        return false;
     }
     if io == Io::None {
-        return;
+        return false;
     }
     let n = call.read_head(head);
-    let v = detect_call(head, n, call.ret);
+    let v = l7_detect(n, call.ret);
     let proto = (v >> 8) as u8;
     let d = match v & 0xff {
         1 => Detected::Request,
@@ -495,16 +506,20 @@ fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) {
                 }
             }
         }
-        return;
+        return false;
     }
     let Some(st) = claim(sk, proto, d, send) else {
-        return;
+        return false;
     };
     if let Some(c) = conn {
         // SAFETY: map value pointer checked by the verifier.
         unsafe { (*c).l7 = proto };
     }
+    if is_stream(proto) {
+        return stream::hand_over(&call);
+    }
     frame(st, &call, head, n);
+    false
 }
 
 /// Enters a connection a protocol claimed: its cgroup, peer and side.

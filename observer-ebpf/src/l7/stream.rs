@@ -16,7 +16,7 @@ use observer_common::{
 };
 
 use super::{tgid, wakeup, Call, Io};
-use crate::maps::{count_lost, L7_DATA_SCRATCH, L7_EVENTS};
+use crate::maps::{count_lost, L7_CALL, L7_CONNS, L7_DATA_SCRATCH, L7_EVENTS};
 
 /// Mask of the bytes read from a call per record (one less than [`L7_DATA_MAX`]).
 const DATA_MASK: u32 = L7_DATA_MAX as u32 - 1;
@@ -28,10 +28,44 @@ const MAX_CHUNKS: u32 = 16;
 /// a gap user space sees.
 const MAX_SEGMENTS: u32 = 4;
 
+/// Keeps a call of a claimed stream connection for [`l7_stream_call`]; false when the
+/// per-CPU slot is not there.
+#[inline(always)]
+pub fn hand_over(call: &Call) -> bool {
+    match L7_CALL.get_ptr_mut(0) {
+        Some(slot) => {
+            // SAFETY: this CPU's slot; the hook that fills it runs to its end on this CPU.
+            unsafe { *slot = *call };
+            true
+        }
+        None => false,
+    }
+}
+
+/// The framer as a global BPF function: the verifier checks it once, on its own, with the
+/// call it reads from `L7_CALL` unknown, instead of once for every state the socket hooks
+/// reach it in (as part of them, its loops over chunks and segments took 5.10's verifier past
+/// its million instructions). A global function's arguments may only be scalars (the socket
+/// is a pointer to the verifier), hence the hand-over through the map.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn l7_stream_call() -> u32 {
+    let Some(slot) = L7_CALL.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, written by the hook that calls this function.
+    let call = unsafe { *slot };
+    let Some(st) = L7_CONNS.get_ptr_mut(&call.sk) else {
+        return 0;
+    };
+    on_call(st, &call);
+    0
+}
+
 /// One call of a stream protocol's connection: its bytes in `DATA` records of up to
 /// [`DATA_MASK`] bytes each, in order; `req_len` is a record's offset in the call.
 #[inline(always)]
-pub fn on_call(st: *mut L7Conn, call: &Call) {
+fn on_call(st: *mut L7Conn, call: &Call) {
     let Some(rec) = L7_DATA_SCRATCH.get_ptr_mut(0) else {
         return;
     };
