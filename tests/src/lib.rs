@@ -3,6 +3,7 @@
 //! process, and a Prometheus text parser. Every guard cleans up on drop, also when a test
 //! panics.
 
+pub mod db;
 pub mod grpc;
 pub mod kubeapi;
 pub mod manifest;

@@ -11,6 +11,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use observer_tests::{
+    db::{self, CLIENT, SERVER},
     metrics::{matching, Sample},
     net::Bridge,
     observer::{self, Observer},
@@ -19,8 +20,6 @@ use observer_tests::{
 };
 
 const PORT: u16 = 11211;
-const CLIENT: &str = "db_client_operation_duration_seconds_count";
-const SERVER: &str = "db_server_operation_duration_seconds_count";
 /// Debian's interpreter, which has pymemcache (another `python3` on the PATH may not).
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -155,13 +154,7 @@ fn memcslap_counts_equal_the_servers_stats() {
         })
         .unwrap();
     assert_eq!(per_op(&samples, SERVER, &s.server, false), want_server);
-    let unparsed: f64 = matching(
-        &samples,
-        "observer_l7_messages_unparsed_total",
-        &[("protocol", "memcached")],
-    )
-    .map(|x| x.value)
-    .sum();
+    let unparsed = db::unparsed(&samples, "memcached");
     assert_eq!(unparsed, 0.0, "unparsed Memcached records");
     let edge: f64 = matching(
         &samples,

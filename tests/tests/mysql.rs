@@ -14,6 +14,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use observer_tests::{
+    db::{self, CLIENT},
     metrics::{matching, Sample},
     net::Bridge,
     observer::Observer,
@@ -22,7 +23,6 @@ use observer_tests::{
 };
 
 const PORT: u16 = 3306;
-const CLIENT: &str = "db_client_operation_duration_seconds_count";
 /// Debian's interpreter, which has PyMySQL (another `python3` on the PATH may not).
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -105,11 +105,7 @@ fn com(dir: &TempDir) -> BTreeMap<String, u64> {
 
 /// What changed between two readings; the second reading's own `SHOW STATUS` left out.
 fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    let mut d: BTreeMap<String, u64> = after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
-        .filter(|(_, v)| *v > 0)
-        .collect();
+    let mut d = db::delta(after, before);
     if let Some(v) = d.get_mut("Com_show_status") {
         *v -= 1;
     }
@@ -145,17 +141,7 @@ fn per_op_of(
     system: &str,
     extra: &[(&str, &str)],
 ) -> BTreeMap<String, u64> {
-    let mut want = vec![
-        ("k8s_pod_uid", pod.uid.as_str()),
-        ("db_system_name", system),
-    ];
-    want.extend_from_slice(extra);
-    let mut m = BTreeMap::new();
-    for x in matching(s, CLIENT, &want) {
-        *m.entry(x.labels["db_operation_name"].clone()).or_default() += x.value as u64;
-    }
-    m.retain(|_, v| *v > 0);
-    m
+    db::ops(s, CLIENT, pod, system, extra)
 }
 
 /// The operations as the server's counters count them.
@@ -207,13 +193,7 @@ fn mysqlslap_counts_equal_the_servers_com_counters() {
     let ops = per_op(&samples, &s.client, &[]);
     assert_eq!(as_com(&ops), server, "client pod's operations {ops:?}");
     // None failed, nothing was left unparsed.
-    let unparsed: f64 = matching(
-        &samples,
-        "observer_l7_messages_unparsed_total",
-        &[("protocol", "mysql")],
-    )
-    .map(|x| x.value)
-    .sum();
+    let unparsed = db::unparsed(&samples, "mysql");
     assert_eq!(unparsed, 0.0, "unparsed MySQL records");
     // The server pod answered the same.
     let server_side: BTreeMap<String, u64> = {

@@ -12,6 +12,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use observer_tests::{
+    db::{self, CLIENT},
     metrics::{matching, Sample},
     net::Bridge,
     observer::Observer,
@@ -21,7 +22,6 @@ use observer_tests::{
 
 const PORT: u16 = 5432;
 const BIN: &str = "/usr/lib/postgresql/15/bin";
-const CLIENT: &str = "db_client_operation_duration_seconds_count";
 
 struct Setup {
     _dir: TempDir,
@@ -141,17 +141,7 @@ fn statements(host: &str) -> BTreeMap<String, u64> {
 
 /// Operations per `db_operation_name` of the client pod (with extra label filters).
 fn per_op(s: &[Sample], pod: &Pod, extra: &[(&str, &str)]) -> BTreeMap<String, u64> {
-    let mut want = vec![
-        ("k8s_pod_uid", pod.uid.as_str()),
-        ("db_system_name", "postgresql"),
-    ];
-    want.extend_from_slice(extra);
-    let mut m = BTreeMap::new();
-    for x in matching(s, CLIENT, &want) {
-        *m.entry(x.labels["db_operation_name"].clone()).or_default() += x.value as u64;
-    }
-    m.retain(|_, v| *v > 0);
-    m
+    db::ops(s, CLIENT, pod, "postgresql", extra)
 }
 
 /// pgbench's TPC-B-like script in the given query mode: the client pod's operations equal
@@ -342,19 +332,7 @@ fn a_connection_from_before_the_observer_counts_and_a_slow_statement_lands_in_it
         })
         .unwrap();
     assert_eq!(per_op(&samples, &s.client, &[]), want, "client pod");
-    let bucket = |le: &str| -> u64 {
-        matching(
-            &samples,
-            "db_client_operation_duration_seconds_bucket",
-            &[
-                ("k8s_pod_uid", s.client.uid.as_str()),
-                ("db_operation_name", "SELECT"),
-                ("le", le),
-            ],
-        )
-        .map(|x| x.value as u64)
-        .sum()
-    };
+    let bucket = |le: &str| db::client_bucket(&samples, &s.client, "SELECT", le);
     assert_eq!(bucket("0.05"), 0, "slept 60 ms");
     // Under emulation a guest's clock runs unevenly: the upper bound is the host kernel's.
     if slowdown() == 1 {

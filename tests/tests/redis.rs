@@ -13,6 +13,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use observer_tests::{
+    db::{self, CLIENT, SERVER},
     metrics::{matching, Sample},
     net::Bridge,
     observer::Observer,
@@ -21,8 +22,6 @@ use observer_tests::{
 };
 
 const PORT: u16 = 6379;
-const CLIENT: &str = "db_client_operation_duration_seconds_count";
-const SERVER: &str = "db_server_operation_duration_seconds_count";
 
 /// A Redis client on a raw socket: a pipeline of 100 SETs in one write, MULTI/EXEC, a
 /// WRONGTYPE error, a 100 kB value written and read back (longer than what the kernel reads of
@@ -126,27 +125,9 @@ fn errorstats(host: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
-        .filter(|(_, v)| *v > 0)
-        .collect()
-}
-
 /// Operations per `db_operation_name` of a pod's series of `family`.
 fn per_op(s: &[Sample], family: &str, pod: &Pod, extra: &[(&str, &str)]) -> BTreeMap<String, u64> {
-    let mut want = vec![
-        ("k8s_pod_uid", pod.uid.as_str()),
-        ("db_system_name", "redis"),
-    ];
-    want.extend_from_slice(extra);
-    let mut m = BTreeMap::new();
-    for x in matching(s, family, &want) {
-        *m.entry(x.labels["db_operation_name"].clone()).or_default() += x.value as u64;
-    }
-    m.retain(|_, v| *v > 0);
-    m
+    db::ops(s, family, pod, "redis", extra)
 }
 
 /// Scrapes until a pod's operations per name in `family` are `want`; asserts they are.
@@ -258,7 +239,7 @@ fn redis_benchmark_pipelined_counts_equal_the_servers_commandstats() {
         )
         .unwrap();
     let after = commandstats(&host);
-    let server = delta(&after, &before);
+    let server = db::delta(&after, &before);
     // The load generator's own count per command, and the server's agree.
     for op in ["SET", "GET", "INCR", "LPUSH"] {
         assert_eq!(
@@ -284,13 +265,7 @@ fn redis_benchmark_pipelined_counts_equal_the_servers_commandstats() {
         .map(|x| x.value)
         .sum();
     assert_eq!(failed, 0.0);
-    let unparsed: f64 = matching(
-        &samples,
-        "observer_l7_messages_unparsed_total",
-        &[("protocol", "redis")],
-    )
-    .map(|x| x.value)
-    .sum();
+    let unparsed = db::unparsed(&samples, "redis");
     assert_eq!(unparsed, 0.0, "unparsed Redis records");
     // The edge: the benchmark to the server, a database edge (the test's own INFO calls, from
     // the host, make edges of their own).
@@ -346,7 +321,7 @@ fn a_raw_client_pipelines_transactions_errors_and_pub_sub() {
         .python(CLIENT_PY, &[&host, &PORT.to_string()])
         .unwrap();
     let after = commandstats(&host);
-    let errors = delta(&errorstats(&host), &errors_before);
+    let errors = db::delta(&errorstats(&host), &errors_before);
     let mut tally = BTreeMap::new();
     let mut tally_errors = BTreeMap::new();
     for line in out.lines() {
@@ -362,7 +337,7 @@ fn a_raw_client_pipelines_transactions_errors_and_pub_sub() {
         }
     }
     // The client's tally and the server's record agree (the test's first INFO aside).
-    let mut server = delta(&after, &before);
+    let mut server = db::delta(&after, &before);
     server.remove("INFO");
     assert_eq!(server, tally, "the client's tally against commandstats");
     assert_eq!(
@@ -399,19 +374,7 @@ fn a_connection_from_before_the_observer_counts_and_a_slow_command_lands_in_its_
     std::fs::write(&*go.borrow(), "").unwrap();
     let want = BTreeMap::from([("PING".to_string(), 1), ("DEBUG".to_string(), 1)]);
     let samples = until_ops(&s.obs, CLIENT, &s.client, &want, "operations");
-    let bucket = |le: &str| -> u64 {
-        matching(
-            &samples,
-            "db_client_operation_duration_seconds_bucket",
-            &[
-                ("k8s_pod_uid", s.client.uid.as_str()),
-                ("db_operation_name", "DEBUG"),
-                ("le", le),
-            ],
-        )
-        .map(|x| x.value as u64)
-        .sum()
-    };
+    let bucket = |le: &str| db::client_bucket(&samples, &s.client, "DEBUG", le);
     assert_eq!(bucket("0.05"), 0, "slept 60 ms");
     // Under emulation a guest's clock runs unevenly: the upper bound is the host kernel's.
     if slowdown() == 1 {

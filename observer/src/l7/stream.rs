@@ -1,8 +1,176 @@
-//! The calls of a stream protocol's connection (`DATA` records, see the kernel's
-//! `l7/stream.rs`), as its parsers want them: per direction, in order, each call's bytes and
-//! the bytes the kernel did not send as gaps, with the call's times and process.
+//! What every stream protocol's tracker shares: the calls of a connection (`DATA` records,
+//! see the kernel's `l7/stream.rs`) as its parsers want them (per direction, in order, each
+//! call's bytes and the bytes the kernel did not send as gaps, with the call's times and
+//! process), the bounded table of the connections it follows, and who their operations
+//! belong to.
 
-use super::event::Data;
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
+
+use super::{event::Data, ConnTable, Event, Request, Side, Spec, Status};
+
+/// Connections one protocol follows at most (each holds two small parsers and its pending
+/// operations); a new one beyond makes the one heard of longest ago give way.
+pub const MAX_CONNS: usize = 65536;
+/// How often connections idle that long are checked against the kernel's table.
+const SWEEP_NS: u64 = 5_000_000_000;
+
+/// Whose operations a connection's are: the protocol (its metric family), the observed end
+/// and the other one.
+#[derive(Debug, Clone)]
+pub struct Ends {
+    pub protocol: &'static Spec,
+    pub side: Side,
+    pub cgroup_id: u64,
+    pub peer: IpAddr,
+    pub peer_port: u16,
+}
+
+/// An operation as it began: what, on what, when, and by which process.
+#[derive(Debug)]
+pub struct Op {
+    pub name: &'static str,
+    pub target: Arc<str>,
+    pub start_ns: u64,
+    pub tgid: u32,
+}
+
+impl Ends {
+    /// The ends of the connection a record is of.
+    pub fn of(protocol: &'static Spec, ev: &Event<'_>) -> Ends {
+        Ends {
+            protocol,
+            side: ev.side,
+            cgroup_id: ev.cgroup_id,
+            peer: ev.peer,
+            peer_port: ev.peer_port,
+        }
+    }
+
+    /// Operation `op` of this connection, ended at `end_ns` with `status`, or without one for
+    /// the reason `error_type` (`timeout`, `connection_closed`).
+    pub fn request(
+        &self,
+        op: Op,
+        end_ns: u64,
+        status: Option<Status>,
+        error_type: Option<&'static str>,
+    ) -> Request {
+        Request {
+            protocol: self.protocol,
+            side: self.side,
+            cgroup_id: self.cgroup_id,
+            tgid: op.tgid,
+            peer: self.peer,
+            peer_port: self.peer_port,
+            operation: op.name,
+            target: op.target,
+            status,
+            error_type,
+            duration_ns: end_ns.saturating_sub(op.start_ns),
+        }
+    }
+}
+
+/// A connection's state as [`Conns`] keeps it.
+pub trait Tracked {
+    /// When the connection was last heard of (the end of its last call, or its close).
+    fn last_ns(&self) -> u64;
+    fn set_last_ns(&mut self, ns: u64);
+}
+
+/// The connections a stream protocol follows, by socket: bounded, and swept of those whose
+/// socket the kernel's table no longer holds (their `CLOSE` record was lost). A connection's
+/// state is taken out while a record of it is handled and put back after, so that the tracker
+/// can use the rest of itself meanwhile.
+#[derive(Debug)]
+pub struct Conns<C> {
+    map: HashMap<u64, C, foldhash::fast::RandomState>,
+    last_sweep_ns: u64,
+    /// Connections dropped because too many were followed.
+    pub evicted: u64,
+}
+
+impl<C> Default for Conns<C> {
+    fn default() -> Self {
+        Conns {
+            map: HashMap::default(),
+            last_sweep_ns: 0,
+            evicted: 0,
+        }
+    }
+}
+
+impl<C: Tracked> Conns<C> {
+    /// When `sk` is not followed yet and the table is full: the connection heard of longest
+    /// ago, taken out (counted as evicted) for the caller to close.
+    pub fn make_room(&mut self, sk: u64) -> Option<C> {
+        if self.map.len() < MAX_CONNS || self.map.contains_key(&sk) {
+            return None;
+        }
+        let (&oldest, _) = self.map.iter().min_by_key(|(_, c)| c.last_ns())?;
+        self.evicted += 1;
+        self.map.remove(&oldest)
+    }
+
+    /// `sk`'s state, taken out (back with [`Conns::put`]); made by `new` when `sk` is not
+    /// followed yet. Heard of at `now_ns`.
+    pub fn take(&mut self, sk: u64, now_ns: u64, new: impl FnOnce() -> C) -> C {
+        let mut c = self.map.remove(&sk).unwrap_or_else(new);
+        c.set_last_ns(now_ns);
+        c
+    }
+
+    /// `sk`'s state taken out if followed (back with [`Conns::put`]).
+    pub fn remove(&mut self, sk: u64) -> Option<C> {
+        self.map.remove(&sk)
+    }
+
+    pub fn put(&mut self, sk: u64, c: C) {
+        self.map.insert(sk, c);
+    }
+
+    /// The socket is gone (its `CLOSE` record at `ts_ns`): its state, for the caller to close.
+    pub fn closed(&mut self, sk: u64, ts_ns: u64) -> Option<C> {
+        let mut c = self.map.remove(&sk)?;
+        c.set_last_ns(c.last_ns().max(ts_ns));
+        Some(c)
+    }
+
+    /// The sockets whose connection `pred` picks (one with an operation waiting too long).
+    pub fn picked(&self, pred: impl Fn(&C) -> bool) -> Vec<u64> {
+        (self.map.iter())
+            .filter(|(_, c)| pred(c))
+            .map(|(&sk, _)| sk)
+            .collect()
+    }
+
+    /// Every few seconds: the connections idle that long whose socket the kernel's table no
+    /// longer holds, taken out for the caller to close.
+    pub fn sweep(&mut self, now_ns: u64, table: &dyn ConnTable) -> Vec<C> {
+        if now_ns.saturating_sub(self.last_sweep_ns) < SWEEP_NS {
+            return Vec::new();
+        }
+        self.last_sweep_ns = now_ns;
+        let gone = self.picked(|c| now_ns.saturating_sub(c.last_ns()) >= SWEEP_NS);
+        (gone.into_iter())
+            .filter(|&sk| table.get(sk).is_none())
+            .filter_map(|sk| self.map.remove(&sk))
+            .collect()
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut C> {
+        self.map.values_mut()
+    }
+
+    #[cfg(test)]
+    pub fn values(&self) -> impl Iterator<Item = &C> {
+        self.map.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+}
 
 /// Where a direction's current call stands: its length, the bytes seen of it, its times and
 /// process.

@@ -13,17 +13,13 @@
 
 pub mod text;
 
-use std::{
-    collections::{HashMap, VecDeque},
-    net::IpAddr,
-    sync::Arc,
-};
+use std::{collections::VecDeque, sync::Arc};
 
 use observer_common::L7_MEMCACHED;
 
 use super::{
     event::Kind,
-    stream::{CallPos, Calls, Input},
+    stream::{CallPos, Calls, Conns, Ends, Input, Op, Tracked},
     ConnTable, Event, Protocol, Request, Settings, Side, Spec, Status,
 };
 use text::{Broken, Frame, Framer};
@@ -58,8 +54,6 @@ fn failed(status: Option<&Status>, error: Option<&'static str>) -> bool {
 
 /// Commands waiting for a reply per connection before the oldest are given up.
 const MAX_PENDING: usize = 4096;
-const MAX_CONNS: usize = 65536;
-const SWEEP_NS: u64 = 5_000_000_000;
 
 #[derive(Debug)]
 struct Pending {
@@ -70,16 +64,22 @@ struct Pending {
 
 #[derive(Debug)]
 struct Conn {
-    side: Side,
-    cgroup_id: u64,
-    peer: IpAddr,
-    peer_port: u16,
+    ends: Ends,
     requests: Framer,
     replies: Framer,
     calls: Calls,
     counted: [bool; 2],
     pending: VecDeque<Pending>,
     last_ns: u64,
+}
+
+impl Tracked for Conn {
+    fn last_ns(&self) -> u64 {
+        self.last_ns
+    }
+    fn set_last_ns(&mut self, ns: u64) {
+        self.last_ns = ns;
+    }
 }
 
 /// Records and lines the tracker could not use.
@@ -89,25 +89,23 @@ pub struct Unparsed {
     pub gap: u64,
     pub response_without_request: u64,
     pub pending_overflow: u64,
-    pub conns_evicted: u64,
     pub lost_in_resync: u64,
 }
 
 /// The Memcached protocol of the L7 path.
 #[derive(Debug)]
 pub struct Memcached {
-    conns: HashMap<u64, Conn, foldhash::fast::RandomState>,
+    conns: Conns<Conn>,
     timeout_ns: u64,
     ok: Arc<str>,
     errors: [Arc<str>; 3],
-    last_sweep_ns: u64,
     pub unparsed: Unparsed,
 }
 
 impl Memcached {
     pub fn new(settings: &Settings) -> Self {
         Self {
-            conns: HashMap::default(),
+            conns: Conns::default(),
             timeout_ns: settings.request_timeout_ns,
             ok: Arc::from(""),
             errors: [
@@ -115,7 +113,6 @@ impl Memcached {
                 Arc::from("CLIENT_ERROR"),
                 Arc::from("SERVER_ERROR"),
             ],
-            last_sweep_ns: 0,
             unparsed: Unparsed::default(),
         }
     }
@@ -130,7 +127,6 @@ impl Memcached {
         Status::Text(s.clone())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn emit(
         &self,
         c: &Conn,
@@ -140,32 +136,23 @@ impl Memcached {
         error_type: Option<&'static str>,
         out: &mut Vec<Request>,
     ) {
-        out.push(Request {
-            protocol: &SPEC,
-            side: c.side,
-            cgroup_id: c.cgroup_id,
-            tgid: p.tgid,
-            peer: c.peer,
-            peer_port: c.peer_port,
-            operation: p.name,
+        let op = Op {
+            name: p.name,
             target: self.ok.clone(),
-            status,
-            error_type,
-            duration_ns: end_ns.saturating_sub(p.start_ns),
-        });
+            start_ns: p.start_ns,
+            tgid: p.tgid,
+        };
+        out.push(c.ends.request(op, end_ns, status, error_type));
     }
 
     fn on_data(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
         let Some(d) = ev.data else { return };
-        if !self.conns.contains_key(&ev.sk) && self.conns.len() >= MAX_CONNS {
-            self.evict_oldest(out);
+        if let Some(old) = self.conns.make_room(ev.sk) {
+            self.close(old, out);
         }
         let requests = d.send == (ev.side == Side::Client);
-        let mut c = self.conns.remove(&ev.sk).unwrap_or_else(|| Conn {
-            side: ev.side,
-            cgroup_id: ev.cgroup_id,
-            peer: ev.peer,
-            peer_port: ev.peer_port,
+        let mut c = self.conns.take(ev.sk, d.end_ns, || Conn {
+            ends: Ends::of(&SPEC, ev),
             requests: Framer::requests(),
             replies: Framer::replies(),
             calls: Calls::default(),
@@ -173,7 +160,6 @@ impl Memcached {
             pending: VecDeque::new(),
             last_ns: d.end_ns,
         });
-        c.last_ns = d.end_ns;
         let mut calls = c.calls;
         calls.record(usize::from(!requests), &d, ev.tgid, |dir, input, call| {
             let mut frames = Vec::new();
@@ -223,7 +209,7 @@ impl Memcached {
             }
         });
         c.calls = calls;
-        self.conns.insert(ev.sk, c);
+        self.conns.put(ev.sk, c);
     }
 
     fn on_command(
@@ -234,7 +220,7 @@ impl Memcached {
         out: &mut Vec<Request>,
     ) {
         // A client's command left when its call began; a server's arrived when its call ended.
-        let start_ns = if c.side == Side::Client {
+        let start_ns = if c.ends.side == Side::Client {
             call.start_ns
         } else {
             call.end_ns
@@ -275,16 +261,6 @@ impl Memcached {
         self.emit(c, &p, end_ns, Some(self.status(r.error)), None, out);
     }
 
-    fn evict_oldest(&mut self, out: &mut Vec<Request>) {
-        let Some((&sk, _)) = self.conns.iter().min_by_key(|(_, c)| c.last_ns) else {
-            return;
-        };
-        if let Some(c) = self.conns.remove(&sk) {
-            self.unparsed.conns_evicted += 1;
-            self.close(c, out);
-        }
-    }
-
     /// The connection is gone: commands still waiting end without reply.
     fn close(&mut self, mut c: Conn, out: &mut Vec<Request>) {
         let end = c.last_ns;
@@ -304,8 +280,7 @@ impl Protocol for Memcached {
         match ev.kind {
             Kind::Data => self.on_data(ev, out),
             Kind::Close => {
-                if let Some(mut c) = self.conns.remove(&ev.sk) {
-                    c.last_ns = c.last_ns.max(ev.ts_ns);
+                if let Some(c) = self.conns.closed(ev.sk, ev.ts_ns) {
                     self.close(c, out);
                 }
             }
@@ -317,41 +292,21 @@ impl Protocol for Memcached {
         // The oldest command of a connection unanswered for too long times out, and so do those
         // behind it.
         let timeout = self.timeout_ns;
-        let late: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                c.pending
-                    .front()
-                    .is_some_and(|p| now_ns.saturating_sub(p.start_ns) >= timeout)
-            })
-            .map(|(&sk, _)| sk)
-            .collect();
+        let late = self.conns.picked(|c| {
+            (c.pending.front()).is_some_and(|p| now_ns.saturating_sub(p.start_ns) >= timeout)
+        });
         for sk in late {
-            let Some(mut c) = self.conns.remove(&sk) else {
+            let Some(mut c) = self.conns.remove(sk) else {
                 continue;
             };
             let pending: Vec<Pending> = c.pending.drain(..).collect();
             for p in pending {
                 self.emit(&c, &p, now_ns, None, Some("timeout"), out);
             }
-            self.conns.insert(sk, c);
+            self.conns.put(sk, c);
         }
-        if now_ns.saturating_sub(self.last_sweep_ns) < SWEEP_NS {
-            return;
-        }
-        self.last_sweep_ns = now_ns;
-        let gone: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| now_ns.saturating_sub(c.last_ns) >= SWEEP_NS)
-            .map(|(&sk, _)| sk)
-            .filter(|&sk| conns.get(sk).is_none())
-            .collect();
-        for sk in gone {
-            if let Some(c) = self.conns.remove(&sk) {
-                self.close(c, out);
-            }
+        for c in self.conns.sweep(now_ns, conns) {
+            self.close(c, out);
         }
     }
 
@@ -362,7 +317,7 @@ impl Protocol for Memcached {
             ("gap", u.gap),
             ("response_without_request", u.response_without_request),
             ("pending_overflow", u.pending_overflow),
-            ("connection_evicted", u.conns_evicted),
+            ("connection_evicted", self.conns.evicted),
             ("lost_in_resync", u.lost_in_resync),
         ]
     }

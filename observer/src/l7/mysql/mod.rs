@@ -22,7 +22,6 @@ pub mod wire;
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::IpAddr,
     sync::Arc,
 };
 
@@ -31,7 +30,7 @@ use observer_common::L7_MYSQL;
 use super::{
     event::Kind,
     sql::{self, Dialect},
-    stream::{CallPos, Calls, Input},
+    stream::{CallPos, Calls, Conns, Ends, Input, Op, Tracked},
     ConnTable, Event, Protocol, Request, Settings, Side, Spec, Status,
 };
 use wire::{Framer, Packet};
@@ -90,8 +89,6 @@ const MAX_PENDING: usize = 1024;
 const MAX_NAMED: usize = 1024;
 /// Statements of one query text told apart.
 const MAX_STATEMENTS: usize = 16;
-const MAX_CONNS: usize = 65536;
-const SWEEP_NS: u64 = 5_000_000_000;
 
 /// `CLIENT_SSL` and `CLIENT_COMPRESS` in a client's capabilities.
 const CLIENT_SSL: u32 = 0x0800;
@@ -160,11 +157,8 @@ enum Phase {
 
 #[derive(Debug)]
 struct Conn {
-    side: Side,
-    cgroup_id: u64,
-    peer: IpAddr,
-    peer_port: u16,
-    spec: &'static Spec,
+    /// Its protocol is MariaDB's once the greeting says so.
+    ends: Ends,
     phase: Phase,
     client: Framer,
     server: Framer,
@@ -182,6 +176,15 @@ struct Conn {
     last_ns: u64,
 }
 
+impl Tracked for Conn {
+    fn last_ns(&self) -> u64 {
+        self.last_ns
+    }
+    fn set_last_ns(&mut self, ns: u64) {
+        self.last_ns = ns;
+    }
+}
+
 /// Records and packets the tracker could not use.
 #[derive(Debug, Default)]
 pub struct Unparsed {
@@ -191,29 +194,26 @@ pub struct Unparsed {
     pub encrypted: u64,
     pub response_without_request: u64,
     pub pending_overflow: u64,
-    pub conns_evicted: u64,
     pub lost_in_resync: u64,
 }
 
 /// The MySQL protocol of the L7 path.
 #[derive(Debug)]
 pub struct Mysql {
-    conns: HashMap<u64, Conn, foldhash::fast::RandomState>,
+    conns: Conns<Conn>,
     timeout_ns: u64,
     ok: Arc<str>,
     tables: HashMap<String, Arc<str>, foldhash::fast::RandomState>,
-    last_sweep_ns: u64,
     pub unparsed: Unparsed,
 }
 
 impl Mysql {
     pub fn new(settings: &Settings) -> Self {
         Self {
-            conns: HashMap::default(),
+            conns: Conns::default(),
             timeout_ns: settings.request_timeout_ns,
             ok: Arc::from(""),
             tables: HashMap::default(),
-            last_sweep_ns: 0,
             unparsed: Unparsed::default(),
         }
     }
@@ -257,51 +257,37 @@ impl Mysql {
         error_type: Option<&'static str>,
         out: &mut Vec<Request>,
     ) {
-        out.push(Request {
-            protocol: c.spec,
-            side: c.side,
-            cgroup_id: c.cgroup_id,
-            tgid,
-            peer: c.peer,
-            peer_port: c.peer_port,
-            operation: op,
+        let op = Op {
+            name: op,
             target: table,
-            status,
-            error_type,
-            duration_ns: end_ns.saturating_sub(start_ns),
-        });
+            start_ns,
+            tgid,
+        };
+        out.push(c.ends.request(op, end_ns, status, error_type));
     }
 
     fn on_data(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
         let Some(d) = ev.data else { return };
-        if !self.conns.contains_key(&ev.sk) && self.conns.len() >= MAX_CONNS {
-            self.evict_oldest(out);
+        if let Some(old) = self.conns.make_room(ev.sk) {
+            self.close(old, out, "connection_closed");
         }
         let requests = d.send == (ev.side == Side::Client);
-        let mut c = match self.conns.remove(&ev.sk) {
-            Some(c) => c,
-            None => Conn {
-                side: ev.side,
-                cgroup_id: ev.cgroup_id,
-                peer: ev.peer,
-                peer_port: ev.peer_port,
-                spec: &SPEC,
-                // Joined mid-way unless the server's greeting comes first.
-                phase: Phase::Commands,
-                client: Framer::default(),
-                server: Framer::default(),
-                calls: Calls::default(),
-                lost: false,
-                units: VecDeque::new(),
-                resp: Resp::Start,
-                next_seq: 1,
-                trailing_eof: None,
-                statements: HashMap::new(),
-                last_prepared: None,
-                last_ns: d.end_ns,
-            },
-        };
-        c.last_ns = d.end_ns;
+        let mut c = self.conns.take(ev.sk, d.end_ns, || Conn {
+            ends: Ends::of(&SPEC, ev),
+            // Joined mid-way unless the server's greeting comes first.
+            phase: Phase::Commands,
+            client: Framer::default(),
+            server: Framer::default(),
+            calls: Calls::default(),
+            lost: false,
+            units: VecDeque::new(),
+            resp: Resp::Start,
+            next_seq: 1,
+            trailing_eof: None,
+            statements: HashMap::new(),
+            last_prepared: None,
+            last_ns: d.end_ns,
+        });
         let mut calls = c.calls;
         calls.record(usize::from(!requests), &d, ev.tgid, |dir, input, call| {
             if c.phase == Phase::Unreadable {
@@ -356,7 +342,7 @@ impl Mysql {
             }
         });
         c.calls = calls;
-        self.conns.insert(ev.sk, c);
+        self.conns.put(ev.sk, c);
     }
 
     fn push(&mut self, c: &mut Conn, u: Unit) {
@@ -389,7 +375,7 @@ impl Mysql {
             return;
         }
         // A client's command left when its call began; a server's arrived when its call ended.
-        let start_ns = if c.side == Side::Client {
+        let start_ns = if c.ends.side == Side::Client {
             call.start_ns
         } else {
             call.end_ns
@@ -558,7 +544,7 @@ impl Mysql {
             c.phase = Phase::Auth;
             let version = p.body[1..].split(|&b| b == 0).next().unwrap_or_default();
             if version.windows(7).any(|w| w == b"MariaDB") {
-                c.spec = &SPEC_MARIADB;
+                c.ends.protocol = &SPEC_MARIADB;
             }
             return;
         }
@@ -693,16 +679,6 @@ impl Mysql {
         );
     }
 
-    fn evict_oldest(&mut self, out: &mut Vec<Request>) {
-        let Some((&sk, _)) = self.conns.iter().min_by_key(|(_, c)| c.last_ns) else {
-            return;
-        };
-        if let Some(c) = self.conns.remove(&sk) {
-            self.unparsed.conns_evicted += 1;
-            self.close(c, out, "connection_closed");
-        }
-    }
-
     /// The connection is gone (or waited too long): commands still waiting end without reply.
     fn close(&mut self, mut c: Conn, out: &mut Vec<Request>, error: &'static str) {
         let end = c.last_ns;
@@ -746,8 +722,7 @@ impl Protocol for Mysql {
         match ev.kind {
             Kind::Data => self.on_data(ev, out),
             Kind::Close => {
-                if let Some(mut c) = self.conns.remove(&ev.sk) {
-                    c.last_ns = c.last_ns.max(ev.ts_ns);
+                if let Some(c) = self.conns.closed(ev.sk, ev.ts_ns) {
                     self.close(c, out, "connection_closed");
                 }
             }
@@ -759,18 +734,11 @@ impl Protocol for Mysql {
         // The oldest command of a connection unanswered for too long times out, and so do
         // those behind it.
         let timeout = self.timeout_ns;
-        let late: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                c.units
-                    .front()
-                    .is_some_and(|u| now_ns.saturating_sub(u.start_ns) >= timeout)
-            })
-            .map(|(&sk, _)| sk)
-            .collect();
+        let late = self.conns.picked(|c| {
+            (c.units.front()).is_some_and(|u| now_ns.saturating_sub(u.start_ns) >= timeout)
+        });
         for sk in late {
-            let Some(mut c) = self.conns.remove(&sk) else {
+            let Some(mut c) = self.conns.remove(sk) else {
                 continue;
             };
             let units: Vec<Unit> = c.units.drain(..).collect();
@@ -789,23 +757,10 @@ impl Protocol for Mysql {
                     out,
                 );
             }
-            self.conns.insert(sk, c);
+            self.conns.put(sk, c);
         }
-        if now_ns.saturating_sub(self.last_sweep_ns) < SWEEP_NS {
-            return;
-        }
-        self.last_sweep_ns = now_ns;
-        let gone: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| now_ns.saturating_sub(c.last_ns) >= SWEEP_NS)
-            .map(|(&sk, _)| sk)
-            .filter(|&sk| conns.get(sk).is_none())
-            .collect();
-        for sk in gone {
-            if let Some(c) = self.conns.remove(&sk) {
-                self.close(c, out, "connection_closed");
-            }
+        for c in self.conns.sweep(now_ns, conns) {
+            self.close(c, out, "connection_closed");
         }
     }
 
@@ -817,7 +772,7 @@ impl Protocol for Mysql {
             ("encrypted", u.encrypted),
             ("response_without_request", u.response_without_request),
             ("pending_overflow", u.pending_overflow),
-            ("connection_evicted", u.conns_evicted),
+            ("connection_evicted", self.conns.evicted),
             ("lost_in_resync", u.lost_in_resync),
         ]
     }

@@ -16,7 +16,6 @@ pub mod wire;
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::IpAddr,
     sync::Arc,
 };
 
@@ -25,7 +24,7 @@ use observer_common::L7_POSTGRES;
 use super::{
     event::Kind,
     sql,
-    stream::{CallPos, Calls, Input},
+    stream::{CallPos, Calls, Conns, Ends, Input, Op, Tracked},
     ConnTable, Event, Protocol, Request, Settings, Side, Spec, Status,
 };
 use wire::{Broken, Framer, Message};
@@ -62,10 +61,8 @@ fn failed(status: Option<&Status>, error: Option<&'static str>) -> bool {
 const MAX_PENDING: usize = 4096;
 /// Prepared statements and portals remembered per connection.
 const MAX_NAMED: usize = 1024;
-const MAX_CONNS: usize = 65536;
 /// Distinct SQLSTATEs kept as label values; further ones are `_OTHER`.
 const MAX_STATES: usize = 256;
-const SWEEP_NS: u64 = 5_000_000_000;
 
 /// What a statement is: its operation (from its text) and main table.
 #[derive(Debug, Clone)]
@@ -95,10 +92,7 @@ enum Unit {
 
 #[derive(Debug)]
 struct Conn {
-    side: Side,
-    cgroup_id: u64,
-    peer: IpAddr,
-    peer_port: u16,
+    ends: Ends,
     frontend: Framer,
     backend: Framer,
     calls: Calls,
@@ -111,6 +105,15 @@ struct Conn {
     last_ns: u64,
 }
 
+impl Tracked for Conn {
+    fn last_ns(&self) -> u64 {
+        self.last_ns
+    }
+    fn set_last_ns(&mut self, ns: u64) {
+        self.last_ns = ns;
+    }
+}
+
 /// Records and messages the tracker could not use.
 #[derive(Debug, Default)]
 pub struct Unparsed {
@@ -120,33 +123,30 @@ pub struct Unparsed {
     pub encrypted: u64,
     pub response_without_request: u64,
     pub pending_overflow: u64,
-    pub conns_evicted: u64,
     pub lost_in_resync: u64,
 }
 
 /// The PostgreSQL protocol of the L7 path.
 #[derive(Debug)]
 pub struct Postgres {
-    conns: HashMap<u64, Conn, foldhash::fast::RandomState>,
+    conns: Conns<Conn>,
     timeout_ns: u64,
     states: HashMap<Vec<u8>, Arc<str>, foldhash::fast::RandomState>,
     ok: Arc<str>,
     other: Arc<str>,
     tables: HashMap<String, Arc<str>, foldhash::fast::RandomState>,
-    last_sweep_ns: u64,
     pub unparsed: Unparsed,
 }
 
 impl Postgres {
     pub fn new(settings: &Settings) -> Self {
         Self {
-            conns: HashMap::default(),
+            conns: Conns::default(),
             timeout_ns: settings.request_timeout_ns,
             states: HashMap::default(),
             ok: Arc::from(""),
             other: Arc::from("_OTHER"),
             tables: HashMap::default(),
-            last_sweep_ns: 0,
             unparsed: Unparsed::default(),
         }
     }
@@ -203,47 +203,34 @@ impl Postgres {
         error_type: Option<&'static str>,
         out: &mut Vec<Request>,
     ) {
-        out.push(Request {
-            protocol: &SPEC,
-            side: c.side,
-            cgroup_id: c.cgroup_id,
-            tgid,
-            peer: c.peer,
-            peer_port: c.peer_port,
-            operation: op,
+        let op = Op {
+            name: op,
             target: table,
-            status,
-            error_type,
-            duration_ns: end_ns.saturating_sub(start_ns),
-        });
+            start_ns,
+            tgid,
+        };
+        out.push(c.ends.request(op, end_ns, status, error_type));
     }
 
     fn on_data(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
         let Some(d) = ev.data else { return };
-        if !self.conns.contains_key(&ev.sk) && self.conns.len() >= MAX_CONNS {
-            self.evict_oldest(out);
+        if let Some(old) = self.conns.make_room(ev.sk) {
+            self.close(old, out);
         }
         let requests = d.send == (ev.side == Side::Client);
-        let mut c = match self.conns.remove(&ev.sk) {
-            Some(c) => c,
-            None => Conn {
-                side: ev.side,
-                cgroup_id: ev.cgroup_id,
-                peer: ev.peer,
-                peer_port: ev.peer_port,
-                // A connection followed from its start begins with an untyped startup message.
-                frontend: Framer::frontend(requests && wire::starts_untyped(d.bytes)),
-                backend: Framer::backend(),
-                calls: Calls::default(),
-                counted: [false; 2],
-                units: VecDeque::new(),
-                statements: HashMap::new(),
-                portals: HashMap::new(),
-                last_parsed: None,
-                last_ns: d.end_ns,
-            },
-        };
-        c.last_ns = d.end_ns;
+        let mut c = self.conns.take(ev.sk, d.end_ns, || Conn {
+            ends: Ends::of(&SPEC, ev),
+            // A connection followed from its start begins with an untyped startup message.
+            frontend: Framer::frontend(requests && wire::starts_untyped(d.bytes)),
+            backend: Framer::backend(),
+            calls: Calls::default(),
+            counted: [false; 2],
+            units: VecDeque::new(),
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            last_parsed: None,
+            last_ns: d.end_ns,
+        });
         let mut calls = c.calls;
         calls.record(usize::from(!requests), &d, ev.tgid, |dir, input, call| {
             if c.backend.broken() == Some(Broken::Encrypted) {
@@ -300,7 +287,7 @@ impl Postgres {
             }
         });
         c.calls = calls;
-        self.conns.insert(ev.sk, c);
+        self.conns.put(ev.sk, c);
     }
 
     fn push(&mut self, c: &mut Conn, u: Unit) {
@@ -313,7 +300,7 @@ impl Postgres {
 
     fn on_frontend(&mut self, c: &mut Conn, m: Message, call: CallPos) {
         // A client's message left when its call began; a server's arrived when its call ended.
-        let start_ns = if c.side == Side::Client {
+        let start_ns = if c.ends.side == Side::Client {
             call.start_ns
         } else {
             call.end_ns
@@ -480,16 +467,6 @@ impl Postgres {
         }
     }
 
-    fn evict_oldest(&mut self, out: &mut Vec<Request>) {
-        let Some((&sk, _)) = self.conns.iter().min_by_key(|(_, c)| c.last_ns) else {
-            return;
-        };
-        if let Some(c) = self.conns.remove(&sk) {
-            self.unparsed.conns_evicted += 1;
-            self.close(c, out);
-        }
-    }
-
     /// The connection is gone: statements still waiting end without reply.
     fn close(&mut self, mut c: Conn, out: &mut Vec<Request>) {
         let end = c.last_ns;
@@ -539,8 +516,7 @@ impl Protocol for Postgres {
         match ev.kind {
             Kind::Data => self.on_data(ev, out),
             Kind::Close => {
-                if let Some(mut c) = self.conns.remove(&ev.sk) {
-                    c.last_ns = c.last_ns.max(ev.ts_ns);
+                if let Some(c) = self.conns.closed(ev.sk, ev.ts_ns) {
                     self.close(c, out);
                 }
             }
@@ -552,18 +528,15 @@ impl Protocol for Postgres {
         // The oldest statement of a connection unanswered for too long times out, and so do
         // those behind it.
         let timeout = self.timeout_ns;
-        let mut ended = Vec::new();
-        for (&sk, c) in self.conns.iter_mut() {
+        let ended = self.conns.picked(|c| {
             let first_start = c.units.iter().find_map(|u| match u {
                 Unit::Query { start_ns, .. } | Unit::Execute { start_ns, .. } => Some(*start_ns),
                 Unit::Sync => None,
             });
-            if first_start.is_some_and(|s| now_ns.saturating_sub(s) >= timeout) {
-                ended.push(sk);
-            }
-        }
+            first_start.is_some_and(|s| now_ns.saturating_sub(s) >= timeout)
+        });
         for sk in ended {
-            let Some(mut c) = self.conns.remove(&sk) else {
+            let Some(mut c) = self.conns.remove(sk) else {
                 continue;
             };
             let units: Vec<Unit> = c.units.drain(..).collect();
@@ -593,23 +566,10 @@ impl Protocol for Postgres {
                     );
                 }
             }
-            self.conns.insert(sk, c);
+            self.conns.put(sk, c);
         }
-        if now_ns.saturating_sub(self.last_sweep_ns) < SWEEP_NS {
-            return;
-        }
-        self.last_sweep_ns = now_ns;
-        let gone: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| now_ns.saturating_sub(c.last_ns) >= SWEEP_NS)
-            .map(|(&sk, _)| sk)
-            .filter(|&sk| conns.get(sk).is_none())
-            .collect();
-        for sk in gone {
-            if let Some(c) = self.conns.remove(&sk) {
-                self.close(c, out);
-            }
+        for c in self.conns.sweep(now_ns, conns) {
+            self.close(c, out);
         }
     }
 
@@ -621,7 +581,7 @@ impl Protocol for Postgres {
             ("encrypted", u.encrypted),
             ("response_without_request", u.response_without_request),
             ("pending_overflow", u.pending_overflow),
-            ("connection_evicted", u.conns_evicted),
+            ("connection_evicted", self.conns.evicted),
             ("lost_in_resync", u.lost_in_resync),
         ]
     }

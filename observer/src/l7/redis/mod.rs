@@ -13,7 +13,6 @@ pub mod resp;
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::IpAddr,
     sync::Arc,
 };
 
@@ -21,7 +20,7 @@ use observer_common::L7_REDIS;
 
 use super::{
     event::Kind,
-    stream::{CallPos, Calls, Input},
+    stream::{CallPos, Calls, Conns, Ends, Input, Op, Tracked},
     ConnTable, Event, Protocol, Request, Settings, Side, Spec, Status,
 };
 use resp::{Broken, Message, Stream};
@@ -56,12 +55,8 @@ fn failed(status: Option<&Status>, error: Option<&'static str>) -> bool {
 
 /// Commands waiting for their replies per connection before the oldest are given up.
 const MAX_PENDING: usize = 4096;
-/// Connections followed at most (each is two small parsers and its pending commands).
-const MAX_CONNS: usize = 65536;
 /// Distinct error prefixes kept as label values; further ones are `_OTHER`.
 const MAX_PREFIXES: usize = 64;
-/// How often connections idle that long are checked against the kernel's table.
-const SWEEP_NS: u64 = 5_000_000_000;
 
 #[derive(Debug)]
 struct Pending {
@@ -72,10 +67,7 @@ struct Pending {
 
 #[derive(Debug)]
 struct Conn {
-    side: Side,
-    cgroup_id: u64,
-    peer: IpAddr,
-    peer_port: u16,
+    ends: Ends,
     commands: Stream,
     replies: Stream,
     /// The current call of each direction (commands, replies).
@@ -86,6 +78,15 @@ struct Conn {
     /// A `SUBSCRIBE` family command was sent: arrays of `message` are pushes from then on.
     subscribed: bool,
     last_ns: u64,
+}
+
+impl Tracked for Conn {
+    fn last_ns(&self) -> u64 {
+        self.last_ns
+    }
+    fn set_last_ns(&mut self, ns: u64) {
+        self.last_ns = ns;
+    }
 }
 
 /// Records and messages the tracker could not use.
@@ -101,8 +102,6 @@ pub struct Unparsed {
     pub reply_without_command: u64,
     /// Commands given up because too many waited on one connection.
     pub pending_overflow: u64,
-    /// Connections dropped because too many were followed.
-    pub conns_evicted: u64,
     /// Commands waiting when the framing was lost: not counted as operations.
     pub lost_in_resync: u64,
 }
@@ -110,26 +109,24 @@ pub struct Unparsed {
 /// The Redis protocol of the L7 path.
 #[derive(Debug)]
 pub struct Redis {
-    conns: HashMap<u64, Conn, foldhash::fast::RandomState>,
+    conns: Conns<Conn>,
     timeout_ns: u64,
     prefixes: HashMap<Vec<u8>, Arc<str>, foldhash::fast::RandomState>,
     ok: Arc<str>,
     other: Arc<str>,
     no_target: Arc<str>,
-    last_sweep_ns: u64,
     pub unparsed: Unparsed,
 }
 
 impl Redis {
     pub fn new(settings: &Settings) -> Self {
         Self {
-            conns: HashMap::default(),
+            conns: Conns::default(),
             timeout_ns: settings.request_timeout_ns,
             prefixes: HashMap::default(),
             ok: Arc::from(""),
             other: Arc::from("_OTHER"),
             no_target: Arc::from(""),
-            last_sweep_ns: 0,
             unparsed: Unparsed::default(),
         }
     }
@@ -161,35 +158,26 @@ impl Redis {
         status: Option<Status>,
         out: &mut Vec<Request>,
     ) {
-        out.push(Request {
-            protocol: &SPEC,
-            side: c.side,
-            cgroup_id: c.cgroup_id,
-            tgid: p.tgid,
-            peer: c.peer,
-            peer_port: c.peer_port,
-            operation: p.op,
+        let error_type = status.is_none().then_some("connection_closed");
+        out.push(c.ends.request(self.op(p), end_ns, status, error_type));
+    }
+
+    fn op(&self, p: Pending) -> Op {
+        Op {
+            name: p.op,
             target: self.no_target.clone(),
-            error_type: if status.is_none() {
-                Some("connection_closed")
-            } else {
-                None
-            },
-            status,
-            duration_ns: end_ns.saturating_sub(p.start_ns),
-        });
+            start_ns: p.start_ns,
+            tgid: p.tgid,
+        }
     }
 
     fn on_data(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
         let Some(d) = ev.data else { return };
-        if !self.conns.contains_key(&ev.sk) && self.conns.len() >= MAX_CONNS {
-            self.evict_oldest(out);
+        if let Some(old) = self.conns.make_room(ev.sk) {
+            self.close(old, out);
         }
-        let mut c = self.conns.remove(&ev.sk).unwrap_or_else(|| Conn {
-            side: ev.side,
-            cgroup_id: ev.cgroup_id,
-            peer: ev.peer,
-            peer_port: ev.peer_port,
+        let mut c = self.conns.take(ev.sk, d.end_ns, || Conn {
+            ends: Ends::of(&SPEC, ev),
             commands: Stream::requests(),
             replies: Stream::replies(),
             calls: Calls::default(),
@@ -198,8 +186,7 @@ impl Redis {
             subscribed: false,
             last_ns: d.end_ns,
         });
-        c.last_ns = d.end_ns;
-        let commands = d.send == (c.side == Side::Client);
+        let commands = d.send == (c.ends.side == Side::Client);
         let mut calls = c.calls;
         calls.record(usize::from(!commands), &d, ev.tgid, |dir, input, call| {
             let mut msgs = Vec::new();
@@ -223,7 +210,7 @@ impl Redis {
             self.handle(&mut c, dir, call, msgs, out);
         });
         c.calls = calls;
-        self.conns.insert(ev.sk, c);
+        self.conns.put(ev.sk, c);
     }
 
     /// The messages of direction `dir`'s current call.
@@ -248,7 +235,7 @@ impl Redis {
                     }
                     // A client's command left when its call began; a server's arrived when
                     // its call ended.
-                    let start_ns = if c.side == Side::Client {
+                    let start_ns = if c.ends.side == Side::Client {
                         call.start_ns
                     } else {
                         call.end_ns
@@ -289,16 +276,6 @@ impl Redis {
         }
     }
 
-    fn evict_oldest(&mut self, out: &mut Vec<Request>) {
-        let Some((&sk, _)) = self.conns.iter().min_by_key(|(_, c)| c.last_ns) else {
-            return;
-        };
-        if let Some(c) = self.conns.remove(&sk) {
-            self.unparsed.conns_evicted += 1;
-            self.close(c, out);
-        }
-    }
-
     /// The connection is gone: commands still waiting end without reply.
     fn close(&mut self, mut c: Conn, out: &mut Vec<Request>) {
         let end = c.last_ns;
@@ -335,8 +312,7 @@ impl Protocol for Redis {
         match ev.kind {
             Kind::Data => self.on_data(ev, out),
             Kind::Close => {
-                if let Some(mut c) = self.conns.remove(&ev.sk) {
-                    c.last_ns = c.last_ns.max(ev.ts_ns);
+                if let Some(c) = self.conns.closed(ev.sk, ev.ts_ns) {
                     self.close(c, out);
                 }
             }
@@ -355,39 +331,14 @@ impl Protocol for Redis {
                 now_ns.saturating_sub(p.start_ns) >= timeout && !commands::blocks(p.op)
             }) {
                 let p = c.pending.pop_front().expect("checked");
-                ended.push((c.side, c.cgroup_id, c.peer, c.peer_port, p));
+                ended.push((c.ends.clone(), p));
             }
         }
-        for (side, cgroup_id, peer, peer_port, p) in ended {
-            out.push(Request {
-                protocol: &SPEC,
-                side,
-                cgroup_id,
-                tgid: p.tgid,
-                peer,
-                peer_port,
-                operation: p.op,
-                target: self.no_target.clone(),
-                status: None,
-                error_type: Some("timeout"),
-                duration_ns: now_ns.saturating_sub(p.start_ns),
-            });
+        for (ends, p) in ended {
+            out.push(ends.request(self.op(p), now_ns, None, Some("timeout")));
         }
-        if now_ns.saturating_sub(self.last_sweep_ns) < SWEEP_NS {
-            return;
-        }
-        self.last_sweep_ns = now_ns;
-        let gone: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| now_ns.saturating_sub(c.last_ns) >= SWEEP_NS)
-            .map(|(&sk, _)| sk)
-            .filter(|&sk| conns.get(sk).is_none())
-            .collect();
-        for sk in gone {
-            if let Some(c) = self.conns.remove(&sk) {
-                self.close(c, out);
-            }
+        for c in self.conns.sweep(now_ns, conns) {
+            self.close(c, out);
         }
     }
 
@@ -399,7 +350,7 @@ impl Protocol for Redis {
             ("too_deep", u.too_deep),
             ("response_without_request", u.reply_without_command),
             ("pending_overflow", u.pending_overflow),
-            ("connection_evicted", u.conns_evicted),
+            ("connection_evicted", self.conns.evicted),
             ("lost_in_resync", u.lost_in_resync),
         ]
     }
