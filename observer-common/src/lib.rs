@@ -85,6 +85,8 @@ pub const L7_POSTGRES: u8 = 3;
 pub const L7_MYSQL: u8 = 4;
 /// Memcached (text protocol), a stream protocol.
 pub const L7_MEMCACHED: u8 = 5;
+/// DNS over UDP: every datagram to or from port 53 as a `DATA` record (no connection state).
+pub const L7_DNS: u8 = 6;
 /// No registered protocol matched the connection's first bytes.
 pub const L7_NONE: u8 = 255;
 

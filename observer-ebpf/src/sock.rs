@@ -8,6 +8,7 @@ use crate::maps::OFFSETS;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
+pub const IPPROTO_UDP: u16 = 17;
 
 #[inline(always)]
 unsafe fn read_at<T: Copy>(base: u64, off: u32) -> Result<T, i64> {
@@ -50,6 +51,22 @@ pub fn is_tcp(sk: u64) -> bool {
     let family: u16 = unsafe { read_at(sk, o.sock_family) }.unwrap_or(0);
     let protocol: u16 = unsafe { read_at(sk, o.sock_protocol) }.unwrap_or(0);
     (family == AF_INET || family == AF_INET6) && protocol == IPPROTO_TCP
+}
+
+/// True for an IPv4 or IPv6 UDP socket.
+#[inline(always)]
+pub fn is_udp(sk: u64) -> bool {
+    let o = OFFSETS.load();
+    let family: u16 = unsafe { read_at(sk, o.sock_family) }.unwrap_or(0);
+    let protocol: u16 = unsafe { read_at(sk, o.sock_protocol) }.unwrap_or(0);
+    (family == AF_INET || family == AF_INET6) && protocol == IPPROTO_UDP
+}
+
+/// The socket's local port (`sk->sk_num`, host order), 0 if unreadable.
+#[inline(always)]
+pub fn local_port(sk: u64) -> u16 {
+    let o = OFFSETS.load();
+    unsafe { read_at(sk, o.sock_num) }.unwrap_or(0)
 }
 
 /// `sk->sk_err`: the error that ended a connection attempt.

@@ -349,7 +349,14 @@ fn on_io(sk: u64, ret: i32, send: bool) {
         None => enter(sk, now),
     };
     if work & WORK_TCP != 0 {
-        tcp_bytes(sk, s, ret, send, now);
+        if s.tcp {
+            tcp_bytes(
+                sk,
+                s.conn,
+                u64::from(ret as u32) | u64::from(send) << 32,
+                now,
+            );
+        }
     }
     if work & WORK_L7 != 0 {
         l7::on_io(sk, s, ret as u32, send, now);
@@ -392,15 +399,18 @@ fn enter(sk: u64, now: u64) -> Sock {
     }
 }
 
-#[inline(always)]
-fn tcp_bytes(sk: u64, s: Sock, ret: i32, send: bool, now: u64) {
-    if !s.tcp {
-        return;
-    }
-    let (cgroup_id, rtt) = if !s.conn.is_null() {
+/// The TCP figures of one call (`packed`: its byte count, and its direction in bit 32). A
+/// function of its own in the program: its stack (a new cgroup's figures are built there) is
+/// not part of the chain of calls that the L7 path makes from the hook, which the verifier
+/// limits to 512 bytes in all.
+#[inline(never)]
+fn tcp_bytes(sk: u64, conn: *mut ConnInfo, packed: u64, now: u64) {
+    let ret = packed as u32 as i32;
+    let send = packed >> 32 != 0;
+    let (cgroup_id, rtt) = if !conn.is_null() {
         {
             // SAFETY: map value pointer checked by the verifier.
-            let c = unsafe { &mut *s.conn };
+            let c = unsafe { &mut *conn };
             let rtt = if now.wrapping_sub(c.last_rtt_ns) >= RTT_SAMPLE_INTERVAL_NS {
                 c.last_rtt_ns = now;
                 sock::srtt_us(sk)

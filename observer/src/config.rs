@@ -145,6 +145,9 @@ pub enum ProbeKind {
     Mysql,
     /// Memcached commands (text protocol), client and server side.
     Memcached,
+    /// DNS lookups over UDP (port 53), client and server side; needs Linux 6.3+ (not in the
+    /// default set).
+    Dns,
     /// OOM kills and exits of main processes (exit code or signal), per container.
     Lifecycle,
     /// Empty programs on syscall entry and exit: the benchmark's cost floor.
@@ -165,6 +168,7 @@ impl ProbeKind {
             ProbeKind::Postgresql => Some("postgresql"),
             ProbeKind::Mysql => Some("mysql"),
             ProbeKind::Memcached => Some("memcached"),
+            ProbeKind::Dns => Some("dns"),
             _ => None,
         }
     }

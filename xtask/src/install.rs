@@ -146,6 +146,16 @@ const PACKAGES: &[(Scope, &str, &str)] = &[
     ),
     (
         Scope::Test,
+        "dnsmasq-base",
+        "dnsmasq, the DNS server of the DNS tests",
+    ),
+    (
+        Scope::Test,
+        "bind9-dnsutils",
+        "dig, the C client of the DNS tests",
+    ),
+    (
+        Scope::Test,
         "catatonit",
         "the init of podman pods' infra containers (the podman-pod tests)",
     ),

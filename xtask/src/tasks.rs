@@ -162,6 +162,7 @@ fn fuzz() -> Result<()> {
             "observer/tests/memcached-seeds",
             "fuzz/memcached.dict",
         ),
+        ("dns_parse", "observer/tests/dns-seeds", "fuzz/dns.dict"),
     ];
     for (target, seeds, dict) in targets {
         let corpus =

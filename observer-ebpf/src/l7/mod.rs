@@ -17,6 +17,7 @@
 //! Adding a protocol: a file here with `detect` and `on_call`, one arm in [`detect`] and
 //! [`frame`], and its id in `observer-common`.
 
+pub mod dns;
 pub mod http1;
 pub mod memcached;
 pub mod mysql;
@@ -32,9 +33,9 @@ use aya_ebpf::{
     },
 };
 use observer_common::{
-    ConnInfo, L7Conn, L7Dir, L7Event, DIR_UNKNOWN, L7_EVENT_HEADER, L7_EV_CLOSE, L7_EV_REQUEST,
-    L7_F_OPEN_AT_USER, L7_HTTP1, L7_MEMCACHED, L7_MYSQL, L7_NONE, L7_POSTGRES, L7_REDIS,
-    L7_REQ_MAX, L7_RESP_MAX, L7_UNDECIDED, LOST_L7_CONN_MAP_FULL, LOST_L7_RINGBUF_FULL,
+    ConnInfo, L7Conn, L7Dir, L7Event, DIR_UNKNOWN, L7_DNS, L7_EVENT_HEADER, L7_EV_CLOSE,
+    L7_EV_REQUEST, L7_F_OPEN_AT_USER, L7_HTTP1, L7_MEMCACHED, L7_MYSQL, L7_NONE, L7_POSTGRES,
+    L7_REDIS, L7_REQ_MAX, L7_RESP_MAX, L7_UNDECIDED, LOST_L7_CONN_MAP_FULL, LOST_L7_RINGBUF_FULL,
     LOST_L7_USER_READ, SYSCALL_SLOTS, WORK_ENTRY_SLOTS, WORK_TASK_REGS,
 };
 
@@ -55,6 +56,11 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 pub const PT_REGS_SI: u64 = 104;
 /// `msg_iov` in the user-space `struct msghdr` (x86_64 `struct user_msghdr`).
 const MSGHDR_IOV: u64 = 16;
+/// Size of a `struct mmsghdr` (a msghdr and its `msg_len`), and where `msg_len` is in it.
+const MMSGHDR_SIZE: u64 = 64;
+const MMSGHDR_LEN: u64 = 56;
+/// Messages of a `sendmmsg`/`recvmmsg` array looked at.
+const MAX_MMSG: u64 = 8;
 /// Iovec entries looked at for the last bytes of a vectored call.
 const MAX_IOV: u32 = 16;
 /// Calls looked at before a connection whose start was seen is given up as not L7 (its first
@@ -77,6 +83,8 @@ pub enum Io {
     Iovec,
     /// A `struct msghdr` (`recvmsg`, `sendmsg`).
     Msghdr,
+    /// A `struct mmsghdr` array (`recvmmsg`, `sendmmsg`: one socket call per message).
+    Mmsg,
     /// No user buffer (`sendfile`, `splice`, io_uring, kernel threads).
     None,
 }
@@ -92,17 +100,23 @@ pub struct Call {
     /// When the syscall making the call began, where the syscall probe saw it (else `now`).
     pub start: u64,
     pub io: Io,
-    /// The buffer, iovec or msghdr argument of the syscall.
+    /// The buffer, iovec, msghdr or mmsghdr argument of the syscall.
     pub arg: u64,
+    /// A datagram socket's call (DNS): its state is in the second scratch slot, not in
+    /// `L7_CONNS`.
+    pub dgram: bool,
 }
 
-/// The data shape of syscall `nr` (x86_64 numbers, the only architecture built for).
+/// The data shape of syscall `nr` (x86_64 numbers, the only architecture built for). The
+/// message arrays of `recvmmsg`/`sendmmsg` are followed with DNS on only (a constant of the
+/// read-only globals: otherwise the verifier never sees that branch).
 #[inline(always)]
 pub fn io_of(nr: u32) -> Io {
     match nr {
         0 | 1 | 44 | 45 => Io::Buf, // read, write, sendto, recvfrom
         19 | 20 => Io::Iovec,       // readv, writev
         46 | 47 => Io::Msghdr,      // sendmsg, recvmsg
+        299 | 307 if L7_PROTOCOLS.load() & (1 << L7_DNS) != 0 => Io::Mmsg, // recvmmsg, sendmmsg
         _ => Io::None,
     }
 }
@@ -113,7 +127,7 @@ pub fn io_of(nr: u32) -> Io {
 /// kept them (no helper call here); otherwise, or for a syscall that began before the hooks,
 /// they come from the task's saved user registers.
 #[inline(always)]
-fn syscall_io() -> (Io, u64, u64) {
+pub(crate) fn syscall_io() -> (Io, u64, u64) {
     if WORK.load() & WORK_ENTRY_SLOTS != 0 {
         let tid = bpf_get_current_pid_tgid() as u32;
         if let Some(e) = SYSCALL_ENTRY.get(tid & (SYSCALL_SLOTS - 1)) {
@@ -176,14 +190,34 @@ fn iov_at(iov: u64, i: u32) -> Option<(u64, u32)> {
 }
 
 impl Call {
-    /// The address of the call's `struct iovec` array (`readv`/`writev`, `recvmsg`/`sendmsg`).
+    /// The address of the call's `struct iovec` array (`readv`/`writev`, `recvmsg`/`sendmsg`,
+    /// the current message of `recvmmsg`/`sendmmsg`).
     #[inline(always)]
     pub fn iovecs(&self) -> Option<u64> {
         match self.io {
             Io::Iovec => Some(self.arg),
             Io::Msghdr => read_user(self.arg + MSGHDR_IOV),
+            Io::Mmsg => read_user(self.mmsg_hdr()? + MSGHDR_IOV),
             Io::Buf | Io::None => None,
         }
+    }
+
+    /// The `struct msghdr` of the message this call is in a `sendmmsg`/`recvmmsg` array: the
+    /// first whose `msg_len` is still 0. The kernel fills each one in right after its message
+    /// (after this hook), and callers zero them (glibc's resolver does); an array reused
+    /// without zeroing gives no message, and its bytes are a gap user space counts.
+    #[inline(always)]
+    fn mmsg_hdr(&self) -> Option<u64> {
+        let mut i = 0u64;
+        while i < MAX_MMSG {
+            let hdr = self.arg + i * MMSGHDR_SIZE;
+            let len: u32 = read_user(hdr + MMSGHDR_LEN)?;
+            if len == 0 {
+                return Some(hdr);
+            }
+            i += 1;
+        }
+        None
     }
 
     /// Segment `i` (> 0) of a vectored call: (address, length), its length cut at the call's
@@ -200,8 +234,8 @@ impl Call {
         match self.io {
             Io::Buf => Some((self.arg, self.ret)),
             Io::Iovec => iov_at(self.arg, 0).map(|(b, l)| (b, min(l, self.ret))),
-            Io::Msghdr => {
-                let iov: u64 = read_user(self.arg + MSGHDR_IOV)?;
+            Io::Msghdr | Io::Mmsg => {
+                let iov: u64 = self.iovecs()?;
                 iov_at(iov, 0).map(|(b, l)| (b, min(l, self.ret)))
             }
             Io::None => None,
@@ -255,14 +289,9 @@ impl Call {
         }
         let (base, len) = match self.io {
             Io::Buf => (self.arg, self.ret),
-            Io::Iovec | Io::Msghdr => {
-                let iov = if self.io == Io::Msghdr {
-                    match read_user::<u64>(self.arg + MSGHDR_IOV) {
-                        Some(v) => v,
-                        None => return ([0; 8], 0),
-                    }
-                } else {
-                    self.arg
+            Io::Iovec | Io::Msghdr | Io::Mmsg => {
+                let Some(iov) = self.iovecs() else {
+                    return ([0; 8], 0);
                 };
                 // Find the segment holding the call's last byte.
                 let mut left = self.ret;
@@ -429,6 +458,10 @@ impl Sock {
 #[inline(always)]
 pub fn on_io(sk: u64, sock: Sock, ret: u32, send: bool, now: u64) {
     if !sock.tcp {
+        // DNS over UDP, with DNS on only (a constant: the verifier drops this otherwise).
+        if L7_PROTOCOLS.load() & (1 << L7_DNS) != 0 && dns::on_datagram(sk, ret, send, now) {
+            stream::l7_stream_call();
+        }
         return;
     }
     if on_tcp_io(sk, sock.conn, u64::from(ret) | u64::from(send) << 32, now) {
@@ -467,6 +500,7 @@ fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) -> bool {
         start: if start == 0 { now } else { start },
         io,
         arg,
+        dgram: false,
     };
     let Some(head) = L7_SCRATCH.get_ptr_mut(0) else {
         return false;

@@ -16,7 +16,7 @@ use observer_common::{
 };
 
 use super::{tgid, wakeup, Call, Io};
-use crate::maps::{count_lost, L7_CALL, L7_CONNS, L7_DATA_SCRATCH, L7_EVENTS};
+use crate::maps::{count_lost, L7_CALL, L7_CONNS, L7_DATA_SCRATCH, L7_EVENTS, L7_SCRATCH};
 
 /// Mask of the bytes read from a call per record (one less than [`L7_DATA_MAX`]).
 const DATA_MASK: u32 = L7_DATA_MAX as u32 - 1;
@@ -55,8 +55,17 @@ pub extern "C" fn l7_stream_call() -> u32 {
     };
     // SAFETY: this CPU's slot, written by the hook that calls this function.
     let call = unsafe { *slot };
-    let Some(st) = L7_CONNS.get_ptr_mut(&call.sk) else {
-        return 0;
+    let st = if call.dgram {
+        // A datagram's state, built by the hook for this call only.
+        match L7_SCRATCH.get_ptr_mut(1) {
+            Some(p) => p as *mut L7Conn,
+            None => return 0,
+        }
+    } else {
+        match L7_CONNS.get_ptr_mut(&call.sk) {
+            Some(p) => p,
+            None => return 0,
+        }
     };
     on_call(st, &call);
     0

@@ -282,7 +282,17 @@ fn attach_sockets(ebpf: &mut Ebpf, cfg: &Config, k: &Kernel, probes: &mut Vec<Pr
         (_, Ok(hook), Ok(_)) => Ok(*hook),
     };
     for spec in &cfg.l7 {
-        probes.push(status(spec.name, clone_result(&r)));
+        let r = match &r {
+            // UDP calls pass the sock_*_length tracepoints; the fexit fallback hooks TCP's
+            // functions only.
+            Ok("fexit") if spec.id == observer_common::L7_DNS => Err(ProbeError::Other(
+                "DNS needs the sock_send_length/sock_recv_length tracepoints (Linux 6.3+); \
+                 the fexit fallback of older kernels hooks TCP only"
+                    .into(),
+            )),
+            r => clone_result(r),
+        };
+        probes.push(status(spec.name, r));
     }
 }
 

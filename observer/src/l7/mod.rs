@@ -9,6 +9,7 @@
 //! (`observer-ebpf/src/l7/`).
 
 pub mod cap;
+pub mod dns;
 pub mod event;
 pub mod http1;
 pub mod memcached;
@@ -186,6 +187,7 @@ pub fn registry(settings: &Settings) -> Vec<Box<dyn Protocol>> {
         Box::new(postgres::Postgres::new(settings)),
         Box::new(mysql::Mysql::new(settings)),
         Box::new(memcached::Memcached::new(settings)),
+        Box::new(dns::Dns::new(settings)),
     ]
 }
 
@@ -196,6 +198,7 @@ pub const SPECS: &[&Spec] = &[
     &postgres::SPEC,
     &mysql::SPEC,
     &memcached::SPEC,
+    &dns::SPEC,
 ];
 
 /// The spec of a probe name (`--probes`).

@@ -1,0 +1,322 @@
+//! Privileged accuracy tests of DNS capture (`--probes dns`, Linux 6.3+): dnsmasq answering a
+//! test zone in one simulated pod; `dig` (BIND 9, `sendmmsg` of one query, `recvmsg`) and
+//! Python's `socket.getaddrinfo` (glibc's resolver: the A and AAAA queries together in one
+//! `sendmmsg`, answers by `recvfrom`) in another, whose resolver configuration names the server
+//! pod (`ip netns exec` mounts `/etc/netns/<netns>/resolv.conf`); counts EXACT against:
+//! - the server's own record: dnsmasq's query log (`--log-queries`, one line per query, with
+//!   its type and the client's address);
+//! - what each query is answered by construction (a name of the zone: NOERROR; a name under the
+//!   zone that is not there: NXDOMAIN; a name outside it, with no upstream server: REFUSED).
+//!
+//! On kernels before 6.3 the probe reports itself down with the reason (UDP calls pass only the
+//! newer socket tracepoints), which the test checks instead.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use observer_tests::{
+    metrics::{matching, Sample},
+    net::Bridge,
+    observer::Observer,
+    pod::Pod,
+    require_root, sh, slowdown, TempDir,
+};
+
+const CLIENT: &str = "dns_lookup_duration_seconds_count";
+const SERVER: &str = "dns_server_duration_seconds_count";
+const ZONE: &str = "test.example";
+/// Debian's interpreter (another `python3` on the PATH may not be glibc's).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Whether this kernel has the `sock_send_length` tracepoint the probe needs.
+fn kernel_has_socket_tracepoints() -> bool {
+    let uname = sh("uname -r").unwrap();
+    let mut v = uname
+        .trim()
+        .split(['.', '-'])
+        .map(|x| x.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    (major, minor) >= (6, 3)
+}
+
+struct Setup {
+    dir: TempDir,
+    _bridge: Bridge,
+    server: Pod,
+    client: Pod,
+    obs: Observer,
+    _resolv: ResolvConf,
+}
+
+/// The client pod's `/etc/netns/<netns>/`, removed also when a test fails.
+struct ResolvConf(String);
+
+impl Drop for ResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// dnsmasq in the server pod (logging every query to a file), the client pod's resolver
+/// pointed at it, then the observer.
+fn setup() -> Setup {
+    require_root();
+    let dir = TempDir::new("dns").unwrap();
+    let bridge = Bridge::new().unwrap();
+    let mut server = Pod::new(&bridge).unwrap();
+    let client = Pod::new(&bridge).unwrap();
+    let log = dir.join("queries.log");
+    server
+        .spawn(
+            "dnsmasq",
+            &[
+                "--no-daemon",
+                "--user=root",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                &format!("--listen-address={}", server.ip),
+                "--port=53",
+                "--log-queries",
+                &format!("--log-facility={log}"),
+                &format!("--local=/{ZONE}/"),
+                &format!("--host-record=api.{ZONE},10.9.8.7,fd00::7"),
+            ],
+        )
+        .unwrap();
+    let deadline = std::time::Instant::now() + observer_tests::scaled(Duration::from_secs(10));
+    while !sh(&format!(
+        "ip netns exec {} ss -Hlun sport = :53",
+        server.netns
+    ))
+    .unwrap_or_default()
+    .contains(":53")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dnsmasq does not listen"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let resolv = ResolvConf(format!("/etc/netns/{}", client.netns));
+    let resolv_dir = &resolv.0;
+    std::fs::create_dir_all(resolv_dir).unwrap();
+    std::fs::write(
+        format!("{resolv_dir}/resolv.conf"),
+        format!("nameserver {}\noptions timeout:2 attempts:1\n", server.ip),
+    )
+    .unwrap();
+    let obs = Observer::start(&["--probes", "tcp,dns", "--http-request-timeout", "3s"]).unwrap();
+    Setup {
+        dir,
+        _bridge: bridge,
+        server,
+        client,
+        obs,
+        _resolv: resolv,
+    }
+}
+
+/// The server's log: queries from `from`, per type.
+fn logged(dir: &TempDir, from: &str) -> BTreeMap<String, u64> {
+    let text = std::fs::read_to_string(dir.join("queries.log")).unwrap_or_default();
+    let mut m = BTreeMap::new();
+    for l in text.lines() {
+        let Some(rest) = l.split_once("query[").map(|(_, r)| r) else {
+            continue;
+        };
+        let Some((ty, tail)) = rest.split_once(']') else {
+            continue;
+        };
+        if tail.trim_end().ends_with(&format!(" from {from}")) {
+            *m.entry(ty.to_string()).or_default() += 1;
+        }
+    }
+    m
+}
+
+/// A pod's lookups in `family`, per (type, response code), with `extra` labels.
+fn per_type(
+    s: &[Sample],
+    family: &str,
+    pod: &Pod,
+    extra: &[(&str, &str)],
+) -> BTreeMap<String, u64> {
+    let mut want = vec![("k8s_pod_uid", pod.uid.as_str())];
+    want.extend_from_slice(extra);
+    let mut m = BTreeMap::new();
+    for x in matching(s, family, &want) {
+        let k = format!(
+            "{} {}{}",
+            x.labels["dns_question_type"], x.labels["dns_response_code"], x.labels["error_type"]
+        );
+        *m.entry(k).or_default() += x.value as u64;
+    }
+    m.retain(|_, v| *v > 0);
+    m
+}
+
+/// Sums per type, whatever the response.
+fn by_type(m: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let mut t = BTreeMap::new();
+    for (k, v) in m {
+        *t.entry(k.split(' ').next().unwrap().to_string())
+            .or_default() += v;
+    }
+    t
+}
+
+const GAI_PY: &str = r#"
+import socket, sys
+name, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    socket.getaddrinfo(name, 80, proto=socket.IPPROTO_TCP)
+try:
+    socket.getaddrinfo("missing." + sys.argv[3], 80, proto=socket.IPPROTO_TCP)
+    print("resolved?")
+except socket.gaierror:
+    pass
+"#;
+
+#[test]
+fn dig_and_glibc_lookups_equal_the_servers_query_log() {
+    if !kernel_has_socket_tracepoints() {
+        return probe_down_with_its_reason();
+    }
+    let s = setup();
+    let host = s.server.ip.clone();
+    let n: u64 = if slowdown() > 1 { 3 } else { 40 };
+    let dig = |name: &str, ty: &str| {
+        let out = s
+            .client
+            .output(
+                "dig",
+                &[&format!("@{host}"), "+tries=1", "+time=3", name, ty],
+            )
+            .unwrap();
+        assert!(out.status.success(), "dig {name} {ty}: {out:?}");
+    };
+    for _ in 0..n {
+        dig(&format!("api.{ZONE}"), "A");
+        dig(&format!("api.{ZONE}"), "AAAA");
+    }
+    dig(&format!("missing.{ZONE}"), "TXT");
+    dig("outside.example.org", "MX");
+    let script = s.dir.write("gai.py", GAI_PY).unwrap();
+    s.client
+        .run(
+            PYTHON,
+            &[&script, &format!("api.{ZONE}"), &n.to_string(), ZONE],
+        )
+        .unwrap();
+    // What each lookup is answered, by construction: dig's n A and n AAAA, glibc's n pairs,
+    // one NXDOMAIN TXT (dig) and an NXDOMAIN pair (glibc), one REFUSED MX.
+    let want = BTreeMap::from([
+        ("A NOERROR".to_string(), 2 * n),
+        ("AAAA NOERROR".to_string(), 2 * n),
+        ("A NXDOMAIN".to_string(), 1),
+        ("AAAA NXDOMAIN".to_string(), 1),
+        ("TXT NXDOMAIN".to_string(), 1),
+        ("MX REFUSED".to_string(), 1),
+    ]);
+    // The server's log says the same per type.
+    let log = logged(&s.dir, &s.client.ip);
+    assert_eq!(log, by_type(&want), "dnsmasq's query log");
+    let samples = s
+        .obs
+        .scrape_until(Duration::from_secs(20), |x| {
+            per_type(x, CLIENT, &s.client, &[]) == want
+                && per_type(x, SERVER, &s.server, &[]) == want
+        })
+        .unwrap();
+    assert_eq!(
+        per_type(&samples, CLIENT, &s.client, &[]),
+        want,
+        "client pod"
+    );
+    assert_eq!(
+        per_type(&samples, SERVER, &s.server, &[]),
+        want,
+        "server pod"
+    );
+    // The question names and the server's address.
+    assert_eq!(
+        per_type(
+            &samples,
+            CLIENT,
+            &s.client,
+            &[
+                ("dns_question_name", &format!("api.{ZONE}")),
+                ("server_address", &host)
+            ]
+        ),
+        BTreeMap::from([
+            ("A NOERROR".to_string(), 2 * n),
+            ("AAAA NOERROR".to_string(), 2 * n)
+        ])
+    );
+    let unparsed: f64 = matching(
+        &samples,
+        "observer_l7_messages_unparsed_total",
+        &[("protocol", "dns")],
+    )
+    .map(|x| x.value)
+    .sum();
+    assert_eq!(unparsed, 0.0, "unparsed DNS records");
+    s.obs.stop().unwrap();
+}
+
+#[test]
+fn a_query_without_answer_is_a_timeout() {
+    if !kernel_has_socket_tracepoints() {
+        return;
+    }
+    let s = setup();
+    // Nothing listens on the client pod's own port 53: the query goes, no answer comes (the
+    // kernel's port-unreachable reaches dig as an error, never as a DNS message).
+    let out = s
+        .client
+        .output(
+            "dig",
+            &["@127.0.0.1", "+tries=1", "+time=1", "nobody.here", "A"],
+        )
+        .unwrap();
+    assert!(!out.status.success());
+    let want = BTreeMap::from([("A timeout".to_string(), 1)]);
+    let samples = s
+        .obs
+        .scrape_until(Duration::from_secs(20), |x| {
+            per_type(x, CLIENT, &s.client, &[("server_address", "127.0.0.1")]) == want
+        })
+        .unwrap();
+    assert_eq!(
+        per_type(
+            &samples,
+            CLIENT,
+            &s.client,
+            &[("server_address", "127.0.0.1")]
+        ),
+        want
+    );
+    assert!(logged(&s.dir, &s.client.ip).is_empty());
+    s.obs.stop().unwrap();
+}
+
+/// Before 6.3: the probe is down and says why; the others run.
+fn probe_down_with_its_reason() {
+    require_root();
+    let obs = Observer::start(&["--probes", "tcp,dns"]).unwrap();
+    let samples = obs.scrape().unwrap();
+    let up = |probe: &str| -> Vec<f64> {
+        matching(&samples, "observer_probe_up", &[("probe", probe)])
+            .map(|x| x.value)
+            .collect()
+    };
+    assert_eq!(up("dns"), [0.0]);
+    assert_eq!(up("tcp_bytes"), [1.0]);
+    let log = obs.stderr.lock().unwrap().clone();
+    obs.stop().unwrap();
+    assert!(
+        log.contains("DNS needs the sock_send_length/sock_recv_length tracepoints"),
+        "{log}"
+    );
+}
