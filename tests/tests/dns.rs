@@ -320,3 +320,67 @@ fn probe_down_with_its_reason() {
         "{log}"
     );
 }
+
+const HOSTILE_PY: &str = r#"
+import os, socket, sys
+host, n = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((host, 53))
+for i in range(n):
+    # Shorter than a DNS header: no server answers it.
+    s.send(os.urandom(1 + i % 11))
+s.close()
+"#;
+
+#[test]
+fn bytes_that_are_no_dns_are_counted_and_a_later_lookup_once() {
+    if !kernel_has_socket_tracepoints() {
+        return;
+    }
+    let s = setup();
+    let host = s.server.ip.clone();
+    let n = 10u64;
+    let script = s.dir.write("hostile.py", HOSTILE_PY).unwrap();
+    s.client
+        .run(PYTHON, &[&script, &host, &n.to_string()])
+        .unwrap();
+    let out = s
+        .client
+        .output(
+            "dig",
+            &[
+                &format!("@{host}"),
+                "+tries=1",
+                "+time=3",
+                &format!("api.{ZONE}"),
+                "A",
+            ],
+        )
+        .unwrap();
+    assert!(out.status.success());
+    let want = BTreeMap::from([("A NOERROR".to_string(), 1)]);
+    // Sent by the client and read by the server: each datagram twice.
+    let invalid = |x: &[Sample]| -> f64 {
+        matching(
+            x,
+            "observer_l7_messages_unparsed_total",
+            &[("protocol", "dns"), ("reason", "invalid")],
+        )
+        .map(|x| x.value)
+        .sum()
+    };
+    let samples = s
+        .obs
+        .scrape_until(Duration::from_secs(20), |x| {
+            per_type(x, CLIENT, &s.client, &[]) == want && invalid(x) == 2.0 * n as f64
+        })
+        .unwrap();
+    assert_eq!(per_type(&samples, CLIENT, &s.client, &[]), want);
+    assert_eq!(per_type(&samples, SERVER, &s.server, &[]), want);
+    assert_eq!(invalid(&samples), 2.0 * n as f64);
+    assert_eq!(
+        logged(&s.dir, &s.client.ip),
+        BTreeMap::from([("A".to_string(), 1)])
+    );
+    s.obs.stop().unwrap();
+}

@@ -170,6 +170,10 @@ impl<C: Tracked> Conns<C> {
     pub fn len(&self) -> usize {
         self.map.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
 }
 
 /// Where a direction's current call stands: its length, the bytes seen of it, its times and
