@@ -361,9 +361,18 @@ where
         .map_err(|e| program_error(prog, e))
 }
 
+/// How much work the verifier did for a program (kernels since 5.16 say): the figure that
+/// decides its load time, and how close it is to older kernels' limit of a million.
+fn log_verified(prog: &str, info: Result<aya::programs::ProgramInfo, ProgramError>) {
+    if let Some(n) = info.ok().and_then(|i| i.verified_instruction_count()) {
+        tracing::debug!(program = prog, verified_instructions = n, "program loaded");
+    }
+}
+
 fn attach_btf_prog(ebpf: &mut Ebpf, prog: &str, target: &str, btf: &Btf) -> Result<(), ProbeError> {
     let p: &mut BtfTracePoint = program(ebpf, prog)?;
     p.load(target, btf).map_err(|e| program_error(prog, e))?;
+    log_verified(prog, p.info());
     p.attach().map_err(|e| program_error(prog, e))?;
     Ok(())
 }
@@ -371,6 +380,7 @@ fn attach_btf_prog(ebpf: &mut Ebpf, prog: &str, target: &str, btf: &Btf) -> Resu
 fn attach_raw_prog(ebpf: &mut Ebpf, prog: &str, target: &str) -> Result<(), ProbeError> {
     let p: &mut RawTracePoint = program(ebpf, prog)?;
     p.load().map_err(|e| program_error(prog, e))?;
+    log_verified(prog, p.info());
     p.attach(target).map_err(|e| program_error(prog, e))?;
     Ok(())
 }
@@ -378,6 +388,7 @@ fn attach_raw_prog(ebpf: &mut Ebpf, prog: &str, target: &str) -> Result<(), Prob
 fn attach_fexit(ebpf: &mut Ebpf, prog: &str, target: &str, btf: &Btf) -> Result<(), ProbeError> {
     let p: &mut FExit = program(ebpf, prog)?;
     p.load(target, btf).map_err(|e| program_error(prog, e))?;
+    log_verified(prog, p.info());
     p.attach().map_err(|e| program_error(prog, e))?;
     Ok(())
 }
