@@ -380,6 +380,9 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
         // capabilities test runs it on every guest.
         &["tcp_connections_bytes_and_failures_are_exact_per_pod"],
     ),
+    // The task fields read at an exit, located by BTF per kernel; the OOM kill's tracepoint is
+    // the same on every kernel (its probe runs in the default-probes test).
+    ("lifecycle-", &["exit_code_and_signal_with_figures_before"]),
     // Their detectors load and run on every guest (the capabilities test checks every default
     // probe up and working); their framing is user space's, like Redis's and PostgreSQL's, whose
     // benchmarks the guests run.
