@@ -181,6 +181,12 @@ const PACKAGES: &[(Scope, &str, &str)] = &[
     ),
     (
         Scope::Test,
+        "udev",
+        "udevd in the matrix VMs: it names virtme-ng's virtio-serial ports, which carry the \
+         tests' output (without it the output comes mixed into the guest's console)",
+    ),
+    (
+        Scope::Test,
         "busybox-static",
         "initramfs of the matrix VMs (virtme-ng)",
     ),

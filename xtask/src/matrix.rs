@@ -34,6 +34,8 @@ pub struct Outcome {
     pub notes: Vec<String>,
     /// Failed tests, as `binary: test`.
     pub failures: Vec<String>,
+    /// How long the run took.
+    pub took: std::time::Duration,
 }
 
 /// What `run` records when the script does not reach its end.
@@ -230,8 +232,11 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
     });
     let stderr = child.stderr.take().expect("piped");
     let err_label = label.clone();
+    // Without udev in the guest, virtme-ng cannot name its script ports and the script's output
+    // comes on the kernel console instead (stderr here): it is read there too.
     let err_thread = std::thread::spawn(move || {
         let mut console = std::collections::VecDeque::with_capacity(CONSOLE_TAIL);
+        let mut tally = Tally::default();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if is_console_line(&line) {
                 if console.len() == CONSOLE_TAIL {
@@ -240,21 +245,53 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
                 console.push_back(line);
             } else {
                 eprintln!("[{err_label}] {line}");
+                tally.line(&line);
             }
         }
-        console
+        (console, tally)
     });
-    let mut out = Outcome::default();
+    let mut tally = Tally::default();
     let stdout = child.stdout.take().expect("piped");
-    let mut saw_end = false;
-    let mut binary = String::new();
     for line in BufReader::new(stdout).lines().map_while(Result::ok) {
         println!("[{label}] {line}");
-        if let Some(b) = line.strip_prefix("MATRIX-BINARY ") {
-            binary = b.to_string();
+        tally.line(&line);
+    }
+    let status = child.wait()?;
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    let (console, err_tally) = err_thread.join().unwrap_or_default();
+    if let Kernel::Guest { .. } = kernel {
+        let _ = std::fs::remove_file(script_path());
+    }
+    let mut out = tally.merge(err_tally);
+    if !out.finished {
+        out.problems.push(format!("{STOPPED_EARLY} ({status})"));
+        println!("[{label}] the run stopped early; the last lines of the kernel console:");
+        for line in &console {
+            println!("[{label}] console {line}");
         }
-        if let Some(test) = failed_test(&line) {
-            out.failures.push(format!("{binary}: {test}"));
+    }
+    out.took = started.elapsed();
+    println!("[{label}] took {:.0} s", out.took.as_secs_f64());
+    Ok(out)
+}
+
+/// What the script's output says: results, failed tests, binaries that exited with an error,
+/// and whether it reached its end.
+#[derive(Debug, Default)]
+struct Tally {
+    out: Outcome,
+    binary: String,
+}
+
+impl Tally {
+    fn line(&mut self, line: &str) {
+        let out = &mut self.out;
+        if let Some(b) = line.strip_prefix("MATRIX-BINARY ") {
+            self.binary = b.to_string();
+        }
+        if let Some(test) = failed_test(line) {
+            out.failures.push(format!("{}: {test}", self.binary));
         }
         if let Some(rest) = line.trim().strip_prefix("test result: ") {
             let (p, f) = parse_result(rest);
@@ -265,26 +302,20 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
             out.problems.push(format!("{bin} exited with an error"));
         }
         if line.starts_with("MATRIX-END") {
-            saw_end = true;
+            out.finished = true;
         }
     }
-    let status = child.wait()?;
-    let _ = done_tx.send(());
-    let _ = watchdog.join();
-    let console = err_thread.join().unwrap_or_default();
-    if let Kernel::Guest { .. } = kernel {
-        let _ = std::fs::remove_file(script_path());
+
+    /// Both streams' tallies as one outcome.
+    fn merge(self, other: Tally) -> Outcome {
+        let (mut a, b) = (self.out, other.out);
+        a.passed += b.passed;
+        a.failed += b.failed;
+        a.failures.extend(b.failures);
+        a.problems.extend(b.problems);
+        a.finished |= b.finished;
+        a
     }
-    out.finished = saw_end;
-    if !saw_end {
-        out.problems.push(format!("{STOPPED_EARLY} ({status})"));
-        println!("[{label}] the run stopped early; the last lines of the kernel console:");
-        for line in &console {
-            println!("[{label}] console {line}");
-        }
-    }
-    println!("[{label}] took {:.0} s", started.elapsed().as_secs_f64());
-    Ok(out)
 }
 
 /// Where the script the guests run is written (the guests see this machine's /tmp).
@@ -527,6 +558,37 @@ mod tests {
         }
         .after_rerun(first);
         assert_eq!((clean.failed, clean.problems.len()), (0, 0));
+    }
+
+    #[test]
+    fn reads_the_script_on_either_stream() {
+        // virtme-ng's script ports (stdout) and its console fallback (stderr, between the
+        // kernel's lines) both carry the script's output.
+        let mut ports = Tally::default();
+        for l in [
+            "MATRIX-BINARY redis",
+            "test a ... ok",
+            "test result: ok. 1 passed; 0 failed",
+        ] {
+            ports.line(l);
+        }
+        let mut console = Tally::default();
+        for l in [
+            "MATRIX-BINARY http",
+            "test b ... FAILED",
+            "test result: FAILED. 2 passed; 1 failed",
+            "MATRIX-FAILED /t/http-1",
+            "MATRIX-END",
+        ] {
+            console.line(l);
+        }
+        let out = ports.merge(console);
+        assert_eq!((out.passed, out.failed, out.finished), (3, 1, true));
+        assert_eq!(out.failures, ["http: b"]);
+        assert_eq!(out.problems, ["/t/http-1 exited with an error"]);
+        let mut cut = Tally::default();
+        cut.line("MATRIX-BINARY http");
+        assert!(!cut.merge(Tally::default()).finished);
     }
 
     #[test]
