@@ -454,6 +454,13 @@ fn attach_pair_named(
     attach_pair_inner(ebpf, hooks, btf, &[a, b])
 }
 
+/// Whether the kernel has tracepoint `name`: every tracepoint of a kernel with BTF has its
+/// `btf_trace_<name>` typedef there.
+fn has_tracepoint(btf: &Btf, name: &str) -> bool {
+    btf.id_by_type_name_kind(&format!("btf_trace_{name}"), aya_obj::btf::BtfKind::Typedef)
+        .is_ok()
+}
+
 /// Attaches every (program base, tracepoint) of a probe with one hook type, all or nothing:
 /// BTF tracepoints first (cheapest, need kernel BTF), raw tracepoints as the fallback.
 fn attach_pair_inner(
@@ -493,6 +500,16 @@ fn attach_pair_inner(
         }
         if hooks == HookPreference::Btf {
             return Err(btf_err.expect("set above"));
+        }
+        // A kernel whose BTF lacks a tracepoint's `btf_trace_` type has no such tracepoint: its
+        // raw variant would only fail at attach, after its verification (half a minute for the
+        // socket programs under emulation, the caller's fallback waiting behind it).
+        if let (Some(btf), Some(e)) = (btf, &btf_err) {
+            if let Some((_, target)) = progs.iter().find(|(_, t)| !has_tracepoint(btf, t)) {
+                return Err(ProbeError::Other(format!(
+                    "{e}; no raw tracepoint either: this kernel has no tracepoint {target}"
+                )));
+            }
         }
     }
     let mut done: Vec<String> = Vec::new();
