@@ -125,8 +125,8 @@ pub static L7_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 #[map]
 pub static L7_SCRATCH: PerCpuArray<L7Event> = PerCpuArray::with_max_entries(2, 0);
 
-/// Per-CPU: the socket call the stream framer is to follow, handed from the socket hook to
-/// the framer's global function (whose arguments may only be scalars).
+/// Per-CPU: the socket call a framer is to follow, handed from the socket hook to the
+/// framer's global function (whose arguments may only be scalars).
 #[map]
 pub static L7_CALL: PerCpuArray<crate::l7::Call> = PerCpuArray::with_max_entries(1, 0);
 

@@ -419,13 +419,25 @@ fn is_stream(proto: u8) -> bool {
     matches!(proto, L7_REDIS | L7_POSTGRES | L7_MYSQL | L7_MEMCACHED)
 }
 
-/// Hands a call of a claimed connection to its protocol's framer (the stream protocols' calls
-/// go to [`stream::hand_over`] instead).
+/// What the hook calls after [`on_tcp_io`], which handed the call over in `L7_CALL`: nothing,
+/// the stream framer, or HTTP/1's framer (with the number of head bytes read in bits 8..).
+const NEXT_NONE: u32 = 0;
+const NEXT_STREAM: u32 = 1;
+const NEXT_HTTP1: u32 = 2;
+
+/// What the hook calls next for a claimed connection's call, handed over in `L7_CALL` (the
+/// stream protocols' framer, or HTTP/1's with the `n` head bytes read).
 #[inline(always)]
-fn frame(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
-    // SAFETY: map value pointer checked by the verifier.
-    if unsafe { (*st).proto } == L7_HTTP1 {
-        http1::on_call(st, call, head, n);
+fn frame(proto: u8, call: &Call, n: u32) -> u32 {
+    if !stream::hand_over(call) {
+        return NEXT_NONE;
+    }
+    if is_stream(proto) {
+        NEXT_STREAM
+    } else if proto == L7_HTTP1 {
+        NEXT_HTTP1 | (n & HEAD_MASK) << 8
+    } else {
+        NEXT_NONE
     }
 }
 
@@ -464,20 +476,27 @@ pub fn on_io(sk: u64, sock: Sock, ret: u32, send: bool, now: u64) {
         }
         return;
     }
-    if on_tcp_io(sk, sock.conn, u64::from(ret) | u64::from(send) << 32, now) {
-        // Called from here, not from inside the function above: the BPF stack of a chain of
-        // calls is 512 bytes in all.
-        stream::l7_stream_call();
+    // The framers are called from here, not from inside the function below: the BPF stack of
+    // a chain of calls is 512 bytes in all.
+    let next = on_tcp_io(sk, sock.conn, u64::from(ret) | u64::from(send) << 32, now);
+    match next & 0xff {
+        NEXT_STREAM => {
+            stream::l7_stream_call();
+        }
+        NEXT_HTTP1 => {
+            http1::l7_http1_call(next >> 8);
+        }
+        _ => {}
     }
 }
 
 /// The L7 path of one call on a TCP socket (`packed` holds its byte count, and its direction in
-/// bit 32). True when the call is a stream protocol's, handed over in `L7_CALL` for the
-/// stream framer. A function of its own in the program (a BPF-to-BPF call): inlined into the socket
-/// hooks, the compiler spilled a register it had left uninitialised on one path, which the
-/// verifier refuses (5.10's on the fexit hooks, every kernel's once the detectors grew).
+/// bit 32): which framer the hook calls next (`NEXT_*`), the call handed over in `L7_CALL`. A
+/// function of its own in the program (a BPF-to-BPF call): inlined into the socket hooks, the
+/// compiler spilled a register it had left uninitialised on one path, which the verifier
+/// refuses (5.10's on the fexit hooks, every kernel's once the detectors grew).
 #[inline(never)]
-fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) -> bool {
+fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) -> u32 {
     let ret = packed as u32;
     let send = packed >> 32 != 0;
     let (conn, st) = if c.is_null() {
@@ -485,7 +504,7 @@ fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) -> bool {
     } else {
         // SAFETY: a map value pointer the caller got from the verifier-checked lookup.
         match unsafe { (*c).l7 } {
-            L7_NONE => return false,
+            L7_NONE => return NEXT_NONE,
             L7_UNDECIDED => (Some(c), None),
             // Claimed: its state should be there (else it was lost; decide again).
             _ => (Some(c), L7_CONNS.get_ptr_mut(&sk)),
@@ -503,19 +522,20 @@ fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) -> bool {
         dgram: false,
     };
     let Some(head) = L7_SCRATCH.get_ptr_mut(0) else {
-        return false;
+        return NEXT_NONE;
     };
     if let Some(st) = st {
         // SAFETY: map value pointer checked by the verifier.
-        if is_stream(unsafe { (*st).proto }) {
-            return stream::hand_over(&call);
-        }
-        let n = call.read_head(head);
-        frame(st, &call, head, n);
-        return false;
+        let proto = unsafe { (*st).proto };
+        let n = if is_stream(proto) {
+            0
+        } else {
+            call.read_head(head)
+        };
+        return frame(proto, &call, n);
     }
     if io == Io::None {
-        return false;
+        return NEXT_NONE;
     }
     let n = call.read_head(head);
     let v = l7_detect(n, call.ret);
@@ -540,20 +560,16 @@ fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) -> bool {
                 }
             }
         }
-        return false;
+        return NEXT_NONE;
     }
-    let Some(st) = claim(sk, proto, d, send) else {
-        return false;
-    };
+    if claim(sk, proto, d, send).is_none() {
+        return NEXT_NONE;
+    }
     if let Some(c) = conn {
         // SAFETY: map value pointer checked by the verifier.
         unsafe { (*c).l7 = proto };
     }
-    if is_stream(proto) {
-        return stream::hand_over(&call);
-    }
-    frame(st, &call, head, n);
-    false
+    frame(proto, &call, n)
 }
 
 /// Enters a connection a protocol claimed: its cgroup, peer and side.

@@ -28,8 +28,8 @@ const MAX_CHUNKS: u32 = 16;
 /// a gap user space sees.
 const MAX_SEGMENTS: u32 = 4;
 
-/// Keeps a call of a claimed stream connection for [`l7_stream_call`]; false when the
-/// per-CPU slot is not there.
+/// Keeps a call of a claimed connection for its framer's global function
+/// ([`l7_stream_call`], `http1::l7_http1_call`); false when the per-CPU slot is not there.
 #[inline(always)]
 pub fn hand_over(call: &Call) -> bool {
     match L7_CALL.get_ptr_mut(0) {
