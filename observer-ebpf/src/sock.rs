@@ -53,6 +53,13 @@ pub fn is_tcp(sk: u64) -> bool {
     (family == AF_INET || family == AF_INET6) && protocol == IPPROTO_TCP
 }
 
+/// The socket's address family (`AF_INET`, `AF_INET6`), 0 if unreadable.
+#[inline(always)]
+pub fn family(sk: u64) -> u16 {
+    let o = OFFSETS.load();
+    unsafe { read_at(sk, o.sock_family) }.unwrap_or(0)
+}
+
 /// True for an IPv4 or IPv6 UDP socket.
 #[inline(always)]
 pub fn is_udp(sk: u64) -> bool {

@@ -145,8 +145,7 @@ pub enum ProbeKind {
     Mysql,
     /// Memcached commands (text protocol), client and server side.
     Memcached,
-    /// DNS lookups over UDP (port 53), client and server side; needs Linux 6.3+ (not in the
-    /// default set).
+    /// DNS lookups over UDP (port 53), client and server side (not in the default set).
     Dns,
     /// OOM kills and exits of main processes (exit code or signal), per container.
     Lifecycle,

@@ -1,4 +1,4 @@
-//! Privileged accuracy tests of DNS capture (`--probes dns`, Linux 6.3+): dnsmasq answering a
+//! Privileged accuracy tests of DNS capture (`--probes dns`): dnsmasq answering a
 //! test zone in one simulated pod; `dig` (BIND 9, `sendmmsg` of one query, `recvmsg`) and
 //! Python's `socket.getaddrinfo` (glibc's resolver: the A and AAAA queries together in one
 //! `sendmmsg`, answers by `recvfrom`) in another, whose resolver configuration names the server
@@ -8,8 +8,8 @@
 //! - what each query is answered by construction (a name of the zone: NOERROR; a name under the
 //!   zone that is not there: NXDOMAIN; a name outside it, with no upstream server: REFUSED).
 //!
-//! On kernels before 6.3 the probe reports itself down with the reason (UDP calls pass only the
-//! newer socket tracepoints), which the test checks instead.
+//! The datagrams come from the socket tracepoints since 6.3 and from fexit on UDP's functions
+//! before: each kernel's hook is checked too.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -27,15 +27,20 @@ const ZONE: &str = "test.example";
 /// Debian's interpreter (another `python3` on the PATH may not be glibc's).
 const PYTHON: &str = "/usr/bin/python3";
 
-/// Whether this kernel has the `sock_send_length` tracepoint the probe needs.
-fn kernel_has_socket_tracepoints() -> bool {
+/// The hook DNS's datagrams come from on this kernel: the `sock_send_length` tracepoints since
+/// 6.3, fexit on UDP's own functions before.
+fn expected_hook() -> &'static str {
     let uname = sh("uname -r").unwrap();
     let mut v = uname
         .trim()
         .split(['.', '-'])
         .map(|x| x.parse::<u32>().unwrap_or(0));
     let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
-    (major, minor) >= (6, 3)
+    if (major, minor) >= (6, 3) {
+        "tp_btf"
+    } else {
+        "fexit"
+    }
 }
 
 struct Setup {
@@ -179,10 +184,12 @@ except socket.gaierror:
 
 #[test]
 fn dig_and_glibc_lookups_equal_the_servers_query_log() {
-    if !kernel_has_socket_tracepoints() {
-        return probe_down_with_its_reason();
-    }
     let s = setup();
+    let probes = s.obs.scrape().unwrap();
+    let up: Vec<(String, f64)> = matching(&probes, "observer_probe_up", &[("probe", "dns")])
+        .map(|x| (x.labels["hook"].clone(), x.value))
+        .collect();
+    assert_eq!(up, [(expected_hook().to_string(), 1.0)]);
     let host = s.server.ip.clone();
     let n: u64 = if slowdown() > 1 { 3 } else { 40 };
     let dig = |name: &str, ty: &str| {
@@ -267,9 +274,6 @@ fn dig_and_glibc_lookups_equal_the_servers_query_log() {
 
 #[test]
 fn a_query_without_answer_is_a_timeout() {
-    if !kernel_has_socket_tracepoints() {
-        return;
-    }
     let s = setup();
     // Nothing listens on the client pod's own port 53: the query goes, no answer comes (the
     // kernel's port-unreachable reaches dig as an error, never as a DNS message).
@@ -301,26 +305,6 @@ fn a_query_without_answer_is_a_timeout() {
     s.obs.stop().unwrap();
 }
 
-/// Before 6.3: the probe is down and says why; the others run.
-fn probe_down_with_its_reason() {
-    require_root();
-    let obs = Observer::start(&["--probes", "tcp,dns"]).unwrap();
-    let samples = obs.scrape().unwrap();
-    let up = |probe: &str| -> Vec<f64> {
-        matching(&samples, "observer_probe_up", &[("probe", probe)])
-            .map(|x| x.value)
-            .collect()
-    };
-    assert_eq!(up("dns"), [0.0]);
-    assert_eq!(up("tcp_bytes"), [1.0]);
-    let log = obs.stderr.lock().unwrap().clone();
-    obs.stop().unwrap();
-    assert!(
-        log.contains("DNS needs the sock_send_length/sock_recv_length tracepoints"),
-        "{log}"
-    );
-}
-
 const HOSTILE_PY: &str = r#"
 import os, socket, sys
 host, n = sys.argv[1], int(sys.argv[2])
@@ -334,9 +318,6 @@ s.close()
 
 #[test]
 fn bytes_that_are_no_dns_are_counted_and_a_later_lookup_once() {
-    if !kernel_has_socket_tracepoints() {
-        return;
-    }
     let s = setup();
     let host = s.server.ip.clone();
     let n = 10u64;

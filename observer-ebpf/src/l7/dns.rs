@@ -4,14 +4,83 @@
 //! from a state made for the call; user space pairs queries with responses by socket and
 //! message id. `sendmmsg` (glibc's parallel A and AAAA queries) and `recvmmsg` make one socket
 //! call per message, each followed in its own array entry.
+//!
+//! The datagrams come from the `sock_send_length`/`sock_recv_length` tracepoints (6.3+), which
+//! every socket call passes, or before 6.3 from fexit on UDP's own send and receive functions
+//! (below), attached with this probe only.
 
-use observer_common::{L7Conn, L7Dir, L7_DNS, L7_SIDE_CLIENT, L7_SIDE_SERVER, LOST_SOCK_READ};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::fexit, programs::FExitContext};
+use observer_common::{
+    L7Conn, L7Dir, L7_DNS, L7_SIDE_CLIENT, L7_SIDE_SERVER, LOST_SOCK_READ, WORK_L7,
+};
 
-use super::{stream, syscall_io, Call, Io};
+use super::{stream, syscall_io, Call, Io, Sock};
 use crate::{
-    maps::{count_lost, L7_SCRATCH},
+    maps::{count_lost, L7_SCRATCH, WORK},
     sock,
 };
+
+/// One datagram call seen by an fexit program below (`ret`: its byte count or an error).
+#[inline(always)]
+fn udp_call(sk: u64, ret: i64, send: bool) {
+    if ret <= 0 || WORK.load() & WORK_L7 == 0 {
+        return;
+    }
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    super::on_io(sk, Sock::NOT_TCP, ret as u32, send, now);
+}
+
+// An fexit program finds the return value in its context right after the arguments; user
+// space loads the receive programs of this kernel's parameter count (the `noblock` parameter
+// went in 5.19).
+
+/// `int udp_sendmsg(struct sock *sk, struct msghdr *msg, size_t len)`
+#[fexit(function = "udp_sendmsg")]
+pub fn udp_sendmsg_fexit(ctx: FExitContext) -> i32 {
+    let sk = ctx.arg::<u64>(0);
+    // An IPv6 socket's datagram to an IPv4-mapped address passes `udpv6_sendmsg`, which hands
+    // it to this function: it is counted there, once.
+    if sock::family(sk) != sock::AF_INET6 {
+        udp_call(sk, ctx.arg::<i64>(3), true);
+    }
+    0
+}
+
+/// `int udpv6_sendmsg(struct sock *sk, struct msghdr *msg, size_t len)`
+#[fexit(function = "udpv6_sendmsg")]
+pub fn udpv6_sendmsg_fexit(ctx: FExitContext) -> i32 {
+    udp_call(ctx.arg::<u64>(0), ctx.arg::<i64>(3), true);
+    0
+}
+
+/// `int udp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int flags, int *addr_len)`
+/// (5.19 and later; `udpv6_recvmsg` alike).
+#[fexit(function = "udp_recvmsg")]
+pub fn udp_recvmsg_fexit5(ctx: FExitContext) -> i32 {
+    udp_call(ctx.arg::<u64>(0), ctx.arg::<i64>(5), false);
+    0
+}
+
+#[fexit(function = "udpv6_recvmsg")]
+pub fn udpv6_recvmsg_fexit5(ctx: FExitContext) -> i32 {
+    udp_call(ctx.arg::<u64>(0), ctx.arg::<i64>(5), false);
+    0
+}
+
+/// `int udp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int noblock, int flags,
+/// int *addr_len)` (before 5.19; `udpv6_recvmsg` alike).
+#[fexit(function = "udp_recvmsg")]
+pub fn udp_recvmsg_fexit6(ctx: FExitContext) -> i32 {
+    udp_call(ctx.arg::<u64>(0), ctx.arg::<i64>(6), false);
+    0
+}
+
+#[fexit(function = "udpv6_recvmsg")]
+pub fn udpv6_recvmsg_fexit6(ctx: FExitContext) -> i32 {
+    udp_call(ctx.arg::<u64>(0), ctx.arg::<i64>(6), false);
+    0
+}
 
 /// The DNS port.
 const PORT: u16 = 53;

@@ -62,6 +62,9 @@ struct Kernel {
     lifecycle: Result<LifecycleOffsets, ProbeError>,
     /// Parameters of `tcp_recvmsg` (6 before 5.19, 5 since), for the fexit fallback.
     recvmsg_params: Result<usize, ProbeError>,
+    /// The same of `udp_recvmsg` (DNS's fexit fallback; `udpv6_recvmsg` lost its `noblock` in
+    /// the same change).
+    udp_recvmsg_params: Result<usize, ProbeError>,
     /// The kernel has `bpf_get_current_task_btf` (5.11) and `bpf_task_pt_regs` (5.15): the L7
     /// path can find a syscall's buffer without a hook on the syscall.
     task_regs: bool,
@@ -95,6 +98,10 @@ impl Kernel {
             .as_ref()
             .map_err(clone_err)
             .and_then(|b| b.func_param_count("tcp_recvmsg"));
+        let udp_recvmsg_params = kernel_btf
+            .as_ref()
+            .map_err(clone_err)
+            .and_then(|b| b.func_param_count("udp_recvmsg"));
         let task_regs = kernel_btf.as_ref().is_ok_and(|b| {
             b.enum_has("bpf_func_id", "BPF_FUNC_task_pt_regs")
                 && b.enum_has("bpf_func_id", "BPF_FUNC_get_current_task_btf")
@@ -103,6 +110,7 @@ impl Kernel {
             offsets,
             lifecycle,
             recvmsg_params,
+            udp_recvmsg_params,
             task_regs,
             btf,
         }
@@ -283,13 +291,13 @@ fn attach_sockets(ebpf: &mut Ebpf, cfg: &Config, k: &Kernel, probes: &mut Vec<Pr
     };
     for spec in &cfg.l7 {
         let r = match &r {
-            // UDP calls pass the sock_*_length tracepoints; the fexit fallback hooks TCP's
-            // functions only.
-            Ok("fexit") if spec.id == observer_common::L7_DNS => Err(ProbeError::Other(
-                "DNS needs the sock_send_length/sock_recv_length tracepoints (Linux 6.3+); \
-                 the fexit fallback of older kernels hooks TCP only"
-                    .into(),
-            )),
+            // UDP calls pass the sock_*_length tracepoints; the fexit fallback of older
+            // kernels hooks TCP's functions, and UDP's for DNS.
+            Ok("fexit") if spec.id == observer_common::L7_DNS => match btf {
+                Some(btf) => attach_fexit_udp(ebpf, btf, k)
+                    .map_err(|e| ProbeError::Other(format!("UDP calls (fexit): {e}"))),
+                None => Err(ProbeError::Other("UDP calls (fexit): no kernel BTF".into())),
+            },
             r => clone_result(r),
         };
         probes.push(status(spec.name, r));
@@ -414,10 +422,38 @@ fn attach_fexit_bytes(ebpf: &mut Ebpf, btf: &Btf, k: &Kernel) -> Result<&'static
     Ok("fexit")
 }
 
+/// DNS before 6.3: fexit on UDP's send and receive functions, IPv4's and IPv6's. An IPv6 pair
+/// that cannot be hooked (IPv6 built as a module: its functions are not in the kernel's BTF)
+/// leaves IPv4 followed, and says so.
+fn attach_fexit_udp(ebpf: &mut Ebpf, btf: &Btf, k: &Kernel) -> Result<&'static str, ProbeError> {
+    let (recv4, recv6) = match k.udp_recvmsg_params.as_ref().map_err(clone_err)? {
+        5 => ("udp_recvmsg_fexit5", "udpv6_recvmsg_fexit5"),
+        6 => ("udp_recvmsg_fexit6", "udpv6_recvmsg_fexit6"),
+        n => {
+            return Err(ProbeError::Other(format!(
+                "udp_recvmsg takes {n} parameters in this kernel (5 or 6 known)"
+            )))
+        }
+    };
+    attach_fexit(ebpf, "udp_sendmsg_fexit", "udp_sendmsg", btf)?;
+    if let Err(e) = attach_fexit(ebpf, recv4, "udp_recvmsg", btf) {
+        unload(ebpf, "udp_sendmsg_fexit");
+        return Err(e);
+    }
+    let v6 = attach_fexit(ebpf, "udpv6_sendmsg_fexit", "udpv6_sendmsg", btf)
+        .and_then(|()| attach_fexit(ebpf, recv6, "udpv6_recvmsg", btf));
+    if let Err(e) = v6 {
+        unload(ebpf, "udpv6_sendmsg_fexit");
+        tracing::warn!("DNS over IPv6 sockets is not followed: {e}");
+    }
+    Ok("fexit")
+}
+
 fn unload(ebpf: &mut Ebpf, prog: &str) {
     match ebpf.program_mut(prog) {
         Some(aya::programs::Program::BtfTracePoint(p)) => drop(p.unload()),
         Some(aya::programs::Program::RawTracePoint(p)) => drop(p.unload()),
+        Some(aya::programs::Program::FExit(p)) => drop(p.unload()),
         _ => {}
     }
 }

@@ -126,6 +126,52 @@ pub struct Spec {
     pub failed: fn(Option<&Status>, Option<&'static str>) -> bool,
 }
 
+impl Spec {
+    /// A database's or cache's protocol: OpenTelemetry's database families, told apart by
+    /// `db_system_name`; `client_target` says whether client series carry the collection (else
+    /// the server's address).
+    pub const fn database(
+        id: u8,
+        name: &'static str,
+        system: &'static [(&'static str, &'static str)],
+        client_target: bool,
+        failed: fn(Option<&Status>, Option<&'static str>) -> bool,
+    ) -> Spec {
+        Spec {
+            id,
+            name,
+            server: Family {
+                name: "db_server_operation_duration_seconds",
+                help: "Duration of database operations answered, from the command read to its \
+                       reply written",
+            },
+            client: Family {
+                name: "db_client_operation_duration_seconds",
+                help: "Duration of database operations made, from the command written to its \
+                       reply read",
+            },
+            operation_label: "db_operation_name",
+            server_target_label: "db_collection_name",
+            client_target_label: if client_target {
+                Some("db_collection_name")
+            } else {
+                None
+            },
+            status_label: "db_response_status_code",
+            constant_labels: system,
+            apdex: false,
+            connection_type: "database",
+            failed,
+        }
+    }
+}
+
+/// A request failed when it got an error reply (a text status: an error message or code) or
+/// none at all.
+pub fn failed_on_text_status(status: Option<&Status>, error: Option<&'static str>) -> bool {
+    error.is_some() || matches!(status, Some(Status::Text(t)) if !t.is_empty())
+}
+
 impl PartialEq for Spec {
     fn eq(&self, o: &Self) -> bool {
         self.id == o.id

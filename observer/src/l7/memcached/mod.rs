@@ -25,32 +25,13 @@ use super::{
 use text::{Broken, Frame, Framer};
 
 /// Memcached as the exporters see it: OpenTelemetry's database client family.
-pub static SPEC: Spec = Spec {
-    id: L7_MEMCACHED,
-    name: "memcached",
-    server: super::Family {
-        name: "db_server_operation_duration_seconds",
-        help:
-            "Duration of database operations answered, from the command read to its reply written",
-    },
-    client: super::Family {
-        name: "db_client_operation_duration_seconds",
-        help: "Duration of database operations made, from the command written to its reply read",
-    },
-    operation_label: "db_operation_name",
-    server_target_label: "db_collection_name",
-    client_target_label: Some("db_collection_name"),
-    status_label: "db_response_status_code",
-    constant_labels: &[("db_system_name", "memcached")],
-    apdex: false,
-    connection_type: "database",
-    failed,
-};
-
-/// An error reply, or none at all.
-fn failed(status: Option<&Status>, error: Option<&'static str>) -> bool {
-    error.is_some() || matches!(status, Some(Status::Text(t)) if !t.is_empty())
-}
+pub static SPEC: Spec = Spec::database(
+    L7_MEMCACHED,
+    "memcached",
+    &[("db_system_name", "memcached")],
+    true,
+    super::failed_on_text_status,
+);
 
 /// Commands waiting for a reply per connection before the oldest are given up.
 const MAX_PENDING: usize = 4096;

@@ -35,48 +35,24 @@ use super::{
 };
 use wire::{Framer, Packet};
 
-const HELP_SERVER: &str =
-    "Duration of database operations answered, from the command read to its reply written";
-const HELP_CLIENT: &str =
-    "Duration of database operations made, from the command written to its reply read";
-
 /// MySQL as the exporters see it: OpenTelemetry's database client family.
-pub static SPEC: Spec = Spec {
-    id: L7_MYSQL,
-    name: "mysql",
-    server: super::Family {
-        name: "db_server_operation_duration_seconds",
-        help: HELP_SERVER,
-    },
-    client: super::Family {
-        name: "db_client_operation_duration_seconds",
-        help: HELP_CLIENT,
-    },
-    operation_label: "db_operation_name",
-    server_target_label: "db_collection_name",
-    client_target_label: Some("db_collection_name"),
-    status_label: "db_response_status_code",
-    constant_labels: &[("db_system_name", "mysql")],
-    apdex: false,
-    connection_type: "database",
+pub static SPEC: Spec = Spec::database(
+    L7_MYSQL,
+    "mysql",
+    &[("db_system_name", "mysql")],
+    true,
     failed,
-};
+);
 
 /// The same protocol spoken by a MariaDB server (its greeting says so). Not a probe of its own:
 /// its id only tells its series apart.
-pub static SPEC_MARIADB: Spec = Spec {
-    id: L7_MYSQL | 0x80,
-    server: super::Family {
-        name: SPEC.server.name,
-        help: HELP_SERVER,
-    },
-    client: super::Family {
-        name: SPEC.client.name,
-        help: HELP_CLIENT,
-    },
-    constant_labels: &[("db_system_name", "mariadb")],
-    ..SPEC
-};
+pub static SPEC_MARIADB: Spec = Spec::database(
+    L7_MYSQL | 0x80,
+    "mysql",
+    &[("db_system_name", "mariadb")],
+    true,
+    failed,
+);
 
 /// An error response (an error number), or none at all.
 fn failed(status: Option<&Status>, error: Option<&'static str>) -> bool {

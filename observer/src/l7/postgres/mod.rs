@@ -30,32 +30,13 @@ use super::{
 use wire::{Broken, Framer, Message};
 
 /// PostgreSQL as the exporters see it: OpenTelemetry's database client family.
-pub static SPEC: Spec = Spec {
-    id: L7_POSTGRES,
-    name: "postgresql",
-    server: super::Family {
-        name: "db_server_operation_duration_seconds",
-        help:
-            "Duration of database operations answered, from the command read to its reply written",
-    },
-    client: super::Family {
-        name: "db_client_operation_duration_seconds",
-        help: "Duration of database operations made, from the command written to its reply read",
-    },
-    operation_label: "db_operation_name",
-    server_target_label: "db_collection_name",
-    client_target_label: Some("db_collection_name"),
-    status_label: "db_response_status_code",
-    constant_labels: &[("db_system_name", "postgresql")],
-    apdex: false,
-    connection_type: "database",
-    failed,
-};
-
-/// An error response (a SQLSTATE), or none at all.
-fn failed(status: Option<&Status>, error: Option<&'static str>) -> bool {
-    error.is_some() || matches!(status, Some(Status::Text(t)) if !t.is_empty())
-}
+pub static SPEC: Spec = Spec::database(
+    L7_POSTGRES,
+    "postgresql",
+    &[("db_system_name", "postgresql")],
+    true,
+    super::failed_on_text_status,
+);
 
 /// Units waiting for the server per connection before the oldest are given up.
 const MAX_PENDING: usize = 4096;
