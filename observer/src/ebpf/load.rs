@@ -490,11 +490,16 @@ fn attach_pair_named(
     attach_pair_inner(ebpf, hooks, btf, &[a, b])
 }
 
-/// Whether the kernel has tracepoint `name`: every tracepoint of a kernel with BTF has its
-/// `btf_trace_<name>` typedef there.
-fn has_tracepoint(btf: &Btf, name: &str) -> bool {
-    btf.id_by_type_name_kind(&format!("btf_trace_{name}"), aya_obj::btf::BtfKind::Typedef)
-        .is_ok()
+/// Whether the kernel lacks tracepoint `name`, by its BTF: every tracepoint of a kernel's BTF
+/// has its `btf_trace_<name>` typedef there. Only a BTF that describes tracepoints at all (it
+/// has `sched_process_exit`'s, which every kernel has) can say so; another BTF (`--btf` naming
+/// a file without them) says nothing, and the raw tracepoint is tried.
+fn lacks_tracepoint(btf: &Btf, name: &str) -> bool {
+    let has = |tp: &str| {
+        btf.id_by_type_name_kind(&format!("btf_trace_{tp}"), aya_obj::btf::BtfKind::Typedef)
+            .is_ok()
+    };
+    has("sched_process_exit") && !has(name)
 }
 
 /// Attaches every (program base, tracepoint) of a probe with one hook type, all or nothing:
@@ -541,7 +546,7 @@ fn attach_pair_inner(
         // raw variant would only fail at attach, after its verification (half a minute for the
         // socket programs under emulation, the caller's fallback waiting behind it).
         if let (Some(btf), Some(e)) = (btf, &btf_err) {
-            if let Some((_, target)) = progs.iter().find(|(_, t)| !has_tracepoint(btf, t)) {
+            if let Some((_, target)) = progs.iter().find(|(_, t)| lacks_tracepoint(btf, t)) {
                 return Err(ProbeError::Other(format!(
                     "{e}; no raw tracepoint either: this kernel has no tracepoint {target}"
                 )));
