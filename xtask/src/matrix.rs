@@ -91,7 +91,7 @@ fn is_console_line(line: &str) -> bool {
         && micros.chars().all(|c| c.is_ascii_digit())
 }
 
-/// Longest one kernel's run may take (the guests needed about 5.5 minutes here).
+/// Longest one kernel's run may take (the guests took 4.5 to 16 minutes in the last run).
 const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 extern "C" {
