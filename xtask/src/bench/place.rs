@@ -23,7 +23,11 @@ const SERVER_IP: &str = "10.233.0.2";
 
 impl Pods {
     pub fn new() -> Result<Pods> {
-        let tag = std::process::id() % 100_000;
+        // A new tag for each setting of the run: a deleted namespace's veth goes asynchronously,
+        // and the next setting's pods reusing its name found it still there.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
+        let tag = std::process::id() % 10_000 * 10 + n;
         let bridge = format!("obench{tag}");
         let netns = [format!("obench-srv-{tag}"), format!("obench-cli-{tag}")];
         let root = cgroup2_root()?;
