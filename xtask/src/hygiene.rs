@@ -106,12 +106,17 @@ pub fn sweep() {
     }
     let root = Path::new("/sys/fs/cgroup");
     let kubelet = !out(&["pgrep", "-x", "kubelet"]).trim().is_empty();
-    let kubepods = root.join("kubepods.slice");
-    if !kubelet && kubepods.is_dir() {
-        let mut n = 0;
-        sweep_cgroup(&kubepods, &mut n);
-        if n > 0 {
-            removed.push(format!("{n} test cgroups under kubepods.slice"));
+    // cgroup v2 at the root, or at `unified` on a hybrid hierarchy (this machine's).
+    for kubepods in [
+        root.join("kubepods.slice"),
+        root.join("unified/kubepods.slice"),
+    ] {
+        if !kubelet && kubepods.is_dir() {
+            let mut n = 0;
+            sweep_cgroup(&kubepods, &mut n);
+            if n > 0 {
+                removed.push(format!("{n} test cgroups under {}", kubepods.display()));
+            }
         }
     }
     // The lifecycle tests' cgroup v1 memory groups, where that hierarchy is mounted.

@@ -93,6 +93,14 @@ impl Drop for Pods {
                 let _ = fs::remove_dir(pod);
             }
         }
+        // The shared parent slices too once no pod uses them, as the tests' pods do (fails
+        // harmlessly on a node whose kubelet has pods there).
+        if let Some(qos) = self.cgroups[0].parent().and_then(Path::parent) {
+            let _ = fs::remove_dir(qos);
+            if let Some(kubepods) = qos.parent() {
+                let _ = fs::remove_dir(kubepods);
+            }
+        }
     }
 }
 
