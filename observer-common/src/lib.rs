@@ -116,6 +116,9 @@ pub const L7_EV_CLOSE: u8 = 2;
 pub const L7_EV_DATA: u8 = 3;
 /// [`L7Event::flags`] of a `DATA` record: the call sent (else it received).
 pub const L7_EVF_SEND: u8 = 2;
+/// [`L7Event::flags`] of a `DATA` record: a datagram (a whole message of a UDP socket), not a
+/// piece of a connection's stream.
+pub const L7_EVF_DGRAM: u8 = 4;
 /// Bytes of a stream protocol's call sent in its `DATA` record (the rest is only counted).
 pub const L7_DATA_MAX: usize = 4096;
 

@@ -76,6 +76,13 @@ pub fn local_port(sk: u64) -> u16 {
     unsafe { read_at(sk, o.sock_num) }.unwrap_or(0)
 }
 
+/// The peer's port (`sk->sk_dport`, host order): 0 for an unconnected datagram socket.
+#[inline(always)]
+pub fn peer_port(sk: u64) -> u16 {
+    let o = OFFSETS.load();
+    u16::from_be(unsafe { read_at::<u16>(sk, o.sock_dport) }.unwrap_or(0))
+}
+
 /// `sk->sk_err`: the error that ended a connection attempt.
 #[inline(always)]
 pub fn error(sk: u64) -> i32 {

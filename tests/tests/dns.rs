@@ -365,3 +365,150 @@ fn bytes_that_are_no_dns_are_counted_and_a_later_lookup_once() {
     );
     s.obs.stop().unwrap();
 }
+
+/// A resolver of its own, speaking DNS with the socket calls the test names: `udp` sends from
+/// an unconnected socket (`sendto` with `recvfrom` for A, `sendmsg` with `recvmsg` for AAAA, as
+/// musl's resolver and forwarding servers do); `tcp` opens a connection per round and
+/// pipelines an A and an AAAA query in one write, reading both answers after.
+const RESOLVER_PY: &str = r#"
+import socket, struct, sys
+host, n, zone, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+
+def query(qid, name, qtype):
+    b = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.split("."):
+        b += bytes([len(label)]) + label.encode()
+    return b + b"\0" + struct.pack(">HH", qtype, 1)
+
+def exact(c, k):
+    b = b""
+    while len(b) < k:
+        more = c.recv(k - len(b))
+        if not more:
+            raise SystemExit("connection closed early")
+        b += more
+    return b
+
+if mode == "udp":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    for i in range(n):
+        s.sendto(query(i, "api." + zone, 1), (host, 53))
+        s.recvfrom(4096)
+        s.sendmsg([query(1000 + i, "api." + zone, 28)], [], 0, (host, 53))
+        s.recvmsg(4096)
+else:
+    for i in range(n):
+        c = socket.create_connection((host, 53), timeout=5)
+        a = query(2 * i, "api." + zone, 1)
+        b = query(2 * i + 1, "missing." + zone, 28)
+        c.sendall(struct.pack(">H", len(a)) + a + struct.pack(">H", len(b)) + b)
+        for _ in range(2):
+            (k,) = struct.unpack(">H", exact(c, 2))
+            exact(c, k)
+        c.close()
+"#;
+
+/// Lookups of both sides, per (type, code), once they equal `want`.
+fn settle(s: &Setup, want: &BTreeMap<String, u64>, client_extra: &[(&str, &str)]) -> Vec<Sample> {
+    s.obs
+        .scrape_until(Duration::from_secs(20), |x| {
+            per_type(x, CLIENT, &s.client, client_extra) == *want
+                && per_type(x, SERVER, &s.server, &[]) == *want
+        })
+        .unwrap()
+}
+
+#[test]
+fn tcp_lookups_pipelined_or_one_per_connection_equal_the_servers_query_log() {
+    let s = setup();
+    let host = s.server.ip.clone();
+    let n: u64 = if slowdown() > 1 { 2 } else { 20 };
+    // dig over TCP: a connection per lookup.
+    for _ in 0..n {
+        let out = s
+            .client
+            .output(
+                "dig",
+                &[
+                    &format!("@{host}"),
+                    "+tcp",
+                    "+tries=1",
+                    "+time=3",
+                    &format!("api.{ZONE}"),
+                    "TXT",
+                ],
+            )
+            .unwrap();
+        assert!(out.status.success(), "dig +tcp: {out:?}");
+    }
+    let script = s.dir.write("resolver.py", RESOLVER_PY).unwrap();
+    s.client
+        .run(PYTHON, &[&script, &host, &n.to_string(), ZONE, "tcp"])
+        .unwrap();
+    // A name of the zone without TXT record: NOERROR with no answer.
+    let want = BTreeMap::from([
+        ("TXT NOERROR".to_string(), n),
+        ("A NOERROR".to_string(), n),
+        ("AAAA NXDOMAIN".to_string(), n),
+    ]);
+    assert_eq!(
+        logged(&s.dir, &s.client.ip),
+        by_type(&want),
+        "dnsmasq's query log"
+    );
+    let samples = settle(&s, &want, &[("server_address", &host)]);
+    assert_eq!(
+        per_type(&samples, CLIENT, &s.client, &[("server_address", &host)]),
+        want,
+        "client pod"
+    );
+    assert_eq!(
+        per_type(&samples, SERVER, &s.server, &[]),
+        want,
+        "server pod"
+    );
+    let unparsed: f64 = matching(
+        &samples,
+        "observer_l7_messages_unparsed_total",
+        &[("protocol", "dns")],
+    )
+    .map(|x| x.value)
+    .sum();
+    assert_eq!(unparsed, 0.0, "unparsed DNS records");
+    s.obs.stop().unwrap();
+}
+
+#[test]
+fn lookups_from_an_unconnected_socket_are_followed() {
+    let s = setup();
+    let host = s.server.ip.clone();
+    let n: u64 = if slowdown() > 1 { 3 } else { 40 };
+    let script = s.dir.write("resolver.py", RESOLVER_PY).unwrap();
+    s.client
+        .run(PYTHON, &[&script, &host, &n.to_string(), ZONE, "udp"])
+        .unwrap();
+    let want = BTreeMap::from([
+        ("A NOERROR".to_string(), n),
+        ("AAAA NOERROR".to_string(), n),
+    ]);
+    assert_eq!(
+        logged(&s.dir, &s.client.ip),
+        by_type(&want),
+        "dnsmasq's query log"
+    );
+    let samples = settle(
+        &s,
+        &want,
+        &[
+            ("server_address", &host),
+            ("dns_question_name", &format!("api.{ZONE}")),
+        ],
+    );
+    assert_eq!(
+        per_type(&samples, SERVER, &s.server, &[]),
+        want,
+        "server pod"
+    );
+    s.obs.stop().unwrap();
+}

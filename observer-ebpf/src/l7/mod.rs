@@ -207,7 +207,7 @@ impl Call {
     /// (after this hook), and callers zero them (glibc's resolver does); an array reused
     /// without zeroing gives no message, and its bytes are a gap user space counts.
     #[inline(always)]
-    fn mmsg_hdr(&self) -> Option<u64> {
+    pub(crate) fn mmsg_hdr(&self) -> Option<u64> {
         let mut i = 0u64;
         while i < MAX_MMSG {
             let hdr = self.arg + i * MMSGHDR_SIZE;
@@ -366,19 +366,28 @@ pub enum Detected {
 /// every state its callers reach it in (inlined, the detectors' branches made the compiler
 /// spill an uninitialised register; as a static function, 5.10's verifier went through them
 /// once per data shape of the call and ran out of its million instructions).
+/// `dns` is what [`dns::tcp_ports`] read of the socket (0 with DNS off): DNS over TCP is
+/// claimed by its port, not by its bytes (servers read a query's length prefix a byte at a
+/// time).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn l7_detect(n: u32, ret: u32) -> u32 {
+pub extern "C" fn l7_detect(n: u32, ret: u32, dns: u32) -> u32 {
     let Some(head) = L7_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    let (p, d) = detect(head, n & HEAD_MASK, ret);
+    let (p, d) = detect(head, n & HEAD_MASK, ret, dns);
     (p as u32) << 8 | d as u32
 }
 
 #[inline(always)]
-fn detect(head: *const L7Event, n: u32, ret: u32) -> (u8, Detected) {
+fn detect(head: *const L7Event, n: u32, ret: u32, dns: u32) -> (u8, Detected) {
     let enabled = L7_PROTOCOLS.load();
+    if enabled & (1 << L7_DNS) != 0 {
+        let d = dns::detect_tcp(dns);
+        if d != Detected::No {
+            return (L7_DNS, d);
+        }
+    }
     if enabled & (1 << L7_HTTP1) != 0 {
         let d = http1::detect(head, n);
         if d != Detected::No {
@@ -416,7 +425,7 @@ fn detect(head: *const L7Event, n: u32, ret: u32) -> (u8, Detected) {
 /// Protocols framed in user space (see [`stream`]).
 #[inline(always)]
 fn is_stream(proto: u8) -> bool {
-    matches!(proto, L7_REDIS | L7_POSTGRES | L7_MYSQL | L7_MEMCACHED)
+    matches!(proto, L7_REDIS | L7_POSTGRES | L7_MYSQL | L7_MEMCACHED | L7_DNS)
 }
 
 /// What the hook calls after [`on_tcp_io`], which handed the call over in `L7_CALL`: nothing,
@@ -471,7 +480,7 @@ impl Sock {
 pub fn on_io(sk: u64, sock: Sock, ret: u32, send: bool, now: u64) {
     if !sock.tcp {
         // DNS over UDP, with DNS on only (a constant: the verifier drops this otherwise).
-        if L7_PROTOCOLS.load() & (1 << L7_DNS) != 0 && dns::on_datagram(sk, ret, send, now) {
+        if L7_PROTOCOLS.load() & (1 << L7_DNS) != 0 && dns::on_datagram(sk, ret, send, now, 0) {
             stream::l7_stream_call();
         }
         return;
@@ -538,7 +547,12 @@ fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) -> u32 {
         return NEXT_NONE;
     }
     let n = call.read_head(head);
-    let v = l7_detect(n, call.ret);
+    let dns = if L7_PROTOCOLS.load() & (1 << L7_DNS) != 0 {
+        dns::tcp_ports(sk, send)
+    } else {
+        0
+    };
+    let v = l7_detect(n, call.ret, dns);
     let proto = (v >> 8) as u8;
     let d = match v & 0xff {
         1 => Detected::Request,

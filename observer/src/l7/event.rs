@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use observer_common::{
-    L7Dir, L7Event, L7_DATA_MAX, L7_EVENT_HEADER, L7_EVF_ANSWERED, L7_EVF_SEND, L7_EV_CLOSE,
+    L7Dir, L7Event, L7_DATA_MAX, L7_EVENT_HEADER, L7_EVF_ANSWERED, L7_EVF_DGRAM, L7_EVF_SEND, L7_EV_CLOSE,
     L7_EV_DATA, L7_EV_EXCHANGE, L7_EV_REQUEST, L7_REQ_MAX, L7_RESP_MAX, L7_SIDE_CLIENT,
 };
 
@@ -30,6 +30,9 @@ pub enum Kind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Data<'a> {
     pub send: bool,
+    /// A datagram: a whole message of a connectionless socket (UDP), not a piece of a
+    /// connection's stream.
+    pub dgram: bool,
     pub start_ns: u64,
     pub end_ns: u64,
     pub len: u32,
@@ -124,6 +127,7 @@ impl<'a> Event<'a> {
                 answered: false,
                 data: Some(Data {
                     send: h.flags & L7_EVF_SEND != 0,
+                    dgram: h.flags & L7_EVF_DGRAM != 0,
                     start_ns: if h.req_ts == 0 { h.ts_ns } else { h.req_ts },
                     end_ns: h.ts_ns,
                     len: h.resp_len,
@@ -234,8 +238,9 @@ pub fn record(e: &Event<'_>) -> Vec<u8> {
             L7_SIDE_SERVER
         },
         flags: match e.data {
-            Some(d) if d.send => L7_EVF_SEND,
-            Some(_) => 0,
+            Some(d) => {
+                (if d.send { L7_EVF_SEND } else { 0 }) | if d.dgram { L7_EVF_DGRAM } else { 0 }
+            }
             None if e.answered => L7_EVF_ANSWERED,
             None => 0,
         },

@@ -312,6 +312,7 @@ pub mod testing {
     ) -> Vec<u8> {
         let data = Data {
             send,
+            dgram: false,
             start_ns: start * MS,
             end_ns: end * MS,
             len,
@@ -320,6 +321,29 @@ pub mod testing {
             comm: *b"test-client\0\0\0\0\0",
         };
         record(&event(proto, side, Kind::Data, end * MS, Some(data)))
+    }
+
+    /// `bytes` as one datagram (a UDP socket's call).
+    pub fn datagram(
+        p: &mut dyn Protocol,
+        side: Side,
+        send: bool,
+        start: u64,
+        end: u64,
+        bytes: &[u8],
+    ) -> Vec<Request> {
+        let data = Data {
+            send,
+            dgram: true,
+            start_ns: start * MS,
+            end_ns: end * MS,
+            len: bytes.len() as u32,
+            offset: 0,
+            bytes,
+            comm: *b"test-client\0\0\0\0\0",
+        };
+        let rec = record(&event(p.spec().id, side, Kind::Data, end * MS, Some(data)));
+        feed(p, &rec)
     }
 
     /// The socket's end, at `at` ms.

@@ -157,6 +157,109 @@ pub fn rcode_name(r: u8) -> &'static str {
     }
 }
 
+/// A message's bytes kept over TCP: its header and question fit (12 + 255 + 4).
+pub const KEEP: usize = 512;
+
+/// A message framed over TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framed<'a> {
+    /// Its first bytes (all of it up to [`KEEP`]).
+    Message(&'a [u8]),
+    /// A message whose first bytes were partly not seen (a gap).
+    Holed,
+}
+
+/// DNS over TCP (RFC 1035 §4.2.2): each message follows its length in two bytes, big-endian.
+/// Fed a direction's bytes in order and the counts of bytes never seen, it hands out each
+/// message's first bytes and skips the rest by its length. A gap that hides a length loses the
+/// framing until [`Framer::resync`] (a call that starts anew).
+#[derive(Debug, Default)]
+pub struct Framer {
+    /// The current message's length prefix and first bytes (up to `2 + KEEP`).
+    head: Vec<u8>,
+    /// Bytes of the current message still to come once its prefix is complete.
+    left: usize,
+    /// A gap fell in the current message's kept bytes.
+    holed: bool,
+    lost: bool,
+}
+
+impl Framer {
+    /// Bytes of the direction, in order.
+    pub fn feed(&mut self, mut b: &[u8], out: &mut impl FnMut(Framed<'_>)) {
+        if self.lost {
+            return;
+        }
+        while !b.is_empty() {
+            if self.head.len() < 2 {
+                let take = (2 - self.head.len()).min(b.len());
+                self.head.extend_from_slice(&b[..take]);
+                b = &b[take..];
+                if self.head.len() == 2 {
+                    self.left = usize::from(u16::from_be_bytes([self.head[0], self.head[1]]));
+                    if self.left == 0 {
+                        self.finish(out);
+                    }
+                }
+                continue;
+            }
+            let take = self.left.min(b.len());
+            let keep = take.min((2 + KEEP).saturating_sub(self.head.len()));
+            self.head.extend_from_slice(&b[..keep]);
+            self.left -= take;
+            b = &b[take..];
+            if self.left == 0 {
+                self.finish(out);
+            }
+        }
+    }
+
+    /// `n` bytes of the direction that will never be seen. False when they hid a length: the
+    /// framing is lost with the message in progress, and nothing more is framed until
+    /// [`Framer::resync`].
+    pub fn gap(&mut self, n: u64, out: &mut impl FnMut(Framed<'_>)) -> bool {
+        if self.lost || n == 0 {
+            return !self.lost;
+        }
+        if self.head.len() < 2 || n > self.left as u64 {
+            // The message in progress goes with the framing.
+            self.lost = true;
+            return false;
+        }
+        let kept = self.head.len() - 2;
+        if kept < KEEP && self.left > 0 {
+            // The gap is where the kept bytes would go on.
+            self.holed = true;
+        }
+        self.left -= n as usize;
+        if self.left == 0 {
+            self.finish(out);
+        }
+        true
+    }
+
+    /// A call that starts anew: after lost framing, its first bytes are taken for a length.
+    pub fn resync(&mut self) {
+        if self.lost {
+            *self = Framer::default();
+        }
+    }
+
+    pub fn lost(&self) -> bool {
+        self.lost
+    }
+
+    fn finish(&mut self, out: &mut impl FnMut(Framed<'_>)) {
+        if self.holed {
+            out(Framed::Holed);
+        } else {
+            out(Framed::Message(&self.head[2..]));
+        }
+        self.head.clear();
+        self.holed = false;
+    }
+}
+
 #[cfg(test)]
 /// A query for `name` of type `qtype` with id `id`, as a resolver sends it.
 pub fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
@@ -237,6 +340,71 @@ mod tests {
         assert_eq!(parse(&query(1, &long, 1)), Err(Invalid::BadQuestion));
         let ok = vec!["a".repeat(63); 3].join(".");
         assert!(parse(&query(1, &ok, 1)).is_ok());
+    }
+
+    /// The messages a framer hands out, as bytes (`None`: holed).
+    fn framed(f: &mut Framer, pieces: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
+        let mut v = Vec::new();
+        for p in pieces {
+            f.feed(p, &mut |m| {
+                v.push(match m {
+                    Framed::Message(b) => Some(b.to_vec()),
+                    Framed::Holed => None,
+                })
+            });
+        }
+        v
+    }
+
+    fn prefixed(m: &[u8]) -> Vec<u8> {
+        let mut b = (m.len() as u16).to_be_bytes().to_vec();
+        b.extend_from_slice(m);
+        b
+    }
+
+    #[test]
+    fn tcp_messages_split_anywhere_or_pipelined_frame_the_same() {
+        let (a, b) = (query(1, "a.example", 1), query(2, "b.example", 28));
+        let mut all = prefixed(&a);
+        all.extend(prefixed(&b));
+        let want = vec![Some(a.clone()), Some(b.clone())];
+        assert_eq!(framed(&mut Framer::default(), &[&all]), want);
+        // A server reading the length a byte at a time, then the message.
+        for cut in 0..all.len() {
+            let (x, y) = all.split_at(cut);
+            assert_eq!(framed(&mut Framer::default(), &[x, y]), want, "cut {cut}");
+        }
+        let bytes: Vec<&[u8]> = all.chunks(1).collect();
+        assert_eq!(framed(&mut Framer::default(), &bytes), want);
+    }
+
+    #[test]
+    fn a_long_message_keeps_its_head_and_gaps_past_it_keep_the_framing() {
+        let mut big = query(3, "big.example", 16);
+        big.resize(3000, 7);
+        let next = query(4, "n.example", 1);
+        let mut f = Framer::default();
+        let p = prefixed(&big);
+        let mut seen = Vec::new();
+        f.feed(&p[..1000], &mut |m| seen.push(m == Framed::Holed));
+        assert!(f.gap(2002, &mut |m| seen.push(m == Framed::Holed)));
+        assert_eq!(seen, [false]);
+        assert_eq!(framed(&mut f, &[&prefixed(&next)]), [Some(next.clone())]);
+        // A gap inside the kept bytes: the message is holed, the next one whole.
+        let mut f = Framer::default();
+        let mut seen = Vec::new();
+        f.feed(&p[..10], &mut |m| seen.push(m == Framed::Holed));
+        assert!(f.gap(2992, &mut |m| seen.push(m == Framed::Holed)));
+        assert_eq!(seen, [true]);
+        assert_eq!(framed(&mut f, &[&prefixed(&next)]), [Some(next.clone())]);
+        // A gap over the next length: lost until a call starts anew.
+        assert!(!f.gap(p.len() as u64 + 1, &mut |_| panic!("nothing was in progress")));
+        assert!(f.lost());
+        assert_eq!(framed(&mut f, &[&prefixed(&next)]), []);
+        f.resync();
+        assert_eq!(framed(&mut f, &[&prefixed(&next)]), [Some(next)]);
+        // An empty message is handed out empty (no DNS message: the tracker counts it).
+        assert_eq!(framed(&mut Framer::default(), &[&[0, 0]]), [Some(vec![])]);
     }
 
     #[test]
