@@ -2,7 +2,9 @@
 //! test zone in one simulated pod; `dig` (BIND 9, `sendmmsg` of one query, `recvmsg`) and
 //! Python's `socket.getaddrinfo` (glibc's resolver: the A and AAAA queries together in one
 //! `sendmmsg`, answers by `recvfrom`) in another, whose resolver configuration names the server
-//! pod (`ip netns exec` mounts `/etc/netns/<netns>/resolv.conf`); counts EXACT against:
+//! pod (`ip netns exec` mounts `/etc/netns/<netns>/resolv.conf`); over TCP, `dig +tcp` and a
+//! Python client pipelining two queries per connection; from an unconnected socket, a Python
+//! resolver's `sendto` and `sendmsg`. Counts EXACT against:
 //! - the server's own record: dnsmasq's query log (`--log-queries`, one line per query, with
 //!   its type and the client's address);
 //! - what each query is answered by construction (a name of the zone: NOERROR; a name under the

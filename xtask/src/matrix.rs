@@ -385,8 +385,8 @@ fn host_only(b: &Path) -> bool {
 /// protocol's exact scenario with a small load: every default probe loading and working at
 /// paranoid 3 and 4, TCP exact per pod, hostile closes and bytes, nginx under load and HTTP's
 /// framing edge cases exact per status, each database's and cache's benchmark against the
-/// server's own records, DNS against the server's query log (fexit on UDP's functions before
-/// 6.3), a container's exit; the host runs every test (the raw tracepoint variants too). An
+/// server's own records, DNS over UDP (connected and unconnected) and TCP against the server's
+/// query log (fexit on UDP's functions before 6.3), a container's exit; the host runs every test (the raw tracepoint variants too). An
 /// observer's start takes 10-20 s under emulation since the framers are global BPF functions
 /// (before, 6.1's verifier went through 900,000 instructions per socket program: a minute and
 /// a half per start).
@@ -397,7 +397,11 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
     ),
     (
         "dns-",
-        &["dig_and_glibc_lookups_equal_the_servers_query_log"],
+        &[
+            "dig_and_glibc_lookups_equal_the_servers_query_log",
+            "tcp_lookups_pipelined_or_one_per_connection_equal_the_servers_query_log",
+            "lookups_from_an_unconnected_socket_are_followed",
+        ],
     ),
     (
         "http-",

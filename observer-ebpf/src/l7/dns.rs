@@ -20,7 +20,9 @@
 //! messages.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_task_pt_regs},
+    helpers::{
+        bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_task_pt_regs,
+    },
     macros::{fexit, map},
     maps::LruHashMap,
     programs::FExitContext,
@@ -87,7 +89,12 @@ pub fn udp_sendmsg_fexit(ctx: FExitContext) -> i32 {
 /// `int udpv6_sendmsg(struct sock *sk, struct msghdr *msg, size_t len)`
 #[fexit(function = "udpv6_sendmsg")]
 pub fn udpv6_sendmsg_fexit(ctx: FExitContext) -> i32 {
-    udp_call(ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<i64>(3), true);
+    udp_call(
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(1),
+        ctx.arg::<i64>(3),
+        true,
+    );
     0
 }
 
@@ -95,13 +102,23 @@ pub fn udpv6_sendmsg_fexit(ctx: FExitContext) -> i32 {
 /// (5.19 and later; `udpv6_recvmsg` alike).
 #[fexit(function = "udp_recvmsg")]
 pub fn udp_recvmsg_fexit5(ctx: FExitContext) -> i32 {
-    udp_call(ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<i64>(5), false);
+    udp_call(
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(1),
+        ctx.arg::<i64>(5),
+        false,
+    );
     0
 }
 
 #[fexit(function = "udpv6_recvmsg")]
 pub fn udpv6_recvmsg_fexit5(ctx: FExitContext) -> i32 {
-    udp_call(ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<i64>(5), false);
+    udp_call(
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(1),
+        ctx.arg::<i64>(5),
+        false,
+    );
     0
 }
 
@@ -109,13 +126,23 @@ pub fn udpv6_recvmsg_fexit5(ctx: FExitContext) -> i32 {
 /// int *addr_len)` (before 5.19; `udpv6_recvmsg` alike).
 #[fexit(function = "udp_recvmsg")]
 pub fn udp_recvmsg_fexit6(ctx: FExitContext) -> i32 {
-    udp_call(ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<i64>(6), false);
+    udp_call(
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(1),
+        ctx.arg::<i64>(6),
+        false,
+    );
     0
 }
 
 #[fexit(function = "udpv6_recvmsg")]
 pub fn udpv6_recvmsg_fexit6(ctx: FExitContext) -> i32 {
-    udp_call(ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<i64>(6), false);
+    udp_call(
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(1),
+        ctx.arg::<i64>(6),
+        false,
+    );
     0
 }
 

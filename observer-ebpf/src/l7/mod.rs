@@ -425,7 +425,10 @@ fn detect(head: *const L7Event, n: u32, ret: u32, dns: u32) -> (u8, Detected) {
 /// Protocols framed in user space (see [`stream`]).
 #[inline(always)]
 fn is_stream(proto: u8) -> bool {
-    matches!(proto, L7_REDIS | L7_POSTGRES | L7_MYSQL | L7_MEMCACHED | L7_DNS)
+    matches!(
+        proto,
+        L7_REDIS | L7_POSTGRES | L7_MYSQL | L7_MEMCACHED | L7_DNS
+    )
 }
 
 /// What the hook calls after [`on_tcp_io`], which handed the call over in `L7_CALL`: nothing,

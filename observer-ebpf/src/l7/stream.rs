@@ -11,8 +11,8 @@
 
 use aya_ebpf::helpers::{bpf_get_current_comm, generated::bpf_probe_read_user};
 use observer_common::{
-    L7Conn, L7Data, L7Dir, L7Event, L7_DATA_MAX, L7_EVENT_HEADER, L7_EVF_DGRAM, L7_EVF_SEND, L7_EV_DATA,
-    LOST_L7_RINGBUF_FULL, LOST_L7_USER_READ,
+    L7Conn, L7Data, L7Dir, L7Event, L7_DATA_MAX, L7_EVENT_HEADER, L7_EVF_DGRAM, L7_EVF_SEND,
+    L7_EV_DATA, LOST_L7_RINGBUF_FULL, LOST_L7_USER_READ,
 };
 
 use super::{tgid, wakeup, Call, Io};
@@ -105,8 +105,8 @@ fn on_call(st: *mut L7Conn, call: &Call) {
         (*ev).proto = (*st).proto;
         (*ev).kind = L7_EV_DATA;
         (*ev).side = (*st).side;
-        (*ev).flags = if call.send { L7_EVF_SEND } else { 0 }
-            | if call.dgram { L7_EVF_DGRAM } else { 0 };
+        (*ev).flags =
+            if call.send { L7_EVF_SEND } else { 0 } | if call.dgram { L7_EVF_DGRAM } else { 0 };
         (*ev).req_snip = 0;
         (*ev).resp_snip = 0;
         (*ev)._pad2 = 0;

@@ -1,11 +1,14 @@
 //! The database settings of the benchmark, pod to pod (the server in one simulated pod, its load
 //! generator in another, both observed): Redis under `redis-benchmark -P 1` (one command per
 //! round trip, 32 connections, saturated) and PostgreSQL under `pgbench -S` (select-only, 8
-//! clients). Each round runs the load without the observer and with its default probes, in an
-//! order rotated per round; the report gives medians, the throughput ratio, the observer's CPU,
-//! and the eBPF time per operation from a short extra run with kernel.bpf_stats_enabled=1.
+//! clients). Each round runs the load without the observer, with only empty syscall hooks (the
+//! floor any syscall tracer pays), with the default probes, and with the default probes but the
+//! syscall probe, in an order rotated per round; the report gives medians, the throughput ratios,
+//! the observer's CPU, and the eBPF time per operation, per program, from a short extra run
+//! with kernel.bpf_stats_enabled=1.
 
 use std::{
+    collections::BTreeMap,
     fs,
     process::{Command, Stdio},
     thread,
@@ -243,11 +246,33 @@ struct Sample {
     cpu_pct: Option<f64>,
     /// eBPF nanoseconds per operation, all the observer's programs together.
     bpf_ns_per_op: Option<f64>,
+    /// The same per program name.
+    bpf_per_prog: BTreeMap<String, f64>,
 }
+
+/// What each round runs: a name and the observer's `--probes` (none: no observer).
+const DB_SETUPS: [(&str, Option<&str>); 4] = [
+    ("none", None),
+    ("empty-hooks", Some("empty-hooks")),
+    ("observer", None),
+    (
+        "observer without syscalls",
+        Some("tcp,http,redis,postgresql,mysql,memcached,lifecycle"),
+    ),
+];
+const NONE: usize = 0;
+const DEFAULT: usize = 2;
 
 /// Runs the database settings: `rounds` rounds of each, `secs` seconds per run.
 pub fn run(g: &mut Guard, observer: &std::path::Path, rounds: usize, secs: u64) -> Result<()> {
-    let probes = SETUPS[super::OBSERVER].1.context("default probes")?;
+    let default = SETUPS[super::OBSERVER].1.context("default probes")?;
+    let probes = |i: usize| {
+        if i == DEFAULT {
+            Some(default)
+        } else {
+            DB_SETUPS[i].1
+        }
+    };
     for db in [Db::Redis, Db::Postgres] {
         let pods = Pods::new()?;
         let dir = g.dir.join(db.name());
@@ -259,52 +284,76 @@ pub fn run(g: &mut Guard, observer: &std::path::Path, rounds: usize, secs: u64) 
             db.describe(secs)
         );
         db.load(&pods, 2).context("warm-up run")?;
-        let mut none = Vec::new();
-        let mut with = Vec::new();
+        let mut samples: Vec<Vec<Sample>> = DB_SETUPS.iter().map(|_| Vec::new()).collect();
         for r in 0..rounds {
             let mut line = Vec::new();
-            for observed in [r % 2 == 1, r % 2 == 0] {
+            for k in 0..DB_SETUPS.len() {
+                let i = (k + r) % DB_SETUPS.len();
                 check_interrupted()?;
-                if observed {
-                    let s = observed_run(g, observer, probes, db, &pods, secs)
-                        .with_context(|| format!("round {}, observer", r + 1))?;
-                    line.push(format!(
-                        "observer {:.0} ops/s (cpu {}%)",
-                        s.ops_per_sec,
-                        show(s.cpu_pct.unwrap_or(f64::NAN), 2)
-                    ));
-                    with.push(s);
-                } else {
-                    let run = db.load(&pods, secs)?;
-                    line.push(format!("none {:.0} ops/s", run.ops_per_sec));
-                    none.push(run.ops_per_sec);
-                }
+                let s = match probes(i) {
+                    Some(p) => observed_run(g, observer, p, db, &pods, secs)
+                        .with_context(|| format!("round {}, {}", r + 1, DB_SETUPS[i].0))?,
+                    None => Sample {
+                        ops_per_sec: db.load(&pods, secs)?.ops_per_sec,
+                        ..Sample::default()
+                    },
+                };
+                line.push(format!(
+                    "{} {:.0} ops/s{}",
+                    DB_SETUPS[i].0,
+                    s.ops_per_sec,
+                    s.cpu_pct
+                        .map(|c| format!(" (cpu {}%)", show(c, 2)))
+                        .unwrap_or_default()
+                ));
+                samples[i].push(s);
             }
             println!("round {}/{rounds}: {}", r + 1, line.join(" | "));
         }
-        let base = median(none.clone());
-        let obs = median(with.iter().map(|s| s.ops_per_sec).collect());
-        let paired = median(
-            none.iter()
-                .zip(&with)
-                .map(|(n, s)| s.ops_per_sec / n)
-                .collect(),
-        );
-        let cpu = median(with.iter().filter_map(|s| s.cpu_pct).collect());
-        let ns = median(with.iter().filter_map(|s| s.bpf_ns_per_op).collect());
+        let base = median(samples[NONE].iter().map(|s| s.ops_per_sec).collect());
+        let mut parts = Vec::new();
+        for (i, (name, _)) in DB_SETUPS.iter().enumerate().skip(1) {
+            let v = &samples[i];
+            let obs = median(v.iter().map(|s| s.ops_per_sec).collect());
+            let paired = median(
+                (samples[NONE].iter().zip(v))
+                    .map(|(n, s)| s.ops_per_sec / n.ops_per_sec)
+                    .collect(),
+            );
+            let cpu = median(v.iter().filter_map(|s| s.cpu_pct).collect());
+            let ns = median(v.iter().filter_map(|s| s.bpf_ns_per_op).collect());
+            parts.push(format!(
+                "{name} {obs:.0} ops/s: ratio {:.3} (paired {paired:.3}), observer CPU {}%, eBPF {} ns per operation",
+                obs / base,
+                show(cpu, 2),
+                show(ns, 0)
+            ));
+        }
         println!(
-            "bench [{}]: none {base:.0} ops/s, observer {obs:.0} ops/s: ratio {:.3} (paired {paired:.3}; target >= {TARGET}); observer CPU {}%; eBPF time per operation (both sides, all programs) {} ns",
+            "bench [{}]: none {base:.0} ops/s; {} (target for the default probes >= {TARGET})",
             db.name(),
-            obs / base,
-            show(cpu, 2),
-            show(ns, 0)
+            parts.join("; ")
+        );
+        let mut per_prog: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for s in &samples[DEFAULT] {
+            for (p, ns) in &s.bpf_per_prog {
+                per_prog.entry(p).or_default().push(*ns);
+            }
+        }
+        let progs: Vec<String> = (per_prog.into_iter())
+            .map(|(p, v)| format!("{p} {}", show(median(v), 0)))
+            .collect();
+        println!(
+            "bench [{}]: eBPF ns per operation with the default probes, per program: {}",
+            db.name(),
+            progs.join(", ")
         );
         drop(pods);
     }
     Ok(())
 }
 
-/// One run under the observer with its default probes, then a short one with BPF stats on.
+/// One run under the observer with `probes`, then a short one with BPF stats on.
 fn observed_run(
     g: &mut Guard,
     bin: &std::path::Path,
@@ -323,18 +372,19 @@ fn observed_run(
     let cpu = (cpu_ticks(pid)? - cpu_before) as f64 / super::CLOCK_TICKS;
 
     let own = observer_programs(pid)?;
-    let total = |v: &[super::Prog]| -> u64 {
-        v.iter()
-            .filter(|p| own.contains(&p.id))
-            .map(|p| p.run_time_ns)
-            .sum()
+    let by_name = |v: &[super::Prog]| -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        for p in v.iter().filter(|p| own.contains(&p.id)) {
+            *m.entry(p.name.clone()).or_default() += p.run_time_ns;
+        }
+        m
     };
-    let before = total(&bpf_programs()?);
+    let before = by_name(&bpf_programs()?);
     bpf_stats(true)?;
     let stats_run = db.load(pods, secs.min(3));
     bpf_stats(false)?;
     let stats_run = stats_run?;
-    let after = total(&bpf_programs()?);
+    let after = by_name(&bpf_programs()?);
 
     let status = stop(g.observer.take().context("observer gone")?)?;
     let text = fs::read_to_string(&log).unwrap_or_default();
@@ -343,10 +393,19 @@ fn observed_run(
         "observer exited with {status}:\n{}",
         tail(&text)
     );
+    let ops = stats_run.ops.max(1) as f64;
+    let bpf_per_prog: BTreeMap<String, f64> = (after.iter())
+        .map(|(p, a)| {
+            let b = before.get(p).copied().unwrap_or(0);
+            (p.clone(), a.saturating_sub(b) as f64 / ops)
+        })
+        .filter(|(_, ns)| *ns > 0.0)
+        .collect();
     Ok(Sample {
         ops_per_sec: run.ops_per_sec,
         cpu_pct: Some(100.0 * cpu / wall),
-        bpf_ns_per_op: Some(after.saturating_sub(before) as f64 / stats_run.ops.max(1) as f64),
+        bpf_ns_per_op: Some(bpf_per_prog.values().sum()),
+        bpf_per_prog,
     })
 }
 

@@ -507,7 +507,10 @@ mod tests {
     #[test]
     fn tcp_pipelined_queries_answered_out_of_order() {
         let mut t = Dns::new(&settings());
-        let (a, aaaa) = (wire::query(1, "svc.test", 1), wire::query(2, "svc.test", 28));
+        let (a, aaaa) = (
+            wire::query(1, "svc.test", 1),
+            wire::query(2, "svc.test", 28),
+        );
         let mut both = prefixed(&a);
         both.extend(prefixed(&aaaa));
         assert!(call(&mut t, Side::Client, true, 10, 10, &both).is_empty());
@@ -561,7 +564,9 @@ mod tests {
         let mut names: Vec<String> = out.iter().map(|r| r.target.to_string()).collect();
         names.sort();
         assert_eq!(names, ["gone.test", "next.test"]);
-        assert!(out.iter().all(|r| r.error_type == Some("connection_closed")));
+        assert!(out
+            .iter()
+            .all(|r| r.error_type == Some("connection_closed")));
         let mut none = Vec::new();
         t.poll(10_000 * MS, &Live, &mut none);
         assert!(none.is_empty());

@@ -398,7 +398,9 @@ mod tests {
         assert_eq!(seen, [true]);
         assert_eq!(framed(&mut f, &[&prefixed(&next)]), [Some(next.clone())]);
         // A gap over the next length: lost until a call starts anew.
-        assert!(!f.gap(p.len() as u64 + 1, &mut |_| panic!("nothing was in progress")));
+        assert!(!f.gap(p.len() as u64 + 1, &mut |_| panic!(
+            "nothing was in progress"
+        )));
         assert!(f.lost());
         assert_eq!(framed(&mut f, &[&prefixed(&next)]), []);
         f.resync();
