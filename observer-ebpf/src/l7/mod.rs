@@ -441,13 +441,15 @@ const NEXT_HTTP1: u32 = 2;
 /// stream protocols' framer, or HTTP/1's with the `n` head bytes read).
 #[inline(always)]
 fn frame(proto: u8, call: &Call, n: u32) -> u32 {
-    if !stream::hand_over(call) {
-        return NEXT_NONE;
-    }
-    if is_stream(proto) {
+    let next = if is_stream(proto) {
         NEXT_STREAM
     } else if proto == L7_HTTP1 {
         NEXT_HTTP1 | (n & HEAD_MASK) << 8
+    } else {
+        return NEXT_NONE;
+    };
+    if stream::hand_over(call) {
+        next
     } else {
         NEXT_NONE
     }

@@ -78,6 +78,56 @@ pub trait Tracked {
     fn set_last_ns(&mut self, ns: u64);
 }
 
+/// Implements [`Tracked`] for a connection state with a `last_ns: u64` field.
+macro_rules! tracked {
+    ($t:ty) => {
+        impl $crate::l7::stream::Tracked for $t {
+            fn last_ns(&self) -> u64 {
+                self.last_ns
+            }
+            fn set_last_ns(&mut self, ns: u64) {
+                self.last_ns = ns;
+            }
+        }
+    };
+}
+pub(crate) use tracked;
+
+/// What a stream protocol's tracker could not use, by the reasons they share (a protocol counts
+/// its own reasons beside, and lists them with these).
+#[derive(Debug, Default)]
+pub struct Unparsed {
+    /// Bytes that are not the protocol: the connection's framing is lost until it is found
+    /// again.
+    pub invalid: u64,
+    /// Message headers in bytes the kernel did not send (a call beyond what it reads), or a
+    /// message whose bytes it could not read.
+    pub gap: u64,
+    /// A response with no request waiting (the connection joined mid-way).
+    pub response_without_request: u64,
+    /// Requests given up because too many waited.
+    pub pending_overflow: u64,
+    /// Requests waiting when the framing was lost: not counted as operations.
+    pub lost_in_resync: u64,
+}
+
+impl Unparsed {
+    /// Every reason with its count, for `observer_l7_messages_unparsed_total`: these, the
+    /// connections evicted from the protocol's table, and the protocol's `own`.
+    pub fn list(&self, evicted: u64, own: &[(&'static str, u64)]) -> Vec<(&'static str, u64)> {
+        let mut v = vec![
+            ("invalid", self.invalid),
+            ("gap", self.gap),
+            ("response_without_request", self.response_without_request),
+            ("pending_overflow", self.pending_overflow),
+            ("connection_evicted", evicted),
+            ("lost_in_resync", self.lost_in_resync),
+        ];
+        v.extend_from_slice(own);
+        v
+    }
+}
+
 /// The connections a stream protocol follows, by socket: bounded, and swept of those whose
 /// socket the kernel's table no longer holds (their `CLOSE` record was lost). A connection's
 /// state is taken out while a record of it is handled and put back after, so that the tracker

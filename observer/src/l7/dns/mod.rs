@@ -23,7 +23,7 @@ use observer_common::L7_DNS;
 
 use super::{
     event::{Data, Kind},
-    stream::{Calls, Conns, Ends, Input, Op, Tracked},
+    stream::{tracked, Calls, Conns, Ends, Input, Op, Unparsed},
     ConnTable, Event, Protocol, Request, Settings, Side, Spec, Status,
 };
 use wire::{Framed, Framer};
@@ -86,32 +86,13 @@ struct Conn {
     last_ns: u64,
 }
 
-impl Tracked for Conn {
-    fn last_ns(&self) -> u64 {
-        self.last_ns
-    }
-    fn set_last_ns(&mut self, ns: u64) {
-        self.last_ns = ns;
-    }
-}
+tracked!(Conn);
 
 /// What a message was to the pairing.
 enum Seen {
     Query(u16),
     Answer(u16),
     Nothing,
-}
-
-/// Records the tracker could not use.
-#[derive(Debug, Default)]
-pub struct Unparsed {
-    /// Bytes that are no DNS message, or a query where a response should be (and back).
-    pub invalid: u64,
-    /// A datagram whose bytes the kernel could not read (no user buffer), a TCP message whose
-    /// first bytes were not all read, or TCP framing lost.
-    pub gap: u64,
-    pub response_without_request: u64,
-    pub pending_overflow: u64,
 }
 
 /// The DNS protocol of the L7 path.
@@ -377,14 +358,7 @@ impl Protocol for Dns {
     }
 
     fn unparsed(&self) -> Vec<(&'static str, u64)> {
-        let u = &self.unparsed;
-        vec![
-            ("invalid", u.invalid),
-            ("gap", u.gap),
-            ("response_without_request", u.response_without_request),
-            ("pending_overflow", u.pending_overflow),
-            ("connection_evicted", self.conns.evicted),
-        ]
+        self.unparsed.list(self.conns.evicted, &[])
     }
 
     fn conns(&self) -> usize {

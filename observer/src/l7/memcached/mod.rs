@@ -19,7 +19,7 @@ use observer_common::L7_MEMCACHED;
 
 use super::{
     event::Kind,
-    stream::{CallPos, Calls, Conns, Ends, Input, Op, Tracked},
+    stream::{tracked, CallPos, Calls, Conns, Ends, Input, Op, Unparsed},
     ConnTable, Event, Protocol, Request, Settings, Side, Spec, Status,
 };
 use text::{Broken, Frame, Framer};
@@ -54,24 +54,7 @@ struct Conn {
     last_ns: u64,
 }
 
-impl Tracked for Conn {
-    fn last_ns(&self) -> u64 {
-        self.last_ns
-    }
-    fn set_last_ns(&mut self, ns: u64) {
-        self.last_ns = ns;
-    }
-}
-
-/// Records and lines the tracker could not use.
-#[derive(Debug, Default)]
-pub struct Unparsed {
-    pub invalid: u64,
-    pub gap: u64,
-    pub response_without_request: u64,
-    pub pending_overflow: u64,
-    pub lost_in_resync: u64,
-}
+tracked!(Conn);
 
 /// The Memcached protocol of the L7 path.
 #[derive(Debug)]
@@ -292,15 +275,7 @@ impl Protocol for Memcached {
     }
 
     fn unparsed(&self) -> Vec<(&'static str, u64)> {
-        let u = &self.unparsed;
-        vec![
-            ("invalid", u.invalid),
-            ("gap", u.gap),
-            ("response_without_request", u.response_without_request),
-            ("pending_overflow", u.pending_overflow),
-            ("connection_evicted", self.conns.evicted),
-            ("lost_in_resync", u.lost_in_resync),
-        ]
+        self.unparsed.list(self.conns.evicted, &[])
     }
 
     fn conns(&self) -> usize {

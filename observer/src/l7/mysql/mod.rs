@@ -30,7 +30,7 @@ use observer_common::L7_MYSQL;
 use super::{
     event::Kind,
     sql::{self, Dialect},
-    stream::{CallPos, Calls, Conns, Ends, Input, Op, Tracked},
+    stream::{tracked, CallPos, Calls, Conns, Ends, Input, Op, Unparsed},
     ConnTable, Event, Protocol, Request, Settings, Side, Spec, Status,
 };
 use wire::{Framer, Packet};
@@ -152,26 +152,7 @@ struct Conn {
     last_ns: u64,
 }
 
-impl Tracked for Conn {
-    fn last_ns(&self) -> u64 {
-        self.last_ns
-    }
-    fn set_last_ns(&mut self, ns: u64) {
-        self.last_ns = ns;
-    }
-}
-
-/// Records and packets the tracker could not use.
-#[derive(Debug, Default)]
-pub struct Unparsed {
-    pub invalid: u64,
-    pub gap: u64,
-    /// Connections that turned to TLS or compression: followed no further.
-    pub encrypted: u64,
-    pub response_without_request: u64,
-    pub pending_overflow: u64,
-    pub lost_in_resync: u64,
-}
+tracked!(Conn);
 
 /// The MySQL protocol of the L7 path.
 #[derive(Debug)]
@@ -181,6 +162,8 @@ pub struct Mysql {
     ok: Arc<str>,
     tables: HashMap<String, Arc<str>, foldhash::fast::RandomState>,
     pub unparsed: Unparsed,
+    /// Connections that turned to TLS or compression: followed no further.
+    pub encrypted: u64,
 }
 
 impl Mysql {
@@ -191,6 +174,7 @@ impl Mysql {
             ok: Arc::from(""),
             tables: HashMap::default(),
             unparsed: Unparsed::default(),
+            encrypted: 0,
         }
     }
 
@@ -341,7 +325,7 @@ impl Mysql {
                 let caps = u32::from_le_bytes([p.body[0], p.body[1], p.body[2], p.body[3]]);
                 if caps & (CLIENT_SSL | CLIENT_COMPRESS) != 0 {
                     c.phase = Phase::Unreadable;
-                    self.unparsed.encrypted += 1;
+                    self.encrypted += 1;
                 }
             }
             return;
@@ -741,16 +725,8 @@ impl Protocol for Mysql {
     }
 
     fn unparsed(&self) -> Vec<(&'static str, u64)> {
-        let u = &self.unparsed;
-        vec![
-            ("invalid", u.invalid),
-            ("gap", u.gap),
-            ("encrypted", u.encrypted),
-            ("response_without_request", u.response_without_request),
-            ("pending_overflow", u.pending_overflow),
-            ("connection_evicted", self.conns.evicted),
-            ("lost_in_resync", u.lost_in_resync),
-        ]
+        self.unparsed
+            .list(self.conns.evicted, &[("encrypted", self.encrypted)])
     }
 
     fn conns(&self) -> usize {

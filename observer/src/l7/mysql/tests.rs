@@ -284,7 +284,7 @@ fn a_multi_statement_query_is_one_operation_per_statement_and_a_call_is_one() {
 fn tls_ends_the_following_and_a_lost_framing_comes_back_at_a_command() {
     let mut m = Mysql::new(&settings());
     handshake(&mut m, 0x000f_a68d | CLIENT_SSL);
-    assert_eq!(m.unparsed.encrypted, 1);
+    assert_eq!(m.encrypted, 1);
     assert!(whole(
         &mut m,
         Side::Client,

@@ -24,7 +24,7 @@ use observer_common::L7_POSTGRES;
 use super::{
     event::Kind,
     sql,
-    stream::{CallPos, Calls, Conns, Ends, Input, Op, Tracked},
+    stream::{tracked, CallPos, Calls, Conns, Ends, Input, Op, Unparsed},
     ConnTable, Event, Protocol, Request, Settings, Side, Spec, Status,
 };
 use wire::{Broken, Framer, Message};
@@ -86,26 +86,7 @@ struct Conn {
     last_ns: u64,
 }
 
-impl Tracked for Conn {
-    fn last_ns(&self) -> u64 {
-        self.last_ns
-    }
-    fn set_last_ns(&mut self, ns: u64) {
-        self.last_ns = ns;
-    }
-}
-
-/// Records and messages the tracker could not use.
-#[derive(Debug, Default)]
-pub struct Unparsed {
-    pub invalid: u64,
-    pub gap: u64,
-    /// Connections that turned to TLS: followed no further.
-    pub encrypted: u64,
-    pub response_without_request: u64,
-    pub pending_overflow: u64,
-    pub lost_in_resync: u64,
-}
+tracked!(Conn);
 
 /// The PostgreSQL protocol of the L7 path.
 #[derive(Debug)]
@@ -117,6 +98,8 @@ pub struct Postgres {
     other: Arc<str>,
     tables: HashMap<String, Arc<str>, foldhash::fast::RandomState>,
     pub unparsed: Unparsed,
+    /// Connections that turned to TLS: followed no further.
+    pub encrypted: u64,
 }
 
 impl Postgres {
@@ -129,6 +112,7 @@ impl Postgres {
             other: Arc::from("_OTHER"),
             tables: HashMap::default(),
             unparsed: Unparsed::default(),
+            encrypted: 0,
         }
     }
 
@@ -262,7 +246,7 @@ impl Postgres {
                     match b {
                         Broken::Invalid => self.unparsed.invalid += 1,
                         Broken::Gap => self.unparsed.gap += 1,
-                        Broken::Encrypted => self.unparsed.encrypted += 1,
+                        Broken::Encrypted => self.encrypted += 1,
                     }
                 }
             }
@@ -555,16 +539,8 @@ impl Protocol for Postgres {
     }
 
     fn unparsed(&self) -> Vec<(&'static str, u64)> {
-        let u = &self.unparsed;
-        vec![
-            ("invalid", u.invalid),
-            ("gap", u.gap),
-            ("encrypted", u.encrypted),
-            ("response_without_request", u.response_without_request),
-            ("pending_overflow", u.pending_overflow),
-            ("connection_evicted", self.conns.evicted),
-            ("lost_in_resync", u.lost_in_resync),
-        ]
+        self.unparsed
+            .list(self.conns.evicted, &[("encrypted", self.encrypted)])
     }
 
     fn conns(&self) -> usize {

@@ -250,7 +250,7 @@ fn copy_ssl_refusal_and_the_server_side() {
         2,
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
     );
-    assert_eq!(t.unparsed.encrypted, 1);
+    assert_eq!(t.encrypted, 1);
     assert_eq!(t.unparsed.invalid, 0);
 }
 

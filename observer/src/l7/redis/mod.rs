@@ -20,7 +20,7 @@ use observer_common::L7_REDIS;
 
 use super::{
     event::Kind,
-    stream::{CallPos, Calls, Conns, Ends, Input, Op, Tracked},
+    stream::{tracked, CallPos, Calls, Conns, Ends, Input, Op, Unparsed},
     ConnTable, Event, Protocol, Request, Settings, Side, Spec, Status,
 };
 use resp::{Broken, Message, Stream};
@@ -61,31 +61,7 @@ struct Conn {
     last_ns: u64,
 }
 
-impl Tracked for Conn {
-    fn last_ns(&self) -> u64 {
-        self.last_ns
-    }
-    fn set_last_ns(&mut self, ns: u64) {
-        self.last_ns = ns;
-    }
-}
-
-/// Records and messages the tracker could not use.
-#[derive(Debug, Default)]
-pub struct Unparsed {
-    /// Bytes that are not RESP: the connection's framing is lost until its next command.
-    pub invalid: u64,
-    /// Message headers in bytes the kernel did not send (a call beyond what it reads).
-    pub gap: u64,
-    /// Nesting deeper than followed.
-    pub too_deep: u64,
-    /// A reply with no command waiting (the connection joined mid-pipeline).
-    pub reply_without_command: u64,
-    /// Commands given up because too many waited on one connection.
-    pub pending_overflow: u64,
-    /// Commands waiting when the framing was lost: not counted as operations.
-    pub lost_in_resync: u64,
-}
+tracked!(Conn);
 
 /// The Redis protocol of the L7 path.
 #[derive(Debug)]
@@ -97,6 +73,8 @@ pub struct Redis {
     other: Arc<str>,
     no_target: Arc<str>,
     pub unparsed: Unparsed,
+    /// Nesting deeper than followed.
+    pub too_deep: u64,
 }
 
 impl Redis {
@@ -109,6 +87,7 @@ impl Redis {
             other: Arc::from("_OTHER"),
             no_target: Arc::from(""),
             unparsed: Unparsed::default(),
+            too_deep: 0,
         }
     }
 
@@ -241,7 +220,7 @@ impl Redis {
                         }
                     }
                     let Some(p) = c.pending.pop_front() else {
-                        self.unparsed.reply_without_command += 1;
+                        self.unparsed.response_without_request += 1;
                         continue;
                     };
                     let status = self.status(error);
@@ -252,7 +231,11 @@ impl Redis {
         if let Some(b) = stream(c, dir).broken() {
             if !c.counted[dir] {
                 c.counted[dir] = true;
-                *b.counter(&mut self.unparsed) += 1;
+                match b {
+                    Broken::Invalid => self.unparsed.invalid += 1,
+                    Broken::Gap => self.unparsed.gap += 1,
+                    Broken::TooDeep => self.too_deep += 1,
+                }
             }
         }
     }
@@ -324,30 +307,12 @@ impl Protocol for Redis {
     }
 
     fn unparsed(&self) -> Vec<(&'static str, u64)> {
-        let u = &self.unparsed;
-        vec![
-            ("invalid", u.invalid),
-            ("gap", u.gap),
-            ("too_deep", u.too_deep),
-            ("response_without_request", u.reply_without_command),
-            ("pending_overflow", u.pending_overflow),
-            ("connection_evicted", self.conns.evicted),
-            ("lost_in_resync", u.lost_in_resync),
-        ]
+        self.unparsed
+            .list(self.conns.evicted, &[("too_deep", self.too_deep)])
     }
 
     fn conns(&self) -> usize {
         self.conns.len()
-    }
-}
-
-impl Broken {
-    fn counter(self, u: &mut Unparsed) -> &mut u64 {
-        match self {
-            Broken::Invalid => &mut u.invalid,
-            Broken::Gap => &mut u.gap,
-            Broken::TooDeep => &mut u.too_deep,
-        }
     }
 }
 

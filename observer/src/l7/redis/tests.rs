@@ -139,7 +139,7 @@ fn transactions_and_pub_sub() {
     whole(&mut t, c, true, 30, 30, &command(&["PING"]));
     let r = whole(&mut t, c, false, 31, 31, b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
     assert_eq!(ops(&r), vec![("PING", String::new(), 1)]);
-    assert_eq!(t.unparsed.reply_without_command, 0);
+    assert_eq!(t.unparsed.response_without_request, 0);
 }
 
 #[test]
