@@ -2,6 +2,134 @@
 //! name (a bounded set of SQL keywords and keyword pairs, from the text or PostgreSQL's command
 //! tag) and the main table where a plain parse finds one. Never the statement's literals.
 
+use std::{collections::HashMap, hash::BuildHasher, hash::Hasher, sync::Arc};
+
+/// What a statement is: its operation (from its text) and main table (`""`: none found).
+#[derive(Debug, Clone)]
+pub struct Stmt {
+    pub op: &'static str,
+    pub table: Arc<str>,
+}
+
+/// Table names shared as label values before further ones are not kept (`""`).
+const MAX_TABLES: usize = 16384;
+/// Statement shapes remembered with what they are; beyond, statements are read every time.
+const MAX_SHAPES: usize = 4096;
+
+/// A protocol's reading of statement texts: each shape (the text without its literals, see
+/// [`shape`]) is read once and remembered, table names are shared, both sets bounded. A busy
+/// client sends the same few statements with other values all day (pgbench's `SELECT ... WHERE
+/// aid = 4711`): a hash over the text instead of tokenising it every time.
+#[derive(Debug)]
+pub struct Statements {
+    dialect: Dialect,
+    shapes: HashMap<u64, Stmt, foldhash::fast::RandomState>,
+    tables: HashMap<String, Arc<str>, foldhash::fast::RandomState>,
+    none: Arc<str>,
+}
+
+impl Statements {
+    pub fn new(dialect: Dialect) -> Self {
+        Statements {
+            dialect,
+            shapes: HashMap::default(),
+            tables: HashMap::default(),
+            none: Arc::from(""),
+        }
+    }
+
+    /// What the statement `text` is.
+    pub fn stmt(&mut self, text: &[u8]) -> Stmt {
+        let shape = shape(text);
+        if let Some(s) = shape.and_then(|h| self.shapes.get(&h)) {
+            return s.clone();
+        }
+        let table = match collection(text, self.dialect) {
+            Some(t) => match self.tables.get(&t) {
+                Some(a) => a.clone(),
+                None if self.tables.len() < MAX_TABLES => {
+                    let a: Arc<str> = Arc::from(t.as_str());
+                    self.tables.insert(t, a.clone());
+                    a
+                }
+                None => self.none.clone(),
+            },
+            None => self.none.clone(),
+        };
+        let s = Stmt {
+            op: text_operation(text),
+            table,
+        };
+        if let Some(h) = shape {
+            if self.shapes.len() < MAX_SHAPES {
+                self.shapes.insert(h, s.clone());
+            }
+        }
+        s
+    }
+
+    /// A statement whose text is unknown.
+    pub fn other(&self) -> Stmt {
+        Stmt {
+            op: "_OTHER",
+            table: self.none.clone(),
+        }
+    }
+}
+
+/// A statement's shape: a hash of its text with its number and string literals left out, so
+/// that statements differing only in their values share one reading. Only literals that cannot
+/// change what [`text_operation`] and [`collection`] find are left out: a number standing
+/// alone (not part of a name such as `t1`, `$1` or `s.2`), and a quoted string without
+/// whitespace, `,();` or a backslash (it stays inside one token, which can never be a name, as
+/// it holds a quote). `None`: a text too long to be worth it.
+pub fn shape(text: &[u8]) -> Option<u64> {
+    if text.len() > 4096 {
+        return None;
+    }
+    let name_byte =
+        |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'$' | b'.' | b'"' | b'`');
+    let mut h = foldhash::fast::FixedState::with_seed(0x5ca1_ab1e).build_hasher();
+    let (mut i, mut run) = (0, 0);
+    while i < text.len() {
+        let c = text[i];
+        let literal_end = if c.is_ascii_digit() && (i == 0 || !name_byte(text[i - 1])) {
+            let mut j = i;
+            while j < text.len() && text[j].is_ascii_digit() {
+                j += 1;
+            }
+            let follows = text.get(j).copied().unwrap_or(b' ');
+            (!(follows.is_ascii_alphabetic() || follows == b'_')).then_some(j)
+        } else if c == b'\'' {
+            let end = text[i + 1..]
+                .iter()
+                .position(|&b| b == b'\'')
+                .map(|p| i + 1 + p);
+            end.filter(|&e| {
+                !text[i + 1..e].iter().any(|&b| {
+                    b.is_ascii_whitespace() || matches!(b, b',' | b'(' | b')' | b';' | b'\\')
+                })
+            })
+            .map(|e| e + 1)
+        } else {
+            None
+        };
+        match literal_end {
+            Some(end) => {
+                h.write(&text[run..i]);
+                // Where a literal was: `0` cannot stand in for it (a literal never ends in 0).
+                h.write_u8(0);
+                i = end;
+                run = end;
+            }
+            None => i += 1,
+        }
+    }
+    h.write(&text[run..]);
+    h.write_usize(text.len() - run);
+    Some(h.finish())
+}
+
 /// How a dialect writes and folds names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -343,6 +471,56 @@ mod tests {
         assert_eq!(m("insert Items (a) values (?)"), Some("Items".into()));
         assert_eq!(m("REPLACE INTO shop.t1 VALUES (1)"), Some("shop.t1".into()));
         assert_eq!(m("SELECT * FROM \"x\""), None);
+    }
+
+    #[test]
+    fn statements_differing_in_literals_share_a_shape_and_nothing_else_does() {
+        let sh = |t: &str| shape(t.as_bytes()).unwrap();
+        let same = [
+            (
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 4711;",
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 12;",
+            ),
+            (
+                "UPDATE t SET a = 'x' WHERE b = 1.5",
+                "UPDATE t SET a = 'yz' WHERE b = 2.5",
+            ),
+            (
+                "INSERT INTO t VALUES (1, 'a', -3)",
+                "INSERT INTO t VALUES (22, 'bcd', -4)",
+            ),
+        ];
+        for (a, b) in same {
+            assert_eq!(sh(a), sh(b), "{a} / {b}");
+        }
+        // Names with digits, parameters, strings a name could hide behind, and where the
+        // literal is: all read apart.
+        let apart = [
+            ("SELECT * FROM t1", "SELECT * FROM t2"),
+            ("SELECT * FROM s.1", "SELECT * FROM s.2"),
+            ("SELECT $1", "SELECT $2"),
+            ("SELECT 'a FROM b' FROM c", "SELECT 'q' FROM c"),
+            ("SELECT 1 FROM a", "SELECT FROM a"),
+            ("SELECT 12t", "SELECT 34t"),
+            ("SELECT 'a\\' FROM t", "SELECT 'b\\' FROM t"),
+        ];
+        for (a, b) in apart {
+            assert_ne!(sh(a), sh(b), "{a} / {b}");
+        }
+        // What a shape stands for is what each text of it reads as.
+        let mut st = Statements::new(Dialect::Postgres);
+        for (a, b) in same {
+            let (x, y) = (st.stmt(a.as_bytes()), st.stmt(b.as_bytes()));
+            let mut fresh = Statements::new(Dialect::Postgres);
+            let z = fresh.stmt(b.as_bytes());
+            assert_eq!((x.op, &*x.table), (y.op, &*y.table));
+            assert_eq!((y.op, &*y.table), (z.op, &*z.table));
+        }
+        assert_eq!(
+            &*st.stmt(b"SELECT abalance FROM pgbench_accounts WHERE aid = 9")
+                .table,
+            "pgbench_accounts"
+        );
     }
 
     #[test]

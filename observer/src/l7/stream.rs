@@ -134,7 +134,8 @@ impl Unparsed {
 /// can use the rest of itself meanwhile.
 #[derive(Debug)]
 pub struct Conns<C> {
-    map: HashMap<u64, C, foldhash::fast::RandomState>,
+    /// Boxed: a state is taken out and put back at every record, a pointer's move.
+    map: HashMap<u64, Box<C>, foldhash::fast::RandomState>,
     last_sweep_ns: u64,
     /// Connections dropped because too many were followed.
     pub evicted: u64,
@@ -153,7 +154,7 @@ impl<C> Default for Conns<C> {
 impl<C: Tracked> Conns<C> {
     /// When `sk` is not followed yet and the table is full: the connection heard of longest
     /// ago, taken out (counted as evicted) for the caller to close.
-    pub fn make_room(&mut self, sk: u64) -> Option<C> {
+    pub fn make_room(&mut self, sk: u64) -> Option<Box<C>> {
         if self.map.len() < MAX_CONNS || self.map.contains_key(&sk) {
             return None;
         }
@@ -164,23 +165,23 @@ impl<C: Tracked> Conns<C> {
 
     /// `sk`'s state, taken out (back with [`Conns::put`]); made by `new` when `sk` is not
     /// followed yet. Heard of at `now_ns`.
-    pub fn take(&mut self, sk: u64, now_ns: u64, new: impl FnOnce() -> C) -> C {
-        let mut c = self.map.remove(&sk).unwrap_or_else(new);
+    pub fn take(&mut self, sk: u64, now_ns: u64, new: impl FnOnce() -> C) -> Box<C> {
+        let mut c = self.map.remove(&sk).unwrap_or_else(|| Box::new(new()));
         c.set_last_ns(now_ns);
         c
     }
 
     /// `sk`'s state taken out if followed (back with [`Conns::put`]).
-    pub fn remove(&mut self, sk: u64) -> Option<C> {
+    pub fn remove(&mut self, sk: u64) -> Option<Box<C>> {
         self.map.remove(&sk)
     }
 
-    pub fn put(&mut self, sk: u64, c: C) {
+    pub fn put(&mut self, sk: u64, c: Box<C>) {
         self.map.insert(sk, c);
     }
 
     /// The socket is gone (its `CLOSE` record at `ts_ns`): its state, for the caller to close.
-    pub fn closed(&mut self, sk: u64, ts_ns: u64) -> Option<C> {
+    pub fn closed(&mut self, sk: u64, ts_ns: u64) -> Option<Box<C>> {
         let mut c = self.map.remove(&sk)?;
         c.set_last_ns(c.last_ns().max(ts_ns));
         Some(c)
@@ -196,7 +197,7 @@ impl<C: Tracked> Conns<C> {
 
     /// Every few seconds: the connections idle that long whose socket the kernel's table no
     /// longer holds, taken out for the caller to close.
-    pub fn sweep(&mut self, now_ns: u64, table: &dyn ConnTable) -> Vec<C> {
+    pub fn sweep(&mut self, now_ns: u64, table: &dyn ConnTable) -> Vec<Box<C>> {
         if now_ns.saturating_sub(self.last_sweep_ns) < SWEEP_NS {
             return Vec::new();
         }
@@ -209,12 +210,12 @@ impl<C: Tracked> Conns<C> {
     }
 
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut C> {
-        self.map.values_mut()
+        self.map.values_mut().map(|c| &mut **c)
     }
 
     #[cfg(test)]
     pub fn values(&self) -> impl Iterator<Item = &C> {
-        self.map.values()
+        self.map.values().map(|c| &**c)
     }
 
     pub fn len(&self) -> usize {

@@ -236,7 +236,7 @@ impl Dns {
 
     /// A TCP connection ended at `ts_ns`: its queries still waiting end as
     /// `connection_closed`.
-    fn close(&mut self, c: Conn, ts_ns: u64, out: &mut Vec<Request>) {
+    fn close(&mut self, c: Box<Conn>, ts_ns: u64, out: &mut Vec<Request>) {
         for id in c.ids {
             if let Some(p) = self.pending.remove(&(c.sk, id)) {
                 out.push(Self::ended(p, ts_ns, None, Some("connection_closed")));

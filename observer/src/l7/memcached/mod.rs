@@ -226,7 +226,7 @@ impl Memcached {
     }
 
     /// The connection is gone: commands still waiting end without reply.
-    fn close(&mut self, mut c: Conn, out: &mut Vec<Request>) {
+    fn close(&mut self, mut c: Box<Conn>, out: &mut Vec<Request>) {
         let end = c.last_ns;
         let pending: Vec<Pending> = c.pending.drain(..).collect();
         for p in pending {

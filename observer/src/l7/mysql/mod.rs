@@ -29,7 +29,7 @@ use observer_common::L7_MYSQL;
 
 use super::{
     event::Kind,
-    sql::{self, Dialect},
+    sql::{self, Stmt},
     stream::{tracked, CallPos, Calls, Conns, Ends, Input, Op, Unparsed},
     ConnTable, Event, Protocol, Request, Settings, Side, Spec, Status,
 };
@@ -69,13 +69,6 @@ const MAX_STATEMENTS: usize = 16;
 /// `CLIENT_SSL` and `CLIENT_COMPRESS` in a client's capabilities.
 const CLIENT_SSL: u32 = 0x0800;
 const CLIENT_COMPRESS: u32 = 0x0020;
-
-/// What a statement is: its operation (from its text) and main table.
-#[derive(Debug, Clone)]
-struct Stmt {
-    op: &'static str,
-    table: Arc<str>,
-}
 
 #[derive(Debug)]
 enum What {
@@ -160,7 +153,7 @@ pub struct Mysql {
     conns: Conns<Conn>,
     timeout_ns: u64,
     ok: Arc<str>,
-    tables: HashMap<String, Arc<str>, foldhash::fast::RandomState>,
+    statements: sql::Statements,
     pub unparsed: Unparsed,
     /// Connections that turned to TLS or compression: followed no further.
     pub encrypted: u64,
@@ -172,36 +165,9 @@ impl Mysql {
             conns: Conns::default(),
             timeout_ns: settings.request_timeout_ns,
             ok: Arc::from(""),
-            tables: HashMap::default(),
+            statements: sql::Statements::new(sql::Dialect::Mysql),
             unparsed: Unparsed::default(),
             encrypted: 0,
-        }
-    }
-
-    /// What a statement's text is (its table's name shared, the set of names bounded).
-    fn stmt(&mut self, text: &[u8]) -> Stmt {
-        let table = match sql::collection(text, Dialect::Mysql) {
-            Some(t) => match self.tables.get(&t) {
-                Some(a) => a.clone(),
-                None if self.tables.len() < 16384 => {
-                    let a: Arc<str> = Arc::from(t.as_str());
-                    self.tables.insert(t, a.clone());
-                    a
-                }
-                None => self.ok.clone(),
-            },
-            None => self.ok.clone(),
-        };
-        Stmt {
-            op: sql::text_operation(text),
-            table,
-        }
-    }
-
-    fn other(&self) -> Stmt {
-        Stmt {
-            op: "_OTHER",
-            table: self.ok.clone(),
         }
     }
 
@@ -349,14 +315,14 @@ impl Mysql {
             0x03 => {
                 let mut stmts: VecDeque<Stmt> = sql::split_statements(text, MAX_STATEMENTS)
                     .into_iter()
-                    .map(|s| self.stmt(s))
+                    .map(|s| self.statements.stmt(s))
                     .collect();
                 if stmts.is_empty() {
-                    stmts.push_back(self.other());
+                    stmts.push_back(self.statements.other());
                 }
                 What::Query(stmts)
             }
-            0x16 => What::Prepare(self.stmt(text)),
+            0x16 => What::Prepare(self.statements.stmt(text)),
             0x17 => {
                 let id = text
                     .get(..4)
@@ -372,7 +338,7 @@ impl Mysql {
                     c.statements
                         .get(&id)
                         .cloned()
-                        .unwrap_or_else(|| self.other()),
+                        .unwrap_or_else(|| self.statements.other()),
                 )
             }
             0x19 => {
@@ -640,7 +606,7 @@ impl Mysql {
     }
 
     /// The connection is gone (or waited too long): commands still waiting end without reply.
-    fn close(&mut self, mut c: Conn, out: &mut Vec<Request>, error: &'static str) {
+    fn close(&mut self, mut c: Box<Conn>, out: &mut Vec<Request>, error: &'static str) {
         let end = c.last_ns;
         while let Some(u) = c.units.pop_front() {
             let (op, table) = self.name(u.what);
@@ -661,7 +627,7 @@ impl Mysql {
     fn name(&self, what: What) -> (&'static str, Arc<str>) {
         match what {
             What::Query(mut stmts) => {
-                let s = stmts.pop_front().unwrap_or_else(|| self.other());
+                let s = stmts.pop_front().unwrap_or_else(|| self.statements.other());
                 (s.op, s.table)
             }
             What::Prepare(s) => ("PREPARE", s.table),

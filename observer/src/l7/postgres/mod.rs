@@ -23,7 +23,7 @@ use observer_common::L7_POSTGRES;
 
 use super::{
     event::Kind,
-    sql,
+    sql::{self, Stmt},
     stream::{tracked, CallPos, Calls, Conns, Ends, Input, Op, Unparsed},
     ConnTable, Event, Protocol, Request, Settings, Side, Spec, Status,
 };
@@ -44,13 +44,6 @@ const MAX_PENDING: usize = 4096;
 const MAX_NAMED: usize = 1024;
 /// Distinct SQLSTATEs kept as label values; further ones are `_OTHER`.
 const MAX_STATES: usize = 256;
-
-/// What a statement is: its operation (from its text) and main table.
-#[derive(Debug, Clone)]
-struct Stmt {
-    op: &'static str,
-    table: Arc<str>,
-}
 
 #[derive(Debug)]
 enum Unit {
@@ -96,7 +89,7 @@ pub struct Postgres {
     states: HashMap<Vec<u8>, Arc<str>, foldhash::fast::RandomState>,
     ok: Arc<str>,
     other: Arc<str>,
-    tables: HashMap<String, Arc<str>, foldhash::fast::RandomState>,
+    statements: sql::Statements,
     pub unparsed: Unparsed,
     /// Connections that turned to TLS: followed no further.
     pub encrypted: u64,
@@ -110,29 +103,9 @@ impl Postgres {
             states: HashMap::default(),
             ok: Arc::from(""),
             other: Arc::from("_OTHER"),
-            tables: HashMap::default(),
+            statements: sql::Statements::new(sql::Dialect::Postgres),
             unparsed: Unparsed::default(),
             encrypted: 0,
-        }
-    }
-
-    /// What a statement's text is (its table's name shared, the set of names bounded).
-    fn stmt(&mut self, text: &[u8]) -> Stmt {
-        let table = match sql::collection(text, sql::Dialect::Postgres) {
-            Some(t) => match self.tables.get(&t) {
-                Some(a) => a.clone(),
-                None if self.tables.len() < 16384 => {
-                    let a: Arc<str> = Arc::from(t.as_str());
-                    self.tables.insert(t, a.clone());
-                    a
-                }
-                None => self.ok.clone(),
-            },
-            None => self.ok.clone(),
-        };
-        Stmt {
-            op: sql::text_operation(text),
-            table,
         }
     }
 
@@ -282,7 +255,7 @@ impl Postgres {
             }
             b'Q' => {
                 let text = wire::cstr(&m.body).map_or(&m.body[..], |(t, _)| t);
-                let stmt = self.stmt(text);
+                let stmt = self.statements.stmt(text);
                 self.push(
                     c,
                     Unit::Query {
@@ -296,7 +269,7 @@ impl Postgres {
             b'P' => {
                 if let Some((name, rest)) = wire::cstr(&m.body) {
                     let text = wire::cstr(rest).map_or(rest, |(t, _)| t);
-                    let stmt = self.stmt(text);
+                    let stmt = self.statements.stmt(text);
                     if c.statements.len() >= MAX_NAMED && !c.statements.contains_key(name) {
                         c.statements.clear();
                     }
@@ -307,10 +280,11 @@ impl Postgres {
             b'B' => {
                 if let Some((portal, rest)) = wire::cstr(&m.body) {
                     let name = wire::cstr(rest).map_or(rest, |(n, _)| n);
-                    let stmt = c.statements.get(name).cloned().unwrap_or(Stmt {
-                        op: "_OTHER",
-                        table: self.ok.clone(),
-                    });
+                    let stmt = c
+                        .statements
+                        .get(name)
+                        .cloned()
+                        .unwrap_or_else(|| self.statements.other());
                     if c.portals.len() >= MAX_NAMED && !c.portals.contains_key(portal) {
                         c.portals.clear();
                     }
@@ -319,10 +293,11 @@ impl Postgres {
             }
             b'E' => {
                 let portal = wire::cstr(&m.body).map_or(&m.body[..], |(p, _)| p);
-                let stmt = c.portals.get(portal).cloned().unwrap_or(Stmt {
-                    op: "_OTHER",
-                    table: self.ok.clone(),
-                });
+                let stmt = c
+                    .portals
+                    .get(portal)
+                    .cloned()
+                    .unwrap_or_else(|| self.statements.other());
                 self.push(
                     c,
                     Unit::Execute {
@@ -388,10 +363,10 @@ impl Postgres {
                     }
                     Some(Unit::Sync) if error => {
                         // A Parse or Bind failed with no Execute sent.
-                        let stmt = c.last_parsed.clone().unwrap_or(Stmt {
-                            op: "_OTHER",
-                            table: self.ok.clone(),
-                        });
+                        let stmt = c
+                            .last_parsed
+                            .clone()
+                            .unwrap_or_else(|| self.statements.other());
                         self.emit(
                             c,
                             stmt.op,
@@ -433,7 +408,7 @@ impl Postgres {
     }
 
     /// The connection is gone: statements still waiting end without reply.
-    fn close(&mut self, mut c: Conn, out: &mut Vec<Request>) {
+    fn close(&mut self, mut c: Box<Conn>, out: &mut Vec<Request>) {
         let end = c.last_ns;
         while let Some(u) = c.units.pop_front() {
             match u {

@@ -241,7 +241,7 @@ impl Redis {
     }
 
     /// The connection is gone: commands still waiting end without reply.
-    fn close(&mut self, mut c: Conn, out: &mut Vec<Request>) {
+    fn close(&mut self, mut c: Box<Conn>, out: &mut Vec<Request>) {
         let end = c.last_ns;
         while let Some(p) = c.pending.pop_front() {
             self.finish(&c, p, end, None, out);
