@@ -87,6 +87,11 @@ pub const L7_MYSQL: u8 = 4;
 pub const L7_MEMCACHED: u8 = 5;
 /// DNS over UDP: every datagram to or from port 53 as a `DATA` record (no connection state).
 pub const L7_DNS: u8 = 6;
+/// HTTP/2 (cleartext, prior knowledge), gRPC included.
+pub const L7_HTTP2: u8 = 7;
+/// gRPC calls: user space's own id for their metric families (the kernel claims the
+/// connection as [`L7_HTTP2`]).
+pub const L7_GRPC: u8 = 8;
 /// No registered protocol matched the connection's first bytes.
 pub const L7_NONE: u8 = 255;
 

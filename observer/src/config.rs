@@ -27,7 +27,7 @@ pub struct Args {
         long,
         env = "OBSERVER_PROBES",
         value_delimiter = ',',
-        default_value = "syscalls,tcp,http,redis,postgresql,mysql,memcached,lifecycle"
+        default_value = "syscalls,tcp,http,http2,redis,postgresql,mysql,memcached,lifecycle"
     )]
     pub probes: Vec<ProbeKind>,
 
@@ -137,6 +137,8 @@ pub enum ProbeKind {
     Tcp,
     /// HTTP/1.x requests, server and client side: rate, status, route, duration, APDEX.
     Http,
+    /// HTTP/2 requests (cleartext) and gRPC calls over them, server and client side.
+    Http2,
     /// Redis commands (RESP2/RESP3), client and server side: rate, errors, duration.
     Redis,
     /// PostgreSQL statements (protocol v3, plaintext), client and server side.
@@ -163,6 +165,7 @@ impl ProbeKind {
     pub fn l7_name(self) -> Option<&'static str> {
         match self {
             ProbeKind::Http => Some("http"),
+            ProbeKind::Http2 => Some("http2"),
             ProbeKind::Redis => Some("redis"),
             ProbeKind::Postgresql => Some("postgresql"),
             ProbeKind::Mysql => Some("mysql"),
@@ -377,7 +380,7 @@ mod tests {
         assert!(c.syscalls && c.tcp && c.lifecycle);
         assert_eq!(
             c.l7.iter().map(|s| s.name).collect::<Vec<_>>(),
-            ["http", "redis", "postgresql", "mysql", "memcached"]
+            ["http", "redis", "postgresql", "mysql", "memcached", "http2"]
         );
         assert_eq!(c.apdex_threshold, 0.5);
         assert_eq!(c.http_request_timeout, Duration::from_secs(30));

@@ -114,12 +114,14 @@ fn expected_hook(probe: &str, raw: bool) -> &'static str {
     let tracepoint_or_raw = if raw { "raw_tp" } else { "tp_btf" };
     match probe {
         "syscalls" | "tcp_connections" | "tcp_retransmits" | "lifecycle" => tracepoint_or_raw,
-        "tcp_bytes" | "http" | "redis" | "postgresql" | "mysql" | "memcached"
+        "tcp_bytes" | "http" | "http2" | "redis" | "postgresql" | "mysql" | "memcached"
             if kernel_version() < (6, 3) =>
         {
             "fexit"
         }
-        "tcp_bytes" | "http" | "redis" | "postgresql" | "mysql" | "memcached" => tracepoint_or_raw,
+        "tcp_bytes" | "http" | "http2" | "redis" | "postgresql" | "mysql" | "memcached" => {
+            tracepoint_or_raw
+        }
         other => panic!("no expected hook for probe {other}"),
     }
 }

@@ -146,6 +146,11 @@ const PACKAGES: &[(Scope, &str, &str)] = &[
     ),
     (
         Scope::Test,
+        "nghttp2-client",
+        "h2load, the HTTP/2 load generator of the HTTP/2 tests",
+    ),
+    (
+        Scope::Test,
         "dnsmasq-base",
         "dnsmasq, the DNS server of the DNS tests",
     ),

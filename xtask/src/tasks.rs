@@ -174,6 +174,11 @@ fn fuzz() -> Result<()> {
             "fuzz/memcached.dict",
         ),
         ("dns_parse", "observer/tests/dns-seeds", "fuzz/dns.dict"),
+        (
+            "http2_frames",
+            "observer/tests/http2-seeds",
+            "fuzz/http2.dict",
+        ),
     ];
     for (target, seeds, dict) in targets {
         let corpus =

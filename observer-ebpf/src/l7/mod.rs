@@ -19,6 +19,7 @@
 
 pub mod dns;
 pub mod http1;
+pub mod http2;
 pub mod memcached;
 pub mod mysql;
 pub mod postgres;
@@ -34,7 +35,7 @@ use aya_ebpf::{
 };
 use observer_common::{
     ConnInfo, L7Conn, L7Dir, L7Event, DIR_UNKNOWN, L7_DNS, L7_EVENT_HEADER, L7_EV_CLOSE,
-    L7_EV_REQUEST, L7_F_OPEN_AT_USER, L7_HTTP1, L7_MEMCACHED, L7_MYSQL, L7_NONE, L7_POSTGRES,
+    L7_EV_REQUEST, L7_F_OPEN_AT_USER, L7_HTTP1, L7_HTTP2, L7_MEMCACHED, L7_MYSQL, L7_NONE, L7_POSTGRES,
     L7_REDIS, L7_REQ_MAX, L7_RESP_MAX, L7_UNDECIDED, LOST_L7_CONN_MAP_FULL, LOST_L7_RINGBUF_FULL,
     LOST_L7_USER_READ, SYSCALL_SLOTS, WORK_ENTRY_SLOTS, WORK_TASK_REGS,
 };
@@ -386,6 +387,13 @@ fn detect(head: *const L7Event, n: u32, ret: u32, dns: u32) -> (u8, Detected) {
         let d = dns::detect_tcp(dns);
         if d != Detected::No {
             return (L7_DNS, d);
+        }
+    }
+    // Before HTTP/1, whose detector would take the preface's `PRI` for a method.
+    if enabled & (1 << L7_HTTP2) != 0 {
+        let d = http2::detect(head, n);
+        if d != Detected::No {
+            return (L7_HTTP2, d);
         }
     }
     if enabled & (1 << L7_HTTP1) != 0 {

@@ -12,6 +12,7 @@ pub mod cap;
 pub mod dns;
 pub mod event;
 pub mod http1;
+pub mod http2;
 pub mod memcached;
 pub mod mysql;
 pub mod postgres;
@@ -234,6 +235,7 @@ pub fn registry(settings: &Settings) -> Vec<Box<dyn Protocol>> {
         Box::new(mysql::Mysql::new(settings)),
         Box::new(memcached::Memcached::new(settings)),
         Box::new(dns::Dns::new(settings)),
+        Box::new(http2::Http2::new(settings)),
     ]
 }
 
@@ -245,6 +247,9 @@ pub const SPECS: &[&Spec] = &[
     &mysql::SPEC,
     &memcached::SPEC,
     &dns::SPEC,
+    &http2::SPEC,
+    // Its requests come from HTTP/2's tracker; no probe of its own.
+    &http2::GRPC_SPEC,
 ];
 
 /// The spec of a probe name (`--probes`).

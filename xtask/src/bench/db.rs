@@ -257,7 +257,7 @@ const DB_SETUPS: [(&str, Option<&str>); 4] = [
     ("observer", None),
     (
         "observer without syscalls",
-        Some("tcp,http,redis,postgresql,mysql,memcached,lifecycle"),
+        Some("tcp,http,http2,redis,postgresql,mysql,memcached,lifecycle"),
     ),
 ];
 const NONE: usize = 0;

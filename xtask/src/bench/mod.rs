@@ -78,7 +78,7 @@ const SETUPS: [(&str, Option<&str>); NSETUPS] = [
     ("empty-hooks", Some("empty-hooks")),
     (
         "observer",
-        Some("syscalls,tcp,http,redis,postgresql,mysql,memcached,lifecycle"),
+        Some("syscalls,tcp,http,http2,redis,postgresql,mysql,memcached,lifecycle"),
     ),
     // The foundation's own scope (syscalls and TCP, without HTTP).
     ("syscalls,tcp", Some("syscalls,tcp")),

@@ -12,7 +12,10 @@ use observer_common::L7_HTTP1;
 use super::{ConnTable, Event, Protocol, Request, Settings, Spec, Status};
 
 /// HTTP/1.x as the exporters see it.
-pub static SPEC: Spec = Spec {
+pub static SPEC: Spec = BASE;
+
+/// The HTTP families and labels, which HTTP/2 shares (with its own id and version label).
+pub const BASE: Spec = Spec {
     id: L7_HTTP1,
     name: "http",
     server: super::Family {

@@ -1,0 +1,50 @@
+//! Fuzzes HTTP/2's framer and the HPACK decoding of what it frames: any bytes after a client's
+//! preface, split at any point and with a gap: never a panic; the frames of the whole bytes are
+//! the frames of any split of them; every header block decodes or fails cleanly, with the
+//! decoder's table bounded as the tracker bounds it. Seed corpus: ../observer/tests/http2-seeds
+//! (see ../README.md).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../../observer/src/l7/http2/frame.rs"]
+#[allow(dead_code)]
+mod frame;
+
+fn frames(pieces: &[&[u8]]) -> Vec<String> {
+    let mut f = frame::Framer::client();
+    let mut v = Vec::new();
+    for p in pieces {
+        f.feed(p, &mut |x| v.push(format!("{x:?}")));
+    }
+    v
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut all = frame::PREFACE.to_vec();
+    all.extend_from_slice(data);
+    let whole = frames(&[&all]);
+    let cut = data.first().map_or(0, |&b| usize::from(b)) % (all.len() + 1);
+    assert_eq!(frames(&[&all[..cut], &all[cut..]]), whole);
+    // A gap somewhere: no panic, whatever it hides.
+    let mut f = frame::Framer::client();
+    f.feed(&all[..cut], &mut |_| {});
+    f.gap(data.len() as u64 % 97, &mut |_| {});
+    f.feed(&all[cut..], &mut |_| {});
+    // Every block through one decoder, in order, as a direction's are.
+    let mut dec = fluke_hpack::Decoder::new();
+    dec.set_max_allowed_table_size(65536);
+    let mut f = frame::Framer::client();
+    let mut blocks = Vec::new();
+    f.feed(&all, &mut |x| match x {
+        frame::Frame::Headers { block: Some(b), .. } | frame::Frame::Promise { block: Some(b) } => {
+            blocks.push(b.to_vec())
+        }
+        _ => {}
+    });
+    for b in blocks {
+        if dec.decode_with_cb(&b, |_, _| {}).is_err() {
+            break;
+        }
+    }
+});

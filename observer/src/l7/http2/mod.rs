@@ -1,0 +1,512 @@
+//! HTTP/2 (cleartext, prior knowledge) and gRPC over it: the framer ([`frame`]), one HPACK
+//! decoder per connection and direction (`fluke-hpack`, its dynamic table bounded), and the
+//! tracker that pairs each stream's request with its response.
+//!
+//! - A request starts at its HEADERS (`:method`, `:path`, `content-type`) and ends at the
+//!   END_STREAM of its response (the last DATA frame, or the trailers) or at a RST_STREAM
+//!   (`error_type="stream_reset"`, with the status if one came); streams a GOAWAY says the
+//!   server never processed end as `goaway`, and those open when the connection goes as
+//!   `connection_closed`. Informational responses (1xx) do not end anything.
+//! - `application/grpc*` requests are gRPC calls, exported in OpenTelemetry's RPC families
+//!   with `rpc_method` (the path, `/package.Service/Method`) and `rpc_grpc_status_code` (from
+//!   the trailers or a trailers-only response; without one, mapped from the HTTP status as
+//!   gRPC clients do); a streaming call is one call, ended by its trailers. The rest are HTTP
+//!   requests in the HTTP families with `network_protocol_version="2"`.
+//! - A header block the decoder could not read (lost bytes, a block longer than the framer
+//!   keeps, a decoding error) leaves its direction's table unknown: from then on the
+//!   direction's names are `_unknown` (never a wrong one), its streams still counted, and
+//!   `header_table_unsynced` counts it.
+
+pub mod frame;
+
+use std::{collections::HashMap, sync::Arc};
+
+use observer_common::{L7_GRPC, L7_HTTP2};
+
+use super::{
+    event::Kind,
+    http1::{parse::Method, Routes},
+    stream::{tracked, CallPos, Calls, Conns, Ends, Input, Op, Unparsed},
+    ConnTable, Event, Protocol, Request, Settings, Side, Spec, Status,
+};
+use frame::{Broken, Frame, Framer};
+
+/// HTTP/2 requests, in the HTTP families.
+pub static SPEC: Spec = Spec {
+    id: L7_HTTP2,
+    name: "http2",
+    constant_labels: &[("network_protocol_version", "2")],
+    ..super::http1::BASE
+};
+
+/// gRPC calls (over HTTP/2): OpenTelemetry's RPC families, as OBI/Beyla export them.
+pub static GRPC_SPEC: Spec = Spec {
+    id: L7_GRPC,
+    name: "grpc",
+    server: super::Family {
+        name: "rpc_server_duration_seconds",
+        help: "Duration of RPCs answered, from the request's headers read to the response's end written",
+    },
+    client: super::Family {
+        name: "rpc_client_duration_seconds",
+        help: "Duration of RPCs made, from the request's headers written to the response's end read",
+    },
+    operation_label: "rpc_system",
+    server_target_label: "rpc_method",
+    client_target_label: Some("rpc_method"),
+    status_label: "rpc_grpc_status_code",
+    constant_labels: &[],
+    apdex: false,
+    connection_type: "",
+    failed: grpc_failed,
+};
+
+/// Any status but OK, or none at all.
+fn grpc_failed(status: Option<&Status>, error: Option<&'static str>) -> bool {
+    error.is_some() || status.and_then(Status::code) != Some(0)
+}
+
+/// The largest HPACK table a peer may make the decoder keep (4096 is every usual default).
+const MAX_TABLE: usize = 65536;
+/// Streams open per connection before new ones are not followed (counted).
+const MAX_STREAMS: usize = 1024;
+/// Distinct gRPC method names shared as label values before further ones are `_OTHER` (the
+/// per-service cap of targets applies after).
+const MAX_METHODS: usize = 4096;
+/// The name of what a header block that could not be read asked for.
+const UNKNOWN: &str = "_unknown";
+
+/// One stream: what its request asked, when, and what its response said so far.
+#[derive(Debug)]
+struct H2Stream {
+    method: &'static str,
+    target: Arc<str>,
+    grpc: bool,
+    start_ns: u64,
+    tgid: u32,
+    status: Option<u16>,
+    grpc_status: Option<u32>,
+}
+
+/// A direction's HPACK decoder; `None` once its table is unknown.
+struct Decoder(Option<fluke_hpack::Decoder<'static>>);
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Decoder"
+        } else {
+            "Unsynced"
+        })
+    }
+}
+
+impl Decoder {
+    fn new() -> Decoder {
+        let mut d = fluke_hpack::Decoder::new();
+        d.set_max_allowed_table_size(MAX_TABLE);
+        Decoder(Some(d))
+    }
+}
+
+/// The fields of a header block the tracker reads.
+#[derive(Debug, Default)]
+struct Fields {
+    method: Option<Method>,
+    path: Option<String>,
+    grpc: bool,
+    status: Option<u16>,
+    grpc_status: Option<u32>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    ends: Ends,
+    framers: [Framer; 2],
+    decoders: [Decoder; 2],
+    calls: Calls,
+    streams: HashMap<u32, H2Stream, foldhash::fast::RandomState>,
+    counted: [bool; 2],
+    last_ns: u64,
+}
+
+tracked!(Conn);
+
+/// The HTTP/2 protocol of the L7 path.
+#[derive(Debug)]
+pub struct Http2 {
+    conns: Conns<Conn>,
+    routes: Routes,
+    methods: HashMap<String, Arc<str>, foldhash::fast::RandomState>,
+    unknown: Arc<str>,
+    other: Arc<str>,
+    pub unparsed: Unparsed,
+    /// Header blocks that left their direction's table unknown.
+    pub unsynced: u64,
+}
+
+impl Http2 {
+    pub fn new(_settings: &Settings) -> Self {
+        Self {
+            conns: Conns::default(),
+            routes: Routes::default(),
+            methods: HashMap::default(),
+            unknown: Arc::from(UNKNOWN),
+            other: Arc::from("_OTHER"),
+            unparsed: Unparsed::default(),
+            unsynced: 0,
+        }
+    }
+
+    fn on_data(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
+        let Some(d) = ev.data else { return };
+        let _ = self.conns.make_room(ev.sk);
+        let requests = d.send == (ev.side == Side::Client);
+        let mut c = self.conns.take(ev.sk, d.end_ns, || Conn {
+            ends: Ends::of(&SPEC, ev),
+            // The kernel claims a connection at the client's preface.
+            framers: [Framer::client(), Framer::server()],
+            decoders: [Decoder::new(), Decoder::new()],
+            calls: Calls::default(),
+            streams: HashMap::default(),
+            counted: [false; 2],
+            last_ns: d.end_ns,
+        });
+        let mut calls = c.calls;
+        calls.record(usize::from(!requests), &d, ev.tgid, |dir, input, call| {
+            let mut frames: Vec<Owned> = Vec::new();
+            let mut keep = |f: Frame<'_>| frames.push(Owned::of(f));
+            match input {
+                Input::Gap(n) => c.framers[dir].gap(n, &mut keep),
+                Input::Bytes(b) => c.framers[dir].feed(b, &mut keep),
+            }
+            for f in frames {
+                self.on_frame(&mut c, dir, f, call, out);
+            }
+            if let Some(b) = c.framers[dir].broken() {
+                if !c.counted[dir] {
+                    c.counted[dir] = true;
+                    match b {
+                        Broken::Invalid => self.unparsed.invalid += 1,
+                        Broken::Gap => self.unparsed.gap += 1,
+                    }
+                }
+            }
+        });
+        c.calls = calls;
+        self.conns.put(ev.sk, c);
+    }
+
+    /// Reads a header block with direction `dir`'s decoder.
+    fn decode(&mut self, c: &mut Conn, dir: usize, block: Option<&[u8]>) -> Option<Fields> {
+        let dec = c.decoders[dir].0.as_mut()?;
+        let mut f = Fields::default();
+        let ok = block.is_some_and(|b| {
+            dec.decode_with_cb(b, |name, value| match &name[..] {
+                b":method" => f.method = Some(Method::from_token(&value)),
+                b":path" => f.path = Some(String::from_utf8_lossy(&value).into_owned()),
+                b":status" => {
+                    f.status = std::str::from_utf8(&value)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                }
+                b"content-type" => f.grpc = value.starts_with(b"application/grpc"),
+                b"grpc-status" => {
+                    f.grpc_status = std::str::from_utf8(&value)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                }
+                _ => {}
+            })
+            .is_ok()
+        });
+        if ok {
+            Some(f)
+        } else {
+            c.decoders[dir].0 = None;
+            self.unsynced += 1;
+            None
+        }
+    }
+
+    fn on_frame(
+        &mut self,
+        c: &mut Conn,
+        dir: usize,
+        f: Owned,
+        call: CallPos,
+        out: &mut Vec<Request>,
+    ) {
+        let client = c.ends.side == Side::Client;
+        match f {
+            Owned::Headers {
+                stream,
+                block,
+                end_stream,
+            } => {
+                let fields = self.decode(c, dir, block.as_deref());
+                if dir == 0 {
+                    if c.streams.contains_key(&stream) {
+                        // A request's trailers.
+                        return;
+                    }
+                    if c.streams.len() >= MAX_STREAMS {
+                        self.unparsed.pending_overflow += 1;
+                        return;
+                    }
+                    let s = self.request(
+                        fields,
+                        if client { call.start_ns } else { call.end_ns },
+                        call.tgid,
+                    );
+                    c.streams.insert(stream, s);
+                    return;
+                }
+                let Some(s) = c.streams.get_mut(&stream) else {
+                    // A pushed stream (even id) is not a request of this client.
+                    if stream % 2 == 1 {
+                        self.unparsed.response_without_request += 1;
+                    }
+                    return;
+                };
+                match fields {
+                    Some(f) => {
+                        if let Some(code) = f.status {
+                            if (100..200).contains(&code) {
+                                return;
+                            }
+                            s.status = Some(code);
+                        } else if s.status.is_none() {
+                            // Unknown names: a response all the same.
+                            s.status = Some(0);
+                        }
+                        s.grpc_status = f.grpc_status.or(s.grpc_status);
+                    }
+                    None => {
+                        s.status = s.status.or(Some(0));
+                    }
+                }
+                if end_stream {
+                    self.end(c, stream, call, None, out);
+                }
+            }
+            Owned::Promise { block } => {
+                // Pushed streams are not requests of this client; the block keeps the table.
+                let _ = self.decode(c, dir, block.as_deref());
+            }
+            Owned::Data { stream, end_stream } => {
+                if dir == 1 && end_stream {
+                    self.end(c, stream, call, None, out);
+                }
+            }
+            Owned::Reset { stream, .. } => self.end(c, stream, call, Some("stream_reset"), out),
+            Owned::GoAway { last_stream } => {
+                let never: Vec<u32> = c
+                    .streams
+                    .keys()
+                    .copied()
+                    .filter(|&s| s > last_stream)
+                    .collect();
+                for s in never {
+                    self.end(c, s, call, Some("goaway"), out);
+                }
+            }
+            Owned::Settings { header_table_size } => {
+                // The size this end lets the other end's encoder use, hence the other
+                // direction's decoder; a size beyond the bound leaves that table unknowable.
+                if let Some(n) = header_table_size {
+                    if n as usize > MAX_TABLE && c.decoders[1 - dir].0.take().is_some() {
+                        self.unsynced += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A request stream begins with what its header block said (`None`: unreadable).
+    fn request(&mut self, fields: Option<Fields>, start_ns: u64, tgid: u32) -> H2Stream {
+        let Some(f) = fields else {
+            return H2Stream {
+                method: UNKNOWN,
+                target: self.unknown.clone(),
+                grpc: false,
+                start_ns,
+                tgid,
+                status: None,
+                grpc_status: None,
+            };
+        };
+        let path = f.path.unwrap_or_default();
+        let target = if f.grpc {
+            let name = path.split(['?', '#']).next().unwrap_or_default();
+            match self.methods.get(name) {
+                Some(m) => m.clone(),
+                None if self.methods.len() < MAX_METHODS => {
+                    let m: Arc<str> = Arc::from(name);
+                    self.methods.insert(name.to_string(), m.clone());
+                    m
+                }
+                None => self.other.clone(),
+            }
+        } else {
+            self.routes.of(&path)
+        };
+        H2Stream {
+            method: f.method.map_or("_OTHER", Method::as_str),
+            target,
+            grpc: f.grpc,
+            start_ns,
+            tgid,
+            status: None,
+            grpc_status: None,
+        }
+    }
+
+    /// Stream `id` ends in this call (its response's end, a reset, the connection's end).
+    fn end(
+        &mut self,
+        c: &mut Conn,
+        id: u32,
+        call: CallPos,
+        error: Option<&'static str>,
+        out: &mut Vec<Request>,
+    ) {
+        let client = c.ends.side == Side::Client;
+        let end_ns = if client { call.end_ns } else { call.start_ns };
+        if let Some(s) = c.streams.remove(&id) {
+            out.push(finished(&c.ends, s, end_ns, error));
+        }
+    }
+
+    fn close(&mut self, mut c: Box<Conn>, out: &mut Vec<Request>) {
+        let end = c.last_ns;
+        for (_, s) in c.streams.drain() {
+            out.push(finished(&c.ends, s, end, Some("connection_closed")));
+        }
+    }
+}
+
+/// The request a stream was, ended at `end_ns`.
+fn finished(ends: &Ends, s: H2Stream, end_ns: u64, error: Option<&'static str>) -> Request {
+    // A status of 0: a response came whose names could not be read.
+    let status = s.status.filter(|&c| c != 0);
+    let (spec, op, status) = if s.grpc {
+        let code = s.grpc_status.or_else(|| status.map(grpc_of_http));
+        (&GRPC_SPEC, "grpc", code.map(Status::Code))
+    } else {
+        (&SPEC, s.method, status.map(|c| Status::Code(u32::from(c))))
+    };
+    let mut ends = ends.clone();
+    ends.protocol = spec;
+    ends.request(
+        Op {
+            name: op,
+            target: s.target,
+            start_ns: s.start_ns,
+            tgid: s.tgid,
+        },
+        end_ns,
+        status,
+        error,
+    )
+}
+
+/// The gRPC status a client reads from an HTTP status without `grpc-status` (gRPC's
+/// "HTTP to gRPC status code mapping").
+fn grpc_of_http(http: u16) -> u32 {
+    match http {
+        200 => 2,
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
+}
+
+/// A frame with its block copied out of the framer.
+enum Owned {
+    Headers {
+        stream: u32,
+        block: Option<Vec<u8>>,
+        end_stream: bool,
+    },
+    Promise {
+        block: Option<Vec<u8>>,
+    },
+    Data {
+        stream: u32,
+        end_stream: bool,
+    },
+    Reset {
+        stream: u32,
+    },
+    GoAway {
+        last_stream: u32,
+    },
+    Settings {
+        header_table_size: Option<u32>,
+    },
+}
+
+impl Owned {
+    fn of(f: Frame<'_>) -> Owned {
+        match f {
+            Frame::Headers {
+                stream,
+                block,
+                end_stream,
+            } => Owned::Headers {
+                stream,
+                block: block.map(<[u8]>::to_vec),
+                end_stream,
+            },
+            Frame::Promise { block } => Owned::Promise {
+                block: block.map(<[u8]>::to_vec),
+            },
+            Frame::Data { stream, end_stream } => Owned::Data { stream, end_stream },
+            Frame::Reset { stream, .. } => Owned::Reset { stream },
+            Frame::GoAway { last_stream, .. } => Owned::GoAway { last_stream },
+            Frame::Settings { header_table_size } => Owned::Settings { header_table_size },
+        }
+    }
+}
+
+impl Protocol for Http2 {
+    fn spec(&self) -> &'static Spec {
+        &SPEC
+    }
+
+    fn on_event(&mut self, ev: &Event<'_>, out: &mut Vec<Request>) {
+        match ev.kind {
+            Kind::Data => self.on_data(ev, out),
+            Kind::Close => {
+                if let Some(c) = self.conns.closed(ev.sk, ev.ts_ns) {
+                    self.close(c, out);
+                }
+            }
+            Kind::Exchange | Kind::Request => self.unparsed.invalid += 1,
+        }
+    }
+
+    fn poll(&mut self, now_ns: u64, conns: &dyn ConnTable, out: &mut Vec<Request>) {
+        for c in self.conns.sweep(now_ns, conns) {
+            self.close(c, out);
+        }
+    }
+
+    fn unparsed(&self) -> Vec<(&'static str, u64)> {
+        self.unparsed.list(
+            self.conns.evicted,
+            &[("header_table_unsynced", self.unsynced)],
+        )
+    }
+
+    fn conns(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

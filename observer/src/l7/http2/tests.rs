@@ -1,0 +1,349 @@
+//! The tracker on records built as the kernel builds them, with header blocks from a real
+//! HPACK encoder.
+
+use observer_common::L7_HTTP2;
+
+use super::{
+    frame::{frame, CONTINUATION, DATA, GOAWAY, HEADERS, PREFACE, RST_STREAM, SETTINGS},
+    *,
+};
+use crate::l7::stream::testing::{close, feed, piece, whole, MS};
+
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+fn settings() -> Settings {
+    Settings {
+        request_timeout_ns: 5_000 * MS,
+    }
+}
+
+/// One side of a connection's HPACK state, as a peer keeps it.
+struct Peer(fluke_hpack::Encoder<'static>);
+
+impl Peer {
+    fn new() -> Peer {
+        Peer(fluke_hpack::Encoder::new())
+    }
+
+    fn headers(&mut self, stream: u32, end_stream: bool, h: &[(&str, &str)]) -> Vec<u8> {
+        let block = self
+            .0
+            .encode(h.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+        let flags = END_HEADERS | if end_stream { END_STREAM } else { 0 };
+        frame(HEADERS, flags, stream, &block)
+    }
+}
+
+fn request(p: &mut Peer, stream: u32, method: &str, path: &str, grpc: bool) -> Vec<u8> {
+    let mut h = vec![
+        (":method", method),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "svc"),
+    ];
+    if grpc {
+        h.push(("content-type", "application/grpc"));
+        h.push(("te", "trailers"));
+    }
+    p.headers(stream, !grpc && method == "GET", &h)
+}
+
+fn seen(
+    out: &[Request],
+) -> Vec<(
+    &'static str,
+    &'static str,
+    String,
+    String,
+    Option<&'static str>,
+    u64,
+)> {
+    out.iter()
+        .map(|r| {
+            (
+                r.protocol.name,
+                r.operation,
+                r.target.to_string(),
+                r.status.as_ref().map(|s| s.label()).unwrap_or_default(),
+                r.error_type,
+                r.duration_ns / MS,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn concurrent_streams_answered_out_of_order() {
+    let mut t = Http2::new(&settings());
+    let (mut c, mut s) = (Peer::new(), Peer::new());
+    let mut w = PREFACE.to_vec();
+    w.extend(frame(SETTINGS, 0, 0, &[]));
+    w.extend(request(&mut c, 1, "GET", "/users/42", false));
+    w.extend(request(&mut c, 3, "GET", "/users/7?x=1", false));
+    w.extend(request(&mut c, 5, "POST", "/orders", false));
+    w.extend(frame(DATA, END_STREAM, 5, b"{}"));
+    assert!(whole(&mut t, Side::Client, true, 10, 10, &w).is_empty());
+    let mut r = s.headers(3, false, &[(":status", "404")]);
+    r.extend(frame(DATA, END_STREAM, 3, b"no"));
+    r.extend(s.headers(1, true, &[(":status", "200")]));
+    let out = whole(&mut t, Side::Client, false, 12, 13, &r);
+    assert_eq!(
+        seen(&out),
+        [
+            ("http2", "GET", "/users/{id}".into(), "404".into(), None, 3),
+            ("http2", "GET", "/users/{id}".into(), "200".into(), None, 3),
+        ]
+    );
+    // The response of the POST in two calls: 100 Continue first, then the answer.
+    let out = whole(
+        &mut t,
+        Side::Client,
+        false,
+        14,
+        14,
+        &s.headers(5, false, &[(":status", "100")]),
+    );
+    assert!(out.is_empty());
+    let mut r = s.headers(5, false, &[(":status", "503")]);
+    r.extend(frame(DATA, END_STREAM, 5, b""));
+    let out = whole(&mut t, Side::Client, false, 15, 20, &r);
+    assert_eq!(
+        seen(&out),
+        [("http2", "POST", "/orders".into(), "503".into(), None, 10)]
+    );
+    assert!(out[0].failed());
+    assert_eq!(
+        out[0].protocol.constant_labels,
+        [("network_protocol_version", "2")]
+    );
+    assert_eq!(t.unparsed.invalid + t.unparsed.gap + t.unsynced, 0);
+}
+
+#[test]
+fn grpc_unary_trailers_only_and_streaming_calls() {
+    let mut t = Http2::new(&settings());
+    let (mut c, mut s) = (Peer::new(), Peer::new());
+    // The server side: it reads the requests.
+    let mut w = PREFACE.to_vec();
+    w.extend(request(&mut c, 1, "POST", "/shop.Cart/Add", true));
+    w.extend(frame(DATA, END_STREAM, 1, &[0, 0, 0, 0, 1, 9]));
+    w.extend(request(&mut c, 3, "POST", "/shop.Cart/Get", true));
+    w.extend(frame(DATA, END_STREAM, 3, &[0, 0, 0, 0, 0]));
+    w.extend(request(&mut c, 5, "POST", "/shop.Cart/Watch", true));
+    w.extend(frame(DATA, END_STREAM, 5, &[0, 0, 0, 0, 0]));
+    assert!(whole(&mut t, Side::Server, false, 0, 1, &w).is_empty());
+    // Add: headers, a message, trailers with status 0.
+    let mut r = s.headers(
+        1,
+        false,
+        &[(":status", "200"), ("content-type", "application/grpc")],
+    );
+    r.extend(frame(DATA, 0, 1, &[0, 0, 0, 0, 1, 7]));
+    r.extend(s.headers(1, true, &[("grpc-status", "0")]));
+    // Get: trailers only, NOT_FOUND.
+    r.extend(s.headers(
+        3,
+        true,
+        &[
+            (":status", "200"),
+            ("content-type", "application/grpc"),
+            ("grpc-status", "5"),
+        ],
+    ));
+    let out = whole(&mut t, Side::Server, true, 4, 5, &r);
+    assert_eq!(
+        seen(&out),
+        [
+            ("grpc", "grpc", "/shop.Cart/Add".into(), "0".into(), None, 3),
+            ("grpc", "grpc", "/shop.Cart/Get".into(), "5".into(), None, 3),
+        ]
+    );
+    assert!(!out[0].failed() && out[1].failed());
+    // Watch streams three messages over two calls, then its trailers: one call.
+    let mut r = s.headers(5, false, &[(":status", "200")]);
+    r.extend(frame(DATA, 0, 5, &[0, 0, 0, 0, 1, 1]));
+    assert!(whole(&mut t, Side::Server, true, 6, 6, &r).is_empty());
+    let mut r = frame(DATA, 0, 5, &[0, 0, 0, 0, 1, 2]);
+    r.extend(frame(DATA, 0, 5, &[0, 0, 0, 0, 1, 3]));
+    r.extend(s.headers(5, true, &[("grpc-status", "13"), ("grpc-message", "boom")]));
+    let out = whole(&mut t, Side::Server, true, 9, 9, &r);
+    assert_eq!(
+        seen(&out),
+        [(
+            "grpc",
+            "grpc",
+            "/shop.Cart/Watch".into(),
+            "13".into(),
+            None,
+            8
+        )]
+    );
+}
+
+#[test]
+fn resets_goaway_and_a_closed_connection() {
+    let mut t = Http2::new(&settings());
+    let (mut c, mut s) = (Peer::new(), Peer::new());
+    let mut w = PREFACE.to_vec();
+    for id in [1, 3, 5, 7] {
+        w.extend(request(&mut c, id, "GET", "/a", false));
+    }
+    // The client gives up on stream 1.
+    w.extend(frame(RST_STREAM, 0, 1, &[0, 0, 0, 8]));
+    let out = whole(&mut t, Side::Client, true, 1, 2, &w);
+    assert_eq!(
+        seen(&out),
+        [(
+            "http2",
+            "GET",
+            "/a".into(),
+            "".into(),
+            Some("stream_reset"),
+            1
+        )]
+    );
+    // The server answers 3 and goes away after it: 5 and 7 never ran.
+    let mut r = s.headers(3, true, &[(":status", "200")]);
+    r.extend(frame(GOAWAY, 0, 0, &[0, 0, 0, 3, 0, 0, 0, 0]));
+    let out = whole(&mut t, Side::Client, false, 3, 4, &r);
+    let mut got = seen(&out);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("http2", "GET", "/a".into(), "".into(), Some("goaway"), 3),
+            ("http2", "GET", "/a".into(), "".into(), Some("goaway"), 3),
+            ("http2", "GET", "/a".into(), "200".into(), None, 3),
+        ]
+    );
+    let w = request(&mut c, 9, "GET", "/b", false);
+    assert!(whole(&mut t, Side::Client, true, 5, 5, &w).is_empty());
+    let out = feed(&mut t, &close(L7_HTTP2, Side::Client, 9));
+    assert_eq!(
+        seen(&out),
+        [(
+            "http2",
+            "GET",
+            "/b".into(),
+            "".into(),
+            Some("connection_closed"),
+            4
+        )]
+    );
+    assert_eq!(t.conns(), 0);
+}
+
+#[test]
+fn a_lost_header_block_leaves_unknown_names_never_wrong_ones() {
+    let mut t = Http2::new(&settings());
+    let (mut c, mut s) = (Peer::new(), Peer::new());
+    let mut w = PREFACE.to_vec();
+    w.extend(request(&mut c, 1, "GET", "/first", false));
+    assert!(whole(&mut t, Side::Client, true, 0, 0, &w).is_empty());
+    // The next request's block (which adds `/second` to the table) is only partly read.
+    let second = request(&mut c, 3, "GET", "/second", false);
+    let rec = piece(
+        L7_HTTP2,
+        Side::Client,
+        true,
+        1,
+        1,
+        second.len() as u32,
+        0,
+        &second[..12],
+    );
+    assert!(feed(&mut t, &rec).is_empty());
+    // Later requests of the direction: counted, named `_unknown`.
+    let third = request(&mut c, 5, "GET", "/second", false);
+    assert!(whole(&mut t, Side::Client, true, 2, 2, &third).is_empty());
+    let mut r = s.headers(1, true, &[(":status", "200")]);
+    r.extend(s.headers(3, true, &[(":status", "200")]));
+    r.extend(s.headers(5, true, &[(":status", "204")]));
+    let out = whole(&mut t, Side::Client, false, 3, 3, &r);
+    assert_eq!(
+        seen(&out),
+        [
+            ("http2", "GET", "/first".into(), "200".into(), None, 3),
+            (
+                "http2",
+                "_unknown",
+                "_unknown".into(),
+                "200".into(),
+                None,
+                2
+            ),
+            (
+                "http2",
+                "_unknown",
+                "_unknown".into(),
+                "204".into(),
+                None,
+                1
+            ),
+        ]
+    );
+    assert_eq!(t.unsynced, 1);
+}
+
+#[test]
+fn large_headers_in_continuations_and_a_frame_split_across_calls() {
+    let mut t = Http2::new(&settings());
+    let (mut c, mut s) = (Peer::new(), Peer::new());
+    let big = "v".repeat(9000);
+    let block = c.0.encode([
+        (&b":method"[..], &b"GET"[..]),
+        (b":path", b"/big"),
+        (b"x-big", big.as_bytes()),
+    ]);
+    let mut w = PREFACE.to_vec();
+    w.extend(frame(HEADERS, END_STREAM, 1, &block[..4000]));
+    w.extend(frame(CONTINUATION, END_HEADERS, 1, &block[4000..]));
+    // The first 30 bytes in one call; the rest in another, which the kernel sends in
+    // records of at most 4 KiB.
+    let (a, b) = w.split_at(30);
+    assert!(whole(&mut t, Side::Client, true, 1, 1, a).is_empty());
+    for (i, chunk) in b.chunks(4000).enumerate() {
+        let rec = piece(
+            L7_HTTP2,
+            Side::Client,
+            true,
+            2,
+            2,
+            b.len() as u32,
+            (i * 4000) as u32,
+            chunk,
+        );
+        assert!(feed(&mut t, &rec).is_empty());
+    }
+    let out = whole(
+        &mut t,
+        Side::Client,
+        false,
+        3,
+        3,
+        &s.headers(1, true, &[(":status", "200")]),
+    );
+    // Timed from the call that completed the request's header block.
+    assert_eq!(
+        seen(&out),
+        [("http2", "GET", "/big".into(), "200".into(), None, 1)]
+    );
+}
+
+#[test]
+fn bytes_after_a_valid_preface_that_are_no_frames_are_counted() {
+    let mut t = Http2::new(&settings());
+    let mut w = PREFACE.to_vec();
+    w.extend(frame(CONTINUATION, END_HEADERS, 1, b"x"));
+    assert!(whole(&mut t, Side::Client, true, 0, 0, &w).is_empty());
+    let mut x: u64 = 77;
+    for i in 0..200 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let junk: Vec<u8> = (0..(x % 64)).map(|k| (x >> (k % 56)) as u8).collect();
+        let _ = whole(&mut t, Side::Client, true, i, i, &junk);
+    }
+    assert_eq!(t.unparsed.invalid, 1);
+}
