@@ -8,8 +8,8 @@ use aya_ebpf::{
     Global,
 };
 use observer_common::{
-    ConnInfo, KernelOffsets, L7Conn, L7Data, L7Event, LifecycleOffsets, SyscallEntry,
-    SyscallErrKey, SyscallKey, SyscallStats, TcpEdgeKey, TcpEdgeStats, TcpStats, LOST_COUNTERS,
+    ConnInfo, KernelOffsets, L7Conn, L7Event, LifecycleOffsets, SyscallEntry, SyscallErrKey,
+    SyscallKey, SyscallStats, TcpEdgeKey, TcpEdgeStats, TcpStats, LOST_COUNTERS,
     MAX_CGROUP_FILTERS, SYSCALL_SLOTS,
 };
 
@@ -130,9 +130,19 @@ pub static L7_SCRATCH: PerCpuArray<L7Event> = PerCpuArray::with_max_entries(2, 0
 #[map]
 pub static L7_CALL: PerCpuArray<crate::l7::Call> = PerCpuArray::with_max_entries(1, 0);
 
+/// A `DATA` record being built: the header, and room for twice a record's bytes, so that a
+/// read of up to a record's bytes at any offset below a record's bytes stays inside (what the
+/// verifier can check with two masked numbers).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct L7DataScratch {
+    pub head: [u8; observer_common::L7_EVENT_HEADER],
+    pub data: [u8; 2 * observer_common::L7_DATA_MAX],
+}
+
 /// Per-CPU scratch of the stream framer: a `DATA` record being built.
 #[map]
-pub static L7_DATA_SCRATCH: PerCpuArray<L7Data> = PerCpuArray::with_max_entries(1, 0);
+pub static L7_DATA_SCRATCH: PerCpuArray<L7DataScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Records the kernel side could not keep, by `LOST_*` index.
 /// Processes the OOM killer chose (`oom:mark_victim`), by pid, until they exit.

@@ -11,12 +11,14 @@
 
 use aya_ebpf::helpers::{bpf_get_current_comm, generated::bpf_probe_read_user};
 use observer_common::{
-    L7Conn, L7Data, L7Dir, L7Event, L7_DATA_MAX, L7_EVENT_HEADER, L7_EVF_DGRAM, L7_EVF_SEND,
-    L7_EV_DATA, LOST_L7_RINGBUF_FULL, LOST_L7_USER_READ,
+    L7Conn, L7Dir, L7Event, L7_DATA_MAX, L7_EVENT_HEADER, L7_EVF_DGRAM, L7_EVF_SEND, L7_EV_DATA,
+    LOST_L7_RINGBUF_FULL, LOST_L7_USER_READ,
 };
 
 use super::{tgid, wakeup, Call, Io};
-use crate::maps::{count_lost, L7_CALL, L7_CONNS, L7_DATA_SCRATCH, L7_EVENTS, L7_SCRATCH};
+use crate::maps::{
+    count_lost, L7DataScratch, L7_CALL, L7_CONNS, L7_DATA_SCRATCH, L7_EVENTS, L7_SCRATCH,
+};
 
 /// Mask of the bytes read from a call per record (one less than [`L7_DATA_MAX`]).
 const DATA_MASK: u32 = L7_DATA_MAX as u32 - 1;
@@ -24,9 +26,9 @@ const DATA_MASK: u32 = L7_DATA_MAX as u32 - 1;
 /// large value) has only its first bytes sent, the rest counted; user space skips a payload
 /// by its length and loses a connection's framing only when message headers fall beyond.
 const MAX_CHUNKS: u32 = 16;
-/// Segments of a vectored call (`writev`, `sendmsg`) followed at most; bytes in later ones are
-/// a gap user space sees.
-const MAX_SEGMENTS: u32 = 4;
+/// Segments of a vectored call (`writev`, `sendmsg`) followed at most (gRPC's C core writes a
+/// request as two dozen of them); bytes in later ones are a gap user space sees.
+const MAX_SEGMENTS: u32 = 32;
 
 /// Keeps a call of a claimed connection for its framer's global function
 /// ([`l7_stream_call`], `http1::l7_http1_call`); false when the per-CPU slot is not there.
@@ -72,15 +74,19 @@ pub extern "C" fn l7_stream_call() -> u32 {
 }
 
 /// One call of a stream protocol's connection: its bytes in `DATA` records of up to
-/// [`DATA_MASK`] bytes each, in order; `req_len` is a record's offset in the call.
+/// [`DATA_MASK`] bytes each, in order; `req_len` is a record's offset in the call. A long first
+/// segment goes in whole records; what is left of it starts the last record, and a vectored
+/// call's next segments join that record while they fit (gRPC's many small ones make one
+/// record), a segment that does not fit starting the next; of a segment longer than a record
+/// only its first bytes are read, the rest is a gap user space skips.
 #[inline(always)]
 fn on_call(st: *mut L7Conn, call: &Call) {
     let Some(rec) = L7_DATA_SCRATCH.get_ptr_mut(0) else {
         return;
     };
     let ev = rec as *mut L7Event;
-    // SAFETY: `ev` is this CPU's scratch record (an L7Data, whose header is an L7Event's); `st`
-    // a map value pointer checked by the verifier.
+    // SAFETY: `ev` is this CPU's scratch record (whose header is an L7Event's); `st` a map
+    // value pointer checked by the verifier.
     unsafe {
         (*ev).sk = call.sk;
         (*ev).cgroup_id = (*st).cgroup_id;
@@ -116,84 +122,160 @@ fn on_call(st: *mut L7Conn, call: &Call) {
     } else {
         call.first_segment().unwrap_or((0, 0))
     };
-    // The first segment, in records of up to DATA_MASK bytes.
+    // Whole records of the first segment while more than a record's bytes are left.
     let mut off = 0u32;
     let mut i = 0u32;
-    while i < MAX_CHUNKS {
-        let n = emit(rec, ev, ptr + off as u64, avail.saturating_sub(off), off);
-        if n == 0 {
+    while i < MAX_CHUNKS && avail.saturating_sub(off) > DATA_MASK {
+        if !read(rec, 0, ptr + off as u64, DATA_MASK) || !send(rec, ev, DATA_MASK, off) {
             return;
         }
-        off += n;
-        if off >= avail {
-            break;
-        }
+        off += DATA_MASK;
         i += 1;
     }
-    if off < avail || off >= call.ret {
+    let rest = avail.saturating_sub(off);
+    if rest > DATA_MASK {
+        // Chunks run out: the rest of the call is a gap.
         return;
     }
-    // A vectored call's later segments (a server's reply header, value and trailer in three):
-    // a record each, of its first DATA_MASK bytes; the rest of a longer one is a gap user space
-    // skips. Two plain loops one after the other: a loop switching between segments and chunks
-    // branches on every round, which older verifiers explore round by round for minutes.
-    let Some(iov) = call.iovecs() else {
+    // What is left of the first segment (its last bytes, or all of a short one).
+    if !read(rec, 0, ptr + off as u64, rest) {
         return;
-    };
-    // The offset goes through the record (map memory, unknown to the verifier): every way out
-    // of the loop above reaches this one as the same state, which the verifier then checks once
-    // (5.10's gave up at its million instructions otherwise).
+    }
+    // The record's bytes, its offset in the call, and where the next segment starts: through
+    // the record's header (map memory, unknown to the verifier), so that every round of the
+    // loop below starts from one state the verifier checks once.
     // SAFETY: `ev` is the header of the scratch record.
-    let mut off = unsafe {
+    unsafe {
+        (*ev).resp_snip = rest as u16;
         (*ev).req_len = off;
-        core::ptr::read_volatile(&(*ev).req_len)
+        (*ev)._pad2 = avail;
+    }
+    let iov = if avail < call.ret {
+        call.iovecs()
+    } else {
+        None
     };
-    let mut seg = 1u32;
-    while seg < MAX_SEGMENTS {
-        let Some((p, l)) = call.segment(iov, seg, off) else {
-            return;
-        };
-        if l > 0 && emit(rec, ev, p, l, off) == 0 {
-            return;
+    if let Some(iov) = iov {
+        let mut seg = 1u32;
+        while seg < MAX_SEGMENTS {
+            // SAFETY: as above.
+            let (fill, start, pos) = unsafe {
+                (
+                    u32::from(core::ptr::read_volatile(&(*ev).resp_snip)) & DATA_MASK,
+                    core::ptr::read_volatile(&(*ev).req_len),
+                    core::ptr::read_volatile(&(*ev)._pad2),
+                )
+            };
+            if pos >= call.ret {
+                break;
+            }
+            let Some((p, l)) = call.segment(iov, seg, pos) else {
+                break;
+            };
+            seg += 1;
+            if l == 0 {
+                continue;
+            }
+            let (mut fill, mut start) = (fill, start);
+            if fill > 0 && l > DATA_MASK - fill {
+                // It does not fit: the record goes, the segment starts the next.
+                if !send(rec, ev, fill, start) {
+                    return;
+                }
+                fill = 0;
+                start = pos;
+            }
+            let n = min(l, DATA_MASK - fill);
+            if !read(rec, fill, p, n) {
+                return;
+            }
+            fill += n;
+            if n < l {
+                // Longer than a record: its first bytes, the rest a gap.
+                if !send(rec, ev, fill, start) {
+                    return;
+                }
+                fill = 0;
+                start = pos + l;
+            }
+            // SAFETY: as above.
+            unsafe {
+                (*ev).resp_snip = fill as u16;
+                (*ev).req_len = start;
+                (*ev)._pad2 = pos + l;
+            }
         }
-        off += l;
-        if off >= call.ret {
-            return;
-        }
-        seg += 1;
+    }
+    // SAFETY: as above.
+    let (fill, start, sent) = unsafe {
+        (
+            u32::from(core::ptr::read_volatile(&(*ev).resp_snip)) & DATA_MASK,
+            core::ptr::read_volatile(&(*ev).req_len),
+            core::ptr::read_volatile(&(*ev).req_snip) != 0,
+        )
+    };
+    // The last record; an empty one still says the call happened (its bytes a gap).
+    if fill > 0 || !sent {
+        let _ = send(rec, ev, fill, start);
     }
 }
 
-/// Sends one DATA record: the header in `ev` with `off` (the record's offset in the call) and
-/// up to DATA_MASK of the `left` bytes at user address `ptr`. Returns how many bytes it holds
-/// (0: nothing was read, or the ring was full; both counted).
 #[inline(always)]
-fn emit(rec: *mut L7Data, ev: *mut L7Event, ptr: u64, left: u32, off: u32) -> u32 {
-    let want = if left > DATA_MASK { DATA_MASK } else { left };
-    let mut n = unsafe { core::ptr::read_volatile(&want) } & DATA_MASK;
-    if n > 0 {
-        // SAFETY: the scratch record's data holds L7_DATA_MAX (> n) bytes.
-        let r =
-            unsafe { bpf_probe_read_user((*rec).data.as_mut_ptr() as *mut _, n, ptr as *const _) };
-        if r != 0 {
-            count_lost(LOST_L7_USER_READ);
-            n = 0;
-        }
+fn min(a: u32, b: u32) -> u32 {
+    if a < b {
+        a
+    } else {
+        b
     }
+}
+
+/// Reads `len` (at most DATA_MASK) bytes at user address `ptr` into the record's data at
+/// `at` (below DATA_MASK). False when they could not be read (counted).
+#[inline(always)]
+fn read(rec: *mut L7DataScratch, at: u32, ptr: u64, len: u32) -> bool {
+    let n = unsafe { core::ptr::read_volatile(&len) } & DATA_MASK;
+    if n == 0 {
+        return true;
+    }
+    let at = (at & DATA_MASK) as usize;
+    // SAFETY: the scratch data holds 2 * L7_DATA_MAX bytes: at + n stays inside.
+    let r = unsafe {
+        bpf_probe_read_user(
+            (*rec).data.as_mut_ptr().add(at) as *mut _,
+            n,
+            ptr as *const _,
+        )
+    };
+    if r != 0 {
+        count_lost(LOST_L7_USER_READ);
+        return false;
+    }
+    true
+}
+
+/// Sends the record: its header with `off` (its offset in the call) and its first `n` bytes.
+/// False when the ring was full (counted).
+#[inline(always)]
+fn send(rec: *mut L7DataScratch, ev: *mut L7Event, n: u32, off: u32) -> bool {
+    let n = unsafe { core::ptr::read_volatile(&n) } & DATA_MASK;
     // SAFETY: `ev` is the header of the scratch record.
     unsafe {
         (*ev).req_len = off;
         (*ev).resp_snip = n as u16;
+        (*ev)._pad2 = 0;
     }
-    let size = (unsafe { core::ptr::read_volatile(&n) } & DATA_MASK) as usize + L7_EVENT_HEADER;
-    if size > core::mem::size_of::<L7Data>() {
-        return 0;
+    let size = n as usize + L7_EVENT_HEADER;
+    if size > L7_EVENT_HEADER + L7_DATA_MAX {
+        return false;
     }
-    // SAFETY: `rec` is a valid L7Data and `size` is within it.
+    // SAFETY: `rec` is a valid scratch record and `size` is within it.
     let bytes = unsafe { core::slice::from_raw_parts(rec as *const u8, size) };
     if L7_EVENTS.output::<[u8]>(bytes, wakeup()).is_err() {
         count_lost(LOST_L7_RINGBUF_FULL);
-        return 0;
+        return false;
     }
-    n
+    // A record of the call went (`req_snip` has no use in a `DATA` record otherwise).
+    // SAFETY: as above.
+    unsafe { (*ev).req_snip = 1 };
+    true
 }

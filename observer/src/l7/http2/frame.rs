@@ -285,14 +285,14 @@ impl Framer {
                 None => self.broken = Some(Broken::Invalid),
             },
             SETTINGS if flags & ACK == 0 => {
-                if self.payload.len() % 6 != 0 && !holed {
+                if !self.payload.len().is_multiple_of(6) && !holed {
                     self.broken = Some(Broken::Invalid);
                     return;
                 }
                 let header_table_size = (self.payload.chunks_exact(6))
                     .filter(|s| u16::from_be_bytes([s[0], s[1]]) == SETTINGS_HEADER_TABLE_SIZE)
                     .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]))
-                    .last();
+                    .next_back();
                 out(Frame::Settings { header_table_size });
             }
             _ => {}

@@ -49,16 +49,17 @@ fn request(p: &mut Peer, stream: u32, method: &str, path: &str, grpc: bool) -> V
     p.headers(stream, !grpc && method == "GET", &h)
 }
 
-fn seen(
-    out: &[Request],
-) -> Vec<(
+/// What the tests compare of a request: protocol, operation, target, status, error, ms.
+type Seen = (
     &'static str,
     &'static str,
     String,
     String,
     Option<&'static str>,
     u64,
-)> {
+);
+
+fn seen(out: &[Request]) -> Vec<Seen> {
     out.iter()
         .map(|r| {
             (
