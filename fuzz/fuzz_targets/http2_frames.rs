@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     f.gap(data.len() as u64 % 97, &mut |_| {});
     f.feed(&all[cut..], &mut |_| {});
     // Every block through one decoder, in order, as a direction's are.
-    let mut dec = fluke_hpack::Decoder::new();
+    let mut dec = loona_hpack::Decoder::new();
     dec.set_max_allowed_table_size(65536);
     let mut f = frame::Framer::client();
     let mut blocks = Vec::new();

@@ -918,5 +918,5 @@ fn self_and_lifecycle_alerts_pass_promtool_unit_tests() {
 #[test]
 fn apm_rules_pass_promtool_unit_tests() {
     // 21 recording rules, 14 alerts (warning and critical of 7).
-    rule_file_is_tested_and_shipped("apm.rules.yaml", "apm.rules.test.yaml", "observer-apm", 35);
+    rule_file_is_tested_and_shipped("apm.rules.yaml", "apm.rules.test.yaml", "observer-apm", 40);
 }

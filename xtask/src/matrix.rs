@@ -404,6 +404,13 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "http2-",
+        &[
+            "nginx_under_h2load_is_counted_exactly_per_status_on_both_sides",
+            "grpc_unary_and_streaming_calls_are_counted_per_method_and_status_on_both_sides",
+        ],
+    ),
+    (
         "http-",
         &[
             "nginx_under_wrk_and_hey_is_counted_exactly_per_status_on_both_sides",

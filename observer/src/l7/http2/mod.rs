@@ -1,5 +1,5 @@
 //! HTTP/2 (cleartext, prior knowledge) and gRPC over it: the framer ([`frame`]), one HPACK
-//! decoder per connection and direction (`fluke-hpack`, its dynamic table bounded), and the
+//! decoder per connection and direction (`loona-hpack`, its dynamic table bounded), and the
 //! tracker that pairs each stream's request with its response.
 //!
 //! - A request starts at its HEADERS (`:method`, `:path`, `content-type`) and ends at the
@@ -89,7 +89,7 @@ struct H2Stream {
 }
 
 /// A direction's HPACK decoder; `None` once its table is unknown.
-struct Decoder(Option<fluke_hpack::Decoder<'static>>);
+struct Decoder(Option<loona_hpack::Decoder<'static>>);
 
 impl std::fmt::Debug for Decoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,7 +103,7 @@ impl std::fmt::Debug for Decoder {
 
 impl Decoder {
     fn new() -> Decoder {
-        let mut d = fluke_hpack::Decoder::new();
+        let mut d = loona_hpack::Decoder::new();
         d.set_max_allowed_table_size(MAX_TABLE);
         Decoder(Some(d))
     }
@@ -201,24 +201,29 @@ impl Http2 {
     fn decode(&mut self, c: &mut Conn, dir: usize, block: Option<&[u8]>) -> Option<Fields> {
         let dec = c.decoders[dir].0.as_mut()?;
         let mut f = Fields::default();
+        // A decoder that panics on some input (a library's bug) must not take the observer
+        // down: the block is then unreadable like any other.
         let ok = block.is_some_and(|b| {
-            dec.decode_with_cb(b, |name, value| match &name[..] {
-                b":method" => f.method = Some(Method::from_token(&value)),
-                b":path" => f.path = Some(String::from_utf8_lossy(&value).into_owned()),
-                b":status" => {
-                    f.status = std::str::from_utf8(&value)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                }
-                b"content-type" => f.grpc = value.starts_with(b"application/grpc"),
-                b"grpc-status" => {
-                    f.grpc_status = std::str::from_utf8(&value)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                }
-                _ => {}
-            })
-            .is_ok()
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                dec.decode_with_cb(b, |name, value| match &name[..] {
+                    b":method" => f.method = Some(Method::from_token(&value)),
+                    b":path" => f.path = Some(String::from_utf8_lossy(&value).into_owned()),
+                    b":status" => {
+                        f.status = std::str::from_utf8(&value)
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                    }
+                    b"content-type" => f.grpc = value.starts_with(b"application/grpc"),
+                    b"grpc-status" => {
+                        f.grpc_status = std::str::from_utf8(&value)
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                    }
+                    _ => {}
+                })
+                .is_ok()
+            }))
+            .unwrap_or(false)
         });
         if ok {
             Some(f)

@@ -19,11 +19,11 @@ fn settings() -> Settings {
 }
 
 /// One side of a connection's HPACK state, as a peer keeps it.
-struct Peer(fluke_hpack::Encoder<'static>);
+struct Peer(loona_hpack::Encoder<'static>);
 
 impl Peer {
     fn new() -> Peer {
-        Peer(fluke_hpack::Encoder::new())
+        Peer(loona_hpack::Encoder::new())
     }
 
     fn headers(&mut self, stream: u32, end_stream: bool, h: &[(&str, &str)]) -> Vec<u8> {
