@@ -16,6 +16,7 @@ pub fn every_default_probe_is_up(s: &[Sample]) {
     let names: BTreeSet<&str> = probes.iter().map(|p| p.labels["probe"].as_str()).collect();
     for p in [
         "http",
+        "http2",
         "redis",
         "postgresql",
         "mysql",
