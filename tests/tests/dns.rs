@@ -162,6 +162,15 @@ fn per_type(
     m
 }
 
+/// DNS records the observer could not use, with `extra` labels (a reason).
+fn unparsed(s: &[Sample], extra: &[(&str, &str)]) -> f64 {
+    let mut want = vec![("protocol", "dns")];
+    want.extend_from_slice(extra);
+    matching(s, "observer_l7_messages_unparsed_total", &want)
+        .map(|x| x.value)
+        .sum()
+}
+
 /// Sums per type, whatever the response.
 fn by_type(m: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     let mut t = BTreeMap::new();
@@ -263,14 +272,7 @@ fn dig_and_glibc_lookups_equal_the_servers_query_log() {
             ("AAAA NOERROR".to_string(), 2 * n)
         ])
     );
-    let unparsed: f64 = matching(
-        &samples,
-        "observer_l7_messages_unparsed_total",
-        &[("protocol", "dns")],
-    )
-    .map(|x| x.value)
-    .sum();
-    assert_eq!(unparsed, 0.0, "unparsed DNS records");
+    assert_eq!(unparsed(&samples, &[]), 0.0, "unparsed DNS records");
     s.obs.stop().unwrap();
 }
 
@@ -343,15 +345,7 @@ fn bytes_that_are_no_dns_are_counted_and_a_later_lookup_once() {
     assert!(out.status.success());
     let want = BTreeMap::from([("A NOERROR".to_string(), 1)]);
     // Sent by the client and read by the server: each datagram twice.
-    let invalid = |x: &[Sample]| -> f64 {
-        matching(
-            x,
-            "observer_l7_messages_unparsed_total",
-            &[("protocol", "dns"), ("reason", "invalid")],
-        )
-        .map(|x| x.value)
-        .sum()
-    };
+    let invalid = |x: &[Sample]| unparsed(x, &[("reason", "invalid")]);
     let samples = s
         .obs
         .scrape_until(Duration::from_secs(20), |x| {
@@ -470,14 +464,7 @@ fn tcp_lookups_pipelined_or_one_per_connection_equal_the_servers_query_log() {
         want,
         "server pod"
     );
-    let unparsed: f64 = matching(
-        &samples,
-        "observer_l7_messages_unparsed_total",
-        &[("protocol", "dns")],
-    )
-    .map(|x| x.value)
-    .sum();
-    assert_eq!(unparsed, 0.0, "unparsed DNS records");
+    assert_eq!(unparsed(&samples, &[]), 0.0, "unparsed DNS records");
     s.obs.stop().unwrap();
 }
 

@@ -361,17 +361,7 @@ pub mod testing {
         offset: u32,
         bytes: &[u8],
     ) -> Vec<u8> {
-        let data = Data {
-            send,
-            dgram: false,
-            start_ns: start * MS,
-            end_ns: end * MS,
-            len,
-            offset,
-            bytes,
-            comm: *b"test-client\0\0\0\0\0",
-        };
-        record(&event(proto, side, Kind::Data, end * MS, Some(data)))
+        data_record(proto, side, send, false, (start, end), len, offset, bytes)
     }
 
     /// `bytes` as one datagram (a UDP socket's call).
@@ -383,18 +373,34 @@ pub mod testing {
         end: u64,
         bytes: &[u8],
     ) -> Vec<Request> {
+        let len = bytes.len() as u32;
+        let rec = data_record(p.spec().id, side, send, true, (start, end), len, 0, bytes);
+        feed(p, &rec)
+    }
+
+    /// A `DATA` record as the kernel builds it; times in ms.
+    #[allow(clippy::too_many_arguments)]
+    fn data_record(
+        proto: u8,
+        side: Side,
+        send: bool,
+        dgram: bool,
+        (start, end): (u64, u64),
+        len: u32,
+        offset: u32,
+        bytes: &[u8],
+    ) -> Vec<u8> {
         let data = Data {
             send,
-            dgram: true,
+            dgram,
             start_ns: start * MS,
             end_ns: end * MS,
-            len: bytes.len() as u32,
-            offset: 0,
+            len,
+            offset,
             bytes,
             comm: *b"test-client\0\0\0\0\0",
         };
-        let rec = record(&event(p.spec().id, side, Kind::Data, end * MS, Some(data)));
-        feed(p, &rec)
+        record(&event(proto, side, Kind::Data, end * MS, Some(data)))
     }
 
     /// The socket's end, at `at` ms.
