@@ -369,19 +369,20 @@ pub enum Detected {
 /// once per data shape of the call and ran out of its million instructions).
 /// `dns` is what [`dns::tcp_ports`] read of the socket (0 with DNS off): DNS over TCP is
 /// claimed by its port, not by its bytes (servers read a query's length prefix a byte at a
-/// time).
+/// time). `old` is 0 for a connection whose start was seen; for one that predates the
+/// observer, the [`Detected`] value its ports suggest (HTTP/2 joined mid-way).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn l7_detect(n: u32, ret: u32, dns: u32) -> u32 {
+pub extern "C" fn l7_detect(n: u32, ret: u32, dns: u32, old: u32) -> u32 {
     let Some(head) = L7_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    let (p, d) = detect(head, n & HEAD_MASK, ret, dns);
+    let (p, d) = detect(head, n & HEAD_MASK, ret, dns, old);
     (p as u32) << 8 | d as u32
 }
 
 #[inline(always)]
-fn detect(head: *const L7Event, n: u32, ret: u32, dns: u32) -> (u8, Detected) {
+fn detect(head: *const L7Event, n: u32, ret: u32, dns: u32, old: u32) -> (u8, Detected) {
     let enabled = L7_PROTOCOLS.load();
     if enabled & (1 << L7_DNS) != 0 {
         let d = dns::detect_tcp(dns);
@@ -425,6 +426,18 @@ fn detect(head: *const L7Event, n: u32, ret: u32, dns: u32) -> (u8, Detected) {
         let d = memcached::detect(head, n);
         if d != Detected::No {
             return (L7_MEMCACHED, d);
+        }
+    }
+    // Last: HTTP/2 joined mid-way is told by frame headers alone.
+    if old != 0 && enabled & (1 << L7_HTTP2) != 0 {
+        let guess = if old == Detected::Request as u32 {
+            Detected::Request
+        } else {
+            Detected::Response
+        };
+        let d = http2::detect_frames(head, n, ret, guess);
+        if d != Detected::No {
+            return (L7_HTTP2, d);
         }
     }
     (L7_NONE, Detected::No)
@@ -565,7 +578,21 @@ fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) -> u32 {
     } else {
         0
     };
-    let v = l7_detect(n, call.ret, dns);
+    // A connection that predates the observer: the side its ports suggest (the lower port
+    // serves), in the terms of this call's direction.
+    let old = match conn {
+        // SAFETY: map value pointer checked by the verifier.
+        Some(c) if unsafe { (*c).direction } == DIR_UNKNOWN => {
+            let server = sock::local_port(sk) < sock::peer_port(sk);
+            if server != send {
+                Detected::Request as u32
+            } else {
+                Detected::Response as u32
+            }
+        }
+        _ => 0,
+    };
+    let v = l7_detect(n, call.ret, dns, old);
     let proto = (v >> 8) as u8;
     let d = match v & 0xff {
         1 => Detected::Request,

@@ -17,6 +17,9 @@ use prometheus_client::{
 use super::{counter, gauge, Labels};
 use crate::{ebpf::load::ProbeStatus, pipeline::aggregate::KernelHealth};
 
+/// The prefix of the HTTP/2 tracker's reasons that are table states, not lost records.
+const HEADER_TABLE: &str = "header_table_";
+
 /// Names of the `LOST_*` counters, as the `source` label of `observer_events_lost_total`.
 pub const LOST_SOURCES: [(u32, &str); 13] = [
     (LOST_SYSCALL_MAP_FULL, "syscall_table_full"),
@@ -93,17 +96,28 @@ pub fn encode(
         m.encode_info(&l)?;
     }
     let malformed = [("l7", "malformed_record", health.l7.malformed)];
+    // HTTP/2's HPACK tables known only in part: a family of their own (OBI's name), not
+    // records lost.
+    let (tables, unparsed): (Vec<_>, Vec<_>) = (health.l7.unparsed.iter())
+        .partition(|(p, r, _)| *p == "http2" && r.starts_with(HEADER_TABLE));
     counter(
         enc,
         "observer_l7_messages_unparsed",
         "Kernel records of an L7 protocol the observer could not use, by protocol and reason",
         None,
-        health
-            .l7
-            .unparsed
-            .iter()
+        (unparsed.into_iter())
             .chain(malformed.iter().filter(|m| m.2 > 0))
             .map(|(p, r, n)| (vec![("protocol", *p), ("reason", *r)], *n)),
+    )?;
+    counter(
+        enc,
+        "observer_http2_header_table_unsynced",
+        "HTTP/2 connection directions whose HPACK table is known only in part: joined mid-way \
+         (entries from before the observer), or a header block that could not be read \
+         (undecodable); their streams are counted with _unknown names, never wrong ones",
+        None,
+        (tables.into_iter())
+            .map(|(_, r, n)| (vec![("reason", &r[HEADER_TABLE.len()..])], *n)),
     )?;
     counter(
         enc,

@@ -62,6 +62,41 @@ pub enum Frame<'a> {
     },
 }
 
+/// Whether a call of `len` bytes, of which `b` are its first, is whole HTTP/2 frames: each
+/// header valid for its type (stream 0 for connection frames, a stream for stream frames,
+/// the fixed lengths of PRIORITY, RST_STREAM, PING and WINDOW_UPDATE, payloads within the
+/// default maximum of 16 KiB) and the last frame ending where the call does. What a
+/// direction joined mid-way waits for before it is framed (the kernel claims such a
+/// connection at a call like this; the other direction may start in the middle of a frame).
+pub fn whole_frames(b: &[u8], len: usize) -> bool {
+    let mut off = 0usize;
+    while off + HEADER <= b.len() {
+        let h = &b[off..off + HEADER];
+        let n = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
+        let ok = n <= 16384
+            && stream & 0x8000_0000 == 0
+            && match h[3] {
+                0 | 1 | 5 | 9 => stream != 0,
+                2 => stream != 0 && n == 5,
+                3 => stream != 0 && n == 4,
+                4 => stream == 0 && n % 6 == 0,
+                6 => stream == 0 && n == 8,
+                7 => stream == 0 && n >= 8,
+                8 => n == 4,
+                _ => false,
+            };
+        if !ok {
+            return false;
+        }
+        off += HEADER + n;
+        if off == len {
+            return true;
+        }
+    }
+    false
+}
+
 /// Why a direction is no longer framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Broken {

@@ -15,7 +15,17 @@
 //! - A header block the decoder could not read (lost bytes, a block longer than the framer
 //!   keeps, a decoding error) leaves its direction's table unknown: from then on the
 //!   direction's names are `_unknown` (never a wrong one), its streams still counted, and
-//!   `header_table_unsynced` counts it.
+//!   `observer_http2_header_table_unsynced_total{reason="undecodable"}` counts it.
+//! - A connection joined mid-way (opened before the observer; the kernel claims it at a call
+//!   of whole frames) has tables whose older entries were never seen. Its decoders start with
+//!   placeholders for them ([`Decoder::joined`]): a field from the static table, a literal, or
+//!   an entry added since the join decodes as itself, one from before as `_unknown`. Which
+//!   end serves is read from the first block that says it (request or response
+//!   pseudo-headers); a request whose `content-type` is unknown is a gRPC call when its
+//!   response ends with trailers. `observer_http2_header_table_unsynced_total{reason="joined"}`
+//!   counts the directions joined. Each direction is framed from its first call of whole
+//!   frames ([`frame::whole_frames`]; the kernel claims at such a call, but the other
+//!   direction may go on in the middle of a frame).
 
 pub mod frame;
 
@@ -61,9 +71,14 @@ pub static GRPC_SPEC: Spec = Spec {
     failed: grpc_failed,
 };
 
-/// Any status but OK, or none at all.
+/// Any status but OK, or none at all; not an unknown one (a connection joined mid-way).
 fn grpc_failed(status: Option<&Status>, error: Option<&'static str>) -> bool {
-    error.is_some() || status.and_then(Status::code) != Some(0)
+    match status {
+        _ if error.is_some() => true,
+        Some(Status::Code(c)) => *c != 0,
+        Some(Status::Text(_)) => false,
+        None => true,
+    }
 }
 
 /// The largest HPACK table a peer may make the decoder keep (4096 is every usual default).
@@ -81,15 +96,27 @@ const UNKNOWN: &str = "_unknown";
 struct H2Stream {
     method: &'static str,
     target: Arc<str>,
-    grpc: bool,
+    /// `None`: the `content-type` is unknown (joined mid-way); then `rpc` is the target as a
+    /// gRPC method, should the response end with trailers.
+    grpc: Option<bool>,
+    rpc: Option<Arc<str>>,
     start_ns: u64,
     tgid: u32,
+    /// 0: a response came whose status could not be read.
     status: Option<u16>,
     grpc_status: Option<u32>,
+    /// A response block had fields of unknown names (the gRPC status may be among them).
+    unknown: bool,
+    /// Response header blocks after the informational ones (2: trailers came).
+    blocks: u8,
 }
 
 /// A direction's HPACK decoder; `None` once its table is unknown.
 struct Decoder(Option<loona_hpack::Decoder<'static>>);
+
+/// Placeholders a joined decoder starts with: as many entries as a table of the default size
+/// (4096 bytes) can hold, each of the smallest size (32: an empty name and value).
+const PLACEHOLDERS: usize = 4096 / 32;
 
 impl std::fmt::Debug for Decoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,6 +134,25 @@ impl Decoder {
         d.set_max_allowed_table_size(MAX_TABLE);
         Decoder(Some(d))
     }
+
+    /// The decoder of a direction joined mid-way: its table holds an unknown entry (an empty
+    /// name, which no encoder sends) where every entry from before the join may be. Entries
+    /// are added at the front and evicted from the back, so the `k` newest are the `k` added
+    /// since the join wherever the peer's table holds them; the encoder refers to nothing
+    /// beyond its table, which the default size lets hold at most [`PLACEHOLDERS`] entries.
+    /// A reference beyond the placeholders (a peer that raised the size before the join) is
+    /// a decoding error: the table is then unknown, as after a lost block.
+    fn joined() -> Decoder {
+        let mut d = Decoder::new();
+        // Literal with incremental indexing, a new name of 0 bytes and a value of 0 bytes.
+        let block = [0x40u8, 0, 0].repeat(PLACEHOLDERS);
+        if let Some(dec) = d.0.as_mut() {
+            if dec.decode_with_cb(&block, |_, _| {}).is_err() {
+                d.0 = None;
+            }
+        }
+        d
+    }
 }
 
 /// The fields of a header block the tracker reads.
@@ -114,19 +160,44 @@ impl Decoder {
 struct Fields {
     method: Option<Method>,
     path: Option<String>,
-    grpc: bool,
+    /// From `content-type`; `None` without one.
+    grpc: Option<bool>,
     status: Option<u16>,
     grpc_status: Option<u32>,
+    /// A request pseudo-header (`:method`, `:path`, `:scheme`, `:authority`) came.
+    request: bool,
+    /// A field from before a mid-way join came, whose name is unknown.
+    unknown: bool,
+}
+
+/// How a connection's bytes began, decided at its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    Fresh,
+    /// With the client's preface: both tables known from their start.
+    Preface,
+    /// Mid-way: `sided` once a block said which end serves.
+    Joined { sided: bool },
 }
 
 #[derive(Debug)]
 struct Conn {
     ends: Ends,
+    start: Start,
+    /// The kernel's guess of the side was wrong (joined mid-way): direction 0 of the
+    /// records carries responses.
+    flip: bool,
     framers: [Framer; 2],
+    /// Per direction: framed (joined mid-way, from its first call of whole frames).
+    aligned: [bool; 2],
     decoders: [Decoder; 2],
     calls: Calls,
     streams: HashMap<u32, H2Stream, foldhash::fast::RandomState>,
     counted: [bool; 2],
+    /// Whether the connection's last stream whose kind was known was a gRPC call: the kind
+    /// of those whose `content-type` is unknown (joined mid-way) and whose response does not
+    /// say it (a trailers-only response).
+    grpc: Option<bool>,
     last_ns: u64,
 }
 
@@ -143,6 +214,8 @@ pub struct Http2 {
     pub unparsed: Unparsed,
     /// Header blocks that left their direction's table unknown.
     pub unsynced: u64,
+    /// Directions joined mid-way, their tables' older entries unknown.
+    pub joined: u64,
 }
 
 impl Http2 {
@@ -155,6 +228,7 @@ impl Http2 {
             other: Arc::from("_OTHER"),
             unparsed: Unparsed::default(),
             unsynced: 0,
+            joined: 0,
         }
     }
 
@@ -164,16 +238,34 @@ impl Http2 {
         let requests = d.send == (ev.side == Side::Client);
         let mut c = self.conns.take(ev.sk, d.end_ns, || Conn {
             ends: Ends::of(&SPEC, ev),
-            // The kernel claims a connection at the client's preface.
+            start: Start::Fresh,
+            flip: false,
+            // The kernel claims a connection at the client's preface, or mid-way.
             framers: [Framer::client(), Framer::server()],
+            aligned: [true; 2],
             decoders: [Decoder::new(), Decoder::new()],
             calls: Calls::default(),
             streams: HashMap::default(),
             counted: [false; 2],
+            grpc: None,
             last_ns: d.end_ns,
         });
         let mut calls = c.calls;
         calls.record(usize::from(!requests), &d, ev.tgid, |dir, input, call| {
+            if c.start == Start::Fresh {
+                self.begin(&mut c, dir, input);
+            }
+            if !c.aligned[dir] {
+                match input {
+                    Input::Bytes(b)
+                        if call.seen as usize == b.len()
+                            && frame::whole_frames(b, call.len as usize) =>
+                    {
+                        c.aligned[dir] = true;
+                    }
+                    _ => return,
+                }
+            }
             let mut frames: Vec<Owned> = Vec::new();
             let mut keep = |f: Frame<'_>| frames.push(Owned::of(f));
             match input {
@@ -197,6 +289,51 @@ impl Http2 {
         self.conns.put(ev.sk, c);
     }
 
+    /// The connection's first input, in direction `dir`: the client's preface, or a
+    /// connection joined mid-way.
+    fn begin(&mut self, c: &mut Conn, dir: usize, input: Input<'_>) {
+        let preface = match input {
+            // Lost: as from the start (the framer waits for the preface it cannot see).
+            Input::Gap(_) => true,
+            Input::Bytes(b) => {
+                let n = b.len().min(frame::PREFACE.len());
+                dir == 0 && b[..n] == frame::PREFACE[..n]
+            }
+        };
+        if preface {
+            c.start = Start::Preface;
+            return;
+        }
+        c.start = Start::Joined { sided: false };
+        c.framers = [Framer::server(), Framer::server()];
+        c.aligned = [false; 2];
+        c.decoders = [Decoder::joined(), Decoder::joined()];
+        self.joined += 2;
+    }
+
+    /// Joined mid-way: the first block that says whether it is a request or a response
+    /// fixes which end serves, the kernel's guess (by ports) corrected if it was wrong.
+    fn side_from(&mut self, c: &mut Conn, dir: usize, f: &Fields) {
+        if c.start != (Start::Joined { sided: false }) {
+            return;
+        }
+        let requests = if f.request {
+            dir
+        } else if f.status.is_some() {
+            1 - dir
+        } else {
+            return;
+        };
+        c.start = Start::Joined { sided: true };
+        if requests != 0 {
+            c.flip = true;
+            c.ends.side = match c.ends.side {
+                Side::Client => Side::Server,
+                Side::Server => Side::Client,
+            };
+        }
+    }
+
     /// Reads a header block with direction `dir`'s decoder.
     fn decode(&mut self, c: &mut Conn, dir: usize, block: Option<&[u8]>) -> Option<Fields> {
         let dec = c.decoders[dir].0.as_mut()?;
@@ -206,14 +343,22 @@ impl Http2 {
         let ok = block.is_some_and(|b| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 dec.decode_with_cb(b, |name, value| match &name[..] {
-                    b":method" => f.method = Some(Method::from_token(&value)),
-                    b":path" => f.path = Some(String::from_utf8_lossy(&value).into_owned()),
+                    b"" => f.unknown = true,
+                    b":method" => {
+                        f.request = true;
+                        f.method = Some(Method::from_token(&value));
+                    }
+                    b":path" => {
+                        f.request = true;
+                        f.path = Some(String::from_utf8_lossy(&value).into_owned());
+                    }
+                    b":scheme" | b":authority" => f.request = true,
                     b":status" => {
                         f.status = std::str::from_utf8(&value)
                             .ok()
                             .and_then(|s| s.parse().ok())
                     }
-                    b"content-type" => f.grpc = value.starts_with(b"application/grpc"),
+                    b"content-type" => f.grpc = Some(value.starts_with(b"application/grpc")),
                     b"grpc-status" => {
                         f.grpc_status = std::str::from_utf8(&value)
                             .ok()
@@ -250,7 +395,11 @@ impl Http2 {
                 end_stream,
             } => {
                 let fields = self.decode(c, dir, block.as_deref());
-                if dir == 0 {
+                if let Some(f) = &fields {
+                    self.side_from(c, dir, f);
+                }
+                let role = dir ^ usize::from(c.flip);
+                if role == 0 {
                     if c.streams.contains_key(&stream) {
                         // A request's trailers.
                         return;
@@ -264,12 +413,14 @@ impl Http2 {
                         if client { call.start_ns } else { call.end_ns },
                         call.tgid,
                     );
+                    c.grpc = s.grpc.or(c.grpc);
                     c.streams.insert(stream, s);
                     return;
                 }
                 let Some(s) = c.streams.get_mut(&stream) else {
-                    // A pushed stream (even id) is not a request of this client.
-                    if stream % 2 == 1 {
+                    // A pushed stream (even id) is not a request of this client; joined
+                    // mid-way, streams requested before the join end unseen.
+                    if stream % 2 == 1 && c.start == Start::Preface {
                         self.unparsed.response_without_request += 1;
                     }
                     return;
@@ -286,11 +437,14 @@ impl Http2 {
                             s.status = Some(0);
                         }
                         s.grpc_status = f.grpc_status.or(s.grpc_status);
+                        s.unknown |= f.unknown;
                     }
                     None => {
                         s.status = s.status.or(Some(0));
+                        s.unknown = true;
                     }
                 }
+                s.blocks = s.blocks.saturating_add(1);
                 if end_stream {
                     self.end(c, stream, call, None, out);
                 }
@@ -300,7 +454,7 @@ impl Http2 {
                 let _ = self.decode(c, dir, block.as_deref());
             }
             Owned::Data { stream, end_stream } => {
-                if dir == 1 && end_stream {
+                if dir ^ usize::from(c.flip) == 1 && end_stream {
                     self.end(c, stream, call, None, out);
                 }
             }
@@ -330,40 +484,49 @@ impl Http2 {
 
     /// A request stream begins with what its header block said (`None`: unreadable).
     fn request(&mut self, fields: Option<Fields>, start_ns: u64, tgid: u32) -> H2Stream {
-        let Some(f) = fields else {
-            return H2Stream {
-                method: UNKNOWN,
-                target: self.unknown.clone(),
-                grpc: false,
-                start_ns,
-                tgid,
-                status: None,
-                grpc_status: None,
-            };
+        let f = fields.unwrap_or(Fields {
+            unknown: true,
+            ..Fields::default()
+        });
+        // Without `content-type`: not gRPC, unless its name may be among the unknown ones.
+        let grpc = f.grpc.or((!f.unknown).then_some(false));
+        let (target, rpc) = match (f.path, grpc) {
+            (None, _) if f.unknown => (self.unknown.clone(), None),
+            (path, Some(true)) => (self.rpc_method(&path.unwrap_or_default()), None),
+            (path, Some(false)) => (self.routes.of(&path.unwrap_or_default()), None),
+            (Some(path), None) => (self.routes.of(&path), Some(self.rpc_method(&path))),
+            (None, None) => (self.unknown.clone(), None),
         };
-        let path = f.path.unwrap_or_default();
-        let target = if f.grpc {
-            let name = path.split(['?', '#']).next().unwrap_or_default();
-            match self.methods.get(name) {
-                Some(m) => m.clone(),
-                None if self.methods.len() < MAX_METHODS => {
-                    let m: Arc<str> = Arc::from(name);
-                    self.methods.insert(name.to_string(), m.clone());
-                    m
-                }
-                None => self.other.clone(),
-            }
-        } else {
-            self.routes.of(&path)
+        let method = match f.method {
+            Some(m) => m.as_str(),
+            None if f.unknown => UNKNOWN,
+            None => "_OTHER",
         };
         H2Stream {
-            method: f.method.map_or("_OTHER", Method::as_str),
+            method,
             target,
-            grpc: f.grpc,
+            grpc,
+            rpc,
             start_ns,
             tgid,
             status: None,
             grpc_status: None,
+            unknown: false,
+            blocks: 0,
+        }
+    }
+
+    /// A gRPC method's label value (its path, without query or fragment), capped.
+    fn rpc_method(&mut self, path: &str) -> Arc<str> {
+        let name = path.split(['?', '#']).next().unwrap_or_default();
+        match self.methods.get(name) {
+            Some(m) => m.clone(),
+            None if self.methods.len() < MAX_METHODS => {
+                let m: Arc<str> = Arc::from(name);
+                self.methods.insert(name.to_string(), m.clone());
+                m
+            }
+            None => self.other.clone(),
         }
     }
 
@@ -379,34 +542,66 @@ impl Http2 {
         let client = c.ends.side == Side::Client;
         let end_ns = if client { call.end_ns } else { call.start_ns };
         if let Some(s) = c.streams.remove(&id) {
-            out.push(finished(&c.ends, s, end_ns, error));
+            let grpc = kind(&s, c.grpc);
+            c.grpc = Some(grpc);
+            out.push(finished(&c.ends, s, grpc, end_ns, error));
         }
     }
 
     fn close(&mut self, mut c: Box<Conn>, out: &mut Vec<Request>) {
         let end = c.last_ns;
         for (_, s) in c.streams.drain() {
-            out.push(finished(&c.ends, s, end, Some("connection_closed")));
+            let grpc = kind(&s, c.grpc);
+            out.push(finished(&c.ends, s, grpc, end, Some("connection_closed")));
         }
     }
 }
 
-/// The request a stream was, ended at `end_ns`.
-fn finished(ends: &Ends, s: H2Stream, end_ns: u64, error: Option<&'static str>) -> Request {
-    // A status of 0: a response came whose names could not be read.
-    let status = s.status.filter(|&c| c != 0);
-    let (spec, op, status) = if s.grpc {
-        let code = s.grpc_status.or_else(|| status.map(grpc_of_http));
-        (&GRPC_SPEC, "grpc", code.map(Status::Code))
+/// Whether a stream is a gRPC call: by its `content-type`; without one known (joined
+/// mid-way), when its response ended with trailers, else as the connection's last call.
+fn kind(s: &H2Stream, conn: Option<bool>) -> bool {
+    s.grpc
+        .or((s.blocks >= 2).then_some(true))
+        .or(conn)
+        .unwrap_or(false)
+}
+
+/// The request a stream was (a gRPC call if `grpc`), ended at `end_ns`.
+fn finished(
+    ends: &Ends,
+    s: H2Stream,
+    grpc: bool,
+    end_ns: u64,
+    error: Option<&'static str>,
+) -> Request {
+    let unknown = || Status::Text(Arc::from(UNKNOWN));
+    let (spec, op, status, target) = if grpc {
+        // Without `grpc-status`, a client maps the HTTP status; not when the status may be
+        // among the unknown names.
+        let code = match (s.grpc_status, s.status) {
+            (Some(g), _) => Some(Status::Code(g)),
+            (None, _) if s.unknown => Some(unknown()),
+            (None, Some(0)) => Some(unknown()),
+            (None, http) => http.map(|c| Status::Code(grpc_of_http(c))),
+        };
+        let target = s.rpc.unwrap_or(s.target);
+        (&GRPC_SPEC, "grpc", code, target)
     } else {
-        (&SPEC, s.method, status.map(|c| Status::Code(u32::from(c))))
+        let status = s.status.map(|c| {
+            if c == 0 {
+                unknown()
+            } else {
+                Status::Code(u32::from(c))
+            }
+        });
+        (&SPEC, s.method, status, s.target)
     };
     let mut ends = ends.clone();
     ends.protocol = spec;
     ends.request(
         Op {
             name: op,
-            target: s.target,
+            target,
             start_ns: s.start_ns,
             tgid: s.tgid,
         },
@@ -504,7 +699,10 @@ impl Protocol for Http2 {
     fn unparsed(&self) -> Vec<(&'static str, u64)> {
         self.unparsed.list(
             self.conns.evicted,
-            &[("header_table_unsynced", self.unsynced)],
+            &[
+                ("header_table_undecodable", self.unsynced),
+                ("header_table_joined", self.joined),
+            ],
         )
     }
 

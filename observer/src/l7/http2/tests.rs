@@ -348,3 +348,100 @@ fn bytes_after_a_valid_preface_that_are_no_frames_are_counted() {
     }
     assert_eq!(t.unparsed.invalid, 1);
 }
+
+/// A gRPC call's response: headers, a message, trailers with `status`.
+fn grpc_response(s: &mut Peer, stream: u32, status: &str) -> Vec<u8> {
+    let mut r = s.headers(
+        stream,
+        false,
+        &[(":status", "200"), ("content-type", "application/grpc")],
+    );
+    r.extend(frame(DATA, 0, stream, &[0, 0, 0, 0, 0]));
+    r.extend(s.headers(stream, true, &[("grpc-status", status)]));
+    r
+}
+
+#[test]
+fn a_connection_joined_mid_way_counts_every_stream_with_unknown_names_never_wrong_ones() {
+    let mut t = Http2::new(&settings());
+    let (mut c, mut s) = (Peer::new(), Peer::new());
+    // Before the observer: a gRPC call fills both tables (never seen).
+    let _ = request(&mut c, 1, "POST", "/pkg.Svc/Old", true);
+    let _ = grpc_response(&mut s, 1, "0");
+    // The kernel guessed the sides the wrong way round (by ports): the client's socket taken
+    // for a server's, put right by the first block's `:method`.
+    let guess = Side::Server;
+    // The same call again: `content-type` and `grpc-status` refer to entries from before
+    // the join. A gRPC call all the same (its response ends with trailers), status unknown.
+    let w = request(&mut c, 3, "POST", "/pkg.Svc/Old", true);
+    assert!(whole(&mut t, guess, true, 0, 0, &w).is_empty());
+    let mut out = whole(&mut t, guess, false, 2, 2, &grpc_response(&mut s, 3, "0"));
+    // Another status: a new value under a name from before the join, still unknown.
+    let w = request(&mut c, 5, "POST", "/pkg.Svc/New", true);
+    assert!(whole(&mut t, guess, true, 3, 3, &w).is_empty());
+    out.extend(whole(&mut t, guess, false, 4, 4, &grpc_response(&mut s, 5, "5")));
+    // A plain HTTP/2 request: no trailers.
+    let w = request(&mut c, 7, "GET", "/health", false);
+    assert!(whole(&mut t, guess, true, 8, 8, &w).is_empty());
+    out.extend(whole(&mut t, guess, false, 9, 9, &s.headers(7, true, &[(":status", "204")])));
+    assert_eq!(
+        seen(&out),
+        [
+            ("grpc", "grpc", "/pkg.Svc/Old".into(), "_unknown".into(), None, 2),
+            ("grpc", "grpc", "/pkg.Svc/New".into(), "_unknown".into(), None, 1),
+            ("http2", "GET", "/health".into(), "204".into(), None, 1),
+        ]
+    );
+    // Sides put right: client timing (from the request's start to the response's end).
+    assert!(out.iter().all(|r| r.side == Side::Client));
+    // An unknown status is no error.
+    assert!(out.iter().all(|r| !(r.protocol.failed)(r.status.as_ref(), r.error_type)));
+    assert_eq!(t.joined, 2);
+    assert_eq!(t.unsynced, 0);
+    assert_eq!(t.unparsed.invalid + t.unparsed.gap, 0);
+    assert_eq!(t.unparsed.response_without_request, 0);
+}
+
+#[test]
+fn entries_added_after_a_mid_way_join_decode_as_themselves() {
+    let mut t = Http2::new(&settings());
+    let (mut c, mut s) = (Peer::new(), Peer::new());
+    // Before the observer: plain HTTP/2 only.
+    let _ = request(&mut c, 1, "GET", "/old", false);
+    let _ = s.headers(1, true, &[(":status", "200"), ("server", "x")]);
+    let mut out = Vec::new();
+    // `content-type`, `te` and `grpc-status` enter the tables after the join: the first call
+    // as literals, the second by reference to them.
+    for (k, status) in [(3u32, "5"), (5, "5"), (7, "0")] {
+        let w = request(&mut c, k, "POST", "/pkg.Svc/New", true);
+        let at = u64::from(k) * 10;
+        assert!(whole(&mut t, Side::Client, true, at, at, &w).is_empty());
+        let r = grpc_response(&mut s, k, status);
+        out.extend(whole(&mut t, Side::Client, false, at + 1, at + 1, &r));
+    }
+    let w = request(&mut c, 9, "GET", "/old", false);
+    assert!(whole(&mut t, Side::Client, true, 90, 90, &w).is_empty());
+    let r = s.headers(9, true, &[(":status", "200"), ("server", "x")]);
+    out.extend(whole(&mut t, Side::Client, false, 92, 92, &r));
+    assert_eq!(
+        seen(&out),
+        [
+            ("grpc", "grpc", "/pkg.Svc/New".into(), "5".into(), None, 1),
+            ("grpc", "grpc", "/pkg.Svc/New".into(), "5".into(), None, 1),
+            ("grpc", "grpc", "/pkg.Svc/New".into(), "0".into(), None, 1),
+            ("http2", "GET", "/old".into(), "200".into(), None, 2),
+        ]
+    );
+    assert_eq!(t.joined, 2);
+    assert_eq!(t.unsynced, 0);
+}
+
+#[test]
+fn a_connection_from_its_preface_is_not_taken_as_joined() {
+    let mut t = Http2::new(&settings());
+    let mut c = Peer::new();
+    let mut w = PREFACE.to_vec();
+    w.extend(request(&mut c, 1, "GET", "/a", false));
+    assert!(whole(&mut t, Side::Client, true, 0, 0, &w).is_empty());
+    assert_eq!(t.joined, 0);
+}
