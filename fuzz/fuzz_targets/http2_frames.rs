@@ -1,6 +1,6 @@
 //! Fuzzes HTTP/2's framer and the HPACK decoding of what it frames: any bytes after a client's
 //! preface, split at any point and with a gap: never a panic; the frames of the whole bytes are
-//! the frames of any split of them; every header block decodes or fails cleanly, with the
+//! the frames of any split of them (DATA content pieces joined); every header block decodes or fails cleanly, with the
 //! decoder's table bounded as the tracker bounds it. Seed corpus: ../observer/tests/http2-seeds
 //! (see ../README.md).
 #![no_main]
@@ -11,11 +11,24 @@ use libfuzzer_sys::fuzz_target;
 #[allow(dead_code)]
 mod frame;
 
+/// The frames of `pieces`, a DATA frame's content pieces joined (a split cuts them anywhere).
 fn frames(pieces: &[&[u8]]) -> Vec<String> {
     let mut f = frame::Framer::client();
     let mut v = Vec::new();
+    let mut body: Vec<u8> = Vec::new();
     for p in pieces {
-        f.feed(p, &mut |x| v.push(format!("{x:?}")));
+        f.feed(p, &mut |x| match x {
+            frame::Frame::Body { bytes, .. } => body.extend_from_slice(bytes.unwrap_or(b"?")),
+            x => {
+                if !body.is_empty() {
+                    v.push(format!("{:?}", std::mem::take(&mut body)));
+                }
+                v.push(format!("{x:?}"));
+            }
+        });
+    }
+    if !body.is_empty() {
+        v.push(format!("{body:?}"));
     }
     v
 }

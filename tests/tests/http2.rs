@@ -7,7 +7,12 @@
 //! - a Python `grpcio` server (gRPC's C core) and client over one channel: unary calls
 //!   answered OK, NOT_FOUND and INTERNAL (a trailers-only response), and a server-streaming
 //!   call, each a known number of times: per method and status, equal to what the client got
-//!   (which is what each method answers by construction), on both sides.
+//!   (which is what each method answers by construction), on both sides, and the messages
+//!   of each (one request message per call, three streamed by `Watch`) in
+//!   `rpc_{server,client}_messages_total`;
+//! - a gRPC channel opened before the observer (its HPACK tables filled before): every call
+//!   after the join counted on both sides, names either right or `_unknown`, never wrong,
+//!   methods first called after the join named, and the directions joined counted.
 
 use std::{collections::BTreeMap, fs, time::Duration};
 
@@ -235,6 +240,7 @@ def watch(req, ctx):
     for i in range(3):
         yield b"item"
 handlers = {
+    "Ping": grpc.unary_unary_rpc_method_handler(ok),
     "Ok": grpc.unary_unary_rpc_method_handler(ok),
     "NotFound": grpc.unary_unary_rpc_method_handler(not_found),
     "Internal": grpc.unary_unary_rpc_method_handler(internal),
@@ -343,6 +349,40 @@ fn grpc_unary_and_streaming_calls_are_counted_per_method_and_status_on_both_side
         want,
         "client side"
     );
+    // Messages per method and direction: one request message per call; `Ok` answers one,
+    // `Watch` three, the aborted calls none. The client sends what the server receives.
+    let per_type = |family: &str, pod: &Pod| -> BTreeMap<(String, String), u64> {
+        let mut m = BTreeMap::new();
+        for x in matching(&samples, family, &[("k8s_pod_uid", pod.uid.as_str())]) {
+            *m.entry((
+                x.labels["rpc_method"].clone(),
+                x.labels["rpc_message_type"].clone(),
+            ))
+            .or_default() += x.value as u64;
+        }
+        m.retain(|_, v| *v > 0);
+        m
+    };
+    let messages = |received: &str, sent: &str| {
+        BTreeMap::from([
+            (("/shop.Cart/Ok".to_string(), received.to_string()), n),
+            (("/shop.Cart/Ok".to_string(), sent.to_string()), n),
+            (("/shop.Cart/NotFound".to_string(), received.to_string()), n),
+            (("/shop.Cart/Internal".to_string(), received.to_string()), n),
+            (("/shop.Cart/Watch".to_string(), received.to_string()), n),
+            (("/shop.Cart/Watch".to_string(), sent.to_string()), 3 * n),
+        ])
+    };
+    assert_eq!(
+        per_type("rpc_server_messages_total", &server),
+        messages("RECEIVED", "SENT"),
+        "server side messages"
+    );
+    assert_eq!(
+        per_type("rpc_client_messages_total", &client),
+        messages("SENT", "RECEIVED"),
+        "client side messages"
+    );
     // gRPC calls are not counted again as HTTP requests.
     let http: f64 = matching(
         &samples,
@@ -352,5 +392,174 @@ fn grpc_unary_and_streaming_calls_are_counted_per_method_and_status_on_both_side
     .map(|x| x.value)
     .sum();
     assert_eq!(http, 0.0);
+    obs.stop().unwrap();
+}
+
+/// One channel, opened and used before the observer: `warm` calls each of `Ok` and
+/// `NotFound`, then it says so (`warm` file) and waits for the `go` file; then one `Ping`
+/// (the call at which the kernel may claim the connection, counted or not) and `n` calls
+/// each of `Ok`, `NotFound`, `Internal` and `Watch`, whose outcomes it writes to `out`.
+const GRPC_JOINED_CLIENT: &str = r#"
+import grpc, sys, os, time
+target, warm, n, flag_warm, flag_go, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+got = {}
+def calls(ch, names, k, count):
+    for name in names:
+        path = "/shop.Cart/" + name
+        call = ch.unary_stream(path) if name == "Watch" else ch.unary_unary(path)
+        for i in range(k):
+            try:
+                r = call(b"x", timeout=60)
+                if name == "Watch":
+                    assert list(r) == [b"item"] * 3
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as e:
+                code = e.code()
+            if count:
+                key = (path, code.value[0])
+                got[key] = got.get(key, 0) + 1
+with grpc.insecure_channel(target) as ch:
+    grpc.channel_ready_future(ch).result(timeout=30)
+    calls(ch, ["Ok", "NotFound"], warm, False)
+    open(flag_warm, "w").close()
+    deadline = time.time() + 300
+    while not os.path.exists(flag_go):
+        assert time.time() < deadline, "never told to go on"
+        time.sleep(0.05)
+    calls(ch, ["Ping"], 1, False)
+    calls(ch, ["Ok", "NotFound", "Internal", "Watch"], n, True)
+with open(out + ".tmp", "w") as f:
+    for (path, code), k in sorted(got.items()):
+        print(path, code, k, file=f)
+os.rename(out + ".tmp", out)
+"#;
+
+/// Waits for `path` to exist.
+fn wait_file(path: &str, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while !std::path::Path::new(path).exists() {
+        assert!(std::time::Instant::now() < deadline, "{path} never came");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_grpc_channel_opened_before_the_observer_is_counted_with_unknown_names_never_wrong_ones() {
+    require_root();
+    let bridge = Bridge::new().unwrap();
+    let dir = TempDir::new("observer-grpc-joined").unwrap();
+    let mut server = Pod::new(&bridge).unwrap();
+    let mut client = Pod::new(&bridge).unwrap();
+    let srv = dir.write("server.py", GRPC_SERVER).unwrap();
+    let cli = dir.write("client.py", GRPC_JOINED_CLIENT).unwrap();
+    server
+        .spawn(PYTHON, &[&srv, &server.ip.clone(), &GRPC_PORT.to_string()])
+        .unwrap();
+    server.wait_listening(GRPC_PORT).unwrap();
+    let n: u64 = if slowdown() > 1 { 3 } else { 40 };
+    let (warm, go, out) = (dir.join("warm"), dir.join("go"), dir.join("out"));
+    client
+        .spawn(
+            PYTHON,
+            &[
+                &cli,
+                &format!("{}:{GRPC_PORT}", server.ip),
+                "5",
+                &n.to_string(),
+                &warm,
+                &go,
+                &out,
+            ],
+        )
+        .unwrap();
+    wait_file(&warm, observer_tests::scaled(Duration::from_secs(30)));
+    let obs = Observer::start(&["--probes", "tcp,http2"]).unwrap();
+    fs::write(&go, "").unwrap();
+    wait_file(&out, observer_tests::scaled(Duration::from_secs(60)));
+    let text = fs::read_to_string(&out).unwrap();
+    let mut got = BTreeMap::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        got.insert(
+            (f[0].to_string(), f[1].to_string()),
+            f[2].parse::<u64>().unwrap(),
+        );
+    }
+    let truth = BTreeMap::from([
+        ("/shop.Cart/Ok", "0"),
+        ("/shop.Cart/NotFound", "5"),
+        ("/shop.Cart/Internal", "13"),
+        ("/shop.Cart/Watch", "0"),
+    ]);
+    let want: BTreeMap<(String, String), u64> = truth
+        .iter()
+        .map(|(m, c)| ((m.to_string(), c.to_string()), n))
+        .collect();
+    assert_eq!(got, want, "what the client got: {text}");
+    // Every call after the `Ping` (whose request may have gone before the kernel claimed the
+    // connection on a side), on both sides.
+    let counted = |m: &BTreeMap<(String, String), u64>| -> u64 {
+        m.iter()
+            .filter(|((meth, _), _)| meth != "/shop.Cart/Ping")
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let samples = obs
+        .scrape_until(Duration::from_secs(20), |x| {
+            counted(&per_method(x, "rpc_server_duration_seconds_count", &server)) == 4 * n
+                && counted(&per_method(x, "rpc_client_duration_seconds_count", &client)) == 4 * n
+        })
+        .unwrap();
+    for (family, pod) in [
+        ("rpc_server_duration_seconds_count", &server),
+        ("rpc_client_duration_seconds_count", &client),
+    ] {
+        let seen = per_method(&samples, family, pod);
+        eprintln!("{family}: {seen:?}");
+        assert_eq!(counted(&seen), 4 * n, "{family}: {seen:?}");
+        for ((method, code), k) in &seen {
+            match method.as_str() {
+                "/shop.Cart/Ping" => assert!(*k <= 1 && (code == "0" || code == "_unknown")),
+                "_unknown" => {}
+                m => {
+                    let right = truth.get(m).unwrap_or_else(|| panic!("a wrong name: {m}"));
+                    assert!(
+                        code == right || code == "_unknown",
+                        "{family}: {m} with a wrong status {code}: {seen:?}"
+                    );
+                }
+            }
+        }
+        // Methods first called after the join: their paths entered the tables since.
+        for m in ["/shop.Cart/Internal", "/shop.Cart/Watch"] {
+            let named: u64 = (seen.iter())
+                .filter(|((meth, _), _)| meth == m)
+                .map(|(_, v)| v)
+                .sum();
+            assert_eq!(named, n, "{family}: {m} in {seen:?}");
+        }
+        let http: f64 = matching(
+            &samples,
+            &family
+                .replace("rpc_", "http_")
+                .replace("_duration", "_request_duration"),
+            &[("k8s_pod_uid", pod.uid.as_str())],
+        )
+        .map(|x| x.value)
+        .sum();
+        assert_eq!(http, 0.0, "{family}: gRPC calls taken for HTTP requests");
+    }
+    // Two connection ends (the client's and the server's socket), two directions each.
+    let table = |reason: &str| -> f64 {
+        matching(
+            &samples,
+            "observer_http2_header_table_unsynced_total",
+            &[("reason", reason)],
+        )
+        .map(|x| x.value)
+        .sum()
+    };
+    assert_eq!(table("joined"), 4.0);
+    assert_eq!(table("undecodable"), 0.0);
     obs.stop().unwrap();
 }

@@ -83,6 +83,9 @@ pub struct Request {
     /// OpenTelemetry `error.type` when no response came (`timeout`, `connection_closed`).
     pub error_type: Option<&'static str>,
     pub duration_ns: u64,
+    /// Messages of the request and of the response, for protocols that carry several per
+    /// exchange (gRPC's streaming calls); `None` when not counted (or not known whole).
+    pub messages: Option<[u32; 2]>,
 }
 
 impl Request {
@@ -125,6 +128,9 @@ pub struct Spec {
     pub connection_type: &'static str,
     /// Whether a request failed, from its status and error type.
     pub failed: fn(Option<&Status>, Option<&'static str>) -> bool,
+    /// Counters of the messages of exchanges that carry several (server side, client side;
+    /// gRPC's streaming calls), labelled `rpc_message_type` `RECEIVED` or `SENT`.
+    pub messages: Option<[&'static str; 2]>,
 }
 
 impl Spec {
@@ -163,6 +169,7 @@ impl Spec {
             apdex: false,
             connection_type: "database",
             failed,
+            messages: None,
         }
     }
 }

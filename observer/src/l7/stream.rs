@@ -67,6 +67,7 @@ impl Ends {
             status,
             error_type,
             duration_ns: end_ns.saturating_sub(op.start_ns),
+            messages: None,
         }
     }
 }

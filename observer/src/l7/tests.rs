@@ -49,6 +49,7 @@ static ECHO: Spec = Spec {
     apdex: false,
     connection_type: "database",
     failed: |s, e| e.is_some() || s.and_then(Status::code).is_some_and(|c| c != 0),
+    messages: None,
 };
 
 #[derive(Default)]
@@ -95,6 +96,7 @@ impl Protocol for Echo {
                 status: Some(Status::Code(c)),
                 error_type: None,
                 duration_ns: a.ts_ns - start,
+                messages: None,
             }),
             _ => self.unparsed += 1,
         }

@@ -76,6 +76,9 @@ pub struct CgroupRequests {
     pub clients: HashMap<IpAddr, u64, Fast>,
     /// Server-side figures per protocol and client address.
     pub peers: HashMap<(&'static Spec, IpAddr), PeerStats, Fast>,
+    /// Messages received and sent per series, for protocols that count them.
+    pub server_messages: HashMap<ServerKey, [u64; 2], Fast>,
+    pub client_messages: HashMap<ClientKey, [u64; 2], Fast>,
 }
 
 /// A fast hasher for maps keyed by what the kernel reported (targets are templated and
@@ -92,6 +95,21 @@ pub struct RequestTotals {
     pub threshold: BTreeMap<Arc<Identity>, f64>,
     /// Server-side figures per (server identity, protocol, client address).
     pub server_peers: BTreeMap<(Arc<Identity>, &'static Spec, IpAddr), PeerStats>,
+    /// Messages received and sent per series.
+    pub server_messages: BTreeMap<(Arc<Identity>, ServerKey), [u64; 2]>,
+    pub client_messages: BTreeMap<(Arc<Identity>, ClientKey), [u64; 2]>,
+}
+
+fn add_messages<K: Ord + Clone>(into: &mut BTreeMap<K, [u64; 2]>, k: &K, m: [u64; 2]) {
+    match into.get_mut(k) {
+        Some(x) => {
+            x[0] += m[0];
+            x[1] += m[1];
+        }
+        None => {
+            into.insert(k.clone(), m);
+        }
+    }
 }
 
 fn merge_into<K: Ord + Clone>(into: &mut BTreeMap<K, Hist>, k: &K, h: &Hist) {
@@ -124,6 +142,12 @@ impl RequestTotals {
         for (k, h) in &c.client {
             merge_into(&mut self.client, &(id.clone(), k.clone()), h);
         }
+        for (k, m) in &c.server_messages {
+            add_messages(&mut self.server_messages, &(id.clone(), k.clone()), *m);
+        }
+        for (k, m) in &c.client_messages {
+            add_messages(&mut self.client_messages, &(id.clone(), k.clone()), *m);
+        }
         if c.apdex.iter().any(|&v| v > 0) {
             let a = self.apdex.entry(id.clone()).or_default();
             for (x, y) in a.iter_mut().zip(c.apdex) {
@@ -152,6 +176,12 @@ impl RequestTotals {
         for (k, h) in &o.client {
             merge_into(&mut self.client, k, h);
         }
+        for (k, m) in &o.server_messages {
+            add_messages(&mut self.server_messages, k, *m);
+        }
+        for (k, m) in &o.client_messages {
+            add_messages(&mut self.client_messages, k, *m);
+        }
         for (id, a) in &o.apdex {
             let e = self.apdex.entry(id.clone()).or_default();
             for i in 0..3 {
@@ -173,6 +203,8 @@ impl RequestTotals {
         self.threshold.retain(|id, _| alive.contains(id));
         self.active_clients.retain(|id, _| alive.contains(id));
         self.server_peers.retain(|(id, _, _), _| alive.contains(id));
+        self.server_messages.retain(|(id, _), _| alive.contains(id));
+        self.client_messages.retain(|(id, _), _| alive.contains(id));
     }
 }
 
@@ -276,6 +308,12 @@ impl RequestAgg {
                     error_type: r.error_type,
                 };
                 let c = self.cgroups.entry(r.cgroup_id).or_default();
+                if let Some([req, resp]) = r.messages {
+                    // The server receives the requests' messages and sends the responses'.
+                    let m = c.server_messages.entry(key.clone()).or_default();
+                    m[0] += u64::from(req);
+                    m[1] += u64::from(resp);
+                }
                 c.server
                     .entry(key)
                     .or_insert_with(|| Hist::new(bounds.clone()))
@@ -324,6 +362,12 @@ impl RequestAgg {
                     error_type: r.error_type,
                 };
                 let c = self.cgroups.entry(r.cgroup_id).or_default();
+                if let Some([req, resp]) = r.messages {
+                    // The client receives the responses' messages and sends the requests'.
+                    let m = c.client_messages.entry(key.clone()).or_default();
+                    m[0] += u64::from(resp);
+                    m[1] += u64::from(req);
+                }
                 c.client
                     .entry(key)
                     .or_insert_with(|| Hist::new(bounds))
@@ -354,6 +398,7 @@ mod tests {
             status: status.map(Status::Code),
             error_type: status.is_none().then_some("timeout"),
             duration_ns: (secs * 1e9) as u64,
+            messages: None,
         }
     }
 

@@ -6,6 +6,9 @@
 //! syscall probe, in an order rotated per round; the report gives medians, the throughput ratios,
 //! the observer's CPU, and the eBPF time per operation, per program, from a short extra run
 //! with kernel.bpf_stats_enabled=1.
+//!
+//! The `h2` setting runs the same rounds with nginx serving HTTP/2 in cleartext (one worker,
+//! a ~600-byte page) to `h2load -c 8 -m 10` (ten concurrent streams per connection).
 
 use std::{
     collections::BTreeMap,
@@ -27,6 +30,7 @@ const TARGET: f64 = 0.90;
 /// The server's address in the pods (see `place.rs`).
 const SERVER_IP: &str = "10.233.0.2";
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+const H2_PORT: u16 = 8080;
 
 /// One load run: operations per second and how many operations it made.
 struct Run {
@@ -36,9 +40,11 @@ struct Run {
 
 /// The database workloads this benchmark drives.
 #[derive(Clone, Copy)]
-enum Db {
+pub enum Db {
     Redis,
     Postgres,
+    /// nginx over HTTP/2 (cleartext) under h2load.
+    H2,
 }
 
 impl Db {
@@ -46,6 +52,7 @@ impl Db {
         match self {
             Db::Redis => "redis",
             Db::Postgres => "postgresql",
+            Db::H2 => "h2load",
         }
     }
 
@@ -57,12 +64,42 @@ impl Db {
             Db::Postgres => format!(
                 "postgres 15 at {SERVER_IP}:5432, pgbench -S -c 8 -j 2 -T {secs} (scale 1)"
             ),
+            Db::H2 => format!(
+                "nginx (1 worker, HTTP/2 cleartext) at {SERVER_IP}:{H2_PORT}, h2load -c 8 -m 10 -D {secs}"
+            ),
         }
     }
 
     /// Starts the server in pod 0 and prepares its data; its processes die with the pods.
     fn start(self, pods: &Pods, dir: &std::path::Path) -> Result<()> {
         match self {
+            Db::H2 => {
+                let html = dir.join("html");
+                fs::create_dir_all(&html)?;
+                let p = "<p>A small static page, as many sites serve: about six hundred bytes in all.</p>\n";
+                fs::write(
+                    html.join("index.html"),
+                    format!(
+                        "<!DOCTYPE html>\n<html><head><title>bench</title></head><body>\n{}</body></html>\n",
+                        p.repeat(7)
+                    ),
+                )?;
+                let conf = dir.join("nginx.conf");
+                fs::write(
+                    &conf,
+                    format!(
+                        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n  server {{\n    listen {SERVER_IP}:{H2_PORT} http2;\n    http2_max_concurrent_streams 128;\n    keepalive_requests 1000000;\n    http2_max_requests 1000000;\n    root {d}/html;\n  }}\n}}\n",
+                        d = dir.display()
+                    ),
+                )?;
+                let conf = conf.display().to_string();
+                pods.command(0, &["nginx", "-c", &conf])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("starting nginx (is it installed?)")?;
+                wait_port(pods, H2_PORT)
+            }
             Db::Redis => {
                 pods.command(
                     0,
@@ -149,6 +186,43 @@ impl Db {
     /// One load run of about `secs` seconds.
     fn load(self, pods: &Pods, secs: u64) -> Result<Run> {
         match self {
+            Db::H2 => {
+                let url = format!("http://{SERVER_IP}:{H2_PORT}/");
+                let d = secs.to_string();
+                let out = pods
+                    .command(1, &["h2load", "-c", "8", "-m", "10", "-D", &d, &url])
+                    .stdin(Stdio::null())
+                    .output()
+                    .context("running h2load (is nghttp2-client installed?)")?;
+                check_interrupted()?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                ensure!(
+                    out.status.success(),
+                    "h2load: {}{text}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                // "finished in 10.00s, 31234.50 req/s, ..." and "requests: N total, N started,
+                // N done, N succeeded, 0 failed, ...".
+                let rate = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("finished in "))
+                    .and_then(|l| l.split(", ").nth(1)?.strip_suffix(" req/s")?.parse().ok())
+                    .with_context(|| format!("no req/s in h2load's output:\n{text}"))?;
+                let ok = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("requests: "))
+                    .and_then(|l| {
+                        l.split(", ")
+                            .find_map(|f| f.strip_suffix(" succeeded"))?
+                            .parse()
+                            .ok()
+                    })
+                    .with_context(|| format!("no request count in h2load's output:\n{text}"))?;
+                Ok(Run {
+                    ops_per_sec: rate,
+                    ops: ok,
+                })
+            }
             Db::Redis => {
                 // -n per test, sized for about `secs` seconds at this machine's rate (two tests).
                 let n = (secs * 25_000).to_string();
@@ -263,8 +337,14 @@ const DB_SETUPS: [(&str, Option<&str>); 4] = [
 const NONE: usize = 0;
 const DEFAULT: usize = 2;
 
-/// Runs the database settings: `rounds` rounds of each, `secs` seconds per run.
-pub fn run(g: &mut Guard, observer: &std::path::Path, rounds: usize, secs: u64) -> Result<()> {
+/// Runs the settings `loads`: `rounds` rounds of each, `secs` seconds per run.
+pub fn run(
+    g: &mut Guard,
+    observer: &std::path::Path,
+    loads: &[Db],
+    rounds: usize,
+    secs: u64,
+) -> Result<()> {
     let default = SETUPS[super::OBSERVER].1.context("default probes")?;
     let probes = |i: usize| {
         if i == DEFAULT {
@@ -273,7 +353,7 @@ pub fn run(g: &mut Guard, observer: &std::path::Path, rounds: usize, secs: u64) 
             DB_SETUPS[i].1
         }
     };
-    for db in [Db::Redis, Db::Postgres] {
+    for &db in loads {
         let pods = Pods::new()?;
         let dir = g.dir.join(db.name());
         fs::create_dir_all(&dir)?;

@@ -54,13 +54,13 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 50_000)]
     pub high_rate: u32,
     /// Settings: pinned (loopback, one CPU each), pods (pod to pod), both of these, db (Redis
-    /// and PostgreSQL, pod to pod), or all.
-    #[arg(long, default_value = "all", value_parser = ["pinned", "pods", "both", "db", "all"])]
+    /// and PostgreSQL, pod to pod), h2 (nginx over HTTP/2 under h2load, pod to pod), or all.
+    #[arg(long, default_value = "all", value_parser = ["pinned", "pods", "both", "db", "h2", "all"])]
     pub setting: String,
-    /// Rounds of each database setting (a run without and one with the observer each).
+    /// Rounds of each database and h2 setting (each setup of the round once).
     #[arg(long, default_value_t = 5)]
     pub db_rounds: usize,
-    /// Length of each database run, in seconds.
+    /// Length of each database and h2 run, in seconds.
     #[arg(long, default_value_t = 8)]
     pub db_duration: u64,
 }
@@ -205,7 +205,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let places: Vec<fn() -> Result<Place>> = match args.setting.as_str() {
         "pinned" => vec![pinned],
         "pods" => vec![pods],
-        "db" => vec![],
+        "db" | "h2" => vec![],
         _ => vec![pinned, pods],
     };
     for make in places {
@@ -247,12 +247,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             stop(n)?;
         }
     }
-    if matches!(args.setting.as_str(), "db" | "all") {
+    let loads: &[db::Db] = match args.setting.as_str() {
+        "db" => &[db::Db::Redis, db::Db::Postgres],
+        "h2" => &[db::Db::H2],
+        "all" => &[db::Db::Redis, db::Db::Postgres, db::Db::H2],
+        _ => &[],
+    };
+    if !loads.is_empty() {
         ensure!(
             args.db_rounds >= 1 && args.db_duration >= 1,
             "--db-rounds and --db-duration must be at least 1"
         );
-        db::run(&mut g, &observer, args.db_rounds, args.db_duration)?;
+        db::run(&mut g, &observer, loads, args.db_rounds, args.db_duration)?;
     }
     Ok(())
 }

@@ -9,8 +9,49 @@ use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType, regist
 use super::{counter, gauge, histogram, with, Labels};
 use crate::{
     l7::Status,
-    pipeline::requests::{RequestTotals, APDEX_LEVELS},
+    pipeline::requests::{ClientKey, RequestTotals, ServerKey, APDEX_LEVELS},
 };
+
+/// A server series' labels beyond the identity (`status` is its status's label value).
+fn server_labels<'a>(k: &'a ServerKey, status: &'a str) -> Labels<'a> {
+    let spec = k.protocol;
+    let mut extra: Labels = spec.constant_labels.to_vec();
+    extra.extend([
+        (spec.operation_label, k.operation),
+        (spec.status_label, status),
+        (spec.server_target_label, &*k.target),
+        ("error_type", k.error_type.unwrap_or("")),
+    ]);
+    extra
+}
+
+/// A client series' labels beyond the identity (`status`, `address` and `port`: its label
+/// values).
+fn client_labels<'a>(
+    k: &'a ClientKey,
+    status: &'a str,
+    address: &'a str,
+    port: &'a str,
+) -> Labels<'a> {
+    let spec = k.protocol;
+    let mut extra: Labels = spec.constant_labels.to_vec();
+    extra.extend([
+        (spec.operation_label, k.operation),
+        (spec.status_label, status),
+    ]);
+    if let (Some(label), Some(t)) = (spec.client_target_label, &k.target) {
+        extra.push((label, t));
+    }
+    extra.extend([
+        ("server_address", address),
+        ("server_port", port),
+        ("error_type", k.error_type.unwrap_or("")),
+    ]);
+    extra
+}
+
+/// `rpc_message_type` values of a series' message counts (received, sent).
+const MESSAGE_TYPES: [&str; 2] = ["RECEIVED", "SENT"];
 
 fn status_label(s: Option<&Status>) -> String {
     s.map(Status::label).unwrap_or_default()
@@ -44,16 +85,8 @@ pub fn encode(enc: &mut DescriptorEncoder, r: &RequestTotals) -> fmt::Result {
             .iter()
             .filter(|((_, k), _)| k.protocol.server.name == name)
         {
-            let spec = k.protocol;
             let status = status_label(k.status.as_ref());
-            let mut extra: Labels = spec.constant_labels.to_vec();
-            extra.extend([
-                (spec.operation_label, k.operation),
-                (spec.status_label, &status),
-                (spec.server_target_label, &k.target),
-                ("error_type", k.error_type.unwrap_or("")),
-            ]);
-            histogram(&mut m, &with(id, &extra), h)?;
+            histogram(&mut m, &with(id, &server_labels(k, &status)), h)?;
         }
     }
     for (name, help) in client_families {
@@ -68,25 +101,70 @@ pub fn encode(enc: &mut DescriptorEncoder, r: &RequestTotals) -> fmt::Result {
             .iter()
             .filter(|((_, k), _)| k.protocol.client.name == name)
         {
-            let spec = k.protocol;
             let status = status_label(k.status.as_ref());
             let port = k.server_port.to_string();
             let address = k.server_address.to_string();
-            let mut extra: Labels = spec.constant_labels.to_vec();
-            extra.extend([
-                (spec.operation_label, k.operation),
-                (spec.status_label, &status),
-            ]);
-            if let (Some(label), Some(t)) = (spec.client_target_label, &k.target) {
-                extra.push((label, t));
-            }
-            extra.extend([
-                ("server_address", address.as_str()),
-                ("server_port", port.as_str()),
-                ("error_type", k.error_type.unwrap_or("")),
-            ]);
+            let extra = client_labels(k, &status, &address, &port);
             histogram(&mut m, &with(id, &extra), h)?;
         }
+    }
+    // Message counts (gRPC), per family the protocols name.
+    let mut message_families: BTreeMap<&'static str, ()> = BTreeMap::new();
+    for (_, k) in r.server_messages.keys() {
+        if let Some([name, _]) = k.protocol.messages {
+            message_families.insert(name, ());
+        }
+    }
+    for name in message_families.keys() {
+        let rows: Vec<_> = (r.server_messages.iter())
+            .filter(|((_, k), _)| k.protocol.messages.is_some_and(|m| m[0] == *name))
+            .map(|((id, k), m)| (status_label(k.status.as_ref()), k, &**id, *m))
+            .collect();
+        counter(
+            enc,
+            name,
+            "Messages of the calls answered (streaming calls carry several), received and sent",
+            None,
+            rows.iter().flat_map(|(status, k, id, m)| {
+                (0..2).map(move |i| {
+                    let mut l = with(id, &server_labels(k, status));
+                    l.push(("rpc_message_type", MESSAGE_TYPES[i]));
+                    (l, m[i])
+                })
+            }),
+        )?;
+    }
+    let mut message_families: BTreeMap<&'static str, ()> = BTreeMap::new();
+    for (_, k) in r.client_messages.keys() {
+        if let Some([_, name]) = k.protocol.messages {
+            message_families.insert(name, ());
+        }
+    }
+    for name in message_families.keys() {
+        let rows: Vec<_> = (r.client_messages.iter())
+            .filter(|((_, k), _)| k.protocol.messages.is_some_and(|m| m[1] == *name))
+            .map(|((id, k), m)| {
+                let labels = (
+                    status_label(k.status.as_ref()),
+                    k.server_address.to_string(),
+                    k.server_port.to_string(),
+                );
+                (labels, k, &**id, *m)
+            })
+            .collect();
+        counter(
+            enc,
+            name,
+            "Messages of the calls made (streaming calls carry several), received and sent",
+            None,
+            rows.iter().flat_map(|((status, address, port), k, id, m)| {
+                (0..2).map(move |i| {
+                    let mut l = with(id, &client_labels(k, status, address, port));
+                    l.push(("rpc_message_type", MESSAGE_TYPES[i]));
+                    (l, m[i])
+                })
+            }),
+        )?;
     }
     counter(
         enc,

@@ -116,8 +116,7 @@ pub fn encode(
          (entries from before the observer), or a header block that could not be read \
          (undecodable); their streams are counted with _unknown names, never wrong ones",
         None,
-        (tables.into_iter())
-            .map(|(_, r, n)| (vec![("reason", &r[HEADER_TABLE.len()..])], *n)),
+        (tables.into_iter()).map(|(_, r, n)| (vec![("reason", &r[HEADER_TABLE.len()..])], *n)),
     )?;
     counter(
         enc,

@@ -47,6 +47,7 @@ pub static SPEC: Spec = Spec {
     apdex: false,
     connection_type: "",
     failed,
+    messages: None,
 };
 
 /// No response, or a response code other than NOERROR and NXDOMAIN.

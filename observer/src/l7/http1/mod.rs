@@ -34,6 +34,7 @@ pub const BASE: Spec = Spec {
     apdex: true,
     connection_type: "",
     failed,
+    messages: None,
 };
 
 /// A 5xx response, or none at all.

@@ -636,6 +636,7 @@ fn request(
         status: status.map(|s| Status::Code(u32::from(s))),
         error_type: error,
         duration_ns: d,
+        messages: None,
     }
 }
 

@@ -47,6 +47,12 @@ pub enum Frame<'a> {
         stream: u32,
         end_stream: bool,
     },
+    /// Content of a DATA frame (its padding off), piece by piece as it comes, before the
+    /// frame's [`Frame::Data`]; `None`: bytes of it that were not seen.
+    Body {
+        stream: u32,
+        bytes: Option<&'a [u8]>,
+    },
     Reset {
         stream: u32,
         code: u32,
@@ -126,6 +132,10 @@ pub struct Framer {
     block: Option<Block>,
     /// Bytes of the current frame's payload or block that were not kept.
     holed: bool,
+    /// The current frame's payload length, and (DATA) its padding once read (`None` while
+    /// the pad length byte of a padded frame has not come).
+    len: usize,
+    pad: Option<usize>,
     broken: Option<Broken>,
 }
 
@@ -161,6 +171,8 @@ impl Framer {
             payload: Vec::new(),
             block: None,
             holed: false,
+            len: 0,
+            pad: None,
             broken: None,
         }
     }
@@ -199,6 +211,9 @@ impl Framer {
                 continue;
             }
             let n = self.left.min(b.len());
+            if self.ty == DATA {
+                self.body(&b[..n], out);
+            }
             if self.keeps() {
                 let room = self.room();
                 if n > room {
@@ -226,9 +241,43 @@ impl Framer {
         if self.keeps() {
             self.holed = true;
         }
+        if self.ty == DATA {
+            out(Frame::Body {
+                stream: self.stream,
+                bytes: None,
+            });
+            // A lost pad length byte: what follows is content or padding, unknown which
+            // (the content is already lost to its reader).
+            self.pad.get_or_insert(0);
+        }
         self.left -= n as usize;
         if self.left == 0 {
             self.end_frame(out);
+        }
+    }
+
+    /// Bytes `b` of a DATA frame's payload, from where it stands (`left` not yet reduced):
+    /// the content among them, without the pad length byte and the padding.
+    fn body(&mut self, b: &[u8], out: &mut impl FnMut(Frame<'_>)) {
+        let at = self.len - self.left;
+        let mut b = b;
+        let mut at = at;
+        if self.pad.is_none() {
+            // A padded frame's first byte: the pad length.
+            let Some((&n, rest)) = b.split_first() else {
+                return;
+            };
+            self.pad = Some(usize::from(n));
+            b = rest;
+            at += 1;
+        }
+        let end = self.len.saturating_sub(self.pad.unwrap_or(0));
+        let keep = end.saturating_sub(at).min(b.len());
+        if keep > 0 {
+            out(Frame::Body {
+                stream: self.stream,
+                bytes: Some(&b[..keep]),
+            });
         }
     }
 
@@ -259,6 +308,8 @@ impl Framer {
         self.stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
         self.payload.clear();
         self.holed = false;
+        self.len = self.left;
+        self.pad = (self.flags & PADDED == 0).then_some(0);
         // Between a header block's frames nothing else may come (RFC 9113 §6.10).
         if self.block.is_some() && self.ty != CONTINUATION
             || self.block.is_none() && self.ty == CONTINUATION
@@ -384,12 +435,40 @@ pub fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// The frames but DATA's content (the body test below reads that).
     fn frames(f: &mut Framer, pieces: &[&[u8]]) -> Vec<String> {
         let mut v = Vec::new();
         for p in pieces {
-            f.feed(p, &mut |x| v.push(format!("{x:?}")));
+            f.feed(p, &mut |x| keep(&mut v, x));
         }
         v
+    }
+
+    fn keep(v: &mut Vec<String>, x: Frame<'_>) {
+        if !matches!(x, Frame::Body { .. }) {
+            v.push(format!("{x:?}"));
+        }
+    }
+
+    #[test]
+    fn data_content_comes_without_padding_piece_by_piece() {
+        let mut padded = vec![3];
+        padded.extend(b"hello");
+        padded.extend([0; 3]);
+        let mut all = frame(DATA, PADDED, 1, &padded);
+        all.extend(frame(DATA, END_STREAM, 1, b"world"));
+        for cut in 0..all.len() {
+            let mut f = Framer::server();
+            let mut body = Vec::new();
+            for p in [&all[..cut], &all[cut..]] {
+                f.feed(p, &mut |x| {
+                    if let Frame::Body { stream: 1, bytes } = x {
+                        body.extend_from_slice(bytes.expect("no gap"));
+                    }
+                });
+            }
+            assert_eq!(body, b"helloworld", "cut at {cut}");
+        }
     }
 
     #[test]
@@ -447,13 +526,13 @@ mod tests {
         let mut f = Framer::server();
         let data = frame(DATA, END_STREAM, 1, &[0; 5000]);
         let mut v = Vec::new();
-        f.feed(&data[..100], &mut |x| v.push(format!("{x:?}")));
-        f.gap(4909, &mut |x| v.push(format!("{x:?}")));
+        f.feed(&data[..100], &mut |x| keep(&mut v, x));
+        f.gap(4909, &mut |x| keep(&mut v, x));
         assert_eq!(v, ["Data { stream: 1, end_stream: true }"]);
         // A header block partly not read is handed out without bytes.
         let h = frame(HEADERS, END_HEADERS, 3, &[1; 50]);
-        f.feed(&h[..20], &mut |x| v.push(format!("{x:?}")));
-        f.gap(39, &mut |x| v.push(format!("{x:?}")));
+        f.feed(&h[..20], &mut |x| keep(&mut v, x));
+        f.gap(39, &mut |x| keep(&mut v, x));
         assert_eq!(
             v[1],
             "Headers { stream: 3, block: None, end_stream: false }"

@@ -69,6 +69,7 @@ pub static GRPC_SPEC: Spec = Spec {
     apdex: false,
     connection_type: "",
     failed: grpc_failed,
+    messages: Some(["rpc_server_messages", "rpc_client_messages"]),
 };
 
 /// Any status but OK, or none at all; not an unknown one (a connection joined mid-way).
@@ -109,6 +110,56 @@ struct H2Stream {
     unknown: bool,
     /// Response header blocks after the informational ones (2: trailers came).
     blocks: u8,
+    /// gRPC messages of the request (0) and the response (1).
+    messages: [Messages; 2],
+}
+
+/// The gRPC messages of one direction of a call, counted from the bodies' length prefixes
+/// (a flag byte and a 4-byte length before each message).
+#[derive(Debug, Default, Clone, Copy)]
+struct Messages {
+    count: u32,
+    /// Bytes of the current message still to come.
+    left: u32,
+    /// Prefix bytes read of the next message, and its length as far as read.
+    prefix: u8,
+    len: u32,
+    /// Body bytes were lost: the count is unknown.
+    lost: bool,
+}
+
+impl Messages {
+    fn feed(&mut self, bytes: Option<&[u8]>) {
+        let Some(mut b) = bytes else {
+            self.lost = true;
+            return;
+        };
+        while !b.is_empty() && !self.lost {
+            if self.left > 0 {
+                let k = (self.left as usize).min(b.len());
+                self.left -= k as u32;
+                b = &b[k..];
+                continue;
+            }
+            if self.prefix == 0 {
+                self.count = self.count.saturating_add(1);
+                self.len = 0;
+            } else {
+                self.len = self.len << 8 | u32::from(b[0]);
+            }
+            self.prefix += 1;
+            b = &b[1..];
+            if self.prefix == 5 {
+                self.left = self.len;
+                self.prefix = 0;
+            }
+        }
+    }
+
+    /// The count, if every message was seen whole (its prefix and its bytes).
+    fn counted(&self) -> Option<u32> {
+        (!self.lost && self.left == 0 && self.prefix == 0).then_some(self.count)
+    }
 }
 
 /// A direction's HPACK decoder; `None` once its table is unknown.
@@ -177,7 +228,9 @@ enum Start {
     /// With the client's preface: both tables known from their start.
     Preface,
     /// Mid-way: `sided` once a block said which end serves.
-    Joined { sided: bool },
+    Joined {
+        sided: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -266,15 +319,15 @@ impl Http2 {
                     _ => return,
                 }
             }
-            let mut frames: Vec<Owned> = Vec::new();
-            let mut keep = |f: Frame<'_>| frames.push(Owned::of(f));
+            // The framer out of the connection while it hands frames to the tracker, which
+            // reads them in place (header blocks are not copied).
+            let mut framer = std::mem::replace(&mut c.framers[dir], Framer::server());
+            let mut on = |f: Frame<'_>| self.on_frame(&mut c, dir, f, call, out);
             match input {
-                Input::Gap(n) => c.framers[dir].gap(n, &mut keep),
-                Input::Bytes(b) => c.framers[dir].feed(b, &mut keep),
+                Input::Gap(n) => framer.gap(n, &mut on),
+                Input::Bytes(b) => framer.feed(b, &mut on),
             }
-            for f in frames {
-                self.on_frame(&mut c, dir, f, call, out);
-            }
+            c.framers[dir] = framer;
             if let Some(b) = c.framers[dir].broken() {
                 if !c.counted[dir] {
                     c.counted[dir] = true;
@@ -383,18 +436,18 @@ impl Http2 {
         &mut self,
         c: &mut Conn,
         dir: usize,
-        f: Owned,
+        f: Frame<'_>,
         call: CallPos,
         out: &mut Vec<Request>,
     ) {
         let client = c.ends.side == Side::Client;
         match f {
-            Owned::Headers {
+            Frame::Headers {
                 stream,
                 block,
                 end_stream,
             } => {
-                let fields = self.decode(c, dir, block.as_deref());
+                let fields = self.decode(c, dir, block);
                 if let Some(f) = &fields {
                     self.side_from(c, dir, f);
                 }
@@ -449,17 +502,25 @@ impl Http2 {
                     self.end(c, stream, call, None, out);
                 }
             }
-            Owned::Promise { block } => {
+            Frame::Promise { block } => {
                 // Pushed streams are not requests of this client; the block keeps the table.
-                let _ = self.decode(c, dir, block.as_deref());
+                let _ = self.decode(c, dir, block);
             }
-            Owned::Data { stream, end_stream } => {
+            Frame::Body { stream, bytes } => {
+                let role = dir ^ usize::from(c.flip);
+                if let Some(s) = c.streams.get_mut(&stream) {
+                    if s.grpc != Some(false) {
+                        s.messages[role].feed(bytes);
+                    }
+                }
+            }
+            Frame::Data { stream, end_stream } => {
                 if dir ^ usize::from(c.flip) == 1 && end_stream {
                     self.end(c, stream, call, None, out);
                 }
             }
-            Owned::Reset { stream, .. } => self.end(c, stream, call, Some("stream_reset"), out),
-            Owned::GoAway { last_stream } => {
+            Frame::Reset { stream, .. } => self.end(c, stream, call, Some("stream_reset"), out),
+            Frame::GoAway { last_stream, .. } => {
                 let never: Vec<u32> = c
                     .streams
                     .keys()
@@ -470,7 +531,7 @@ impl Http2 {
                     self.end(c, s, call, Some("goaway"), out);
                 }
             }
-            Owned::Settings { header_table_size } => {
+            Frame::Settings { header_table_size } => {
                 // The size this end lets the other end's encoder use, hence the other
                 // direction's decoder; a size beyond the bound leaves that table unknowable.
                 if let Some(n) = header_table_size {
@@ -513,6 +574,7 @@ impl Http2 {
             grpc_status: None,
             unknown: false,
             blocks: 0,
+            messages: [Messages::default(); 2],
         }
     }
 
@@ -598,7 +660,7 @@ fn finished(
     };
     let mut ends = ends.clone();
     ends.protocol = spec;
-    ends.request(
+    let mut r = ends.request(
         Op {
             name: op,
             target,
@@ -608,7 +670,14 @@ fn finished(
         end_ns,
         status,
         error,
-    )
+    );
+    if grpc {
+        r.messages = s.messages[0]
+            .counted()
+            .zip(s.messages[1].counted())
+            .map(|(a, b)| [a, b]);
+    }
+    r
 }
 
 /// The gRPC status a client reads from an HTTP status without `grpc-status` (gRPC's
@@ -622,54 +691,6 @@ fn grpc_of_http(http: u16) -> u32 {
         404 => 12,
         429 | 502..=504 => 14,
         _ => 2,
-    }
-}
-
-/// A frame with its block copied out of the framer.
-enum Owned {
-    Headers {
-        stream: u32,
-        block: Option<Vec<u8>>,
-        end_stream: bool,
-    },
-    Promise {
-        block: Option<Vec<u8>>,
-    },
-    Data {
-        stream: u32,
-        end_stream: bool,
-    },
-    Reset {
-        stream: u32,
-    },
-    GoAway {
-        last_stream: u32,
-    },
-    Settings {
-        header_table_size: Option<u32>,
-    },
-}
-
-impl Owned {
-    fn of(f: Frame<'_>) -> Owned {
-        match f {
-            Frame::Headers {
-                stream,
-                block,
-                end_stream,
-            } => Owned::Headers {
-                stream,
-                block: block.map(<[u8]>::to_vec),
-                end_stream,
-            },
-            Frame::Promise { block } => Owned::Promise {
-                block: block.map(<[u8]>::to_vec),
-            },
-            Frame::Data { stream, end_stream } => Owned::Data { stream, end_stream },
-            Frame::Reset { stream, .. } => Owned::Reset { stream },
-            Frame::GoAway { last_stream, .. } => Owned::GoAway { last_stream },
-            Frame::Settings { header_table_size } => Owned::Settings { header_table_size },
-        }
     }
 }
 

@@ -379,23 +379,53 @@ fn a_connection_joined_mid_way_counts_every_stream_with_unknown_names_never_wron
     // Another status: a new value under a name from before the join, still unknown.
     let w = request(&mut c, 5, "POST", "/pkg.Svc/New", true);
     assert!(whole(&mut t, guess, true, 3, 3, &w).is_empty());
-    out.extend(whole(&mut t, guess, false, 4, 4, &grpc_response(&mut s, 5, "5")));
+    out.extend(whole(
+        &mut t,
+        guess,
+        false,
+        4,
+        4,
+        &grpc_response(&mut s, 5, "5"),
+    ));
     // A plain HTTP/2 request: no trailers.
     let w = request(&mut c, 7, "GET", "/health", false);
     assert!(whole(&mut t, guess, true, 8, 8, &w).is_empty());
-    out.extend(whole(&mut t, guess, false, 9, 9, &s.headers(7, true, &[(":status", "204")])));
+    out.extend(whole(
+        &mut t,
+        guess,
+        false,
+        9,
+        9,
+        &s.headers(7, true, &[(":status", "204")]),
+    ));
     assert_eq!(
         seen(&out),
         [
-            ("grpc", "grpc", "/pkg.Svc/Old".into(), "_unknown".into(), None, 2),
-            ("grpc", "grpc", "/pkg.Svc/New".into(), "_unknown".into(), None, 1),
+            (
+                "grpc",
+                "grpc",
+                "/pkg.Svc/Old".into(),
+                "_unknown".into(),
+                None,
+                2
+            ),
+            (
+                "grpc",
+                "grpc",
+                "/pkg.Svc/New".into(),
+                "_unknown".into(),
+                None,
+                1
+            ),
             ("http2", "GET", "/health".into(), "204".into(), None, 1),
         ]
     );
     // Sides put right: client timing (from the request's start to the response's end).
     assert!(out.iter().all(|r| r.side == Side::Client));
     // An unknown status is no error.
-    assert!(out.iter().all(|r| !(r.protocol.failed)(r.status.as_ref(), r.error_type)));
+    assert!(out
+        .iter()
+        .all(|r| !(r.protocol.failed)(r.status.as_ref(), r.error_type)));
     assert_eq!(t.joined, 2);
     assert_eq!(t.unsynced, 0);
     assert_eq!(t.unparsed.invalid + t.unparsed.gap, 0);
@@ -444,4 +474,74 @@ fn a_connection_from_its_preface_is_not_taken_as_joined() {
     w.extend(request(&mut c, 1, "GET", "/a", false));
     assert!(whole(&mut t, Side::Client, true, 0, 0, &w).is_empty());
     assert_eq!(t.joined, 0);
+}
+
+/// A gRPC message: its flag, its length, its bytes.
+fn message(body: &[u8]) -> Vec<u8> {
+    let mut m = vec![0];
+    m.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+#[test]
+fn a_streaming_calls_messages_are_counted_across_frames_padding_and_calls() {
+    let mut t = Http2::new(&settings());
+    let (mut c, mut s) = (Peer::new(), Peer::new());
+    let mut w = PREFACE.to_vec();
+    w.extend(request(&mut c, 1, "POST", "/pkg.Svc/Watch", true));
+    // One request message, split across two DATA frames.
+    let m = message(b"query");
+    w.extend(frame(DATA, 0, 1, &m[..3]));
+    w.extend(frame(DATA, END_STREAM, 1, &m[3..]));
+    assert!(whole(&mut t, Side::Client, true, 0, 0, &w).is_empty());
+    let mut r = s.headers(
+        1,
+        false,
+        &[(":status", "200"), ("content-type", "application/grpc")],
+    );
+    // Two messages in one frame, an empty one, then one in a padded frame (pad length 4).
+    let mut two = message(b"first");
+    two.extend(message(b"second"));
+    two.extend(message(b""));
+    r.extend(frame(DATA, 0, 1, &two));
+    let mut padded = vec![4];
+    padded.extend(message(b"third"));
+    padded.extend([0; 4]);
+    r.extend(frame(DATA, 0x8, 1, &padded));
+    r.extend(s.headers(1, true, &[("grpc-status", "0")]));
+    // The response read in calls cut anywhere.
+    let mut out = Vec::new();
+    for (k, chunk) in r.chunks(7).enumerate() {
+        out.extend(whole(
+            &mut t,
+            Side::Client,
+            false,
+            1 + k as u64,
+            1 + k as u64,
+            chunk,
+        ));
+    }
+    assert_eq!(seen(&out).len(), 1);
+    assert_eq!(out[0].messages, Some([1, 4]));
+    // Plain HTTP/2 requests count none.
+    let w = request(&mut c, 3, "POST", "/form", false);
+    assert!(whole(&mut t, Side::Client, true, 50, 50, &w).is_empty());
+    let mut r = s.headers(3, false, &[(":status", "200")]);
+    r.extend(frame(DATA, END_STREAM, 3, b"hello"));
+    let out = whole(&mut t, Side::Client, false, 51, 51, &r);
+    assert_eq!(out[0].messages, None);
+}
+
+#[test]
+fn messages_with_bytes_lost_are_not_counted() {
+    let mut m = Messages::default();
+    m.feed(Some(&message(b"abc")));
+    assert_eq!(m.counted(), Some(1));
+    m.feed(Some(&message(b"abc")[..4]));
+    assert_eq!(m.counted(), None, "a message cut short");
+    m.feed(Some(&message(b"abc")[4..]));
+    assert_eq!(m.counted(), Some(2));
+    m.feed(None);
+    assert_eq!(m.counted(), None);
 }
