@@ -45,8 +45,8 @@ fuzz_target!(|data: &[u8]| {
     f.gap(data.len() as u64 % 97, &mut |_| {});
     f.feed(&all[cut..], &mut |_| {});
     // Every block through one decoder, in order, as a direction's are.
-    let mut dec = loona_hpack::Decoder::new();
-    dec.set_max_allowed_table_size(65536);
+    let mut dec = httlib_hpack::Decoder::with_dynamic_size(4096);
+    dec.set_max_dynamic_size(65536);
     let mut f = frame::Framer::client();
     let mut blocks = Vec::new();
     f.feed(&all, &mut |x| match x {
@@ -55,8 +55,9 @@ fuzz_target!(|data: &[u8]| {
         }
         _ => {}
     });
-    for b in blocks {
-        if dec.decode_with_cb(&b, |_, _| {}).is_err() {
+    for mut b in blocks {
+        let mut fields = Vec::new();
+        if dec.decode(&mut b, &mut fields).is_err() {
             break;
         }
     }

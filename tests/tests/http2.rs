@@ -10,6 +10,9 @@
 //!   (which is what each method answers by construction), on both sides, and the messages
 //!   of each (one request message per call, three streamed by `Watch`) in
 //!   `rpc_{server,client}_messages_total`;
+//! - Node.js's `http2` server and client (a second implementation), many concurrent streams on
+//!   one session, per status equal to what the server answered and the client got, both
+//!   sides;
 //! - a gRPC channel opened before the observer (its HPACK tables filled before): every call
 //!   after the join counted on both sides, names either right or `_unknown`, never wrong,
 //!   methods first called after the join named, and the directions joined counted.
@@ -26,6 +29,9 @@ use observer_tests::{
 
 const PORT: u16 = 8082;
 const GRPC_PORT: u16 = 50071;
+const NODE_PORT: u16 = 8093;
+/// HTTP/2's series in the HTTP families.
+const V2: &[(&str, &str)] = &[("network_protocol_version", "2")];
 /// Debian's interpreter, with Debian's `grpcio`.
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -504,10 +510,21 @@ fn a_grpc_channel_opened_before_the_observer_is_counted_with_unknown_names_never
             .map(|(_, v)| v)
             .sum()
     };
+    let table = |x: &[Sample], reason: &str| -> f64 {
+        matching(
+            x,
+            "observer_http2_header_table_unsynced_total",
+            &[("reason", reason)],
+        )
+        .map(|x| x.value)
+        .sum()
+    };
+    // The observer's own counters are published on their own period: waited for too.
     let samples = obs
         .scrape_until(Duration::from_secs(20), |x| {
             counted(&per_method(x, "rpc_server_duration_seconds_count", &server)) == 4 * n
                 && counted(&per_method(x, "rpc_client_duration_seconds_count", &client)) == 4 * n
+                && table(x, "joined") == 4.0
         })
         .unwrap();
     for (family, pod) in [
@@ -550,16 +567,116 @@ fn a_grpc_channel_opened_before_the_observer_is_counted_with_unknown_names_never
         assert_eq!(http, 0.0, "{family}: gRPC calls taken for HTTP requests");
     }
     // Two connection ends (the client's and the server's socket), two directions each.
-    let table = |reason: &str| -> f64 {
-        matching(
-            &samples,
-            "observer_http2_header_table_unsynced_total",
-            &[("reason", reason)],
+    assert_eq!(table(&samples, "joined"), 4.0);
+    assert_eq!(table(&samples, "undecodable"), 0.0);
+    obs.stop().unwrap();
+}
+
+/// A Node.js HTTP/2 server (cleartext): `/ok` 200, `/missing` 404, `/fail` 500; on SIGTERM it
+/// prints what it answered per status.
+const NODE_SERVER: &str = r#"
+const http2 = require("http2");
+const [ip, port] = process.argv.slice(2);
+const answered = {};
+const server = http2.createServer();
+server.on("stream", (stream, headers) => {
+  const status = { "/ok": 200, "/missing": 404, "/fail": 500 }[headers[":path"]] || 400;
+  answered[status] = (answered[status] || 0) + 1;
+  stream.respond({ ":status": status, "content-type": "text/plain" });
+  stream.end("x".repeat(100));
+});
+server.listen(Number(port), ip, () => console.log("listening"));
+process.on("SIGTERM", () => { console.log(JSON.stringify(answered)); process.exit(0); });
+"#;
+
+/// A Node.js HTTP/2 client: one session, `n` requests to each path, `m` in flight at a time;
+/// prints the statuses it got.
+const NODE_CLIENT: &str = r#"
+const http2 = require("http2");
+const [url, n, m] = [process.argv[2], Number(process.argv[3]), Number(process.argv[4])];
+const session = http2.connect(url);
+const paths = [];
+for (const p of ["/ok", "/missing", "/fail"]) for (let i = 0; i < n; i++) paths.push(p);
+const got = {};
+let next = 0, done = 0;
+function one() {
+  if (next >= paths.length) return;
+  const req = session.request({ ":path": paths[next++] });
+  req.on("response", (h) => { got[h[":status"]] = (got[h[":status"]] || 0) + 1; });
+  req.resume();
+  req.on("end", () => {
+    if (++done === paths.length) { console.log(JSON.stringify(got)); session.close(); }
+    else one();
+  });
+  req.end();
+}
+for (let i = 0; i < m; i++) one();
+"#;
+
+/// `{"200":5,"404":5}` → status → count.
+fn statuses(json: &str) -> BTreeMap<String, u64> {
+    let v: serde_json::Value = serde_json::from_str(json.trim()).expect("a JSON object");
+    (v.as_object().expect("an object").iter())
+        .map(|(k, v)| (k.clone(), v.as_u64().expect("a count")))
+        .collect()
+}
+
+#[test]
+fn nodejs_http2_server_and_client_are_counted_exactly_per_status_on_both_sides() {
+    require_root();
+    let bridge = Bridge::new().unwrap();
+    let dir = TempDir::new("observer-node-h2").unwrap();
+    let mut server = Pod::new(&bridge).unwrap();
+    let client = Pod::new(&bridge).unwrap();
+    let srv = dir.write("server.js", NODE_SERVER).unwrap();
+    let cli = dir.write("client.js", NODE_CLIENT).unwrap();
+    let out = dir.join("server.out");
+    let node = format!(
+        "exec /usr/bin/node {srv} {} {NODE_PORT} > {out}",
+        server.ip
+    );
+    let pid = server.spawn("/bin/sh", &["-c", &node]).unwrap();
+    server.wait_listening(NODE_PORT).unwrap();
+    let obs = Observer::start(&["--probes", "tcp,http2"]).unwrap();
+    let n: u64 = if slowdown() > 1 { 5 } else { 200 };
+    let got = client
+        .run(
+            "/usr/bin/node",
+            &[
+                &cli,
+                &format!("http://{}:{NODE_PORT}", server.ip),
+                &n.to_string(),
+                "20",
+            ],
         )
-        .map(|x| x.value)
-        .sum()
-    };
-    assert_eq!(table("joined"), 4.0);
-    assert_eq!(table("undecodable"), 0.0);
+        .unwrap();
+    let got = statuses(&String::from_utf8_lossy(&got.stdout));
+    let want = BTreeMap::from([
+        ("200".to_string(), n),
+        ("404".to_string(), n),
+        ("500".to_string(), n),
+    ]);
+    assert_eq!(got, want, "what the client got");
+    let samples = obs
+        .scrape_until(Duration::from_secs(20), |x| {
+            per_status(x, "http_server_request_duration_seconds_count", &server, V2) == want
+                && per_status(x, "http_client_request_duration_seconds_count", &client, V2) == want
+        })
+        .unwrap();
+    // The server's own account, once it is told to stop.
+    observer_tests::sh(&format!("kill -TERM {pid}; sleep 0.5")).unwrap();
+    let text = fs::read_to_string(&out).unwrap();
+    let answered = statuses(text.lines().last().unwrap_or("{}"));
+    assert_eq!(answered, want, "what the server answered");
+    assert_eq!(
+        per_status(&samples, "http_server_request_duration_seconds_count", &server, V2),
+        answered,
+        "server side"
+    );
+    assert_eq!(
+        per_status(&samples, "http_client_request_duration_seconds_count", &client, V2),
+        got,
+        "client side"
+    );
     obs.stop().unwrap();
 }

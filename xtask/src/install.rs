@@ -151,6 +151,11 @@ const PACKAGES: &[(Scope, &str, &str)] = &[
     ),
     (
         Scope::Test,
+        "nodejs",
+        "Node.js, whose http2 module is the second HTTP/2 server and client of the HTTP/2 tests",
+    ),
+    (
+        Scope::Test,
         "dnsmasq-base",
         "dnsmasq, the DNS server of the DNS tests",
     ),

@@ -409,6 +409,7 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
             "nginx_under_h2load_is_counted_exactly_per_status_on_both_sides",
             "grpc_unary_and_streaming_calls_are_counted_per_method_and_status_on_both_sides",
             "a_grpc_channel_opened_before_the_observer_is_counted_with_unknown_names_never_wrong_ones",
+            "nodejs_http2_server_and_client_are_counted_exactly_per_status_on_both_sides",
         ],
     ),
     (

@@ -27,8 +27,9 @@ const DATA_MASK: u32 = L7_DATA_MAX as u32 - 1;
 /// by its length and loses a connection's framing only when message headers fall beyond.
 const MAX_CHUNKS: u32 = 16;
 /// Segments of a vectored call (`writev`, `sendmsg`) followed at most (gRPC's C core writes a
-/// request as two dozen of them); bytes in later ones are a gap user space sees.
-const MAX_SEGMENTS: u32 = 32;
+/// request as two dozen of them, Node's HTTP/2 three per response: 60 for 20 streams); bytes
+/// in later ones are a gap user space sees.
+const MAX_SEGMENTS: u32 = 128;
 
 /// Keeps a call of a claimed connection for its framer's global function
 /// ([`l7_stream_call`], `http1::l7_http1_call`); false when the per-CPU slot is not there.

@@ -1,5 +1,5 @@
 //! HTTP/2 (cleartext, prior knowledge) and gRPC over it: the framer ([`frame`]), one HPACK
-//! decoder per connection and direction (`loona-hpack`, its dynamic table bounded), and the
+//! decoder per connection and direction (`httlib-hpack`, its dynamic table bounded), and the
 //! tracker that pairs each stream's request with its response.
 //!
 //! - A request starts at its HEADERS (`:method`, `:path`, `content-type`) and ends at the
@@ -162,8 +162,10 @@ impl Messages {
     }
 }
 
-/// A direction's HPACK decoder; `None` once its table is unknown.
-struct Decoder(Option<loona_hpack::Decoder<'static>>);
+/// A direction's HPACK decoder (`httlib-hpack`: its Huffman decoding is table-driven; the
+/// `hpack` family of crates builds a hash map for every Huffman-coded string, which took
+/// four fifths of the observer's time under h2load); `None` once its table is unknown.
+struct Decoder(Option<httlib_hpack::Decoder<'static>>);
 
 /// Placeholders a joined decoder starts with: as many entries as a table of the default size
 /// (4096 bytes) can hold, each of the smallest size (32: an empty name and value).
@@ -181,9 +183,34 @@ impl std::fmt::Debug for Decoder {
 
 impl Decoder {
     fn new() -> Decoder {
-        let mut d = loona_hpack::Decoder::new();
-        d.set_max_allowed_table_size(MAX_TABLE);
+        // The protocol's initial table size; a peer's size update may raise it to the bound.
+        let mut d = httlib_hpack::Decoder::with_dynamic_size(4096);
+        d.set_max_dynamic_size(MAX_TABLE as u32);
         Decoder(Some(d))
+    }
+
+    /// Decodes a header block into `on` (name, value per field); false when it could not
+    /// be (the table is then unknown: fields before the failing one may have changed it).
+    /// A decoder that panics on some input (a library's bug) must not take the observer
+    /// down: the block is then unreadable like any other.
+    fn decode(&mut self, block: &[u8], mut on: impl FnMut(&[u8], &[u8])) -> bool {
+        let Some(dec) = self.0.as_mut() else {
+            return false;
+        };
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut buf = block.to_vec();
+            let mut fields = Vec::new();
+            let ok = dec.decode(&mut buf, &mut fields).is_ok();
+            for (name, value, _) in &fields {
+                on(name, value);
+            }
+            ok
+        }))
+        .unwrap_or(false);
+        if !ok {
+            self.0 = None;
+        }
+        ok
     }
 
     /// The decoder of a direction joined mid-way: its table holds an unknown entry (an empty
@@ -197,11 +224,7 @@ impl Decoder {
         let mut d = Decoder::new();
         // Literal with incremental indexing, a new name of 0 bytes and a value of 0 bytes.
         let block = [0x40u8, 0, 0].repeat(PLACEHOLDERS);
-        if let Some(dec) = d.0.as_mut() {
-            if dec.decode_with_cb(&block, |_, _| {}).is_err() {
-                d.0 = None;
-            }
-        }
+        d.decode(&block, |_, _| {});
         d
     }
 }
@@ -389,44 +412,42 @@ impl Http2 {
 
     /// Reads a header block with direction `dir`'s decoder.
     fn decode(&mut self, c: &mut Conn, dir: usize, block: Option<&[u8]>) -> Option<Fields> {
-        let dec = c.decoders[dir].0.as_mut()?;
+        let dec = &mut c.decoders[dir];
+        dec.0.as_ref()?;
         let mut f = Fields::default();
-        // A decoder that panics on some input (a library's bug) must not take the observer
-        // down: the block is then unreadable like any other.
-        let ok = block.is_some_and(|b| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                dec.decode_with_cb(b, |name, value| match &name[..] {
+        let ok = match block {
+            Some(b) => dec.decode(b, |name, value| match name {
                     b"" => f.unknown = true,
                     b":method" => {
                         f.request = true;
-                        f.method = Some(Method::from_token(&value));
+                        f.method = Some(Method::from_token(value));
                     }
                     b":path" => {
                         f.request = true;
-                        f.path = Some(String::from_utf8_lossy(&value).into_owned());
+                        f.path = Some(String::from_utf8_lossy(value).into_owned());
                     }
                     b":scheme" | b":authority" => f.request = true,
                     b":status" => {
-                        f.status = std::str::from_utf8(&value)
+                        f.status = std::str::from_utf8(value)
                             .ok()
                             .and_then(|s| s.parse().ok())
                     }
                     b"content-type" => f.grpc = Some(value.starts_with(b"application/grpc")),
                     b"grpc-status" => {
-                        f.grpc_status = std::str::from_utf8(&value)
+                        f.grpc_status = std::str::from_utf8(value)
                             .ok()
                             .and_then(|s| s.parse().ok())
                     }
                     _ => {}
-                })
-                .is_ok()
-            }))
-            .unwrap_or(false)
-        });
+                }),
+            None => {
+                dec.0 = None;
+                false
+            }
+        };
         if ok {
             Some(f)
         } else {
-            c.decoders[dir].0 = None;
             self.unsynced += 1;
             None
         }
