@@ -631,10 +631,7 @@ fn nodejs_http2_server_and_client_are_counted_exactly_per_status_on_both_sides()
     let srv = dir.write("server.js", NODE_SERVER).unwrap();
     let cli = dir.write("client.js", NODE_CLIENT).unwrap();
     let out = dir.join("server.out");
-    let node = format!(
-        "exec /usr/bin/node {srv} {} {NODE_PORT} > {out}",
-        server.ip
-    );
+    let node = format!("exec /usr/bin/node {srv} {} {NODE_PORT} > {out}", server.ip);
     let pid = server.spawn("/bin/sh", &["-c", &node]).unwrap();
     server.wait_listening(NODE_PORT).unwrap();
     let obs = Observer::start(&["--probes", "tcp,http2"]).unwrap();
@@ -669,14 +666,185 @@ fn nodejs_http2_server_and_client_are_counted_exactly_per_status_on_both_sides()
     let answered = statuses(text.lines().last().unwrap_or("{}"));
     assert_eq!(answered, want, "what the server answered");
     assert_eq!(
-        per_status(&samples, "http_server_request_duration_seconds_count", &server, V2),
+        per_status(
+            &samples,
+            "http_server_request_duration_seconds_count",
+            &server,
+            V2
+        ),
         answered,
         "server side"
     );
     assert_eq!(
-        per_status(&samples, "http_client_request_duration_seconds_count", &client, V2),
+        per_status(
+            &samples,
+            "http_client_request_duration_seconds_count",
+            &client,
+            V2
+        ),
         got,
         "client side"
     );
+    obs.stop().unwrap();
+}
+
+/// A gRPC server of client- and bidirectional streams and a slow method: `Sum` reads every
+/// request message and answers one, `Chat` answers each message with one, `Slow` answers
+/// after half a second.
+const GRPC_STREAMS_SERVER: &str = r#"
+import grpc, sys, time
+from concurrent import futures
+ip, port = sys.argv[1], sys.argv[2]
+def total(reqs, ctx):
+    return b"%d" % sum(1 for _ in reqs)
+def chat(reqs, ctx):
+    for r in reqs:
+        yield r
+def slow(req, ctx):
+    time.sleep(0.5)
+    return b"late"
+handlers = {
+    "Sum": grpc.stream_unary_rpc_method_handler(total),
+    "Chat": grpc.stream_stream_rpc_method_handler(chat),
+    "Slow": grpc.unary_unary_rpc_method_handler(slow),
+}
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("shop.Stream", handlers),))
+server.add_insecure_port(f"{ip}:{port}")
+server.start()
+server.wait_for_termination()
+"#;
+
+/// `n` calls of each: `Sum` with 3 messages, `Chat` with 2, `Slow` with a 100 ms deadline;
+/// prints `method code count` per outcome.
+const GRPC_STREAMS_CLIENT: &str = r#"
+import grpc, sys
+target, n = sys.argv[1], int(sys.argv[2])
+got = {}
+with grpc.insecure_channel(target) as ch:
+    grpc.channel_ready_future(ch).result(timeout=30)
+    total = ch.stream_unary("/shop.Stream/Sum")
+    chat = ch.stream_stream("/shop.Stream/Chat")
+    slow = ch.unary_unary("/shop.Stream/Slow")
+    for name in ["Sum", "Chat", "Slow"]:
+        for i in range(n):
+            try:
+                if name == "Sum":
+                    assert total(iter([b"a", b"b", b"c"]), timeout=30) == b"3"
+                elif name == "Chat":
+                    assert list(chat(iter([b"x", b"y"]), timeout=30)) == [b"x", b"y"]
+                else:
+                    slow(b"x", timeout=0.1)
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as e:
+                code = e.code()
+            key = ("/shop.Stream/" + name, code.value[0])
+            got[key] = got.get(key, 0) + 1
+for (path, code), k in sorted(got.items()):
+    print(path, code, k)
+"#;
+
+#[test]
+fn grpc_client_and_bidirectional_streams_and_deadlines_are_counted_on_both_sides() {
+    require_root();
+    let bridge = Bridge::new().unwrap();
+    let dir = TempDir::new("observer-grpc-streams").unwrap();
+    let mut server = Pod::new(&bridge).unwrap();
+    let client = Pod::new(&bridge).unwrap();
+    let srv = dir.write("server.py", GRPC_STREAMS_SERVER).unwrap();
+    let cli = dir.write("client.py", GRPC_STREAMS_CLIENT).unwrap();
+    server
+        .spawn(PYTHON, &[&srv, &server.ip.clone(), &GRPC_PORT.to_string()])
+        .unwrap();
+    server.wait_listening(GRPC_PORT).unwrap();
+    let obs = Observer::start(&["--probes", "tcp,http2"]).unwrap();
+    let n: u64 = if slowdown() > 1 { 3 } else { 20 };
+    let out = client
+        .run(
+            PYTHON,
+            &[&cli, &format!("{}:{GRPC_PORT}", server.ip), &n.to_string()],
+        )
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut got = BTreeMap::new();
+    for l in out.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        got.insert(
+            (f[0].to_string(), f[1].to_string()),
+            f[2].parse::<u64>().unwrap(),
+        );
+    }
+    // DEADLINE_EXCEEDED is 4.
+    let want = BTreeMap::from([
+        (("/shop.Stream/Sum".to_string(), "0".to_string()), n),
+        (("/shop.Stream/Chat".to_string(), "0".to_string()), n),
+        (("/shop.Stream/Slow".to_string(), "4".to_string()), n),
+    ]);
+    assert_eq!(got, want, "what the client got: {out}");
+    // Per method, status and error type: a call past its deadline ends with the server's
+    // DEADLINE_EXCEEDED or with the client's RST_STREAM, whichever the wire saw first.
+    let outcomes = |x: &[Sample], family: &str, pod: &Pod| {
+        let mut m: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for s in matching(x, family, &[("k8s_pod_uid", pod.uid.as_str())]) {
+            let status = match s.labels["error_type"].as_str() {
+                "" => s.labels["rpc_grpc_status_code"].clone(),
+                e => e.to_string(),
+            };
+            *m.entry((s.labels["rpc_method"].clone(), status))
+                .or_default() += s.value as u64;
+        }
+        m.retain(|_, v| *v > 0);
+        m
+    };
+    let total = |m: &BTreeMap<(String, String), u64>| m.values().sum::<u64>();
+    let samples = obs
+        .scrape_until(Duration::from_secs(20), |x| {
+            total(&outcomes(x, "rpc_server_duration_seconds_count", &server)) == 3 * n
+                && total(&outcomes(x, "rpc_client_duration_seconds_count", &client)) == 3 * n
+        })
+        .unwrap();
+    for (family, pod) in [
+        ("rpc_server_duration_seconds_count", &server),
+        ("rpc_client_duration_seconds_count", &client),
+    ] {
+        let seen = outcomes(&samples, family, pod);
+        let of = |m: &str, s: &str| {
+            seen.get(&(m.to_string(), s.to_string()))
+                .copied()
+                .unwrap_or(0)
+        };
+        assert_eq!(of("/shop.Stream/Sum", "0"), n, "{family}: {seen:?}");
+        assert_eq!(of("/shop.Stream/Chat", "0"), n, "{family}: {seen:?}");
+        assert_eq!(
+            of("/shop.Stream/Slow", "4") + of("/shop.Stream/Slow", "stream_reset"),
+            n,
+            "{family}: {seen:?}"
+        );
+        assert_eq!(total(&seen), 3 * n, "{family}: {seen:?}");
+    }
+    // Messages: Sum 3 in and 1 out, Chat 2 and 2 (calls that ended past their deadline have
+    // no message count: their bodies never completed).
+    let messages = |family: &str, pod: &Pod, m: &str, t: &str| -> u64 {
+        matching(
+            &samples,
+            family,
+            &[
+                ("k8s_pod_uid", pod.uid.as_str()),
+                ("rpc_method", m),
+                ("rpc_message_type", t),
+            ],
+        )
+        .map(|x| x.value as u64)
+        .sum()
+    };
+    for (family, pod, inbound, outbound) in [
+        ("rpc_server_messages_total", &server, "RECEIVED", "SENT"),
+        ("rpc_client_messages_total", &client, "SENT", "RECEIVED"),
+    ] {
+        assert_eq!(messages(family, pod, "/shop.Stream/Sum", inbound), 3 * n);
+        assert_eq!(messages(family, pod, "/shop.Stream/Sum", outbound), n);
+        assert_eq!(messages(family, pod, "/shop.Stream/Chat", inbound), 2 * n);
+        assert_eq!(messages(family, pod, "/shop.Stream/Chat", outbound), 2 * n);
+    }
     obs.stop().unwrap();
 }

@@ -88,7 +88,7 @@ impl Db {
                 fs::write(
                     &conf,
                     format!(
-                        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n  server {{\n    listen {SERVER_IP}:{H2_PORT} http2;\n    http2_max_concurrent_streams 128;\n    keepalive_requests 1000000;\n    http2_max_requests 1000000;\n    root {d}/html;\n  }}\n}}\n",
+                        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n  server {{\n    listen {SERVER_IP}:{H2_PORT} http2;\n    http2_max_concurrent_streams 128;\n    keepalive_requests 1000000;\nroot {d}/html;\n  }}\n}}\n",
                         d = dir.display()
                     ),
                 )?;

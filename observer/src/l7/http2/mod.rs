@@ -198,7 +198,7 @@ impl Decoder {
             return false;
         };
         let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut buf = block.to_vec();
+            let mut buf = pruned(block);
             let mut fields = Vec::new();
             let ok = dec.decode(&mut buf, &mut fields).is_ok();
             for (name, value, _) in &fields {
@@ -227,6 +227,85 @@ impl Decoder {
         d.decode(&block, |_, _| {});
         d
     }
+}
+
+/// Static-table indices (RFC 7541 Appendix A) of the names the tracker reads: the request
+/// pseudo-headers (1-7), `:status` (8-14) and `content-type` (31).
+fn read_name(index: usize) -> bool {
+    matches!(index, 1..=14 | 31)
+}
+
+/// A header block without the fields that neither change the decoder's table nor carry a
+/// name the tracker reads: literals without indexing (or never indexed) whose name is a
+/// static-table entry it does not read (`date`, `server`, `content-length`, `etag`, ... as
+/// servers send them on every response). Decoding their Huffman-coded values was most of
+/// the decoder's time under h2load. Everything else stays, in order, for the decoder; a
+/// block this walk cannot follow (truncated) is left whole for the decoder to refuse.
+fn pruned(block: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(block.len());
+    let mut at = 0;
+    while at < block.len() {
+        let b = block[at];
+        let (prefix, droppable) = match b {
+            0x80.. => (7, false),
+            0x40.. => (6, false),
+            0x20.. => (5, false),
+            _ => (4, true),
+        };
+        let Some((index, mut end)) = integer(block, at, prefix) else {
+            return block.to_vec();
+        };
+        let literal = prefix == 6 || prefix == 4;
+        if literal {
+            if index == 0 {
+                let Some(e) = string_end(block, end) else {
+                    return block.to_vec();
+                };
+                end = e;
+            }
+            let Some(e) = string_end(block, end) else {
+                return block.to_vec();
+            };
+            end = e;
+        }
+        // A name from the static table (1-61) the tracker does not read; a dynamic one (62
+        // on) may be any name.
+        if !(droppable && (1..=61).contains(&index) && !read_name(index)) {
+            out.extend_from_slice(&block[at..end]);
+        }
+        at = end;
+    }
+    out
+}
+
+/// An HPACK integer with an `n`-bit prefix at `at`: its value and where it ends.
+fn integer(b: &[u8], at: usize, n: u32) -> Option<(usize, usize)> {
+    let mask = (1usize << n) - 1;
+    let mut v = usize::from(*b.get(at)?) & mask;
+    let mut i = at + 1;
+    if v < mask {
+        return Some((v, i));
+    }
+    let mut shift = 0;
+    loop {
+        let x = *b.get(i)?;
+        i += 1;
+        v = v.checked_add(usize::from(x & 0x7f).checked_shl(shift)?)?;
+        if x & 0x80 == 0 {
+            return Some((v, i));
+        }
+        shift += 7;
+        if shift > 28 {
+            return None;
+        }
+    }
+}
+
+/// Where an HPACK string literal starting at `at` ends.
+fn string_end(b: &[u8], at: usize) -> Option<usize> {
+    let (len, start) = integer(b, at, 7)?;
+    let end = start.checked_add(len)?;
+    (end <= b.len()).then_some(end)
 }
 
 /// The fields of a header block the tracker reads.
@@ -417,29 +496,25 @@ impl Http2 {
         let mut f = Fields::default();
         let ok = match block {
             Some(b) => dec.decode(b, |name, value| match name {
-                    b"" => f.unknown = true,
-                    b":method" => {
-                        f.request = true;
-                        f.method = Some(Method::from_token(value));
-                    }
-                    b":path" => {
-                        f.request = true;
-                        f.path = Some(String::from_utf8_lossy(value).into_owned());
-                    }
-                    b":scheme" | b":authority" => f.request = true,
-                    b":status" => {
-                        f.status = std::str::from_utf8(value)
-                            .ok()
-                            .and_then(|s| s.parse().ok())
-                    }
-                    b"content-type" => f.grpc = Some(value.starts_with(b"application/grpc")),
-                    b"grpc-status" => {
-                        f.grpc_status = std::str::from_utf8(value)
-                            .ok()
-                            .and_then(|s| s.parse().ok())
-                    }
-                    _ => {}
-                }),
+                b"" => f.unknown = true,
+                b":method" => {
+                    f.request = true;
+                    f.method = Some(Method::from_token(value));
+                }
+                b":path" => {
+                    f.request = true;
+                    f.path = Some(String::from_utf8_lossy(value).into_owned());
+                }
+                b":scheme" | b":authority" => f.request = true,
+                b":status" => {
+                    f.status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok())
+                }
+                b"content-type" => f.grpc = Some(value.starts_with(b"application/grpc")),
+                b"grpc-status" => {
+                    f.grpc_status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok())
+                }
+                _ => {}
+            }),
             None => {
                 dec.0 = None;
                 false

@@ -545,3 +545,44 @@ fn messages_with_bytes_lost_are_not_counted() {
     m.feed(None);
     assert_eq!(m.counted(), None);
 }
+
+#[test]
+fn pruning_a_block_keeps_what_is_read_and_every_change_to_the_table() {
+    // nginx's way: literals without indexing for what changes per response (here by a raw
+    // encoding, as loona's encoder indexes new names), after indexed and indexed-name fields.
+    let mut block = vec![0x88]; // :status 200 (static 8)
+                                // date (static 33), literal without indexing, value "Sun"; server (54) never indexed.
+    block.extend([0x0f, 33 - 15, 3, b'S', b'u', b'n']);
+    block.extend([0x1f, 54 - 15, 5, b'n', b'g', b'i', b'n', b'x']);
+    // content-type (31) without indexing: read, kept.
+    block.extend([0x0f, 31 - 15, 4, b't', b'e', b'x', b't']);
+    // x-new: a new name with incremental indexing: changes the table, kept.
+    block.extend([0x40, 5, b'x', b'-', b'n', b'e', b'w', 1, b'1']);
+    // content-length (28) without indexing: dropped.
+    block.extend([0x0f, 28 - 15, 2, b'4', b'2']);
+    // x-new again, its name by reference to the dynamic table (62), without indexing: kept.
+    block.extend([0x0f, 62 - 15, 1, b'2']);
+    let p = pruned(&block);
+    let mut kept = vec![0x88];
+    kept.extend([0x0f, 31 - 15, 4, b't', b'e', b'x', b't']);
+    kept.extend([0x40, 5, b'x', b'-', b'n', b'e', b'w', 1, b'1']);
+    kept.extend([0x0f, 62 - 15, 1, b'2']);
+    assert_eq!(p, kept);
+    // Decoded, then a block referring to the new entry (index 62): the same either way.
+    let mut d = Decoder::new();
+    let mut seen = Vec::new();
+    assert!(d.decode(&block, |n, v| seen.push((n.to_vec(), v.to_vec()))));
+    assert!(d.decode(&[0xbe], |n, v| seen.push((n.to_vec(), v.to_vec()))));
+    assert_eq!(
+        seen,
+        [
+            (b":status".to_vec(), b"200".to_vec()),
+            (b"content-type".to_vec(), b"text".to_vec()),
+            (b"x-new".to_vec(), b"1".to_vec()),
+            (b"x-new".to_vec(), b"2".to_vec()),
+            (b"x-new".to_vec(), b"1".to_vec()),
+        ]
+    );
+    // A truncated block is left whole (the decoder refuses it).
+    assert_eq!(pruned(&block[..block.len() - 1]), block[..block.len() - 1]);
+}
