@@ -1,7 +1,8 @@
 //! Privileged accuracy tests of HTTP/2 and gRPC capture (`--probes http2`): real servers and
 //! clients in simulated pods, counts EXACT against each end's own record:
 //! - nginx serving HTTP/2 in cleartext (`listen ... http2`, prior knowledge) to h2load (nghttp2)
-//!   with many concurrent streams per connection: per status, equal to nginx's access log (its
+//!   with many concurrent streams per connection (3 connections of 10, then 1,000 streams on one
+//!   connection, 100 in flight): per status, equal to nginx's access log (its
 //!   `$server_protocol` says every request was HTTP/2.0) and to h2load's own status classes, on
 //!   both sides, with `network_protocol_version="2"`;
 //! - a Python `grpcio` server (gRPC's C core) and client over one channel: unary calls
@@ -157,22 +158,46 @@ fn nginx_under_h2load_is_counted_exactly_per_status_on_both_sides() {
         )
         .unwrap();
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Then many streams on one connection: 1,000 requests, 100 in flight at a time.
+    let (many, flight) = if slowdown() > 1 {
+        (200u64, 50)
+    } else {
+        (1000, 100)
+    };
+    let out2 = client
+        .run(
+            "h2load",
+            &[
+                "-n",
+                &many.to_string(),
+                "-c",
+                "1",
+                "-m",
+                &flight.to_string(),
+                &format!("{base}/ok"),
+                &format!("{base}/missing"),
+            ],
+        )
+        .unwrap();
+    let out2 = String::from_utf8_lossy(&out2.stdout).into_owned();
     // h2load counts 4xx and 5xx as "failed"; "errored" are requests without a response.
-    assert!(
-        out.contains(&format!("{n} total, {n} started, {n} done")) && out.contains(" 0 errored"),
-        "h2load did not complete every request: {out}"
-    );
+    for (k, o) in [(n, &out), (many, &out2)] {
+        assert!(
+            o.contains(&format!("{k} total, {k} started, {k} done")) && o.contains(" 0 errored"),
+            "h2load did not complete every request: {o}"
+        );
+    }
     let logged = nginx_log(&dir);
     assert_eq!(
         logged.values().sum::<u64>(),
-        n,
+        n + many,
         "nginx logged every request"
     );
-    assert_eq!(
-        classes(&logged),
-        h2load_classes(&out),
-        "nginx and h2load agree"
-    );
+    let mut answered = h2load_classes(&out);
+    for (class, k) in h2load_classes(&out2) {
+        *answered.entry(class).or_default() += k;
+    }
+    assert_eq!(classes(&logged), answered, "nginx and h2load agree");
     let version = [("network_protocol_version", "2")];
     let samples = obs
         .scrape_until(Duration::from_secs(20), |x| {
