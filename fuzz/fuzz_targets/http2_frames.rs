@@ -1,7 +1,8 @@
 //! Fuzzes HTTP/2's framer and the HPACK decoding of what it frames: any bytes after a client's
 //! preface, split at any point and with a gap: never a panic; the frames of the whole bytes are
-//! the frames of any split of them (DATA content pieces joined); every header block decodes or fails cleanly, with the
-//! decoder's table bounded as the tracker bounds it. Seed corpus: ../observer/tests/http2-seeds
+//! the frames of any split of them (DATA content pieces joined); every header block decodes or
+//! fails cleanly through the tracker's own HPACK (`hpack.rs`: the structural walk before the
+//! decoder, its table bounded), from the start and as a direction joined mid-way. Seed corpus: ../observer/tests/http2-seeds
 //! (see ../README.md).
 #![no_main]
 
@@ -10,6 +11,10 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../observer/src/l7/http2/frame.rs"]
 #[allow(dead_code)]
 mod frame;
+
+#[path = "../../observer/src/l7/http2/hpack.rs"]
+#[allow(dead_code)]
+mod hpack;
 
 /// The frames of `pieces`, a DATA frame's content pieces joined (a split cuts them anywhere).
 fn frames(pieces: &[&[u8]]) -> Vec<String> {
@@ -33,6 +38,19 @@ fn frames(pieces: &[&[u8]]) -> Vec<String> {
     v
 }
 
+/// The header blocks of `all`, in order.
+fn blocks_again(all: &[u8]) -> Vec<Vec<u8>> {
+    let mut f = frame::Framer::client();
+    let mut blocks = Vec::new();
+    f.feed(all, &mut |x| match x {
+        frame::Frame::Headers { block: Some(b), .. } | frame::Frame::Promise { block: Some(b) } => {
+            blocks.push(b.to_vec())
+        }
+        _ => {}
+    });
+    blocks
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut all = frame::PREFACE.to_vec();
     all.extend_from_slice(data);
@@ -45,8 +63,7 @@ fuzz_target!(|data: &[u8]| {
     f.gap(data.len() as u64 % 97, &mut |_| {});
     f.feed(&all[cut..], &mut |_| {});
     // Every block through one decoder, in order, as a direction's are.
-    let mut dec = httlib_hpack::Decoder::with_dynamic_size(4096);
-    dec.set_max_dynamic_size(65536);
+    let mut dec = hpack::Decoder::new();
     let mut f = frame::Framer::client();
     let mut blocks = Vec::new();
     f.feed(&all, &mut |x| match x {
@@ -55,9 +72,15 @@ fuzz_target!(|data: &[u8]| {
         }
         _ => {}
     });
-    for mut b in blocks {
-        let mut fields = Vec::new();
-        if dec.decode(&mut b, &mut fields).is_err() {
+    for b in blocks {
+        if !dec.decode(&b, |_, _| {}) {
+            break;
+        }
+    }
+    // A joined direction's decoder, the same way.
+    let mut dec = hpack::Decoder::joined();
+    for b in blocks_again(&all) {
+        if !dec.decode(&b, |_, _| {}) {
             break;
         }
     }

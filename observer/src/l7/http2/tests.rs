@@ -3,6 +3,7 @@
 
 use observer_common::L7_HTTP2;
 
+use super::hpack::pruned;
 use super::{
     frame::{frame, CONTINUATION, DATA, GOAWAY, HEADERS, PREFACE, RST_STREAM, SETTINGS},
     *,
@@ -562,7 +563,7 @@ fn pruning_a_block_keeps_what_is_read_and_every_change_to_the_table() {
     block.extend([0x0f, 28 - 15, 2, b'4', b'2']);
     // x-new again, its name by reference to the dynamic table (62), without indexing: kept.
     block.extend([0x0f, 62 - 15, 1, b'2']);
-    let p = pruned(&block);
+    let p = pruned(&block).expect("a whole block");
     let mut kept = vec![0x88];
     kept.extend([0x0f, 31 - 15, 4, b't', b'e', b'x', b't']);
     kept.extend([0x40, 5, b'x', b'-', b'n', b'e', b'w', 1, b'1']);
@@ -583,6 +584,11 @@ fn pruning_a_block_keeps_what_is_read_and_every_change_to_the_table() {
             (b"x-new".to_vec(), b"1".to_vec()),
         ]
     );
-    // A truncated block is left whole (the decoder refuses it).
-    assert_eq!(pruned(&block[..block.len() - 1]), block[..block.len() - 1]);
+    // A block cut short anywhere is not handed to the decoder, and reads as unknown.
+    for cut in [2, 4, 9, block.len() - 1] {
+        assert_eq!(pruned(&block[..cut]), None, "cut at {cut}");
+    }
+    let mut d = Decoder::new();
+    assert!(!d.decode(&block[..block.len() - 1], |_, _| {}));
+    assert!(d.0.is_none());
 }
