@@ -309,6 +309,20 @@ for (path, code), k in sorted(got.items()):
     print(path, code, k)
 "#;
 
+/// What a gRPC client script printed, a `method code count` line per outcome.
+fn client_outcomes(out: &str) -> BTreeMap<(String, String), u64> {
+    let mut got = BTreeMap::new();
+    for l in out.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        assert_eq!(f.len(), 3, "client output line {l:?}");
+        got.insert(
+            (f[0].to_string(), f[1].to_string()),
+            f[2].parse::<u64>().unwrap(),
+        );
+    }
+    got
+}
+
 fn per_method(s: &[Sample], family: &str, pod: &Pod) -> BTreeMap<(String, String), u64> {
     let mut m = BTreeMap::new();
     for x in matching(
@@ -349,14 +363,7 @@ fn grpc_unary_and_streaming_calls_are_counted_per_method_and_status_on_both_side
         .unwrap();
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
     // What the client got, per (method, code).
-    let mut got = BTreeMap::new();
-    for l in out.lines() {
-        let f: Vec<&str> = l.split(' ').collect();
-        got.insert(
-            (f[0].to_string(), f[1].to_string()),
-            f[2].parse::<u64>().unwrap(),
-        );
-    }
+    let got = client_outcomes(&out);
     let want = BTreeMap::from([
         (("/shop.Cart/Ok".to_string(), "0".to_string()), n),
         (("/shop.Cart/NotFound".to_string(), "5".to_string()), n),
@@ -508,14 +515,7 @@ fn a_grpc_channel_opened_before_the_observer_is_counted_with_unknown_names_never
     fs::write(&go, "").unwrap();
     wait_file(&out, observer_tests::scaled(Duration::from_secs(60)));
     let text = fs::read_to_string(&out).unwrap();
-    let mut got = BTreeMap::new();
-    for l in text.lines() {
-        let f: Vec<&str> = l.split(' ').collect();
-        got.insert(
-            (f[0].to_string(), f[1].to_string()),
-            f[2].parse::<u64>().unwrap(),
-        );
-    }
+    let got = client_outcomes(&text);
     let truth = BTreeMap::from([
         ("/shop.Cart/Ok", "0"),
         ("/shop.Cart/NotFound", "5"),
@@ -791,14 +791,7 @@ fn grpc_client_and_bidirectional_streams_and_deadlines_are_counted_on_both_sides
         )
         .unwrap();
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut got = BTreeMap::new();
-    for l in out.lines() {
-        let f: Vec<&str> = l.split(' ').collect();
-        got.insert(
-            (f[0].to_string(), f[1].to_string()),
-            f[2].parse::<u64>().unwrap(),
-        );
-    }
+    let got = client_outcomes(&out);
     // DEADLINE_EXCEEDED is 4.
     let want = BTreeMap::from([
         (("/shop.Stream/Sum".to_string(), "0".to_string()), n),
