@@ -361,7 +361,15 @@ pub const LOST_OOM_VICTIM_MAP_FULL: u32 = 11;
 /// A connection's L7 state was found changed under it (another cgroup at a request start:
 /// the socket memory was reused without its destruction being seen); the state was reset.
 pub const LOST_L7_STALE_STATE: u32 = 12;
-pub const LOST_COUNTERS: u32 = 16;
+/// A TLS library call found its thread's slot taken by another thread's call in flight (the
+/// slots are indexed by thread id); the later call is not followed.
+pub const LOST_TLS_SLOT_COLLISION: u32 = 13;
+/// A TLS call's plaintext could not be tied to a socket (no socket call inside it, and none
+/// seen before for its `SSL` object).
+pub const LOST_TLS_NO_SOCKET: u32 = 14;
+/// A TLS connection found the TLS connection table full.
+pub const LOST_TLS_CONN_MAP_FULL: u32 = 15;
+pub const LOST_COUNTERS: u32 = 24;
 
 /// Bits of the `WORK` global: what the shared hooks do.
 pub const WORK_SYSCALLS: u32 = 1;
@@ -373,6 +381,68 @@ pub const WORK_L7: u32 = 4;
 pub const WORK_ENTRY_SLOTS: u32 = 8;
 /// The kernel has `bpf_get_current_task_btf` and `bpf_task_pt_regs` (5.15).
 pub const WORK_TASK_REGS: u32 = 16;
+/// The TLS probe runs: the socket hooks note the socket under a TLS library call in flight.
+pub const WORK_TLS: u32 = 32;
+
+/// Bit set in the key (`L7Event::sk`, the `L7_CONNS` key) of a TLS connection's plaintext: its
+/// own L7 state beside the socket's (whose ciphertext no protocol claims). Socket addresses
+/// are aligned, so the bit is free; `key & !TLS_KEY` is the socket.
+pub const TLS_KEY: u64 = 1;
+
+/// Whether an L7 key is a TLS connection's plaintext.
+#[inline(always)]
+pub const fn is_tls_key(key: u64) -> bool {
+    key & TLS_KEY != 0
+}
+
+/// Slots of TLS library calls in flight, indexed by `tid % TLS_SLOTS`.
+pub const TLS_SLOTS: u32 = 1 << 12;
+
+/// A TLS library call in flight (`SSL_read`, `SSL_write` and their `_ex` forms), from its entry
+/// uprobe to its return uprobe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsCall {
+    /// The `SSL` object.
+    pub ssl: u64,
+    /// The plaintext buffer.
+    pub buf: u64,
+    /// `_ex` forms: where the library writes the byte count (0 for the plain forms, whose
+    /// return value is the count).
+    pub count_ptr: u64,
+    pub start_ns: u64,
+    /// The socket the call read or wrote under it (0 if none: data the library had buffered).
+    pub sk: u64,
+    pub tid: u32,
+    /// 1 for a write.
+    pub send: u32,
+}
+const _: () = assert!(core::mem::size_of::<TlsCall>() == 48);
+
+/// The TCP socket a thread last received on (`tid % TLS_SLOTS`), for libraries whose `SSL`
+/// object reads and writes memory, not the socket (Node.js, Python's asyncio): a connection's
+/// ciphertext is received, then handed to the library, on the same thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsThread {
+    pub recv_sk: u64,
+    pub tid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<TlsThread>() == 16);
+
+/// A TLS connection (per `SSL` object): its socket and how far its plaintext's protocol is
+/// decided.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsConn {
+    pub sk: u64,
+    /// [`L7_UNDECIDED`], [`L7_NONE`] or the protocol claimed.
+    pub l7: u8,
+    pub tries: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<TlsConn>() == 16);
 
 /// Kernel struct offsets located at start from BTF and handed to the programs.
 #[repr(C)]

@@ -15,6 +15,7 @@ mod selftest;
 mod sock;
 mod syscalls;
 mod tcp;
+mod tls;
 
 #[cfg(not(test))]
 #[panic_handler]

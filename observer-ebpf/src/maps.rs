@@ -144,6 +144,26 @@ pub struct L7DataScratch {
 #[map]
 pub static L7_DATA_SCRATCH: PerCpuArray<L7DataScratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// TLS library calls in flight, by `tid % TLS_SLOTS` (the TLS probe).
+#[map]
+pub static TLS_CALLS: Array<observer_common::TlsCall> =
+    Array::with_max_entries(observer_common::TLS_SLOTS, 0);
+
+/// Per thread, the socket it last received on and a TLS write waiting for its socket.
+#[map]
+pub static TLS_THREADS: Array<observer_common::TlsThread> =
+    Array::with_max_entries(observer_common::TLS_SLOTS, 0);
+
+/// TLS connections by (`SSL` object, process): the socket and the plaintext's protocol
+/// decision.
+#[map]
+pub static TLS_CONNS: LruHashMap<[u64; 2], observer_common::TlsConn> =
+    LruHashMap::with_max_entries(16384, 0);
+
+/// Pids of processes that exec'd a new program, for user space to probe their TLS libraries.
+#[map]
+pub static EXEC_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
 /// Records the kernel side could not keep, by `LOST_*` index.
 /// Processes the OOM killer chose (`oom:mark_victim`), by pid, until they exit.
 #[map]

@@ -13,9 +13,9 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use observer_common::{
     ConnInfo, TcpEdgeKey, TcpEdgeStats, TcpStats, DIR_INBOUND, DIR_OUTBOUND, DIR_UNKNOWN,
-    FAIL_OTHER, FAIL_REFUSED, FAIL_RESET, FAIL_TIMEOUT, FAIL_UNREACHABLE, L7_UNDECIDED,
+    FAIL_OTHER, FAIL_REFUSED, FAIL_RESET, FAIL_TIMEOUT, FAIL_UNREACHABLE, L7_NONE, L7_UNDECIDED,
     LOST_CONN_MAP_FULL, LOST_SOCK_READ, LOST_TCP_EDGE_MAP_FULL, LOST_TCP_MAP_FULL, RTT_BUCKETS_US,
-    RTT_NBUCKETS, WORK_L7, WORK_TCP,
+    RTT_NBUCKETS, WORK_L7, WORK_TCP, WORK_TLS,
 };
 
 use crate::{
@@ -359,6 +359,15 @@ fn on_io(sk: u64, ret: i32, send: bool) {
         }
     }
     if work & WORK_L7 != 0 {
+        // A TLS library's own socket call carries ciphertext: its plaintext comes from the
+        // library's call (the TLS probe), and the connection's bytes are left alone.
+        if work & WORK_TLS != 0 && s.tcp && crate::tls::on_socket_call(sk, send) {
+            if !s.conn.is_null() {
+                // SAFETY: map value pointer checked by the verifier.
+                unsafe { (*s.conn).l7 = L7_NONE };
+            }
+            return;
+        }
         l7::on_io(sk, s, ret as u32, send, now);
     }
 }

@@ -27,7 +27,7 @@ pub struct Args {
         long,
         env = "OBSERVER_PROBES",
         value_delimiter = ',',
-        default_value = "syscalls,tcp,http,http2,redis,postgresql,mysql,memcached,lifecycle"
+        default_value = "syscalls,tcp,http,http2,redis,postgresql,mysql,memcached,tls,lifecycle"
     )]
     pub probes: Vec<ProbeKind>,
 
@@ -149,6 +149,9 @@ pub enum ProbeKind {
     Memcached,
     /// DNS lookups over UDP (port 53), client and server side (not in the default set).
     Dns,
+    /// The plaintext of TLS connections (OpenSSL-compatible libraries, by uprobes), parsed as
+    /// the L7 probes that are on parse it.
+    Tls,
     /// OOM kills and exits of main processes (exit code or signal), per container.
     Lifecycle,
     /// Empty programs on syscall entry and exit: the benchmark's cost floor.
@@ -220,6 +223,8 @@ pub struct Config {
     /// The L7 protocols to follow.
     pub l7: Vec<&'static crate::l7::Spec>,
     pub lifecycle: bool,
+    /// TLS libraries' plaintext goes through the L7 path.
+    pub tls: bool,
     pub http_request_timeout: Duration,
     pub apdex_threshold: f64,
     pub apdex_threshold_for: Vec<(String, f64)>,
@@ -344,6 +349,7 @@ impl TryFrom<Args> for Config {
                 .filter(|s| a.probes.iter().any(|p| p.l7_name() == Some(s.name)))
                 .collect(),
             lifecycle: a.probes.contains(&ProbeKind::Lifecycle),
+            tls: a.probes.contains(&ProbeKind::Tls),
             http_request_timeout: a.http_request_timeout,
             apdex_threshold: a.apdex_threshold,
             apdex_threshold_for: a.apdex_threshold_for,

@@ -68,6 +68,10 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let l7_ring = loaded.ebpf.take_map("L7_EVENTS");
     let l7_conns = loaded.ebpf.take_map("L7_CONNS");
     let lifecycle_ring = loaded.ebpf.take_map("LIFECYCLE_EVENTS");
+    let exec_ring = loaded.ebpf.take_map("EXEC_EVENTS");
+    // From here the object is shared with the TLS probe, which attaches to libraries found
+    // later; dropping the last holder detaches every program.
+    let object = Arc::new(Mutex::new(loaded.ebpf));
     let mut resolver = Resolver::new(cgroups);
     resolver.rescan();
     let requests = RequestAgg::new(RequestSettings {
@@ -138,6 +142,22 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
             _ => tracing::error!("L7 ring buffer missing from the object; request figures off"),
         }
     }
+    if let Some(libraries) = loaded.tls.take() {
+        match exec_ring.map(aya::maps::RingBuf::try_from) {
+            Some(Ok(ring)) => {
+                tokio::spawn(ebpf::reader::run(
+                    "exec",
+                    ring,
+                    ebpf::tls::ExecReader::new(object.clone(), libraries),
+                    Some(ebpf::tls::TICK),
+                    shutdown.clone(),
+                ));
+            }
+            _ => tracing::error!(
+                "exec ring buffer missing from the object; new TLS libraries unseen"
+            ),
+        }
+    }
     if loaded.probes.iter().any(|p| p.probe == "lifecycle" && p.up) {
         match lifecycle_ring.map(aya::maps::RingBuf::try_from) {
             Some(Ok(ring)) => {
@@ -201,8 +221,8 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     export::admin::serve(listener, registry, down, kube_status, shutdown).await;
     // Open streams end at shutdown; give the gRPC server a moment to say goodbye.
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
-    // Dropping `loaded` detaches every program.
-    drop(loaded);
+    // Dropping the object detaches every program.
+    drop(object);
     tracing::info!("stopped");
     Ok(())
 }

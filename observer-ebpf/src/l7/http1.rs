@@ -182,15 +182,16 @@ fn on_call(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
 fn request_start(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
     // SAFETY: map value pointer checked by the verifier.
     let s = unsafe { &mut *st };
-    let ptr = sock::cgroup_ptr(call.sk);
+    let sk = super::sock_of(call.sk);
+    let ptr = sock::cgroup_ptr(sk);
     if ptr != s.cgroup_ptr {
         // Another cgroup's socket on this memory: its destruction was not seen.
         count_lost(LOST_L7_STALE_STATE);
-        if let Ok(cg) = sock::cgroup_id(call.sk) {
+        if let Ok(cg) = sock::cgroup_id(sk) {
             s.cgroup_id = cg;
         }
         s.cgroup_ptr = ptr;
-        s.peer = sock::peer(call.sk);
+        s.peer = sock::peer(sk);
         s.req_ts = 0;
         s.orphan_ts = 0;
         s.resp = L7Dir::default();

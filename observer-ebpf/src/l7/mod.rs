@@ -14,6 +14,10 @@
 //! after a peer's FIN or reset still belongs to its own connection, and a socket's memory,
 //! reused by a later connection, never inherits it.
 //!
+//! A TLS connection's plaintext (`crate::tls`, from the TLS library's calls) takes the same
+//! path under its own key (the socket with [`TLS_KEY`] set): [`on_tls_io`] instead of the
+//! socket hook, the same detectors and framers; the socket's ciphertext is never looked at.
+//!
 //! Adding a protocol: a file here with `detect` and `on_call`, one arm in [`detect`] and
 //! [`frame`], and its id in `observer-common`.
 
@@ -34,10 +38,11 @@ use aya_ebpf::{
     },
 };
 use observer_common::{
-    ConnInfo, L7Conn, L7Dir, L7Event, DIR_UNKNOWN, L7_DNS, L7_EVENT_HEADER, L7_EV_CLOSE,
+    ConnInfo, L7Conn, L7Dir, L7Event, TlsConn, DIR_UNKNOWN, L7_DNS, L7_EVENT_HEADER, L7_EV_CLOSE,
     L7_EV_REQUEST, L7_F_OPEN_AT_USER, L7_HTTP1, L7_HTTP2, L7_MEMCACHED, L7_MYSQL, L7_NONE,
     L7_POSTGRES, L7_REDIS, L7_REQ_MAX, L7_RESP_MAX, L7_UNDECIDED, LOST_L7_CONN_MAP_FULL,
-    LOST_L7_RINGBUF_FULL, LOST_L7_USER_READ, SYSCALL_SLOTS, WORK_ENTRY_SLOTS, WORK_TASK_REGS,
+    LOST_L7_RINGBUF_FULL, LOST_L7_USER_READ, SYSCALL_SLOTS, TLS_KEY, WORK_ENTRY_SLOTS,
+    WORK_TASK_REGS, WORK_TLS,
 };
 
 use crate::{
@@ -514,15 +519,7 @@ pub fn on_io(sk: u64, sock: Sock, ret: u32, send: bool, now: u64) {
     // The framers are called from here, not from inside the function below: the BPF stack of
     // a chain of calls is 512 bytes in all.
     let next = on_tcp_io(sk, sock.conn, u64::from(ret) | u64::from(send) << 32, now);
-    match next & 0xff {
-        NEXT_STREAM => {
-            stream::l7_stream_call();
-        }
-        NEXT_HTTP1 => {
-            http1::l7_http1_call(next >> 8);
-        }
-        _ => {}
-    }
+    run_next(next);
 }
 
 /// The L7 path of one call on a TCP socket (`packed` holds its byte count, and its direction in
@@ -626,9 +623,98 @@ fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) -> u32 {
     frame(proto, &call, n)
 }
 
-/// Enters a connection a protocol claimed: its cgroup, peer and side.
+/// The socket of an L7 key (a TLS connection's plaintext has [`TLS_KEY`] set).
 #[inline(always)]
-fn claim(sk: u64, proto: u8, d: Detected, send: bool) -> Option<*mut L7Conn> {
+pub fn sock_of(key: u64) -> u64 {
+    key & !TLS_KEY
+}
+
+/// One plaintext call of `packed`'s byte count (its direction in bit 32) that a TLS library
+/// made on TLS connection `t`, its data at `buf`, begun at `start`: the L7 path of
+/// [`on_tcp_io`], keyed by the socket with [`TLS_KEY`] set, its protocol decided in `t`.
+/// Returns what the caller runs next (`NEXT_*`).
+#[inline(never)]
+pub fn on_tls_io(t: *mut TlsConn, buf: u64, packed: u64, start: u64) -> u32 {
+    let ret = packed as u32;
+    let send = packed >> 32 != 0;
+    // SAFETY: a map value pointer the caller got from a verifier-checked lookup.
+    let (sk, decided) = unsafe { ((*t).sk, (*t).l7) };
+    let key = sk | TLS_KEY;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let call = Call {
+        sk: key,
+        ret,
+        send,
+        now,
+        start: if start == 0 { now } else { start },
+        io: Io::Buf,
+        arg: buf,
+        dgram: false,
+    };
+    let Some(head) = L7_SCRATCH.get_ptr_mut(0) else {
+        return NEXT_NONE;
+    };
+    if decided == L7_NONE {
+        return NEXT_NONE;
+    }
+    if decided != L7_UNDECIDED {
+        if let Some(st) = L7_CONNS.get_ptr_mut(&key) {
+            // SAFETY: map value pointer checked by the verifier.
+            let proto = unsafe { (*st).proto };
+            let n = if is_stream(proto) {
+                0
+            } else {
+                call.read_head(head)
+            };
+            return frame(proto, &call, n);
+        }
+        // Its state was lost: decide again.
+    }
+    let n = call.read_head(head);
+    let v = l7_detect(n, ret, 0, 0);
+    let proto = (v >> 8) as u8;
+    let d = match v & 0xff {
+        1 => Detected::Request,
+        2 => Detected::Response,
+        _ => Detected::No,
+    };
+    if d == Detected::No {
+        // SAFETY: as above.
+        unsafe {
+            (*t).tries += 1;
+            if (*t).tries >= TRIES_NEW {
+                (*t).l7 = L7_NONE;
+            }
+        }
+        return NEXT_NONE;
+    }
+    if claim(key, proto, d, send).is_none() {
+        return NEXT_NONE;
+    }
+    // SAFETY: as above.
+    unsafe { (*t).l7 = proto };
+    frame(proto, &call, n)
+}
+
+/// Runs what [`on_tcp_io`] or [`on_tls_io`] returned.
+#[inline(always)]
+pub fn run_next(next: u32) {
+    match next & 0xff {
+        NEXT_STREAM => {
+            stream::l7_stream_call();
+        }
+        NEXT_HTTP1 => {
+            http1::l7_http1_call(next >> 8);
+        }
+        _ => {}
+    }
+}
+
+/// Enters a connection a protocol claimed, under `key` (its socket, or a TLS connection's
+/// plaintext key): its cgroup, peer and side.
+#[inline(always)]
+fn claim(key: u64, proto: u8, d: Detected, send: bool) -> Option<*mut L7Conn> {
+    let sk = sock_of(key);
     let Ok(cgroup_id) = sock::cgroup_id(sk) else {
         count_lost(observer_common::LOST_SOCK_READ);
         return None;
@@ -668,12 +754,12 @@ fn claim(sk: u64, proto: u8, d: Detected, send: bool) -> Option<*mut L7Conn> {
         (*st)._pad = 0;
         (*st).req_snip = 0;
         (*st)._pad2 = [0; 3];
-        if L7_CONNS.insert(&sk, &*st, BPF_NOEXIST as u64).is_err() {
+        if L7_CONNS.insert(&key, &*st, BPF_NOEXIST as u64).is_err() {
             count_lost(LOST_L7_CONN_MAP_FULL);
             return None;
         }
     }
-    L7_CONNS.get_ptr_mut(&sk)
+    L7_CONNS.get_ptr_mut(&key)
 }
 
 /// Drops the L7 state of a socket whose connection (re)starts: a new connection on reused
@@ -681,12 +767,24 @@ fn claim(sk: u64, proto: u8, d: Detected, send: bool) -> Option<*mut L7Conn> {
 #[inline(always)]
 pub fn forget(sk: u64) {
     let _ = L7_CONNS.remove(&sk);
+    if WORK.load() & WORK_TLS != 0 {
+        let _ = L7_CONNS.remove(&(sk | TLS_KEY));
+    }
 }
 
 /// The socket is destroyed: whatever user space may still wait for (a pending request, a
 /// response being transferred) ends with a `CLOSE` record; the state goes.
 #[inline(always)]
 pub fn on_destroy(sk: u64) {
+    end(sk);
+    if WORK.load() & WORK_TLS != 0 {
+        end(sk | TLS_KEY);
+    }
+}
+
+/// The end of the L7 state under `sk` (a socket or its TLS plaintext key).
+#[inline(always)]
+fn end(sk: u64) {
     let Some(st) = L7_CONNS.get_ptr_mut(&sk) else {
         return;
     };

@@ -10,7 +10,7 @@ use aya::{
 };
 use observer_common::{
     KernelOffsets, LifecycleOffsets, WORK_ENTRY_SLOTS, WORK_L7, WORK_SYSCALLS, WORK_TASK_REGS,
-    WORK_TCP,
+    WORK_TCP, WORK_TLS,
 };
 
 use super::btf;
@@ -34,6 +34,8 @@ pub struct ProbeStatus {
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub probes: Vec<ProbeStatus>,
+    /// The TLS probe's library files (when it is up).
+    pub tls: Option<super::tls::Libraries>,
 }
 
 impl fmt::Debug for Loaded {
@@ -165,6 +167,23 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
     if cfg.tcp || !cfg.l7.is_empty() {
         attach_sockets(&mut ebpf, cfg, &k, &mut probes);
     }
+    let mut tls = None;
+    if cfg.tls {
+        let l7_up = probes
+            .iter()
+            .any(|p| p.up && cfg.l7.iter().any(|s| s.name == p.probe));
+        let r = if l7_up {
+            load_tls(&mut ebpf, hooks, btf).map(|libs| {
+                tls = Some(libs);
+                "uprobe"
+            })
+        } else {
+            Err(ProbeError::Other(
+                "no L7 probe is up to parse the plaintext".into(),
+            ))
+        };
+        probes.push(status("tls", r));
+    }
     if cfg.lifecycle {
         let r = k.lifecycle.as_ref().map_err(clone_err).and_then(|_| {
             attach_pair_named(
@@ -190,7 +209,7 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
             .collect();
         return Err(StartError::NoProbe(reasons.join("; ")));
     }
-    Ok(Loaded { ebpf, probes })
+    Ok(Loaded { ebpf, probes, tls })
 }
 
 /// Loads the object with this kernel's offsets and the configuration's switches as globals.
@@ -208,7 +227,8 @@ fn load_object(
         | (u32::from(cfg.tcp) * WORK_TCP)
         | (u32::from(l7) * WORK_L7)
         | (u32::from(entry_slots) * WORK_ENTRY_SLOTS)
-        | (u32::from(k.task_regs) * WORK_TASK_REGS);
+        | (u32::from(k.task_regs) * WORK_TASK_REGS)
+        | (u32::from(l7 && cfg.tls) * WORK_TLS);
     let protocols = cfg.l7.iter().fold(0u32, |m, s| m | (1 << s.id));
     let mut loader = EbpfLoader::new();
     loader
@@ -221,6 +241,25 @@ fn load_object(
         .map_max_entries("L7_CONNS", cfg.l7_table_size)
         .map_max_entries("SYSCALL_STATS", cfg.syscall_table_size);
     loader.load(object)
+}
+
+/// The TLS probe: its uprobe programs loaded, the exec hook attached, and the TLS libraries of
+/// the running processes probed. Down when a library was found but could not be probed (no
+/// `perf_event_open` for uprobes: `perf_event_paranoid`, capabilities), with that reason.
+fn load_tls(
+    ebpf: &mut Ebpf,
+    hooks: HookPreference,
+    btf: Option<&Btf>,
+) -> Result<super::tls::Libraries, ProbeError> {
+    for prog in super::tls::PROGRAMS {
+        let p: &mut aya::programs::UProbe = program(ebpf, prog)?;
+        p.load().map_err(|e| program_error(prog, e))?;
+    }
+    attach_one(ebpf, hooks, btf, "process_exec", "sched_process_exec")
+        .map_err(|e| ProbeError::Other(format!("exec hook: {e}")))?;
+    let mut libs = super::tls::Libraries::default();
+    libs.scan_all(ebpf)?;
+    Ok(libs)
 }
 
 /// The TCP probes and the L7 path share the socket hooks: connection state changes, send and

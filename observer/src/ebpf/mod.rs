@@ -4,6 +4,7 @@ pub mod btf;
 pub mod load;
 pub mod privileges;
 pub mod reader;
+pub mod tls;
 
 /// The compiled kernel programs (built by build.rs from `observer-ebpf`).
 pub static EBPF_OBJECT: &[u8] =

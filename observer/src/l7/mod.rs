@@ -86,6 +86,9 @@ pub struct Request {
     /// Messages of the request and of the response, for protocols that carry several per
     /// exchange (gRPC's streaming calls); `None` when not counted (or not known whole).
     pub messages: Option<[u32; 2]>,
+    /// It went over TLS: its bytes are the plaintext the TLS library read or wrote (HTTP's
+    /// `url_scheme="https"`).
+    pub tls: bool,
 }
 
 impl Request {
@@ -131,6 +134,8 @@ pub struct Spec {
     /// Counters of the messages of exchanges that carry several (server side, client side;
     /// gRPC's streaming calls), labelled `rpc_message_type` `RECEIVED` or `SENT`.
     pub messages: Option<[&'static str; 2]>,
+    /// Series carry `url_scheme` (`http`, or `https` for requests over TLS).
+    pub url_scheme: bool,
 }
 
 impl Spec {
@@ -170,6 +175,7 @@ impl Spec {
             connection_type: "database",
             failed,
             messages: None,
+            url_scheme: false,
         }
     }
 }

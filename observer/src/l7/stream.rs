@@ -23,6 +23,8 @@ pub struct Ends {
     pub cgroup_id: u64,
     pub peer: IpAddr,
     pub peer_port: u16,
+    /// The connection's plaintext came from its TLS library.
+    pub tls: bool,
 }
 
 /// An operation as it began: what, on what, when, and by which process.
@@ -43,6 +45,7 @@ impl Ends {
             cgroup_id: ev.cgroup_id,
             peer: ev.peer,
             peer_port: ev.peer_port,
+            tls: observer_common::is_tls_key(ev.sk),
         }
     }
 
@@ -68,6 +71,7 @@ impl Ends {
             error_type,
             duration_ns: end_ns.saturating_sub(op.start_ns),
             messages: None,
+            tls: self.tls,
         }
     }
 }

@@ -50,6 +50,7 @@ static ECHO: Spec = Spec {
     connection_type: "database",
     failed: |s, e| e.is_some() || s.and_then(Status::code).is_some_and(|c| c != 0),
     messages: None,
+    url_scheme: false,
 };
 
 #[derive(Default)]
@@ -97,6 +98,7 @@ impl Protocol for Echo {
                 error_type: None,
                 duration_ns: a.ts_ns - start,
                 messages: None,
+                tls: false,
             }),
             _ => self.unparsed += 1,
         }

@@ -51,6 +51,8 @@ pub struct ServerKey {
     pub status: Option<Status>,
     pub target: Arc<str>,
     pub error_type: Option<&'static str>,
+    /// Over TLS (only for protocols whose series say so: `url_scheme`).
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,6 +65,8 @@ pub struct ClientKey {
     pub server_address: IpAddr,
     pub server_port: u16,
     pub error_type: Option<&'static str>,
+    /// As [`ServerKey::tls`].
+    pub tls: bool,
 }
 
 /// Request figures of one cgroup.
@@ -306,6 +310,7 @@ impl RequestAgg {
                     status: r.status.clone(),
                     target: target.clone(),
                     error_type: r.error_type,
+                    tls: spec.url_scheme && r.tls,
                 };
                 let c = self.cgroups.entry(r.cgroup_id).or_default();
                 if let Some([req, resp]) = r.messages {
@@ -360,6 +365,7 @@ impl RequestAgg {
                     server_address: r.peer,
                     server_port: r.peer_port,
                     error_type: r.error_type,
+                    tls: spec.url_scheme && r.tls,
                 };
                 let c = self.cgroups.entry(r.cgroup_id).or_default();
                 if let Some([req, resp]) = r.messages {
@@ -399,6 +405,7 @@ mod tests {
             error_type: status.is_none().then_some("timeout"),
             duration_ns: (secs * 1e9) as u64,
             messages: None,
+            tls: false,
         }
     }
 

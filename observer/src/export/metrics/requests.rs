@@ -13,9 +13,21 @@ use crate::{
 };
 
 /// A server series' labels beyond the identity (`status` is its status's label value).
+/// `url_scheme`'s value of a series over TLS or not.
+fn scheme(tls: bool) -> &'static str {
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 fn server_labels<'a>(k: &'a ServerKey, status: &'a str) -> Labels<'a> {
     let spec = k.protocol;
     let mut extra: Labels = spec.constant_labels.to_vec();
+    if spec.url_scheme {
+        extra.push(("url_scheme", scheme(k.tls)));
+    }
     extra.extend([
         (spec.operation_label, k.operation),
         (spec.status_label, status),
@@ -35,6 +47,9 @@ fn client_labels<'a>(
 ) -> Labels<'a> {
     let spec = k.protocol;
     let mut extra: Labels = spec.constant_labels.to_vec();
+    if spec.url_scheme {
+        extra.push(("url_scheme", scheme(k.tls)));
+    }
     extra.extend([
         (spec.operation_label, k.operation),
         (spec.status_label, status),

@@ -48,6 +48,7 @@ pub static SPEC: Spec = Spec {
     connection_type: "",
     failed,
     messages: None,
+    url_scheme: false,
 };
 
 /// No response, or a response code other than NOERROR and NXDOMAIN.

@@ -35,6 +35,7 @@ pub const BASE: Spec = Spec {
     connection_type: "",
     failed,
     messages: None,
+    url_scheme: true,
 };
 
 /// A 5xx response, or none at all.

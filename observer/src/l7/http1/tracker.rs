@@ -116,6 +116,8 @@ struct Conn {
     last_ns: u64,
     /// The kernel-held request (its first byte's time) already counted as a timeout.
     timed_out: Option<u64>,
+    /// Its plaintext came from its TLS library.
+    tls: bool,
 }
 
 /// Pairs requests and responses of every HTTP/1.x connection on the node.
@@ -392,6 +394,7 @@ fn take(conns: &mut Conns, ev: &Event<'_>, out: &mut Vec<Request>) -> Conn {
         c.cgroup_id = ev.cgroup_id;
     }
     c.peer = Some((ev.peer, ev.peer_port));
+    c.tls = observer_common::is_tls_key(ev.sk);
     c.last_ns = ev.ts_ns;
     c
 }
@@ -637,6 +640,7 @@ fn request(
         error_type: error,
         duration_ns: d,
         messages: None,
+        tls: c.tls,
     }
 }
 

@@ -72,6 +72,7 @@ pub static GRPC_SPEC: Spec = Spec {
     connection_type: "",
     failed: grpc_failed,
     messages: Some(["rpc_server_messages", "rpc_client_messages"]),
+    url_scheme: false,
 };
 
 /// Any status but OK, or none at all; not an unknown one (a connection joined mid-way).
