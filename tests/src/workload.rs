@@ -12,6 +12,11 @@ use crate::{
 
 /// Every probe a default start attaches is up (and whatever else this build has).
 pub fn every_default_probe_is_up(s: &[Sample]) {
+    every_default_probe_is_up_but(s, &[]);
+}
+
+/// Every probe a default start attaches is up but those of `down` (which are down).
+pub fn every_default_probe_is_up_but(s: &[Sample], down: &[&str]) {
     let probes: Vec<&Sample> = s.iter().filter(|x| x.name == "observer_probe_up").collect();
     let names: BTreeSet<&str> = probes.iter().map(|p| p.labels["probe"].as_str()).collect();
     for p in [
@@ -21,6 +26,7 @@ pub fn every_default_probe_is_up(s: &[Sample]) {
         "postgresql",
         "mysql",
         "memcached",
+        "tls",
         "lifecycle",
         "syscalls",
         "tcp_bytes",
@@ -30,7 +36,12 @@ pub fn every_default_probe_is_up(s: &[Sample]) {
         assert!(names.contains(p), "no probe {p} in {names:?}");
     }
     for p in &probes {
-        assert_eq!(p.value, 1.0, "probe {:?} down", p.labels);
+        let want = if down.contains(&p.labels["probe"].as_str()) {
+            0.0
+        } else {
+            1.0
+        };
+        assert_eq!(p.value, want, "probe {:?}", p.labels);
     }
 }
 

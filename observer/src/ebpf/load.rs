@@ -251,6 +251,16 @@ fn load_tls(
     hooks: HookPreference,
     btf: Option<&Btf>,
 ) -> Result<super::tls::Libraries, ProbeError> {
+    if let Err(errno) = super::privileges::try_perf_event_open() {
+        let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+            .map_or(String::from("unknown"), |s| s.trim().to_string());
+        return Err(ProbeError::Other(format!(
+            "uprobes attach through perf_event_open, which is refused ({}; \
+             kernel.perf_event_paranoid is {paranoid}, and above 2 Debian's and Ubuntu's \
+             kernels allow it only with CAP_SYS_ADMIN)",
+            super::privileges::errno_name(errno)
+        )));
+    }
     for prog in super::tls::PROGRAMS {
         let p: &mut aya::programs::UProbe = program(ebpf, prog)?;
         p.load().map_err(|e| program_error(prog, e))?;

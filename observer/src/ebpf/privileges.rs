@@ -30,8 +30,9 @@ pub struct Host {
     /// Soft RLIMIT_MEMLOCK in bytes (`u64::MAX`: unlimited).
     pub memlock: u64,
     /// Whether this process may call perf_event_open, or the errno it got, and
-    /// `kernel.perf_event_paranoid`: no probe needs it (every one attaches through BPF links,
-    /// BTF or raw tracepoints), which the start-up log says where it is refused.
+    /// `kernel.perf_event_paranoid`: only the tls probe needs it (uprobes); every other one
+    /// attaches through BPF links, BTF or raw tracepoints, which the start-up log says where it
+    /// is refused.
     pub perf_event_open: Result<(), i32>,
     pub perf_event_paranoid: Option<i32>,
     /// Whether bpf(2) itself may be called (a one-entry map created and closed), or its errno,
@@ -98,7 +99,7 @@ impl Host {
 /// permission checks of perf_event_open without measuring anything. CAP_PERFMON passes them,
 /// except where a kernel patch (Debian's and Ubuntu's, at `kernel.perf_event_paranoid` 3 and
 /// above) demands CAP_SYS_ADMIN for every perf_event_open.
-fn try_perf_event_open() -> Result<(), i32> {
+pub(crate) fn try_perf_event_open() -> Result<(), i32> {
     // struct perf_event_attr, PERF_ATTR_SIZE_VER0 (64 bytes): type, size, config; the rest 0.
     let mut attr = [0u64; 8];
     attr[0] = 1 | (64u64 << 32); // type PERF_TYPE_SOFTWARE, size 64
@@ -224,16 +225,22 @@ pub fn assess(host: &Host) -> Result<Vec<Finding>, String> {
             .map_or(String::from("unknown"), |p| p.to_string());
         findings.push(Finding::NotNeeded(format!(
             "perf_event_open is refused ({}; kernel.perf_event_paranoid is {paranoid}, and above \
-             2 Debian's and Ubuntu's kernels allow it only with CAP_SYS_ADMIN): no probe needs \
-             it, every one attaches through BPF links (BTF or raw tracepoints, fexit)",
-            match errno {
-                libc::EACCES => "EACCES".to_string(),
-                libc::EPERM => "EPERM".to_string(),
-                e => std::io::Error::from_raw_os_error(e).to_string(),
-            }
+             2 Debian's and Ubuntu's kernels allow it only with CAP_SYS_ADMIN): only the tls \
+             probe needs it (uprobes attach through it), every other one attaches through BPF \
+             links (BTF or raw tracepoints, fexit)",
+            errno_name(errno)
         )));
     }
     Ok(findings)
+}
+
+/// `EACCES`, `EPERM`, or the error's text.
+pub(crate) fn errno_name(errno: i32) -> String {
+    match errno {
+        libc::EACCES => "EACCES".to_string(),
+        libc::EPERM => "EPERM".to_string(),
+        e => std::io::Error::from_raw_os_error(e).to_string(),
+    }
 }
 
 /// Fails with one clear line naming what is missing to load programs; logs what each missing
@@ -368,7 +375,7 @@ mod tests {
         assert_eq!(assess(&h).unwrap(), vec![]);
 
         // Debian's kernels at perf_event_paranoid 3: CAP_PERFMON is not enough for
-        // perf_event_open, which no probe needs.
+        // perf_event_open, which only the tls probe needs.
         let mut h = manifest_host();
         h.effective |= caps(&[CAP_SYS_PTRACE]);
         h.perf_event_open = Err(libc::EACCES);
@@ -377,7 +384,7 @@ mod tests {
         assert!(
             matches!(&f[..], [Finding::NotNeeded(m)] if m.starts_with("perf_event_open is refused (EACCES;")
                 && m.contains("perf_event_paranoid is 3")
-                && m.contains("no probe needs it")),
+                && m.contains("only the tls probe needs it")),
             "{f:?}"
         );
     }

@@ -20,14 +20,17 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
 use aya::{
     maps::{MapData, RingBuf},
     programs::{
-        uprobe::{UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
         ProgramError, UProbe,
     },
     Ebpf,
@@ -84,28 +87,34 @@ struct Library {
     links: Vec<(&'static str, UProbeLinkId)>,
     /// Processes seen mapping it.
     pids: HashSet<u32>,
+    /// One of the node's own libraries (probed at start whether used or not; kept).
+    system: bool,
 }
 
-/// Figures of the probe, for the observer's own metrics and the start-up line.
-#[derive(Debug, Default, Clone)]
-pub struct TlsStatus {
+/// Figures of the probe, for the observer's own metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Figures {
     pub libraries: usize,
     pub attach_failures: u64,
-    /// The last failure, said once at start.
-    pub last_error: Option<String>,
+}
+
+/// The probe's figures (one probe per process: the library files are the node's).
+static LIBRARIES: AtomicUsize = AtomicUsize::new(0);
+static ATTACH_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+pub fn figures() -> Figures {
+    Figures {
+        libraries: LIBRARIES.load(Ordering::Relaxed),
+        attach_failures: ATTACH_FAILURES.load(Ordering::Relaxed),
+    }
 }
 
 #[derive(Default)]
 pub struct Libraries {
     files: HashMap<FileId, FileState>,
-    status: Arc<Mutex<TlsStatus>>,
 }
 
 impl Libraries {
-    pub fn status(&self) -> Arc<Mutex<TlsStatus>> {
-        self.status.clone()
-    }
-
     /// Looks at every running process once. Returns the failure to attach, if every library
     /// found failed (a permission, most likely: then the probe is down).
     pub fn scan_all(&mut self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
@@ -120,6 +129,14 @@ impl Libraries {
                 Err(e) => failed = Some(e),
             }
         }
+        // The node's own libraries, used or not: a process that loads one later is seen
+        // from its first call.
+        for path in system_libraries() {
+            match self.probe_file(ebpf, &path) {
+                Ok(n) => ok += n,
+                Err(e) => failed = Some(e),
+            }
+        }
         tracing::info!(
             processes,
             libraries = self.probed(),
@@ -129,6 +146,55 @@ impl Libraries {
         match failed {
             Some(e) if ok == 0 && self.probed() == 0 => Err(e),
             _ => Ok(()),
+        }
+    }
+
+    /// Probes a file of this mount namespace (not through a process) if it is a TLS library
+    /// not probed yet.
+    fn probe_file(&mut self, ebpf: &mut Ebpf, path: &Path) -> Result<usize, ProbeError> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::metadata(path) else {
+            return Ok(0);
+        };
+        let dev = meta.dev();
+        let id = (
+            u64::from(libc::major(dev)) << 32 | u64::from(libc::minor(dev)),
+            meta.ino(),
+        );
+        if self.files.contains_key(&id) {
+            return Ok(0);
+        }
+        let Some(offsets) = tls_functions(path) else {
+            self.files.insert(id, FileState::NotTls);
+            return Ok(0);
+        };
+        let started = Instant::now();
+        match attach(ebpf, path, &offsets) {
+            Ok(links) => {
+                tracing::info!(
+                    library = %path.display(),
+                    uprobes = links.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "TLS library probed"
+                );
+                self.files.insert(
+                    id,
+                    FileState::Probed(Library {
+                        path: path.to_path_buf(),
+                        links,
+                        pids: HashSet::new(),
+                        system: true,
+                    }),
+                );
+                LIBRARIES.store(self.probed(), Ordering::Relaxed);
+                Ok(1)
+            }
+            Err(e) => {
+                tracing::warn!(library = %path.display(), "TLS library not probed: {}", chain(&e));
+                ATTACH_FAILURES.fetch_add(1, Ordering::Relaxed);
+                self.files.insert(id, FileState::NotTls);
+                Err(e)
+            }
         }
     }
 
@@ -176,12 +242,15 @@ impl Libraries {
             // The file as this process sees it (its own mount namespace).
             let target = Path::new(&format!("/proc/{pid}/root"))
                 .join(path.strip_prefix("/").unwrap_or(path));
-            if program && !has_tls_symbols(&target) {
-                self.files.insert(id, FileState::NotTls);
-                continue;
-            }
             let started = Instant::now();
-            match attach(ebpf, &target) {
+            let Some(offsets) = tls_functions(&target) else {
+                // Not a TLS library after all (a program without one, a stub), or gone.
+                if target.exists() {
+                    self.files.insert(id, FileState::NotTls);
+                }
+                continue;
+            };
+            match attach(ebpf, &target, &offsets) {
                 Ok(links) => {
                     tracing::info!(
                         pid,
@@ -196,17 +265,27 @@ impl Libraries {
                             path: path.clone(),
                             links,
                             pids: HashSet::from([pid]),
+                            system: false,
                         }),
                     );
                     probed += 1;
-                    let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
-                    s.libraries = self.probed();
+                    LIBRARIES.store(self.probed(), Ordering::Relaxed);
+                }
+                Err(_) if !target.exists() => {
+                    // The process went (or moved to another program) while it was looked
+                    // at: the file is looked at again with the next process mapping it.
+                    tracing::debug!(pid, library = %path.display(), "process gone");
                 }
                 Err(e) => {
-                    tracing::warn!(pid, library = %path.display(), "TLS library not probed: {e}");
-                    let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
-                    s.attach_failures += 1;
-                    s.last_error = Some(e.to_string());
+                    tracing::warn!(
+                        pid,
+                        library = %path.display(),
+                        exe = ?std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
+                        exists = target.exists(),
+                        "TLS library not probed: {}",
+                        chain(&e)
+                    );
+                    ATTACH_FAILURES.fetch_add(1, Ordering::Relaxed);
                     self.files.insert(id, FileState::NotTls);
                     failure = Some(e);
                 }
@@ -225,11 +304,12 @@ impl Libraries {
             .files
             .iter_mut()
             .filter_map(|(id, s)| match s {
-                FileState::Probed(lib) => {
+                FileState::Probed(lib) if !lib.system => {
                     lib.pids
                         .retain(|p| Path::new(&format!("/proc/{p}")).exists());
                     lib.pids.is_empty().then_some(*id)
                 }
+                FileState::Probed(_) => None,
                 FileState::NotTls => None,
             })
             .collect();
@@ -260,30 +340,38 @@ impl Libraries {
                 }
             }
         }
-        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        s.libraries = self.probed();
+        LIBRARIES.store(self.probed(), Ordering::Relaxed);
         // Files that were not TLS libraries are forgotten too once their inode may be reused.
         self.files
             .retain(|_, st| matches!(st, FileState::Probed(_)));
     }
 }
 
-/// Attaches every program to the library at `target`; on a failure, what was attached is
-/// detached again.
-fn attach(ebpf: &mut Ebpf, target: &Path) -> Result<Vec<(&'static str, UProbeLinkId)>, ProbeError> {
+/// Attaches every program to the library at `target`, at the functions' file `offsets`; on a
+/// failure, what was attached is detached again.
+fn attach(
+    ebpf: &mut Ebpf,
+    target: &Path,
+    offsets: &HashMap<&'static str, u64>,
+) -> Result<Vec<(&'static str, UProbeLinkId)>, ProbeError> {
     let mut links = Vec::new();
-    let mut points: Vec<(&'static str, &'static str, bool)> = ENTRIES.to_vec();
-    points.extend(
-        RETURNS
-            .iter()
-            .map(|s| (RETURN, *s, *s == "SSL_write" || *s == "SSL_read")),
-    );
-    for (prog, symbol, required) in points {
-        let r =
-            uprobe(ebpf, prog).and_then(|p| p.attach(symbol, target, UProbeScope::AllProcesses));
+    let mut points: Vec<(&'static str, &'static str)> =
+        ENTRIES.iter().map(|(p, s, _)| (*p, *s)).collect();
+    points.extend(RETURNS.iter().map(|s| (RETURN, *s)));
+    for (prog, symbol) in points {
+        // Optional functions a library lacks (`_ex` before OpenSSL 1.1.1) are left out.
+        let Some(&offset) = offsets.get(symbol) else {
+            continue;
+        };
+        let r = uprobe(ebpf, prog).and_then(|p| {
+            p.attach(
+                UProbeAttachLocation::AbsoluteOffset(offset),
+                target,
+                UProbeScope::AllProcesses,
+            )
+        });
         match r {
             Ok(id) => links.push((prog, id)),
-            Err(e) if !required && is_missing_symbol(&e) => {}
             Err(e) => {
                 detach(ebpf, links);
                 return Err(ProbeError::Program {
@@ -295,6 +383,18 @@ fn attach(ebpf: &mut Ebpf, target: &Path) -> Result<Vec<(&'static str, UProbeLin
         }
     }
     Ok(links)
+}
+
+/// An error and its sources, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
 }
 
 fn uprobe<'e>(ebpf: &'e mut Ebpf, prog: &str) -> Result<&'e mut UProbe, ProgramError> {
@@ -311,13 +411,6 @@ fn detach(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
     }
 }
 
-fn is_missing_symbol(e: &ProgramError) -> bool {
-    matches!(
-        e,
-        ProgramError::UProbeError(aya::programs::uprobe::UProbeError::SymbolError { .. })
-    )
-}
-
 /// `libssl.so`, `libssl.so.3`, `libssl.so.1.1`, ...
 fn is_libssl(path: &Path) -> bool {
     path.file_name()
@@ -325,31 +418,76 @@ fn is_libssl(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with("libssl.so"))
 }
 
-/// Whether a program carries a TLS library of its own: `SSL_write` and `SSL_read` among its
-/// symbols (static OpenSSL or BoringSSL builds that keep their symbols).
-fn has_tls_symbols(path: &Path) -> bool {
-    use object::{Object, ObjectSymbol};
-    let Ok(data) = std::fs::read(path) else {
-        return false;
-    };
-    let Ok(file) = object::File::parse(&*data) else {
-        return false;
-    };
-    let mut found = [false; 2];
-    for s in file.symbols().chain(file.dynamic_symbols()) {
-        if !s.is_definition() {
-            continue;
+/// The file offsets of the TLS functions a file defines (its dynamic symbols, else its symbol
+/// table), or `None` when it lacks `SSL_read` or `SSL_write`: a shared library, or a program
+/// with its own copy (Node.js, static OpenSSL or BoringSSL builds that keep their symbols).
+/// The file is read lazily, only its headers and symbol tables (a program may be 100 MB).
+fn tls_functions(path: &Path) -> Option<HashMap<&'static str, u64>> {
+    use object::{Object, ObjectKind, ObjectSection, ObjectSymbol};
+    let file = std::fs::File::open(path).ok()?;
+    let cache = object::ReadCache::new(file);
+    let obj = object::File::parse(&cache).ok()?;
+    let wanted: Vec<&'static str> = ENTRIES.iter().map(|(_, s, _)| *s).collect();
+    let translate = matches!(obj.kind(), ObjectKind::Dynamic | ObjectKind::Executable);
+    let mut found = HashMap::new();
+    for symbols in [obj.dynamic_symbols(), obj.symbols()] {
+        for s in symbols {
+            if !s.is_definition() {
+                continue;
+            }
+            let Some(name) = s.name().ok().and_then(|n| wanted.iter().find(|w| **w == n)) else {
+                continue;
+            };
+            let offset = if translate {
+                let section = s
+                    .section_index()
+                    .and_then(|i| obj.section_by_index(i).ok())?;
+                let (file_offset, _) = section.file_range()?;
+                s.address().checked_sub(section.address())? + file_offset
+            } else {
+                s.address()
+            };
+            found.entry(*name).or_insert(offset);
         }
-        match s.name() {
-            Ok("SSL_write") => found[0] = true,
-            Ok("SSL_read") => found[1] = true,
-            _ => {}
-        }
-        if found == [true, true] {
-            return true;
+        if found.len() == wanted.len() {
+            break;
         }
     }
-    false
+    let required = ENTRIES.iter().filter(|(_, _, r)| *r);
+    required
+        .clone()
+        .all(|(_, s, _)| found.contains_key(s))
+        .then_some(found)
+}
+
+/// Directories where the node's shared libraries are.
+const LIBRARY_DIRS: [&str; 6] = [
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib64",
+    "/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+];
+
+/// The node's TLS shared libraries (`libssl.so*` in the library directories), as the node's
+/// first process sees them (`/proc/1/root`: the host's, also from the observer's container
+/// when it shares the host's pid namespace, as the DaemonSet does).
+fn system_libraries() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in LIBRARY_DIRS {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/1/root{d}")) else {
+            continue;
+        };
+        for e in dir.flatten() {
+            let p = e.path();
+            if is_libssl(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 fn all_pids() -> Vec<u32> {
@@ -418,5 +556,30 @@ impl super::reader::Reader for ExecReader {
             self.last_sweep = now;
             self.libraries.sweep(&mut ebpf);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The offsets are where the functions' code is in the file: the first bytes at each
+    /// equal what `objdump` disassembles there (an ELF's symbols are virtual addresses; the
+    /// file offset differs by the section's placement).
+    #[test]
+    fn finds_the_functions_of_a_shared_library_and_of_a_program_with_its_own_copy() {
+        for path in ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/usr/bin/node"] {
+            let p = Path::new(path);
+            if !p.exists() {
+                continue;
+            }
+            let f = tls_functions(p).unwrap_or_else(|| panic!("{path}"));
+            for (_, s, required) in ENTRIES {
+                assert!(!required || f.contains_key(s), "{path}: {s}");
+            }
+            println!("{path}: {f:?}");
+        }
+        // A program without a TLS library of its own.
+        assert!(tls_functions(Path::new("/bin/sh")).is_none());
     }
 }

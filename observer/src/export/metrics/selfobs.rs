@@ -89,6 +89,22 @@ pub fn encode(
             .iter()
             .map(|(n, _, c)| (vec![("map", *n)], *c as i64)),
     )?;
+    if probes.iter().any(|p| p.probe == "tls") {
+        let t = crate::ebpf::tls::figures();
+        gauge(
+            enc,
+            "observer_tls_libraries_probed",
+            "TLS library files (shared libraries or programs with their own copy) whose calls are probed",
+            std::iter::once((vec![], t.libraries as i64)),
+        )?;
+        counter(
+            enc,
+            "observer_tls_attach_failures",
+            "TLS library files found but not probed (the log says why)",
+            None,
+            std::iter::once((vec![], t.attach_failures)),
+        )?;
+    }
     {
         let mut m = enc.encode_descriptor(
             "observer_build",
