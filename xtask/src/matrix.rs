@@ -443,6 +443,12 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
         "redis-",
         &["redis_benchmark_pipelined_counts_equal_the_servers_commandstats"],
     ),
+    // The TLS probe's uprobes and the plaintext's path into the framers (the other two tests
+    // use the same hooks with other servers).
+    (
+        "tls-",
+        &["https_to_nginx_is_counted_exactly_per_status_on_both_sides_for_every_client"],
+    ),
     // The service graph is user space's, from the requests the http tests check.
     ("topology-", &[]),
 ];

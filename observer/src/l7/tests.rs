@@ -237,7 +237,8 @@ fn two_protocols_on_one_table_ring_and_aggregation_do_not_mix() {
     let mut d = dispatch();
     let table = Table::default();
     let mut out = Vec::new();
-    // Interleaved on one "ring": HTTP on sockets 1 and 2, echo on 3 and 4, one cgroup each side.
+    // Interleaved on one "ring": HTTP on sockets 8 and 16, echo on 24 and 32, one cgroup each
+    // side (socket addresses are aligned: an odd one is a TLS connection's plaintext key).
     let http = |sk, t| {
         bytes(
             L7_HTTP1,
@@ -250,24 +251,24 @@ fn two_protocols_on_one_table_ring_and_aggregation_do_not_mix() {
         )
     };
     let echo = |sk, t, q: &[u8], a: &[u8]| bytes(ECHO_ID, sk, 7, Side::Client, t, q, a);
-    for sk in [1, 3, 2, 4] {
+    for sk in [8, 24, 16, 32] {
         table
             .0
             .borrow_mut()
-            .insert(sk, conn(if sk < 3 { L7_HTTP1 } else { ECHO_ID }));
+            .insert(sk, conn(if sk < 24 { L7_HTTP1 } else { ECHO_ID }));
     }
     let ring = [
-        http(1, 100),
-        echo(3, 110, b"Q get", b"A 0"),
-        http(2, 120),
-        echo(4, 130, b"Q put", b"A 7"),
-        echo(3, 140, b"Q del", b"A 0"),
-        http(1, 150),
+        http(8, 100),
+        echo(24, 110, b"Q get", b"A 0"),
+        http(16, 120),
+        echo(32, 130, b"Q put", b"A 7"),
+        echo(24, 140, b"Q del", b"A 0"),
+        http(8, 150),
         // Each protocol's junk stays its own.
-        bytes(ECHO_ID, 4, 7, Side::Client, 160, b"Q nope", b"A 0"),
+        bytes(ECHO_ID, 32, 7, Side::Client, 160, b"Q nope", b"A 0"),
         bytes(
             L7_HTTP1,
-            2,
+            16,
             7,
             Side::Server,
             170,
@@ -275,7 +276,7 @@ fn two_protocols_on_one_table_ring_and_aggregation_do_not_mix() {
             b"HTTP/1.1 200 OK\r\n\r\n",
         ),
         // A protocol nobody registered.
-        bytes(99, 5, 7, Side::Server, 180, b"x", b"y"),
+        bytes(99, 40, 7, Side::Server, 180, b"x", b"y"),
     ];
     for r in &ring {
         d.record(r, &mut out);
