@@ -613,7 +613,7 @@ fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) -> u32 {
         }
         return NEXT_NONE;
     }
-    if claim(sk, proto, d, send).is_none() {
+    if claim(sk, sk, proto, d, send).is_none() {
         return NEXT_NONE;
     }
     if let Some(c) = conn {
@@ -623,7 +623,16 @@ fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) -> u32 {
     frame(proto, &call, n)
 }
 
-/// The socket of an L7 key (a TLS connection's plaintext has [`TLS_KEY`] set).
+/// The L7 key of socket `sk`'s TLS plaintext: an addition, not a bit operation, which the
+/// verifier refuses on a typed socket pointer (BTF tracepoints' and fexit's arguments);
+/// socket addresses are aligned, so the two are the same.
+#[inline(always)]
+pub fn tls_key(sk: u64) -> u64 {
+    sk.wrapping_add(TLS_KEY)
+}
+
+/// The socket of an L7 key (a TLS connection's plaintext has [`TLS_KEY`] set), of a key that
+/// is a plain number (read from a map).
 #[inline(always)]
 pub fn sock_of(key: u64) -> u64 {
     key & !TLS_KEY
@@ -639,7 +648,7 @@ pub fn on_tls_io(t: *mut TlsConn, buf: u64, packed: u64, start: u64) -> u32 {
     let send = packed >> 32 != 0;
     // SAFETY: a map value pointer the caller got from a verifier-checked lookup.
     let (sk, decided) = unsafe { ((*t).sk, (*t).l7) };
-    let key = sk | TLS_KEY;
+    let key = tls_key(sk);
     let now = unsafe { bpf_ktime_get_ns() };
     let call = Call {
         sk: key,
@@ -688,7 +697,7 @@ pub fn on_tls_io(t: *mut TlsConn, buf: u64, packed: u64, start: u64) -> u32 {
         }
         return NEXT_NONE;
     }
-    if claim(key, proto, d, send).is_none() {
+    if claim(key, sk, proto, d, send).is_none() {
         return NEXT_NONE;
     }
     // SAFETY: as above.
@@ -710,11 +719,11 @@ pub fn run_next(next: u32) {
     }
 }
 
-/// Enters a connection a protocol claimed, under `key` (its socket, or a TLS connection's
-/// plaintext key): its cgroup, peer and side.
+/// Enters a connection a protocol claimed on socket `sk`, under `key` (the socket, or its TLS
+/// plaintext key): its cgroup, peer and side. (Both are passed: where `sk` is a typed pointer
+/// (fexit's arguments), the verifier refuses bit operations on it.)
 #[inline(always)]
-fn claim(key: u64, proto: u8, d: Detected, send: bool) -> Option<*mut L7Conn> {
-    let sk = sock_of(key);
+fn claim(key: u64, sk: u64, proto: u8, d: Detected, send: bool) -> Option<*mut L7Conn> {
     let Ok(cgroup_id) = sock::cgroup_id(sk) else {
         count_lost(observer_common::LOST_SOCK_READ);
         return None;
@@ -768,7 +777,7 @@ fn claim(key: u64, proto: u8, d: Detected, send: bool) -> Option<*mut L7Conn> {
 pub fn forget(sk: u64) {
     let _ = L7_CONNS.remove(&sk);
     if WORK.load() & WORK_TLS != 0 {
-        let _ = L7_CONNS.remove(&(sk | TLS_KEY));
+        let _ = L7_CONNS.remove(&tls_key(sk));
     }
 }
 
@@ -778,7 +787,7 @@ pub fn forget(sk: u64) {
 pub fn on_destroy(sk: u64) {
     end(sk);
     if WORK.load() & WORK_TLS != 0 {
-        end(sk | TLS_KEY);
+        end(tls_key(sk));
     }
 }
 
