@@ -443,12 +443,12 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
         "redis-",
         &["redis_benchmark_pipelined_counts_equal_the_servers_commandstats"],
     ),
-    // The TLS probe's uprobes and the plaintext's path into the framers (the other two tests
-    // use the same hooks with other servers).
-    (
-        "tls-",
-        &["https_to_nginx_is_counted_exactly_per_status_on_both_sides_for_every_client"],
-    ),
+    // The TLS probe: host only for now. On the 5.10 guest the nginx test took 13 minutes under
+    // emulation (TLS handshakes and 1 MiB bodies encrypted in software, the uprobe programs'
+    // verification) and its last scrape timed out: too much for the matrix's budget. The
+    // default-probes test still loads the probe's start-up check on every guest (down at
+    // paranoid 3 on Debian's kernels, which it checks).
+    ("tls-", &[]),
     // The service graph is user space's, from the requests the http tests check.
     ("topology-", &[]),
 ];
