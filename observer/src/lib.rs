@@ -209,7 +209,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let down = loaded
         .probes
         .iter()
-        .filter(|p| !p.up)
+        .filter(|p| p.blocks_readiness())
         .map(|p| {
             format!(
                 "{}: {}",

@@ -15,6 +15,17 @@ pub fn every_default_probe_is_up(s: &[Sample]) {
     every_default_probe_is_up_but(s, &[]);
 }
 
+/// Every probe a default start attaches is up, but the tls probe where the observer's log
+/// says `perf_event_open` is refused (then it is down: uprobes need it).
+pub fn every_default_probe_is_up_unless_refused(s: &[Sample], log: &str) {
+    let down: &[&str] = if log.contains("perf_event_open is refused") {
+        &["tls"]
+    } else {
+        &[]
+    };
+    every_default_probe_is_up_but(s, down);
+}
+
 /// Every probe a default start attaches is up but those of `down` (which are down).
 pub fn every_default_probe_is_up_but(s: &[Sample], down: &[&str]) {
     let probes: Vec<&Sample> = s.iter().filter(|x| x.name == "observer_probe_up").collect();

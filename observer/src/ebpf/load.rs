@@ -46,6 +46,20 @@ impl fmt::Debug for Loaded {
     }
 }
 
+/// How the tls probe's reason starts where the node refuses `perf_event_open` (its
+/// `perf_event_paranoid`, or a seccomp profile): a choice of the node's, not a fault.
+pub const UPROBES_REFUSED: &str = "uprobes attach through perf_event_open, which is refused";
+
+impl ProbeStatus {
+    /// Whether `/readyz` fails for it: every probe that is down, but the tls probe where the
+    /// node's policy refuses uprobes (its line and `observer_probe_up` still say so).
+    pub fn blocks_readiness(&self) -> bool {
+        !self.up
+            && !(self.probe == "tls"
+                && (self.reason.as_deref()).is_some_and(|r| r.starts_with(UPROBES_REFUSED)))
+    }
+}
+
 fn program_error(program: &str, e: ProgramError) -> ProbeError {
     let verifier_log = match &e {
         ProgramError::LoadError { verifier_log, .. } => Some(verifier_log.to_string()),
@@ -255,9 +269,9 @@ fn load_tls(
         let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
             .map_or(String::from("unknown"), |s| s.trim().to_string());
         return Err(ProbeError::Other(format!(
-            "uprobes attach through perf_event_open, which is refused ({}; \
-             kernel.perf_event_paranoid is {paranoid}, and above 2 Debian's and Ubuntu's \
-             kernels allow it only with CAP_SYS_ADMIN)",
+            "{UPROBES_REFUSED} ({}; kernel.perf_event_paranoid is {paranoid}, and above 2 \
+             Debian's and Ubuntu's kernels allow it only with CAP_SYS_ADMIN; a seccomp profile \
+             may refuse it too)",
             super::privileges::errno_name(errno)
         )));
     }
