@@ -54,9 +54,12 @@ impl ProbeStatus {
     /// Whether `/readyz` fails for it: every probe that is down, but the tls probe where the
     /// node's policy refuses uprobes (its line and `observer_probe_up` still say so).
     pub fn blocks_readiness(&self) -> bool {
-        !self.up
-            && !(self.probe == "tls"
-                && (self.reason.as_deref()).is_some_and(|r| r.starts_with(UPROBES_REFUSED)))
+        if self.up {
+            return false;
+        }
+        let refused = self.probe == "tls"
+            && (self.reason.as_deref()).is_some_and(|r| r.starts_with(UPROBES_REFUSED));
+        !refused
     }
 }
 
