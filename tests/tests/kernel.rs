@@ -721,8 +721,9 @@ fn no_probe_needs_tracefs() {
     let s = obs.scrape().unwrap();
     let probes: Vec<&Sample> = s.iter().filter(|x| x.name == "observer_probe_up").collect();
     // The default probes' series: syscalls, tcp_connections, tcp_retransmits, tcp_bytes, http,
-    // http2, redis, postgresql, mysql, memcached, lifecycle.
-    assert_eq!(probes.len(), 11, "{probes:?}");
+    // http2, redis, postgresql, mysql, memcached, tls (uprobes: perf_event_open, no tracefs),
+    // lifecycle.
+    assert_eq!(probes.len(), 12, "{probes:?}");
     for p in probes {
         assert_eq!(p.value, 1.0, "{:?}", p.labels);
         assert_ne!(p.labels["hook"], "tracepoint", "{:?}", p.labels);

@@ -208,8 +208,8 @@ fn prometheus_server_reads_a_pods_figures_back() {
     );
     assert_eq!(
         up,
-        Some(11.0),
-        "eleven probes up (syscalls, tcp_connections, tcp_retransmits, tcp_bytes, http, http2, redis, postgresql, mysql, memcached, lifecycle)"
+        Some(12.0),
+        "twelve probes up (syscalls, tcp_connections, tcp_retransmits, tcp_bytes, http, http2, redis, postgresql, mysql, memcached, tls, lifecycle)"
     );
     drop(prom);
     obs.stop().unwrap();
