@@ -386,6 +386,17 @@ pub extern "C" fn l7_detect(n: u32, ret: u32, dns: u32, old: u32) -> u32 {
     (p as u32) << 8 | d as u32
 }
 
+/// [`l7_detect`]'s packed answer: the protocol and its verdict.
+#[inline(always)]
+fn verdict(v: u32) -> (u8, Detected) {
+    let d = match v & 0xff {
+        1 => Detected::Request,
+        2 => Detected::Response,
+        _ => Detected::No,
+    };
+    ((v >> 8) as u8, d)
+}
+
 #[inline(always)]
 fn detect(head: *const L7Event, n: u32, ret: u32, dns: u32, old: u32) -> (u8, Detected) {
     let enabled = L7_PROTOCOLS.load();
@@ -589,13 +600,7 @@ fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) -> u32 {
         }
         _ => 0,
     };
-    let v = l7_detect(n, call.ret, dns, old);
-    let proto = (v >> 8) as u8;
-    let d = match v & 0xff {
-        1 => Detected::Request,
-        2 => Detected::Response,
-        _ => Detected::No,
-    };
+    let (proto, d) = verdict(l7_detect(n, call.ret, dns, old));
     if d == Detected::No {
         if let Some(c) = conn {
             // SAFETY: map value pointer checked by the verifier.
@@ -680,13 +685,7 @@ pub fn on_tls_io(t: *mut TlsConn, buf: u64, packed: u64, start: u64) -> u32 {
         // Its state was lost: decide again.
     }
     let n = call.read_head(head);
-    let v = l7_detect(n, ret, 0, 0);
-    let proto = (v >> 8) as u8;
-    let d = match v & 0xff {
-        1 => Detected::Request,
-        2 => Detected::Response,
-        _ => Detected::No,
-    };
+    let (proto, d) = verdict(l7_detect(n, ret, 0, 0));
     if d == Detected::No {
         // SAFETY: as above.
         unsafe {
