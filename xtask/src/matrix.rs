@@ -175,8 +175,14 @@ impl Kernel {
     }
 }
 
-/// Runs every test binary on `kernel`, streaming the output, and counts the results.
-pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result<Outcome> {
+/// Runs every test binary on `kernel` (a guest with `cpus` virtual CPUs), streaming the output,
+/// and counts the results.
+pub fn run(
+    kernel: &Kernel,
+    binaries: &[PathBuf],
+    observer_bin: &Path,
+    cpus: usize,
+) -> Result<Outcome> {
     let started = Instant::now();
     let mut cmd = match kernel {
         Kernel::Host => {
@@ -186,8 +192,7 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
             c
         }
         Kernel::Guest { image, .. } => {
-            let script_path =
-                std::env::temp_dir().join(format!("observer-matrix-{}.sh", std::process::id()));
+            let script_path = script_path(&kernel.release());
             std::fs::write(&script_path, script(binaries, observer_bin, GUEST_SLOWDOWN))?;
             let mut c = crate::install::vng();
             // --verbose: the guest kernel's console comes on stderr, so that a guest that stops
@@ -198,7 +203,7 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
                 "--memory",
                 "3G",
                 "--cpus",
-                "2",
+                &cpus.to_string(),
                 "-r",
             ])
             .arg(image)
@@ -261,7 +266,7 @@ pub fn run(kernel: &Kernel, binaries: &[PathBuf], observer_bin: &Path) -> Result
     let _ = watchdog.join();
     let (console, err_tally) = err_thread.join().unwrap_or_default();
     if let Kernel::Guest { .. } = kernel {
-        let _ = std::fs::remove_file(script_path());
+        let _ = std::fs::remove_file(script_path(&label));
     }
     let mut out = tally.merge(err_tally);
     if !out.finished {
@@ -318,9 +323,13 @@ impl Tally {
     }
 }
 
-/// Where the script the guests run is written (the guests see this machine's /tmp).
-fn script_path() -> PathBuf {
-    std::env::temp_dir().join(format!("observer-matrix-{}.sh", std::process::id()))
+/// Where the script of the guest running `release` is written (the guests see this machine's
+/// /tmp; guests side by side each have their own).
+fn script_path(release: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "observer-matrix-{}-{release}.sh",
+        std::process::id()
+    ))
 }
 
 /// `test tcp_exact ... FAILED` → `tcp_exact` (libtest's line for a failed test).

@@ -8,7 +8,9 @@
 //! with kernel.bpf_stats_enabled=1.
 //!
 //! The `h2` setting runs the same rounds with nginx serving HTTP/2 in cleartext (one worker,
-//! a ~600-byte page) to `h2load -c 8 -m 10` (ten concurrent streams per connection).
+//! a ~600-byte page) to `h2load -c 8 -m 10` (ten concurrent streams per connection), and the
+//! `https` setting nginx serving the same page over TLS (a certificate made by `openssl req`)
+//! to `wrk -c 8` over HTTPS with keep-alive: the TLS probe's uprobes on both sides' libssl.
 
 use std::{
     collections::BTreeMap,
@@ -25,12 +27,15 @@ use super::{
     show, start_observer, stop, tail, Guard, SETUPS,
 };
 
-/// The throughput the default probes must keep, as a share of the run without the observer.
+/// The throughput the default probes must keep, as a share of the run without the observer
+/// (HTTPS: 0.85, each request also stopping at four uprobes).
 const TARGET: f64 = 0.90;
+const TARGET_HTTPS: f64 = 0.85;
 /// The server's address in the pods (see `place.rs`).
 const SERVER_IP: &str = "10.233.0.2";
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const H2_PORT: u16 = 8080;
+const HTTPS_PORT: u16 = 8443;
 
 /// One load run: operations per second and how many operations it made.
 struct Run {
@@ -38,34 +43,47 @@ struct Run {
     ops: u64,
 }
 
-/// The database workloads this benchmark drives.
+/// The pod-to-pod workloads of this file.
 #[derive(Clone, Copy)]
-pub enum Db {
+pub enum Load {
     Redis,
     Postgres,
     /// nginx over HTTP/2 (cleartext) under h2load.
     H2,
+    /// nginx over HTTPS (HTTP/1.1 on TLS) under wrk.
+    Https,
 }
 
-impl Db {
+impl Load {
     fn name(self) -> &'static str {
         match self {
-            Db::Redis => "redis",
-            Db::Postgres => "postgresql",
-            Db::H2 => "h2load",
+            Load::Redis => "redis",
+            Load::Postgres => "postgresql",
+            Load::H2 => "h2load",
+            Load::Https => "https",
+        }
+    }
+
+    fn target(self) -> f64 {
+        match self {
+            Load::Https => TARGET_HTTPS,
+            _ => TARGET,
         }
     }
 
     fn describe(self, secs: u64) -> String {
         match self {
-            Db::Redis => format!(
+            Load::Redis => format!(
                 "redis-server at {SERVER_IP}:6379, redis-benchmark -P 1 -c 32 -t set,get (about {secs} s)"
             ),
-            Db::Postgres => format!(
+            Load::Postgres => format!(
                 "postgres 15 at {SERVER_IP}:5432, pgbench -S -c 8 -j 2 -T {secs} (scale 1)"
             ),
-            Db::H2 => format!(
+            Load::H2 => format!(
                 "nginx (1 worker, HTTP/2 cleartext) at {SERVER_IP}:{H2_PORT}, h2load -c 8 -m 10 -D {secs}"
+            ),
+            Load::Https => format!(
+                "nginx (1 worker, TLS 1.3, RSA 2048) at {SERVER_IP}:{HTTPS_PORT}, wrk -t1 -c8 -d{secs}s over HTTPS (keep-alive)"
             ),
         }
     }
@@ -73,34 +91,34 @@ impl Db {
     /// Starts the server in pod 0 and prepares its data; its processes die with the pods.
     fn start(self, pods: &Pods, dir: &std::path::Path) -> Result<()> {
         match self {
-            Db::H2 => {
-                let html = dir.join("html");
-                fs::create_dir_all(&html)?;
-                let p = "<p>A small static page, as many sites serve: about six hundred bytes in all.</p>\n";
-                fs::write(
-                    html.join("index.html"),
-                    format!(
-                        "<!DOCTYPE html>\n<html><head><title>bench</title></head><body>\n{}</body></html>\n",
-                        p.repeat(7)
+            Load::H2 => nginx(
+                pods,
+                dir,
+                &format!(
+                    "listen {SERVER_IP}:{H2_PORT} http2;\n    http2_max_concurrent_streams 128;"
+                ),
+                H2_PORT,
+            ),
+            Load::Https => {
+                let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+                sh(&format!(
+                    "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench -keyout {} -out {} 2>/dev/null",
+                    key.display(),
+                    cert.display()
+                ))
+                .context("making the certificate (is openssl installed?)")?;
+                nginx(
+                    pods,
+                    dir,
+                    &format!(
+                        "listen {SERVER_IP}:{HTTPS_PORT} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};",
+                        cert.display(),
+                        key.display()
                     ),
-                )?;
-                let conf = dir.join("nginx.conf");
-                fs::write(
-                    &conf,
-                    format!(
-                        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n  server {{\n    listen {SERVER_IP}:{H2_PORT} http2;\n    http2_max_concurrent_streams 128;\n    keepalive_requests 1000000;\nroot {d}/html;\n  }}\n}}\n",
-                        d = dir.display()
-                    ),
-                )?;
-                let conf = conf.display().to_string();
-                pods.command(0, &["nginx", "-c", &conf])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .context("starting nginx (is it installed?)")?;
-                wait_port(pods, H2_PORT)
+                    HTTPS_PORT,
+                )
             }
-            Db::Redis => {
+            Load::Redis => {
                 pods.command(
                     0,
                     &[
@@ -123,7 +141,7 @@ impl Db {
                 .context("starting redis-server (is it installed?)")?;
                 wait_port(pods, 6379)
             }
-            Db::Postgres => {
+            Load::Postgres => {
                 let data = dir.join("pgdata");
                 let data = data.display().to_string();
                 sh(&format!(
@@ -186,7 +204,7 @@ impl Db {
     /// One load run of about `secs` seconds.
     fn load(self, pods: &Pods, secs: u64) -> Result<Run> {
         match self {
-            Db::H2 => {
+            Load::H2 => {
                 let url = format!("http://{SERVER_IP}:{H2_PORT}/");
                 let d = secs.to_string();
                 let out = pods
@@ -223,7 +241,28 @@ impl Db {
                     ops: ok,
                 })
             }
-            Db::Redis => {
+            Load::Https => {
+                let url = format!("https://{SERVER_IP}:{HTTPS_PORT}/");
+                let d = format!("-d{secs}s");
+                let out = pods
+                    .command(1, &["wrk", "-t1", "-c8", &d, &url])
+                    .stdin(Stdio::null())
+                    .output()
+                    .context("running wrk (is it installed?)")?;
+                check_interrupted()?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                ensure!(
+                    out.status.success(),
+                    "wrk: {}{text}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let (rps, requests) = super::parse_wrk(&text)?;
+                Ok(Run {
+                    ops_per_sec: rps,
+                    ops: requests,
+                })
+            }
+            Load::Redis => {
                 // -n per test, sized for about `secs` seconds at this machine's rate (two tests).
                 let n = (secs * 25_000).to_string();
                 let out = pods
@@ -270,7 +309,7 @@ impl Db {
                     ops: 2 * n,
                 })
             }
-            Db::Postgres => {
+            Load::Postgres => {
                 let t = secs.to_string();
                 let out = pods
                     .command(
@@ -331,7 +370,7 @@ const DB_SETUPS: [(&str, Option<&str>); 4] = [
     ("observer", None),
     (
         "observer without syscalls",
-        Some("tcp,http,http2,redis,postgresql,mysql,memcached,lifecycle"),
+        Some("tcp,http,http2,redis,postgresql,mysql,memcached,tls,lifecycle"),
     ),
 ];
 const NONE: usize = 0;
@@ -341,7 +380,7 @@ const DEFAULT: usize = 2;
 pub fn run(
     g: &mut Guard,
     observer: &std::path::Path,
-    loads: &[Db],
+    loads: &[Load],
     rounds: usize,
     secs: u64,
 ) -> Result<()> {
@@ -410,9 +449,10 @@ pub fn run(
             ));
         }
         println!(
-            "bench [{}]: none {base:.0} ops/s; {} (target for the default probes >= {TARGET})",
+            "bench [{}]: none {base:.0} ops/s; {} (target for the default probes >= {})",
             db.name(),
-            parts.join("; ")
+            parts.join("; "),
+            db.target()
         );
         let mut per_prog: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
         for s in &samples[DEFAULT] {
@@ -438,7 +478,7 @@ fn observed_run(
     g: &mut Guard,
     bin: &std::path::Path,
     probes: &str,
-    db: Db,
+    db: Load,
     pods: &Pods,
     secs: u64,
 ) -> Result<Sample> {
@@ -487,6 +527,36 @@ fn observed_run(
         bpf_ns_per_op: Some(bpf_per_prog.values().sum()),
         bpf_per_prog,
     })
+}
+
+/// Starts nginx (one worker, no access log) in pod 0 serving a ~600-byte page on the server
+/// block's `listen` lines, and waits for `port`.
+fn nginx(pods: &Pods, dir: &std::path::Path, listen: &str, port: u16) -> Result<()> {
+    let html = dir.join("html");
+    fs::create_dir_all(&html)?;
+    let p = "<p>A small static page, as many sites serve: about six hundred bytes in all.</p>\n";
+    fs::write(
+        html.join("index.html"),
+        format!(
+            "<!DOCTYPE html>\n<html><head><title>bench</title></head><body>\n{}</body></html>\n",
+            p.repeat(7)
+        ),
+    )?;
+    let conf = dir.join("nginx.conf");
+    fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n  server {{\n    {listen}\n    keepalive_requests 1000000;\n    root {d}/html;\n  }}\n}}\n",
+            d = dir.display()
+        ),
+    )?;
+    let conf = conf.display().to_string();
+    pods.command(0, &["nginx", "-c", &conf])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting nginx (is it installed?)")?;
+    wait_port(pods, port)
 }
 
 /// Waits, 30 s at most, until the server's port answers from the client pod.

@@ -54,8 +54,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 50_000)]
     pub high_rate: u32,
     /// Settings: pinned (loopback, one CPU each), pods (pod to pod), both of these, db (Redis
-    /// and PostgreSQL, pod to pod), h2 (nginx over HTTP/2 under h2load, pod to pod), or all.
-    #[arg(long, default_value = "all", value_parser = ["pinned", "pods", "both", "db", "h2", "all"])]
+    /// and PostgreSQL, pod to pod), h2 (nginx over HTTP/2 under h2load, pod to pod), https
+    /// (nginx over TLS under wrk, pod to pod), or all.
+    #[arg(long, default_value = "all", value_parser = ["pinned", "pods", "both", "db", "h2", "https", "all"])]
     pub setting: String,
     /// Rounds of each database and h2 setting (each setup of the round once).
     #[arg(long, default_value_t = 5)]
@@ -78,7 +79,7 @@ const SETUPS: [(&str, Option<&str>); NSETUPS] = [
     ("empty-hooks", Some("empty-hooks")),
     (
         "observer",
-        Some("syscalls,tcp,http,http2,redis,postgresql,mysql,memcached,lifecycle"),
+        Some("syscalls,tcp,http,http2,redis,postgresql,mysql,memcached,tls,lifecycle"),
     ),
     // The foundation's own scope (syscalls and TCP, without HTTP).
     ("syscalls,tcp", Some("syscalls,tcp")),
@@ -205,7 +206,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let places: Vec<fn() -> Result<Place>> = match args.setting.as_str() {
         "pinned" => vec![pinned],
         "pods" => vec![pods],
-        "db" | "h2" => vec![],
+        "db" | "h2" | "https" => vec![],
         _ => vec![pinned, pods],
     };
     for make in places {
@@ -247,10 +248,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             stop(n)?;
         }
     }
-    let loads: &[db::Db] = match args.setting.as_str() {
-        "db" => &[db::Db::Redis, db::Db::Postgres],
-        "h2" => &[db::Db::H2],
-        "all" => &[db::Db::Redis, db::Db::Postgres, db::Db::H2],
+    let loads: &[db::Load] = match args.setting.as_str() {
+        "db" => &[db::Load::Redis, db::Load::Postgres],
+        "h2" => &[db::Load::H2],
+        "https" => &[db::Load::Https],
+        "all" => &[
+            db::Load::Redis,
+            db::Load::Postgres,
+            db::Load::H2,
+            db::Load::Https,
+        ],
         _ => &[],
     };
     if !loads.is_empty() {
@@ -605,6 +612,15 @@ fn wrk(place: &Place, connections: u32, secs: u64) -> Result<(f64, u64)> {
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(out.status.success(), "wrk failed: {err}{text}");
+    let (rps, requests) = parse_wrk(&text)?;
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        eprintln!("bench: warning: wrk reported errors:\n{text}");
+    }
+    Ok((rps, requests))
+}
+
+/// wrk's requests/s and request count from its report.
+fn parse_wrk(text: &str) -> Result<(f64, u64)> {
     let rps = (text.lines())
         .filter_map(|l| l.trim().strip_prefix("Requests/sec:"))
         .find_map(|v| v.trim().parse::<f64>().ok())
@@ -614,9 +630,6 @@ fn wrk(place: &Place, connections: u32, secs: u64) -> Result<(f64, u64)> {
         .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
         .with_context(|| format!("no request count in wrk output:\n{text}"))?;
     ensure!(requests > 0, "wrk made no request:\n{text}");
-    if text.contains("Non-2xx") || text.contains("Socket errors") {
-        eprintln!("bench: warning: wrk reported errors:\n{text}");
-    }
     Ok((rps, requests))
 }
 
