@@ -132,7 +132,9 @@ impl Pod {
         fs::metadata(&self.cgroup).expect("cgroup dir").ino()
     }
 
-    fn command(&self, program: &str, args: &[&str]) -> Command {
+    /// A command that runs `program` inside the pod (its cgroup and network namespace), for a
+    /// caller that wants its own handling of the child.
+    pub fn command(&self, program: &str, args: &[&str]) -> Command {
         let mut c = Command::new("sh");
         c.arg("-c")
             .arg(format!(

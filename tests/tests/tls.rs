@@ -156,7 +156,8 @@ print(json.dumps({"counts": counts, "resumed": resumed}))
 /// host, port, ms. Prints `{status: n}`.
 const NODE_CLIENT: &str = r#"
 const https = require('https');
-const [host, port, ms] = process.argv.slice(1);
+const fs = require('fs');
+const [host, port, ready] = process.argv.slice(1);
 const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
 const paths = ['/ok', '/missing', '/ok', '/big.bin', '/ok', '/missing'];
 const counts = {};
@@ -168,7 +169,8 @@ function next() {
     r.on('end', () => { counts[r.statusCode] = (counts[r.statusCode] || 0) + 1; next(); });
   }).on('error', (e) => { console.error(e); process.exit(1); });
 }
-setTimeout(next, Number(ms));
+function start() { if (fs.existsSync(ready)) next(); else setTimeout(start, 20); }
+start();
 "#;
 
 /// Node.js HTTPS server: `/s/<code>` answers that status; logs `<code>` per response. Args:
@@ -301,6 +303,23 @@ fn assert_nothing_lost(s: &[Sample]) {
     }
 }
 
+/// Waits until the observer says it probed a TLS library file whose path contains `file`.
+fn wait_probed(obs: &Observer, file: &str) {
+    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(30));
+    loop {
+        let probed = (obs.stderr.lock().unwrap().lines())
+            .any(|l| l.contains("TLS library probed") && l.contains(file));
+        if probed {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no TLS library file like {file} probed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn wait_for(obs: &Observer, want: &[(&str, &Pod, u64)]) -> Vec<Sample> {
     obs.scrape_until(WAIT, |s| {
         want.iter()
@@ -392,16 +411,29 @@ fn https_to_nginx_is_counted_exactly_per_status_on_both_sides_for_every_client()
 
     // Node.js (its own OpenSSL, a memory BIO), keep-alive. The first Node.js process on the
     // node brings a file not probed yet: the observer finds it at the exec, reads its symbols
-    // (a 100 MB program) and attaches, which takes a few tenths of a second: the client waits
-    // that long before its first request (later Node.js processes are seen from their first
-    // request: the file stays probed).
-    let wait = (1500 * slowdown()).to_string();
-    let out = node
-        .run(
+    // (a 100 MB program) and attaches, which takes a few tenths of a second here (seconds
+    // under emulation): the client waits for that before its first request (later Node.js
+    // processes are seen from their first request: the file stays probed).
+    let ready = dir.path().join("node-ready");
+    let client = node
+        .command(
             "node",
-            &["-e", NODE_CLIENT, &web.ip, &PORT.to_string(), &wait],
+            &[
+                "-e",
+                NODE_CLIENT,
+                &web.ip,
+                &PORT.to_string(),
+                &ready.display().to_string(),
+            ],
         )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    wait_probed(&obs, "node");
+    fs::write(&ready, b"").unwrap();
+    let out = client.wait_with_output().unwrap();
+    assert!(out.status.success(), "the Node.js client failed");
     clients.push((&node, from_json(&String::from_utf8_lossy(&out.stdout))));
 
     // h2load: HTTP/2 over TLS (ALPN h2, as curl's above), 2 connections, 5 streams in flight
@@ -510,6 +542,8 @@ fn python_and_node_servers_over_tls_are_counted_exactly_on_both_sides() {
         .unwrap();
     py_srv.wait_listening(PORT).unwrap();
     node_srv.wait_listening(PORT).unwrap();
+    // Node's own file is probed a moment after its exec (see the nginx test).
+    wait_probed(&obs, "node");
 
     let codes = ["200", "201", "404", "200", "503", "200", "302"];
     let mut curl_t = Tally::new();
