@@ -18,6 +18,10 @@ pub enum ProbeError {
         source: Box<aya::programs::ProgramError>,
         verifier_log: Option<String>,
     },
+    /// The node's own policy refuses what the probe needs (`perf_event_paranoid`, a seccomp
+    /// profile): a choice of the node's, said at start, not a fault of the observer's.
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Other(String),
 }

@@ -28,6 +28,8 @@ pub struct ProbeStatus {
     pub hook: &'static str,
     pub up: bool,
     pub reason: Option<String>,
+    /// Down because the node's policy refuses what it needs ([`ProbeError::Refused`]).
+    pub refused: bool,
 }
 
 /// The loaded object and the state of every probe.
@@ -51,15 +53,11 @@ impl fmt::Debug for Loaded {
 pub const UPROBES_REFUSED: &str = "uprobes attach through perf_event_open, which is refused";
 
 impl ProbeStatus {
-    /// Whether `/readyz` fails for it: every probe that is down, but the tls probe where the
-    /// node's policy refuses uprobes (its line and `observer_probe_up` still say so).
+    /// Whether `/readyz` fails for it: every probe that is down, but one the node's policy
+    /// refuses (the tls probe without `perf_event_open`; its line and `observer_probe_up`
+    /// still say so).
     pub fn blocks_readiness(&self) -> bool {
-        if self.up {
-            return false;
-        }
-        let refused = self.probe == "tls"
-            && (self.reason.as_deref()).is_some_and(|r| r.starts_with(UPROBES_REFUSED));
-        !refused
+        !self.up && !self.refused
     }
 }
 
@@ -271,7 +269,7 @@ fn load_tls(
     if let Err(errno) = super::privileges::try_perf_event_open() {
         let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
             .map_or(String::from("unknown"), |s| s.trim().to_string());
-        return Err(ProbeError::Other(format!(
+        return Err(ProbeError::Refused(format!(
             "{UPROBES_REFUSED} ({}; kernel.perf_event_paranoid is {paranoid}, and above 2 \
              Debian's and Ubuntu's kernels allow it only with CAP_SYS_ADMIN; a seccomp profile \
              may refuse it too)",
@@ -388,12 +386,14 @@ fn status(probe: &'static str, r: Result<&'static str, ProbeError>) -> ProbeStat
             hook,
             up: true,
             reason: None,
+            refused: false,
         },
         Err(e) => ProbeStatus {
             probe,
             hook: "none",
             up: false,
             reason: Some(e.to_string()),
+            refused: matches!(e, ProbeError::Refused(_)),
         },
     }
 }
@@ -634,4 +634,20 @@ fn attach_pair_inner(
         done.push(name);
     }
     Ok("raw_tp")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_probe_the_node_refuses_leaves_readiness_alone() {
+        let refused = status("tls", Err(ProbeError::Refused(UPROBES_REFUSED.into())));
+        let failed = status("tls", Err(ProbeError::Other("no L7 probe is up".into())));
+        let up = status("tcp", Ok("tp_btf"));
+        assert!(!refused.blocks_readiness());
+        assert!(failed.blocks_readiness());
+        assert!(!up.blocks_readiness());
+        assert_eq!(refused.reason.as_deref(), Some(UPROBES_REFUSED));
+    }
 }

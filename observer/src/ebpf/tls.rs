@@ -112,6 +112,10 @@ pub fn figures() -> Figures {
 #[derive(Default)]
 pub struct Libraries {
     files: HashMap<FileId, FileState>,
+    /// What processes' maps call a node library probed by its path at start, where the file
+    /// system's `stat` names it otherwise (overlayfs and the like: maps give the underlying
+    /// file's device and inode). Node libraries stay probed, so these stay too.
+    aliases: HashSet<FileId>,
 }
 
 impl Libraries {
@@ -152,26 +156,39 @@ impl Libraries {
     /// Probes a file of this mount namespace (not through a process) if it is a TLS library
     /// not probed yet.
     fn probe_file(&mut self, ebpf: &mut Ebpf, path: &Path) -> Result<usize, ProbeError> {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(meta) = std::fs::metadata(path) else {
+        let Some(id) = stat_id(path) else {
             return Ok(0);
         };
-        let dev = meta.dev();
-        let id = (
-            u64::from(libc::major(dev)) << 32 | u64::from(libc::minor(dev)),
-            meta.ino(),
-        );
         if self.files.contains_key(&id) {
             return Ok(0);
         }
-        let Some(offsets) = tls_functions(path) else {
-            self.files.insert(id, FileState::NotTls);
+        self.probe(ebpf, id, path, path, None)
+    }
+
+    /// Probes file `id` at `target` (`path` as its process names it; `pid`: the process it was
+    /// found in, `None` for a node library) if it has the TLS functions, and records what it
+    /// is. Returns how many files were probed (0 or 1).
+    fn probe(
+        &mut self,
+        ebpf: &mut Ebpf,
+        id: FileId,
+        target: &Path,
+        path: &Path,
+        pid: Option<u32>,
+    ) -> Result<usize, ProbeError> {
+        let started = Instant::now();
+        let Some(offsets) = tls_functions(target) else {
+            // Not a TLS library after all (a program without one, a stub), or gone.
+            tracing::debug!(?pid, file = %path.display(), "no TLS functions");
+            if target.exists() {
+                self.files.insert(id, FileState::NotTls);
+            }
             return Ok(0);
         };
-        let started = Instant::now();
-        match attach(ebpf, path, &offsets) {
+        match attach(ebpf, target, &offsets) {
             Ok(links) => {
                 tracing::info!(
+                    pid,
                     library = %path.display(),
                     uprobes = links.len(),
                     elapsed_us = started.elapsed().as_micros() as u64,
@@ -182,15 +199,26 @@ impl Libraries {
                     FileState::Probed(Library {
                         path: path.to_path_buf(),
                         links,
-                        pids: HashSet::new(),
-                        system: true,
+                        pids: pid.into_iter().collect(),
+                        system: pid.is_none(),
                     }),
                 );
                 LIBRARIES.store(self.probed(), Ordering::Relaxed);
                 Ok(1)
             }
+            Err(_) if !target.exists() => {
+                // The process went (or moved to another program) while it was looked at: the
+                // file is looked at again with the next process mapping it.
+                tracing::debug!(?pid, library = %path.display(), "process gone");
+                Ok(0)
+            }
             Err(e) => {
-                tracing::warn!(library = %path.display(), "TLS library not probed: {}", chain(&e));
+                tracing::warn!(
+                    ?pid,
+                    library = %path.display(),
+                    "TLS library not probed: {}",
+                    chain(&e)
+                );
                 ATTACH_FAILURES.fetch_add(1, Ordering::Relaxed);
                 self.files.insert(id, FileState::NotTls);
                 Err(e)
@@ -224,7 +252,7 @@ impl Libraries {
                 continue;
             };
             let id = ((m.dev.0 as u64) << 32 | m.dev.1 as u64, m.inode);
-            if !seen.insert(id) {
+            if !seen.insert(id) || self.aliases.contains(&id) {
                 continue;
             }
             if let Some(FileState::Probed(lib)) = self.files.get_mut(&id) {
@@ -242,53 +270,16 @@ impl Libraries {
             // The file as this process sees it (its own mount namespace).
             let target = Path::new(&format!("/proc/{pid}/root"))
                 .join(path.strip_prefix("/").unwrap_or(path));
-            let started = Instant::now();
-            let Some(offsets) = tls_functions(&target) else {
-                // Not a TLS library after all (a program without one, a stub), or gone.
-                if target.exists() {
-                    self.files.insert(id, FileState::NotTls);
-                }
+            let node_library = stat_id(&target).is_some_and(|s| {
+                s != id && matches!(self.files.get(&s), Some(FileState::Probed(l)) if l.system)
+            });
+            if node_library {
+                self.aliases.insert(id);
                 continue;
-            };
-            match attach(ebpf, &target, &offsets) {
-                Ok(links) => {
-                    tracing::info!(
-                        pid,
-                        library = %path.display(),
-                        uprobes = links.len(),
-                        elapsed_us = started.elapsed().as_micros() as u64,
-                        "TLS library probed"
-                    );
-                    self.files.insert(
-                        id,
-                        FileState::Probed(Library {
-                            path: path.clone(),
-                            links,
-                            pids: HashSet::from([pid]),
-                            system: false,
-                        }),
-                    );
-                    probed += 1;
-                    LIBRARIES.store(self.probed(), Ordering::Relaxed);
-                }
-                Err(_) if !target.exists() => {
-                    // The process went (or moved to another program) while it was looked
-                    // at: the file is looked at again with the next process mapping it.
-                    tracing::debug!(pid, library = %path.display(), "process gone");
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        pid,
-                        library = %path.display(),
-                        exe = ?std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
-                        exists = target.exists(),
-                        "TLS library not probed: {}",
-                        chain(&e)
-                    );
-                    ATTACH_FAILURES.fetch_add(1, Ordering::Relaxed);
-                    self.files.insert(id, FileState::NotTls);
-                    failure = Some(e);
-                }
+            }
+            match self.probe(ebpf, id, &target, path, Some(pid)) {
+                Ok(n) => probed += n,
+                Err(e) => failure = Some(e),
             }
         }
         match failure {
@@ -409,6 +400,17 @@ fn detach(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
             let _ = p.detach(id);
         }
     }
+}
+
+/// A file's device and inode as `stat` gives them (in maps' form).
+fn stat_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let dev = meta.dev();
+    Some((
+        u64::from(libc::major(dev)) << 32 | u64::from(libc::minor(dev)),
+        meta.ino(),
+    ))
 }
 
 /// `libssl.so`, `libssl.so.3`, `libssl.so.1.1`, ...
@@ -546,6 +548,7 @@ impl super::reader::Reader for ExecReader {
                 later.push_back((when, pid, look));
                 continue;
             }
+            tracing::debug!(pid, look, "exec looked at");
             let _ = self.libraries.scan(&mut ebpf, pid);
             if look + 1 < LOOKS.len() && Path::new(&format!("/proc/{pid}")).exists() {
                 later.push_back((when - LOOKS[look] + LOOKS[look + 1], pid, look + 1));

@@ -18,6 +18,7 @@ fn encode(t: Totals) -> String {
         hook: "tp_btf",
         up: true,
         reason: None,
+        refused: false,
     }];
     let mut r = Registry::default();
     r.register_collector(Box::new(Fixed(t, KernelHealth::default(), probes)));
