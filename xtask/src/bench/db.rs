@@ -181,21 +181,13 @@ impl Load {
                 .spawn()
                 .context("starting postgres (is postgresql installed?)")?;
                 wait_port(pods, 5432)?;
-                let out = pods
-                    .command(
-                        1,
-                        &[
-                            "pgbench", "-h", SERVER_IP, "-U", "postgres", "-i", "-s", "1", "-q",
-                            "postgres",
-                        ],
-                    )
-                    .output()
-                    .context("pgbench -i")?;
-                ensure!(
-                    out.status.success(),
-                    "pgbench -i: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                client(
+                    pods,
+                    &[
+                        "pgbench", "-h", SERVER_IP, "-U", "postgres", "-i", "-s", "1", "-q",
+                        "postgres",
+                    ],
+                )?;
                 Ok(())
             }
         }
@@ -207,18 +199,7 @@ impl Load {
             Load::H2 => {
                 let url = format!("http://{SERVER_IP}:{H2_PORT}/");
                 let d = secs.to_string();
-                let out = pods
-                    .command(1, &["h2load", "-c", "8", "-m", "10", "-D", &d, &url])
-                    .stdin(Stdio::null())
-                    .output()
-                    .context("running h2load (is nghttp2-client installed?)")?;
-                check_interrupted()?;
-                let text = String::from_utf8_lossy(&out.stdout);
-                ensure!(
-                    out.status.success(),
-                    "h2load: {}{text}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                let text = client(pods, &["h2load", "-c", "8", "-m", "10", "-D", &d, &url])?;
                 // "finished in 10.00s, 31234.50 req/s, ..." and "requests: N total, N started,
                 // N done, N succeeded, 0 failed, ...".
                 let rate = text
@@ -244,18 +225,7 @@ impl Load {
             Load::Https => {
                 let url = format!("https://{SERVER_IP}:{HTTPS_PORT}/");
                 let d = format!("-d{secs}s");
-                let out = pods
-                    .command(1, &["wrk", "-t1", "-c8", &d, &url])
-                    .stdin(Stdio::null())
-                    .output()
-                    .context("running wrk (is it installed?)")?;
-                check_interrupted()?;
-                let text = String::from_utf8_lossy(&out.stdout);
-                ensure!(
-                    out.status.success(),
-                    "wrk: {}{text}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                let text = client(pods, &["wrk", "-t1", "-c8", &d, &url])?;
                 let (rps, requests) = super::parse_wrk(&text)?;
                 Ok(Run {
                     ops_per_sec: rps,
@@ -265,36 +235,25 @@ impl Load {
             Load::Redis => {
                 // -n per test, sized for about `secs` seconds at this machine's rate (two tests).
                 let n = (secs * 25_000).to_string();
-                let out = pods
-                    .command(
-                        1,
-                        &[
-                            "redis-benchmark",
-                            "-h",
-                            SERVER_IP,
-                            "-p",
-                            "6379",
-                            "-c",
-                            "32",
-                            "-P",
-                            "1",
-                            "-n",
-                            &n,
-                            "-t",
-                            "set,get",
-                            "--csv",
-                        ],
-                    )
-                    .stdin(Stdio::null())
-                    .output()
-                    .context("running redis-benchmark")?;
-                check_interrupted()?;
-                let text = String::from_utf8_lossy(&out.stdout);
-                ensure!(
-                    out.status.success(),
-                    "redis-benchmark: {}{text}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                let text = client(
+                    pods,
+                    &[
+                        "redis-benchmark",
+                        "-h",
+                        SERVER_IP,
+                        "-p",
+                        "6379",
+                        "-c",
+                        "32",
+                        "-P",
+                        "1",
+                        "-n",
+                        &n,
+                        "-t",
+                        "set,get",
+                        "--csv",
+                    ],
+                )?;
                 // "SET","71428.57",... per test: the time of both is the sum of n / rate.
                 let rates: Vec<f64> = text
                     .lines()
@@ -311,24 +270,13 @@ impl Load {
             }
             Load::Postgres => {
                 let t = secs.to_string();
-                let out = pods
-                    .command(
-                        1,
-                        &[
-                            "pgbench", "-h", SERVER_IP, "-U", "postgres", "-S", "-c", "8", "-j",
-                            "2", "-T", &t, "postgres",
-                        ],
-                    )
-                    .stdin(Stdio::null())
-                    .output()
-                    .context("running pgbench")?;
-                check_interrupted()?;
-                let text = String::from_utf8_lossy(&out.stdout);
-                ensure!(
-                    out.status.success(),
-                    "pgbench: {}{text}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                let text = client(
+                    pods,
+                    &[
+                        "pgbench", "-h", SERVER_IP, "-U", "postgres", "-S", "-c", "8", "-j", "2",
+                        "-T", &t, "postgres",
+                    ],
+                )?;
                 let tps = text
                     .lines()
                     .find_map(|l| l.trim().strip_prefix("tps = "))
@@ -527,6 +475,25 @@ fn observed_run(
         bpf_ns_per_op: Some(bpf_per_prog.values().sum()),
         bpf_per_prog,
     })
+}
+
+/// Runs a load generator in the client pod (pod 1) to its end; its output, or its failure
+/// with what it printed.
+fn client(pods: &Pods, args: &[&str]) -> Result<String> {
+    let out = pods
+        .command(1, args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} (is it installed?)", args[0]))?;
+    check_interrupted()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "{}: {}{text}",
+        args[0],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(text)
 }
 
 /// Starts nginx (one worker, no access log) in pod 0 serving a ~600-byte page on the server
