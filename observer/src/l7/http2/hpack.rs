@@ -3,6 +3,8 @@
 //! a block's structure and prunes it of what the tracker neither reads nor needs for the table
 //! before the decoder sees it. Also built into the `http2_frames` fuzz target.
 
+use std::collections::HashMap;
+
 /// The largest HPACK table a peer may make the decoder keep (4096 is every usual default).
 pub const MAX_TABLE: usize = 65536;
 
@@ -33,16 +35,22 @@ impl Decoder {
         Decoder(Some(d))
     }
 
-    /// Decodes a header block into `on` (name, value per field); false when it could not
-    /// be (the table is then unknown: fields before the failing one may have changed it).
-    /// A decoder that panics on some input (a library's bug) must not take the observer
-    /// down: the block is then unreadable like any other.
-    pub fn decode(&mut self, block: &[u8], mut on: impl FnMut(&[u8], &[u8])) -> bool {
+    /// Decodes a header block into `on` (name, value per field), its Huffman-coded strings
+    /// looked up in `strings` first; false when it could not be (the table is then unknown:
+    /// fields before the failing one may have changed it). A decoder that panics on some
+    /// input (a library's bug) must not take the observer down: the block is then
+    /// unreadable like any other.
+    pub fn decode(
+        &mut self,
+        strings: &mut Strings,
+        block: &[u8],
+        mut on: impl FnMut(&[u8], &[u8]),
+    ) -> bool {
         let Some(dec) = self.0.as_mut() else {
             return false;
         };
         let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let Some(mut buf) = pruned(block) else {
+            let Some(mut buf) = pruned(block, strings) else {
                 return false;
             };
             let mut fields = Vec::new();
@@ -70,7 +78,7 @@ impl Decoder {
         let mut d = Decoder::new();
         // Literal with incremental indexing, a new name of 0 bytes and a value of 0 bytes.
         let block = [0x40u8, 0, 0].repeat(PLACEHOLDERS);
-        d.decode(&block, |_, _| {});
+        d.decode(&mut Strings::default(), &block, |_, _| {});
         d
     }
 }
@@ -81,15 +89,133 @@ fn read_name(index: usize) -> bool {
     matches!(index, 1..=14 | 31)
 }
 
+/// The names the tracker reads, spelled out (a literal's new name), and the empty name of a
+/// joined decoder's placeholders.
+const READ_NAMES: [&[u8]; 8] = [
+    b":method",
+    b":path",
+    b":scheme",
+    b":authority",
+    b":status",
+    b"content-type",
+    b"grpc-status",
+    b"",
+];
+
+/// Huffman-coded strings already decoded, by their coded bytes, shared by the tracker's
+/// decoders. Servers send the same coded values on every response: nginx adds `server`,
+/// `date`, `content-type`, `content-length` and `last-modified` to the table anew each time,
+/// Huffman-coded, and decoding them was most of the observer's time under h2load (the decoder
+/// must see them: they change its table). Bounded: emptied when full.
+#[derive(Default)]
+pub struct Strings(HashMap<Box<[u8]>, Box<[u8]>, foldhash::fast::RandomState>);
+
+impl std::fmt::Debug for Strings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Strings({})", self.0.len())
+    }
+}
+
+/// Strings kept at most, and the longest coded string kept (a value that changes on every
+/// message, an id or a token, is longer and not looked up).
+const MAX_STRINGS: usize = 4096;
+const MAX_CODED: usize = 96;
+
+impl Strings {
+    /// Appends the HPACK string at `at` in `b` (its length's prefix and its bytes, which end
+    /// at `end`) to `out`: a Huffman-coded one as a plain string of its decoded bytes (looked
+    /// up, else decoded and kept), any other as it is.
+    fn put(&mut self, b: &[u8], at: usize, end: usize, out: &mut Vec<u8>) {
+        let whole = &b[at..end];
+        let Some((len, start)) = integer(b, at, 7) else {
+            out.extend_from_slice(whole);
+            return;
+        };
+        let coded = &b[start..end];
+        if b[at] & 0x80 == 0 || len > MAX_CODED {
+            out.extend_from_slice(whole);
+            return;
+        }
+        if let Some(plain) = self.0.get(coded) {
+            put_plain(plain, out);
+            return;
+        }
+        let mut plain = Vec::with_capacity(coded.len() * 8 / 5);
+        if httlib_huffman::decode(coded, &mut plain, httlib_huffman::DecoderSpeed::FiveBits)
+            .is_err()
+        {
+            // The decoder finds the same fault.
+            out.extend_from_slice(whole);
+            return;
+        }
+        put_plain(&plain, out);
+        self.keep(coded, plain);
+    }
+}
+
+impl Strings {
+    /// Whether the HPACK string at `at` in `b` (ending at `end`), a literal's new name, is
+    /// one the tracker reads ([`READ_NAMES`]). A Huffman-coded name longer than the coded
+    /// strings kept is none of them (each is shorter than 16 bytes, at most 60 coded).
+    fn read(&mut self, b: &[u8], at: usize, end: usize) -> bool {
+        let Some((len, start)) = integer(b, at, 7) else {
+            return true;
+        };
+        let bytes = &b[start..end];
+        if b[at] & 0x80 == 0 {
+            return READ_NAMES.contains(&bytes);
+        }
+        if len > MAX_CODED {
+            return false;
+        }
+        if !self.0.contains_key(bytes) {
+            let mut plain = Vec::new();
+            if httlib_huffman::decode(bytes, &mut plain, httlib_huffman::DecoderSpeed::FiveBits)
+                .is_err()
+            {
+                // Kept: the decoder finds the same fault.
+                return true;
+            }
+            self.keep(bytes, plain);
+        }
+        self.0.get(bytes).is_some_and(|p| READ_NAMES.contains(&&p[..]))
+    }
+
+    fn keep(&mut self, coded: &[u8], plain: Vec<u8>) {
+        if self.0.len() >= MAX_STRINGS {
+            self.0.clear();
+        }
+        self.0.insert(coded.into(), plain.into());
+    }
+}
+
+/// A plain HPACK string: its length (7-bit prefix, the Huffman bit clear), then its bytes.
+fn put_plain(plain: &[u8], out: &mut Vec<u8>) {
+    let mut n = plain.len();
+    if n < 0x7f {
+        out.push(n as u8);
+    } else {
+        out.push(0x7f);
+        n -= 0x7f;
+        while n >= 0x80 {
+            out.push((n & 0x7f) as u8 | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    out.extend_from_slice(plain);
+}
+
 /// A header block without the fields that neither change the decoder's table nor carry a
 /// name the tracker reads: literals without indexing (or never indexed) whose name is a
 /// static-table entry it does not read (`date`, `server`, `content-length`, `etag`, ... as
-/// servers send them on every response). Decoding their Huffman-coded values was most of
-/// the decoder's time under h2load. Everything else stays, in order, for the decoder. `None`:
-/// a block this walk cannot follow (an integer or a string cut short), which is not handed to
-/// the decoder at all (`httlib-hpack` indexes past the end of such input and panics).
-pub fn pruned(block: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(block.len());
+/// servers send them on every response), or a new name it does not read (nginx's `etag` and
+/// `accept-ranges`). The strings of the fields kept are plain: their Huffman codes decoded
+/// through `strings`. Everything else stays, in order, for the decoder. `None`: a block this
+/// walk cannot follow (an integer or a string cut short), which is not handed to the decoder
+/// at all (`httlib-hpack` indexes past the end of such input and panics).
+pub fn pruned(block: &[u8], strings: &mut Strings) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(block.len() * 3 / 2);
     let mut at = 0;
     while at < block.len() {
         let b = block[at];
@@ -99,20 +225,33 @@ pub fn pruned(block: &[u8]) -> Option<Vec<u8>> {
             0x20.. => (5, false),
             _ => (4, true),
         };
-        let (index, mut end) = integer(block, at, prefix)?;
+        let (index, end) = integer(block, at, prefix)?;
         let literal = prefix == 6 || prefix == 4;
-        if literal {
-            if index == 0 {
-                end = string_end(block, end)?;
-            }
-            end = string_end(block, end)?;
-        }
-        // A name from the static table (1-61) the tracker does not read; a dynamic one (62
-        // on) may be any name.
-        if !(droppable && (1..=61).contains(&index) && !read_name(index)) {
+        if !literal {
             out.extend_from_slice(&block[at..end]);
+            at = end;
+            continue;
         }
-        at = end;
+        let name = (index == 0).then_some(end);
+        let value = match name {
+            Some(n) => string_end(block, n)?,
+            None => end,
+        };
+        let last = string_end(block, value)?;
+        // A name from the static table (1-61) the tracker does not read, or a new one; a
+        // dynamic one (62 on) may be any name.
+        let unread = match name {
+            Some(n) => !strings.read(block, n, value),
+            None => (1..=61).contains(&index) && !read_name(index),
+        };
+        if !(droppable && unread) {
+            out.extend_from_slice(&block[at..end]);
+            if let Some(n) = name {
+                strings.put(block, n, value, &mut out);
+            }
+            strings.put(block, value, last, &mut out);
+        }
+        at = last;
     }
     Some(out)
 }

@@ -41,7 +41,7 @@ use super::{
     ConnTable, Event, Protocol, Request, Settings, Side, Spec, Status,
 };
 use frame::{Broken, Frame, Framer};
-use hpack::{Decoder, MAX_TABLE};
+use hpack::{Decoder, Strings, MAX_TABLE};
 
 /// HTTP/2 requests, in the HTTP families.
 pub static SPEC: Spec = Spec {
@@ -226,6 +226,8 @@ pub struct Http2 {
     pub unsynced: u64,
     /// Directions joined mid-way, their tables' older entries unknown.
     pub joined: u64,
+    /// Huffman-coded strings decoded, for every connection's decoders.
+    strings: Strings,
 }
 
 impl Http2 {
@@ -239,6 +241,7 @@ impl Http2 {
             unparsed: Unparsed::default(),
             unsynced: 0,
             joined: 0,
+            strings: Strings::default(),
         }
     }
 
@@ -350,7 +353,7 @@ impl Http2 {
         dec.0.as_ref()?;
         let mut f = Fields::default();
         let ok = match block {
-            Some(b) => dec.decode(b, |name, value| match name {
+            Some(b) => dec.decode(&mut self.strings, b, |name, value| match name {
                 b"" => f.unknown = true,
                 b":method" => {
                     f.request = true;

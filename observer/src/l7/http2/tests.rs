@@ -3,7 +3,7 @@
 
 use observer_common::L7_HTTP2;
 
-use super::hpack::pruned;
+use super::hpack::{pruned, Strings};
 use super::{
     frame::{frame, CONTINUATION, DATA, GOAWAY, HEADERS, PREFACE, RST_STREAM, SETTINGS},
     *,
@@ -563,17 +563,24 @@ fn pruning_a_block_keeps_what_is_read_and_every_change_to_the_table() {
     block.extend([0x0f, 28 - 15, 2, b'4', b'2']);
     // x-new again, its name by reference to the dynamic table (62), without indexing: kept.
     block.extend([0x0f, 62 - 15, 1, b'2']);
-    let p = pruned(&block).expect("a whole block");
+    // New names without indexing: grpc-status is read, kept; x-other (never indexed) is not.
+    let grpc = [&[0x00, 11][..], b"grpc-status", &[1, b'0']].concat();
+    block.extend(&grpc);
+    block.extend([&[0x10, 7][..], b"x-other", &[1, b'z']].concat());
+    let p = pruned(&block, &mut Strings::default()).expect("a whole block");
     let mut kept = vec![0x88];
     kept.extend([0x0f, 31 - 15, 4, b't', b'e', b'x', b't']);
     kept.extend([0x40, 5, b'x', b'-', b'n', b'e', b'w', 1, b'1']);
     kept.extend([0x0f, 62 - 15, 1, b'2']);
+    kept.extend(&grpc);
     assert_eq!(p, kept);
     // Decoded, then a block referring to the new entry (index 62): the same either way.
     let mut d = Decoder::new();
     let mut seen = Vec::new();
-    assert!(d.decode(&block, |n, v| seen.push((n.to_vec(), v.to_vec()))));
-    assert!(d.decode(&[0xbe], |n, v| seen.push((n.to_vec(), v.to_vec()))));
+    assert!(d.decode(&mut Strings::default(), &block, |n, v| seen
+        .push((n.to_vec(), v.to_vec()))));
+    assert!(d.decode(&mut Strings::default(), &[0xbe], |n, v| seen
+        .push((n.to_vec(), v.to_vec()))));
     assert_eq!(
         seen,
         [
@@ -581,14 +588,70 @@ fn pruning_a_block_keeps_what_is_read_and_every_change_to_the_table() {
             (b"content-type".to_vec(), b"text".to_vec()),
             (b"x-new".to_vec(), b"1".to_vec()),
             (b"x-new".to_vec(), b"2".to_vec()),
+            (b"grpc-status".to_vec(), b"0".to_vec()),
             (b"x-new".to_vec(), b"1".to_vec()),
         ]
     );
     // A block cut short anywhere is not handed to the decoder, and reads as unknown.
     for cut in [2, 4, 9, block.len() - 1] {
-        assert_eq!(pruned(&block[..cut]), None, "cut at {cut}");
+        assert_eq!(
+            pruned(&block[..cut], &mut Strings::default()),
+            None,
+            "cut at {cut}"
+        );
     }
     let mut d = Decoder::new();
-    assert!(!d.decode(&block[..block.len() - 1], |_, _| {}));
+    assert!(!d.decode(
+        &mut Strings::default(),
+        &block[..block.len() - 1],
+        |_, _| {}
+    ));
     assert!(d.0.is_none());
+}
+
+/// nginx's response block as it sends it on every response (captured from nginx 1.22 under
+/// h2load): `:status` indexed, then `server`, `date`, `content-type`, `content-length` and
+/// `last-modified` added to the table anew, Huffman-coded, and `etag` and `accept-ranges`
+/// with new names, not indexed.
+const NGINX_RESPONSE: &str = "88 76 89 aa 63 55 e5 80 ae 21 2e 1f 61 96 d0 7a be 94 03 aa 5f 29 \
+    14 10 04 e2 80 76 e3 4d 5c 0b ca 62 d1 bf 5f 87 49 7c a5 89 d3 4d 1f 5c 03 36 30 30 6c 96 \
+    d0 7a be 94 03 aa 5f 29 14 10 04 e2 80 76 e3 4d 5c 03 2a 62 d1 bf 00 83 2a 47 37 8c fe 5c \
+    8c 2e 38 c9 19 58 4d bd fc ff 00 89 19 08 5a d2 b5 83 aa 62 a3 84 8f d2 4a 8f";
+
+#[test]
+fn huffman_strings_are_decoded_once_and_read_the_same() {
+    let block: Vec<u8> = NGINX_RESPONSE
+        .split_whitespace()
+        .map(|x| u8::from_str_radix(x, 16).expect("hex"))
+        .collect();
+    // What the library reads of the block as it is, every field.
+    let mut lib = httlib_hpack::Decoder::with_dynamic_size(4096);
+    let mut all = Vec::new();
+    lib.decode(&mut block.clone(), &mut all)
+        .expect("nginx's block");
+    assert_eq!(all.len(), 8);
+    let mut strings = Strings::default();
+    let mut d = Decoder::new();
+    for round in 0..3 {
+        let mut seen = Vec::new();
+        assert!(d.decode(&mut strings, &block, |n, v| seen
+            .push((n.to_vec(), v.to_vec()))));
+        // The same fields but `etag` and `accept-ranges`: not read, not indexed.
+        let want: Vec<_> = (all.iter())
+            .filter(|(n, _, _)| n != b"etag" && n != b"accept-ranges")
+            .map(|(n, v, _)| (n.clone(), v.clone()))
+            .collect();
+        assert_eq!(seen, want, "round {round}");
+        assert_eq!(seen.len(), 6);
+        assert_eq!(seen[3], (b"content-type".to_vec(), b"text/html".to_vec()));
+        // Its Huffman-coded strings (`content-length`'s "600" is plain) decoded in the first
+        // round only: the four values kept and the two names dropped.
+        assert_eq!(format!("{strings:?}"), "Strings(6)", "round {round}");
+    }
+    // The table grew as the library's: the entries of the last block, newest first.
+    let mut again = Vec::new();
+    assert!(d.decode(&mut strings, &[0xbe, 0xbf], |n, v| again
+        .push((n.to_vec(), v.to_vec()))));
+    assert_eq!(again[0].0, b"last-modified");
+    assert_eq!(again[1], (b"content-length".to_vec(), b"600".to_vec()));
 }
