@@ -14,6 +14,11 @@
 //! - Node.js's `http2` server and client (a second implementation), many concurrent streams on
 //!   one session, per status equal to what the server answered and the client got, both
 //!   sides;
+//! - nginx pushing a resource with every page to a Node.js client that refuses each push
+//!   (RST_STREAM REFUSED_STREAM) and changes its header table size twice (nginx answers each
+//!   change with a table size update), every request with a header value of its own (the
+//!   client's table churns): per status equal to nginx's log and the client's count, pushes
+//!   never counted as requests, no header table lost;
 //! - a gRPC channel opened before the observer (its HPACK tables filled before): every call
 //!   after the join counted on both sides, names either right or `_unknown`, never wrong,
 //!   methods first called after the join named, and the directions joined counted.
@@ -59,6 +64,7 @@ http {{
     root {d}/www;
     location = /ok {{ return 200 "ok\n"; }}
     location = /fail {{ return 500; }}
+    location = /page {{ http2_push /pushed.txt; }}
   }}
 }}
 "#,
@@ -864,5 +870,123 @@ fn grpc_client_and_bidirectional_streams_and_deadlines_are_counted_on_both_sides
         assert_eq!(messages(family, pod, "/shop.Stream/Chat", inbound), 2 * n);
         assert_eq!(messages(family, pod, "/shop.Stream/Chat", outbound), 2 * n);
     }
+    obs.stop().unwrap();
+}
+
+/// A Node.js HTTP/2 client of nginx: `n` requests of `/page` (which nginx answers with a
+/// push it refuses) and of `/missing`, `m` in flight, each with an `x-request-id` of its own.
+/// Its header table size is 256 from the start and 4096 half-way; prints the statuses it got
+/// and the pushes it refused.
+const NODE_PUSH_CLIENT: &str = r#"
+const http2 = require("http2");
+const [url, n, m] = [process.argv[2], Number(process.argv[3]), Number(process.argv[4])];
+const session = http2.connect(url, { settings: { headerTableSize: 256 } });
+const got = {};
+let pushes = 0;
+session.on("stream", (pushed) => {
+  pushes++;
+  // Closing with an error code is an error of the stream's own.
+  pushed.on("error", () => {});
+  pushed.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+});
+const paths = [];
+for (let i = 0; i < n; i++) paths.push("/page", "/missing");
+let next = 0, done = 0;
+function one() {
+  if (next >= paths.length) return;
+  const i = next++;
+  if (i === paths.length / 2) session.settings({ headerTableSize: 4096 });
+  const req = session.request({ ":path": paths[i], "x-request-id": "req-" + i + "-" + Date.now() });
+  req.on("response", (h) => { got[h[":status"]] = (got[h[":status"]] || 0) + 1; });
+  req.resume();
+  req.on("end", () => {
+    if (++done === paths.length) {
+      got.pushes = pushes;
+      console.log(JSON.stringify(got));
+      session.close();
+    } else one();
+  });
+  req.end();
+}
+for (let i = 0; i < m; i++) one();
+"#;
+
+#[test]
+fn refused_pushes_and_header_table_size_changes_leave_every_request_counted() {
+    require_root();
+    let bridge = Bridge::new().unwrap();
+    let dir = TempDir::new("observer-http2-push").unwrap();
+    let mut web = Pod::new(&bridge).unwrap();
+    let client = Pod::new(&bridge).unwrap();
+    let www = dir.path().join("www");
+    fs::create_dir(&www).unwrap();
+    fs::write(www.join("page"), "a page\n".repeat(50)).unwrap();
+    fs::write(www.join("pushed.txt"), "pushed\n".repeat(50)).unwrap();
+    let conf = dir.write("nginx.conf", nginx_conf(&dir)).unwrap();
+    let prefix = dir.join("");
+    let errors = dir.join("error.log");
+    web.spawn("nginx", &["-p", &prefix, "-c", &conf, "-e", &errors])
+        .unwrap();
+    web.wait_listening(PORT).unwrap();
+    let cli = dir.write("client.js", NODE_PUSH_CLIENT).unwrap();
+    let obs = Observer::start(&["--probes", "tcp,http2"]).unwrap();
+    let n: u64 = if slowdown() > 1 { 10 } else { 300 };
+    let out = client
+        .run(
+            "/usr/bin/node",
+            &[
+                &cli,
+                &format!("http://{}:{PORT}", web.ip),
+                &n.to_string(),
+                "5",
+            ],
+        )
+        .unwrap();
+    let mut got = statuses(&String::from_utf8_lossy(&out.stdout));
+    // nginx pushed with every page, and the client refused each push.
+    assert_eq!(got.remove("pushes"), Some(n), "pushes refused");
+    let want = BTreeMap::from([("200".to_string(), n), ("404".to_string(), n)]);
+    assert_eq!(got, want, "what the client got");
+    // nginx's log: the requests, and the pushed resource as requests of its own (however far
+    // each got before its refusal), which are no requests of the client's.
+    let text = fs::read_to_string(dir.join("access.log")).unwrap();
+    let mut logged = BTreeMap::new();
+    for l in text.lines().filter(|l| !l.contains(" /pushed.txt ")) {
+        assert!(l.ends_with(" HTTP/2.0"), "{l}");
+        *logged
+            .entry(l.split(' ').next().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(logged, want, "nginx's log");
+    let samples = obs
+        .scrape_until(Duration::from_secs(20), |x| {
+            per_status(x, "http_server_request_duration_seconds_count", &web, V2) == want
+                && per_status(x, "http_client_request_duration_seconds_count", &client, V2) == want
+        })
+        .unwrap();
+    for (family, pod) in [
+        ("http_server_request_duration_seconds_count", &web),
+        ("http_client_request_duration_seconds_count", &client),
+    ] {
+        assert_eq!(per_status(&samples, family, pod, V2), want, "{family}");
+    }
+    // Named on the server's side (the client's side has no route): its decoder followed the
+    // table through every size change.
+    let family = "http_server_request_duration_seconds_count";
+    let mut routes = BTreeMap::new();
+    for x in matching(&samples, family, &[("k8s_pod_uid", web.uid.as_str())]) {
+        *routes.entry(x.labels["http_route"].clone()).or_default() += x.value as u64;
+    }
+    routes.retain(|_, v| *v > 0);
+    assert_eq!(
+        routes,
+        BTreeMap::from([("/missing".to_string(), n), ("/page".to_string(), n)]),
+        "per route"
+    );
+    assert_eq!(
+        observer_tests::metrics::sum(&samples, "observer_http2_header_table_unsynced_total", &[]),
+        0.0,
+        "header tables lost"
+    );
     obs.stop().unwrap();
 }
