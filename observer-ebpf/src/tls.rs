@@ -154,10 +154,14 @@ pub fn on_socket_call(sk: u64, send: bool) -> bool {
     }
     if !send {
         if let Some(th) = TLS_THREADS.get_ptr_mut(tid & (TLS_SLOTS - 1)) {
+            // Written only when it changes: a thread mostly receives on one socket, and a
+            // store to a shared line on every receive of the node costs more than the read.
             // SAFETY: as above.
             unsafe {
-                (*th).tid = tid;
-                (*th).recv_sk = sk;
+                if (*th).tid != tid || (*th).recv_sk != sk {
+                    (*th).tid = tid;
+                    (*th).recv_sk = sk;
+                }
             }
         }
     }
