@@ -9,6 +9,7 @@ pub mod kubeapi;
 pub mod manifest;
 pub mod metrics;
 pub mod net;
+pub mod nginx;
 pub mod observer;
 pub mod pod;
 pub mod podman;

@@ -33,6 +33,7 @@ use std::{
 use observer_tests::{
     metrics::{matching, sum, Sample},
     net::Bridge,
+    nginx,
     observer::Observer,
     pod::Pod,
     random_hex, require_root, scaled, slowdown, TempDir,
@@ -367,38 +368,8 @@ with open(go + ".tmp", "w") as f:
 os.rename(go + ".tmp", go + ".done")
 "#;
 
-/// wrk script: each thread cycles over a fixed mix of paths on its one connection, counts the
-/// responses per status in `response()` and stops itself after N (the script argument); `done()`
-/// prints `status <code> <count>` per status summed over the threads, and `requests <total>`.
-const WRK_MIX: &str = r#"
-local paths = {"/ok", "/ok", "/static.txt", "/missing", "/fail"}
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function init(args)
-  limit = tonumber(args[1])
-  counts = {}
-  n = 0
-end
-local i = 0
-function request()
-  i = i + 1
-  return wrk.format("GET", paths[(i - 1) % #paths + 1])
-end
-function response(status, headers, body)
-  local k = tostring(status)
-  counts[k] = (counts[k] or 0) + 1
-  n = n + 1
-  if n >= limit then wrk.thread:stop() end
-end
-function done(summary, latency, requests)
-  local total = {}
-  for _, t in ipairs(threads) do
-    for k, v in pairs(t:get("counts")) do total[k] = (total[k] or 0) + v end
-  end
-  for k, v in pairs(total) do io.write(string.format("status %s %d\n", k, v)) end
-  io.write(string.format("requests %d\n", summary.requests))
-end
-"#;
+/// The paths wrk cycles over ([`nginx::wrk_mix`]).
+const WRK_PATHS: &[&str] = &["/ok", "/ok", "/static.txt", "/missing", "/fail"];
 
 /// wrk script: every request is `GET /item/<word>` with a word of five lower-case letters
 /// (nothing the route templating turns into `{id}`), never the same word twice: thread `id`
@@ -408,7 +379,7 @@ end
 /// after N, then creates `<dir>/done-<id>`; the thread that finds every thread's file there
 /// sends wrk SIGINT, which ends wrk's `-d` wait at once (wrk waits all of `-d` otherwise).
 /// `popen`, not `os.execute`: `system()` ignores SIGINT in its caller while it runs. `done()`
-/// prints what [`WRK_MIX`]'s does.
+/// prints what [`nginx::wrk_mix`]'s does.
 const WRK_WORDS: &str = r#"
 local threads = {}
 function setup(thread)
@@ -465,33 +436,21 @@ end
 /// Access log = server-side truth. `return 500` closes the connection (nginx does that for 500).
 /// `/item/<anything>` answers 200 with an empty body.
 fn nginx_conf(dir: &TempDir, port: u16) -> String {
-    format!(
-        r#"daemon off;
-master_process on;
-worker_processes 2;
-user www-data;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-  log_format truth '$status $request_method $uri';
-  access_log {d}/access.log truth;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  sendfile on;
+    nginx::conf(
+        dir,
+        2,
+        "$status $request_method $uri",
+        &format!(
+            r#"  sendfile on;
   server {{
     listen {port};
     root {d}/www;
     location = /ok {{ return 200 "ok\n"; }}
     location = /fail {{ return 500; }}
     location /item/ {{ return 200; }}
-  }}
-}}
-"#,
-        d = dir.path().display()
+  }}"#,
+            d = dir.path().display()
+        ),
     )
 }
 
@@ -624,13 +583,9 @@ fn run_client(
         .collect()
 }
 
-/// `status <code> <n>` lines of [`WRK_MIX`]'s `done()`.
+/// wrk's count per status ([`nginx::wrk_statuses`]).
 fn parse_wrk(out: &str) -> Tally {
-    status_tally(out.lines().filter_map(|l| {
-        let mut f = l.split_whitespace();
-        (f.next() == Some("status")).then_some(())?;
-        Some((f.next()?, f.next()?.parse().ok()?))
-    }))
+    status_tally((nginx::wrk_statuses(out).iter()).map(|(s, n)| (s.as_str(), *n)))
 }
 
 /// hey's "Status code distribution" (`  [200]\t700 responses`).
@@ -877,18 +832,13 @@ fn nginx_under_wrk_and_hey_is_counted_exactly_per_status_on_both_sides() {
     fs::create_dir(dir.path().join("www")).unwrap();
     dir.write("www/static.txt", "a static file, sent with sendfile\n")
         .unwrap();
-    let conf = dir.write("nginx.conf", nginx_conf(&dir, PORT)).unwrap();
-    let prefix = dir.join("");
-    let errors = dir.join("error.log");
-    web.spawn("nginx", &["-p", &prefix, "-c", &conf, "-e", &errors])
-        .unwrap();
-    web.wait_listening(PORT).unwrap();
+    nginx::start(&mut web, &dir, &nginx_conf(&dir, PORT), PORT).unwrap();
     let obs = start_observer(&[]);
     let url = format!("http://{}:{PORT}", web.ip);
 
     // wrk: 2 threads x 1 connection x 500 responses, mix 2/5 /ok, 1/5 /static.txt (200),
     // 1/5 /missing (404), 1/5 /fail (500, connection closed and reopened).
-    let lua = dir.write("mix.lua", WRK_MIX).unwrap();
+    let lua = dir.write("mix.lua", nginx::wrk_mix(WRK_PATHS)).unwrap();
     let duration = format!("{}s", 3 * slowdown());
     let out = wrk
         .run(
@@ -1440,12 +1390,7 @@ fn routes_beyond_the_cap_go_to_the_overflow_route_and_every_request_is_counted()
     let wrk = Pod::new(&bridge).unwrap();
     fs::create_dir(dir.path().join("www")).unwrap();
     fs::create_dir(dir.path().join("marks")).unwrap();
-    let conf = dir.write("nginx.conf", nginx_conf(&dir, PORT)).unwrap();
-    let prefix = dir.join("");
-    let errors = dir.join("error.log");
-    web.spawn("nginx", &["-p", &prefix, "-c", &conf, "-e", &errors])
-        .unwrap();
-    web.wait_listening(PORT).unwrap();
+    nginx::start(&mut web, &dir, &nginx_conf(&dir, PORT), PORT).unwrap();
     let cap = CAP.to_string();
     let obs = start_observer(&["--http-route-cap", &cap]);
 

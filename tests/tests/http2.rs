@@ -28,6 +28,7 @@ use std::{collections::BTreeMap, fs, time::Duration};
 use observer_tests::{
     metrics::{matching, Sample},
     net::Bridge,
+    nginx,
     observer::Observer,
     pod::Pod,
     require_root, slowdown, TempDir,
@@ -42,45 +43,36 @@ const V2: &[(&str, &str)] = &[("network_protocol_version", "2")];
 const PYTHON: &str = "/usr/bin/python3";
 
 fn nginx_conf(dir: &TempDir) -> String {
-    format!(
-        r#"daemon off;
-master_process on;
-worker_processes 1;
-user www-data;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-  log_format truth '$status $request_method $uri $server_protocol';
-  access_log {d}/access.log truth;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  http2_max_concurrent_streams 128;
+    nginx::conf(
+        dir,
+        1,
+        "$status $request_method $uri $server_protocol",
+        &format!(
+            r#"  http2_max_concurrent_streams 128;
   server {{
     listen {PORT} http2;
     root {d}/www;
     location = /ok {{ return 200 "ok\n"; }}
     location = /fail {{ return 500; }}
     location = /page {{ http2_push /pushed.txt; }}
-  }}
-}}
-"#,
-        d = dir.path().display()
+  }}"#,
+            d = dir.path().display()
+        ),
     )
 }
 
-/// nginx's access log per status (every line HTTP/2.0, else the test fails).
-fn nginx_log(dir: &TempDir) -> BTreeMap<String, u64> {
+/// nginx's access log per status (every line HTTP/2.0, else the test fails), without the
+/// lines of `except` (a path).
+fn nginx_log(dir: &TempDir, except: &str) -> BTreeMap<String, u64> {
     let text = fs::read_to_string(dir.join("access.log")).unwrap_or_default();
     let mut t = BTreeMap::new();
     for l in text.lines() {
         let f: Vec<&str> = l.split(' ').collect();
         assert_eq!(f.len(), 4, "access log line {l:?}");
         assert_eq!(f[3], "HTTP/2.0", "{l}");
-        *t.entry(f[0].to_string()).or_default() += 1;
+        if f[2] != except {
+            *t.entry(f[0].to_string()).or_default() += 1;
+        }
     }
     t
 }
@@ -137,12 +129,7 @@ fn nginx_under_h2load_is_counted_exactly_per_status_on_both_sides() {
     let mut web = Pod::new(&bridge).unwrap();
     let client = Pod::new(&bridge).unwrap();
     fs::create_dir(dir.path().join("www")).unwrap();
-    let conf = dir.write("nginx.conf", nginx_conf(&dir)).unwrap();
-    let prefix = dir.join("");
-    let errors = dir.join("error.log");
-    web.spawn("nginx", &["-p", &prefix, "-c", &conf, "-e", &errors])
-        .unwrap();
-    web.wait_listening(PORT).unwrap();
+    nginx::start(&mut web, &dir, &nginx_conf(&dir), PORT).unwrap();
     let obs = Observer::start(&["--probes", "tcp,http2"]).unwrap();
     let base = format!("http://{}:{PORT}", web.ip);
     // Each client cycles through the three paths; 3 connections of 10 concurrent streams.
@@ -193,7 +180,7 @@ fn nginx_under_h2load_is_counted_exactly_per_status_on_both_sides() {
             "h2load did not complete every request: {o}"
         );
     }
-    let logged = nginx_log(&dir);
+    let logged = nginx_log(&dir, "");
     assert_eq!(
         logged.values().sum::<u64>(),
         n + many,
@@ -922,12 +909,7 @@ fn refused_pushes_and_header_table_size_changes_leave_every_request_counted() {
     fs::create_dir(&www).unwrap();
     fs::write(www.join("page"), "a page\n".repeat(50)).unwrap();
     fs::write(www.join("pushed.txt"), "pushed\n".repeat(50)).unwrap();
-    let conf = dir.write("nginx.conf", nginx_conf(&dir)).unwrap();
-    let prefix = dir.join("");
-    let errors = dir.join("error.log");
-    web.spawn("nginx", &["-p", &prefix, "-c", &conf, "-e", &errors])
-        .unwrap();
-    web.wait_listening(PORT).unwrap();
+    nginx::start(&mut web, &dir, &nginx_conf(&dir), PORT).unwrap();
     let cli = dir.write("client.js", NODE_PUSH_CLIENT).unwrap();
     let obs = Observer::start(&["--probes", "tcp,http2"]).unwrap();
     let n: u64 = if slowdown() > 1 { 10 } else { 300 };
@@ -949,14 +931,7 @@ fn refused_pushes_and_header_table_size_changes_leave_every_request_counted() {
     assert_eq!(got, want, "what the client got");
     // nginx's log: the requests, and the pushed resource as requests of its own (however far
     // each got before its refusal), which are no requests of the client's.
-    let text = fs::read_to_string(dir.join("access.log")).unwrap();
-    let mut logged = BTreeMap::new();
-    for l in text.lines().filter(|l| !l.contains(" /pushed.txt ")) {
-        assert!(l.ends_with(" HTTP/2.0"), "{l}");
-        *logged
-            .entry(l.split(' ').next().unwrap().to_string())
-            .or_default() += 1;
-    }
+    let logged = nginx_log(&dir, "/pushed.txt");
     assert_eq!(logged, want, "nginx's log");
     let samples = obs
         .scrape_until(Duration::from_secs(20), |x| {

@@ -20,6 +20,7 @@ use std::{
 use observer_tests::{
     metrics::{matching, sum, Sample},
     net::Bridge,
+    nginx,
     observer::Observer,
     pod::Pod,
     require_root, scaled, slowdown, TempDir,
@@ -50,23 +51,12 @@ const CLIENT_CN: &str = "observer-secret-client-7f3a";
 /// nginx over TLS (HTTP/1.1 and, by ALPN, HTTP/2), client certificates optional (verified
 /// against the test's CA), sessions cached for resumption. `/fail` answers 500 and closes.
 fn nginx_conf(dir: &TempDir) -> String {
-    format!(
-        r#"daemon off;
-master_process on;
-worker_processes 2;
-user www-data;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-  log_format truth '$status $server_protocol';
-  access_log {d}/access.log truth;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  server {{
+    nginx::conf(
+        dir,
+        2,
+        "$status $server_protocol",
+        &format!(
+            r#"  server {{
     listen {PORT} ssl http2;
     ssl_certificate {d}/cert.pem;
     ssl_certificate_key {d}/key.pem;
@@ -77,43 +67,14 @@ http {{
     root {d}/www;
     location = /ok {{ return 200 "ok\n"; }}
     location = /fail {{ return 500; }}
-  }}
-}}
-"#,
-        d = dir.path().display()
+  }}"#,
+            d = dir.path().display()
+        ),
     )
 }
 
-/// wrk script: each thread counts responses per status on its connection and stops itself
-/// after N (the script's argument); `done()` prints `status <code> <n>` lines.
-const WRK_MIX: &str = r#"
-local paths = {"/ok", "/ok", "/big.bin", "/missing", "/fail"}
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function init(args)
-  limit = tonumber(args[1])
-  counts = {}
-  n = 0
-end
-local i = 0
-function request()
-  i = i + 1
-  return wrk.format("GET", paths[(i - 1) % #paths + 1])
-end
-function response(status, headers, body)
-  local k = tostring(status)
-  counts[k] = (counts[k] or 0) + 1
-  n = n + 1
-  if n >= limit then wrk.thread:stop() end
-end
-function done(summary, latency, requests)
-  local total = {}
-  for _, t in ipairs(threads) do
-    for k, v in pairs(t:get("counts")) do total[k] = (total[k] or 0) + v end
-  end
-  for k, v in pairs(total) do io.write(string.format("status %s %d\n", k, v)) end
-end
-"#;
+/// The paths wrk cycles over ([`nginx::wrk_mix`]).
+const WRK_PATHS: &[&str] = &["/ok", "/ok", "/big.bin", "/missing", "/fail"];
 
 /// Python client: TLS 1.2 and TLS 1.3 connections, each followed by one that resumes its
 /// session, all with the client certificate; closes without `close_notify` (Python's `close()`
@@ -246,17 +207,6 @@ fn from_json(out: &str) -> Tally {
         .collect()
 }
 
-/// `status <code> <n>` lines of [`WRK_MIX`]'s `done()`.
-fn parse_wrk(out: &str) -> Tally {
-    out.lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next() == Some("status")).then_some(())?;
-            Some((f.next()?.to_string(), f.next()?.parse().ok()?))
-        })
-        .collect()
-}
-
 /// A server's log of one status per line.
 fn code_log(path: &str) -> Tally {
     let mut t = Tally::new();
@@ -350,19 +300,14 @@ fn https_to_nginx_is_counted_exactly_per_status_on_both_sides_for_every_client()
     let node = Pod::new(&bridge).unwrap();
     let h2 = Pod::new(&bridge).unwrap();
     // nginx starts after the observer.
-    let conf = dir.write("nginx.conf", nginx_conf(&dir)).unwrap();
-    let prefix = dir.join("");
-    let errors = dir.join("error.log");
-    web.spawn("nginx", &["-p", &prefix, "-c", &conf, "-e", &errors])
-        .unwrap();
-    web.wait_listening(PORT).unwrap();
+    nginx::start(&mut web, &dir, &nginx_conf(&dir), PORT).unwrap();
     let url = format!("https://{}:{PORT}", web.ip);
     let d = dir.path().display().to_string();
     let mut clients: Vec<(&Pod, Tally)> = Vec::new();
 
     // wrk over HTTPS, keep-alive: 2 threads x 1 connection x 100 responses (a 500 closes the
     // connection, wrk opens another: a new handshake).
-    let lua = dir.write("mix.lua", WRK_MIX).unwrap();
+    let lua = dir.write("mix.lua", nginx::wrk_mix(WRK_PATHS)).unwrap();
     let duration = format!("{}s", 5 * slowdown());
     let out = wrk
         .run(
@@ -371,7 +316,7 @@ fn https_to_nginx_is_counted_exactly_per_status_on_both_sides_for_every_client()
         )
         .unwrap();
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
-    let t = parse_wrk(&out);
+    let t = nginx::wrk_statuses(&out);
     assert_eq!(
         t,
         Tally::from([("200".into(), 120), ("404".into(), 40), ("500".into(), 40)]),

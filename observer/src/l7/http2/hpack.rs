@@ -178,7 +178,9 @@ impl Strings {
             }
             self.keep(bytes, plain);
         }
-        self.0.get(bytes).is_some_and(|p| READ_NAMES.contains(&&p[..]))
+        self.0
+            .get(bytes)
+            .is_some_and(|p| READ_NAMES.contains(&&p[..]))
     }
 
     fn keep(&mut self, coded: &[u8], plain: Vec<u8>) {
