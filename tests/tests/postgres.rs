@@ -5,6 +5,9 @@
 //!   and read after it (from the host, so the reading is no client pod's operation);
 //! - pgbench's own count of the transactions it processed.
 //!
+//! pgbench also runs over TLS (`sslmode=require` against a server that lets only TLS in): the
+//! TLS probe's plaintext, counted the same, exact.
+//!
 //! A statement's operation is compared by its first keyword (`END` is PostgreSQL's `COMMIT`
 //! tag). Series: `db_client_operation_duration_seconds` of the client pod with
 //! `db_system_name="postgresql"`.
@@ -34,11 +37,13 @@ struct Setup {
 /// initdb (trust for every host), the server in its pod with pg_stat_statements, the database
 /// initialised by pgbench from the host, then the observer.
 fn setup() -> Setup {
-    setup_with(|_, _, _| {})
+    setup_with(false, |_, _, _| {})
 }
 
-/// As [`setup`]; `before` runs once the database is ready and before the observer starts.
-fn setup_with(before: impl FnOnce(&TempDir, &mut Pod, &str)) -> Setup {
+/// As [`setup`], with TLS when `tls` (`ssl=on` with a certificate made by `openssl req`, and
+/// only TLS connections let in: `hostssl` in `pg_hba.conf`; the observer runs the `tls` probe
+/// too); `before` runs once the database is ready and before the observer starts.
+fn setup_with(tls: bool, before: impl FnOnce(&TempDir, &mut Pod, &str)) -> Setup {
     require_root();
     let dir = TempDir::new("postgres").unwrap();
     let data = dir.join("data");
@@ -51,10 +56,20 @@ fn setup_with(before: impl FnOnce(&TempDir, &mut Pod, &str)) -> Setup {
         "setpriv --reuid postgres --regid postgres --init-groups {BIN}/initdb -D {data} --auth=trust -U postgres >/dev/null"
     ))
     .unwrap();
+    let host_rule = if tls { "hostssl" } else { "host" };
     sh(&format!(
-        "echo 'host all all 0.0.0.0/0 trust' >> {data}/pg_hba.conf"
+        "echo '{host_rule} all all 0.0.0.0/0 trust' >> {data}/pg_hba.conf"
     ))
     .unwrap();
+    if tls {
+        sh(&format!(
+            "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=postgres \
+             -keyout {data}/server.key -out {data}/server.crt 2>/dev/null && \
+             chown postgres:postgres {data}/server.key {data}/server.crt && \
+             chmod 600 {data}/server.key"
+        ))
+        .unwrap();
+    }
     let bridge = Bridge::new().unwrap();
     let mut server = Pod::new(&bridge).unwrap();
     let mut client = Pod::new(&bridge).unwrap();
@@ -78,7 +93,7 @@ fn setup_with(before: impl FnOnce(&TempDir, &mut Pod, &str)) -> Setup {
                 "-c",
                 &format!("unix_socket_directories={data}"),
                 "-c",
-                "ssl=off",
+                if tls { "ssl=on" } else { "ssl=off" },
                 "-c",
                 "shared_preload_libraries=pg_stat_statements",
                 "-c",
@@ -94,7 +109,12 @@ fn setup_with(before: impl FnOnce(&TempDir, &mut Pod, &str)) -> Setup {
     ))
     .unwrap();
     before(&dir, &mut client, &host);
-    let obs = Observer::start(&["--probes", "tcp,postgresql"]).unwrap();
+    let probes = if tls {
+        "tcp,postgresql,tls"
+    } else {
+        "tcp,postgresql"
+    };
+    let obs = Observer::start(&["--probes", probes]).unwrap();
     Setup {
         _dir: dir,
         _bridge: bridge,
@@ -145,17 +165,21 @@ fn per_op(s: &[Sample], pod: &Pod, extra: &[(&str, &str)]) -> BTreeMap<String, u
 }
 
 /// pgbench's TPC-B-like script in the given query mode: the client pod's operations equal
-/// pg_stat_statements', and its transactions pgbench's.
-fn pgbench_mode(mode: &str) {
-    let s = setup();
+/// pg_stat_statements', and its transactions pgbench's. Over TLS when `tls`, with
+/// `sslmode=require` (the server lets nothing else in).
+fn pgbench_mode(mode: &str, tls: bool) {
+    let s = setup_with(tls, |_, _, _| {});
     let host = s.server.ip.clone();
     let n: u64 = if slowdown() > 1 { 20 } else { 500 };
     psql(&host, "SELECT pg_stat_statements_reset()");
+    let sslmode = format!("PGSSLMODE={}", if tls { "require" } else { "disable" });
     let out = s
         .client
         .run(
-            "pgbench",
+            "env",
             &[
+                &sslmode,
+                "pgbench",
                 "-h",
                 &host,
                 "-p",
@@ -195,7 +219,7 @@ fn pgbench_mode(mode: &str) {
     assert_eq!(
         per_op(&samples, &s.client, &[]),
         server,
-        "client pod, mode {mode}"
+        "client pod, mode {mode}, tls {tls}"
     );
     // The main tables, from the statements' texts.
     let accounts = per_op(
@@ -220,22 +244,41 @@ fn pgbench_mode(mode: &str) {
     .map(|x| x.value)
     .sum();
     assert_eq!(edge as u64, server.values().sum::<u64>());
+    // Nothing unparsed but, over TLS, the connections' sockets with reason `encrypted` (a
+    // cleartext `SSLRequest` answered `S`: the socket's bytes are followed no further, the TLS
+    // probe's plaintext is): the ciphertext was never taken for messages.
+    let unparsed: Vec<_> = matching(
+        &samples,
+        "observer_l7_messages_unparsed_total",
+        &[("protocol", "postgresql")],
+    )
+    .filter(|x| x.value > 0.0 && (!tls || x.labels["reason"] != "encrypted"))
+    .collect();
+    assert!(unparsed.is_empty(), "unparsed, tls {tls}: {unparsed:?}");
     s.obs.stop().unwrap();
 }
 
 #[test]
 fn pgbench_simple_counts_equal_pg_stat_statements() {
-    pgbench_mode("simple");
+    pgbench_mode("simple", false);
 }
 
 #[test]
 fn pgbench_prepared_counts_equal_pg_stat_statements() {
-    pgbench_mode("prepared");
+    pgbench_mode("prepared", false);
 }
 
 #[test]
 fn pgbench_extended_counts_equal_pg_stat_statements() {
-    pgbench_mode("extended");
+    pgbench_mode("extended", false);
+}
+
+/// PostgreSQL over TLS (issue 15): the plaintext from the TLS probe goes through the same
+/// PostgreSQL framer, exact; the ciphertext (and the cleartext `SSLRequest` before it) is
+/// never counted.
+#[test]
+fn pgbench_over_tls_counts_equal_pg_stat_statements() {
+    pgbench_mode("extended", true);
 }
 
 #[test]
@@ -310,7 +353,7 @@ const PYTHON: &str = "/usr/bin/python3";
 #[test]
 fn a_connection_from_before_the_observer_counts_and_a_slow_statement_lands_in_its_bucket() {
     let go = std::cell::RefCell::new(String::new());
-    let s = setup_with(|dir, client, host| {
+    let s = setup_with(false, |dir, client, host| {
         let script = dir.write("early.py", EARLY_PY).unwrap();
         *go.borrow_mut() = dir.join("go");
         client
