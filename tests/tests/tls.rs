@@ -632,3 +632,70 @@ fn a_library_first_loaded_after_start_is_probed_once_for_twenty_processes() {
     assert_nothing_lost(&s);
     obs.stop().unwrap();
 }
+
+/// `openssl s_client` sends a request, then after a pause the line `cmd` (`R`: renegotiate,
+/// TLS 1.2; `K`: update the keys and ask the peer to, TLS 1.3), then another request; prints
+/// what it got. Args: the address, the protocol flag, `cmd`, the pause in seconds.
+const S_CLIENT: &str = r#"
+req='GET /ok HTTP/1.1\r\nHost: observer\r\n\r\n'
+(printf "$req"; sleep "$4"; printf '%s\n' "$3"; sleep "$4"; printf "$req"; sleep "$4") |
+  openssl s_client -connect "$1" "$2" 2>&1
+true
+"#;
+
+#[test]
+fn renegotiation_refused_and_a_key_update_leave_the_counts_exact() {
+    require_root();
+    let bridge = Bridge::new().unwrap();
+    let dir = TempDir::new("observer-tls-renegotiation").unwrap();
+    certificates(&dir);
+    fs::create_dir(dir.path().join("www")).unwrap();
+    let obs = start_observer();
+    let mut web = Pod::new(&bridge).unwrap();
+    let client = Pod::new(&bridge).unwrap();
+    nginx::start(&mut web, &dir, &nginx_conf(&dir), PORT).unwrap();
+    let script = dir.write("s_client.sh", S_CLIENT).unwrap();
+    let addr = format!("{}:{PORT}", web.ip);
+    let pause = slowdown().to_string();
+    let run = |proto: &str, cmd: &str| -> String {
+        let out = client
+            .run("sh", &[&script, &addr, proto, cmd, &pause])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // TLS 1.2: nginx's OpenSSL refuses the client's renegotiation (a `no_renegotiation`
+    // alert) and the connection ends: its one request.
+    let refused = run("-tls1_2", "R");
+    assert!(
+        refused.contains("RENEGOTIATING") && refused.contains("no renegotiation"),
+        "renegotiation refused: {refused}"
+    );
+    // TLS 1.3: both ends update their keys and the connection goes on: two requests.
+    let updated = run("-tls1_3", "K");
+    assert!(updated.contains("KEYUPDATE"), "key update: {updated}");
+    let got = |out: &str| out.matches("HTTP/1.1 200 OK").count() as u64;
+    assert_eq!((got(&refused), got(&updated)), (1, 2), "what s_client got");
+    let want = Tally::from([("200".to_string(), 3)]);
+    let samples = obs
+        .scrape_until(scaled(WAIT), |x| {
+            observed(x, "server", &web, &[]) == want && observed(x, "client", &client, &[]) == want
+        })
+        .unwrap();
+    let log = fs::read_to_string(dir.join("access.log")).unwrap();
+    assert_eq!(
+        (log.lines()).filter(|l| *l == "200 HTTP/1.1").count(),
+        3,
+        "nginx's log: {log}"
+    );
+    assert_eq!(observed(&samples, "server", &web, &[]), want, "server side");
+    assert_eq!(observed(&samples, "client", &client, &[]), want, "client side");
+    // The handshakes inside the connections (a refused one, a key update) were never read as
+    // HTTP.
+    let unparsed = sum(
+        &samples,
+        "observer_l7_messages_unparsed_total",
+        &[("protocol", "http")],
+    );
+    assert_eq!(unparsed, 0.0, "unparsed");
+    obs.stop().unwrap();
+}
