@@ -66,18 +66,22 @@ function response(status, headers, body)
   n = n + 1
   if n >= limit then wrk.thread:stop() end
 end
-function done(summary, latency, requests)
-  local total = {{}}
+{WRK_DONE}"#,
+        paths.join(", ")
+    )
+}
+
+/// wrk's `done()` of the scripts here: prints `status <code> <count>` per status, summed over
+/// the threads (each kept its `counts` and is in `threads`), and `requests <total>`.
+pub const WRK_DONE: &str = r#"function done(summary, latency, requests)
+  local total = {}
   for _, t in ipairs(threads) do
     for k, v in pairs(t:get("counts")) do total[k] = (total[k] or 0) + v end
   end
   for k, v in pairs(total) do io.write(string.format("status %s %d\n", k, v)) end
   io.write(string.format("requests %d\n", summary.requests))
 end
-"#,
-        paths.join(", ")
-    )
-}
+"#;
 
 /// The `status <code> <n>` lines of [`wrk_mix`]'s `done()`: status → count.
 pub fn wrk_statuses(out: &str) -> BTreeMap<String, u64> {

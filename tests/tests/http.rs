@@ -379,7 +379,7 @@ const WRK_PATHS: &[&str] = &["/ok", "/ok", "/static.txt", "/missing", "/fail"];
 /// after N, then creates `<dir>/done-<id>`; the thread that finds every thread's file there
 /// sends wrk SIGINT, which ends wrk's `-d` wait at once (wrk waits all of `-d` otherwise).
 /// `popen`, not `os.execute`: `system()` ignores SIGINT in its caller while it runs. `done()`
-/// prints what [`nginx::wrk_mix`]'s does.
+/// is [`nginx::WRK_DONE`].
 const WRK_WORDS: &str = r#"
 local threads = {}
 function setup(thread)
@@ -421,14 +421,6 @@ function response(status, headers, body)
     end
     io.popen("kill -INT $PPID"):close()
   end
-end
-function done(summary, latency, requests)
-  local total = {}
-  for _, t in ipairs(threads) do
-    for k, v in pairs(t:get("counts")) do total[k] = (total[k] or 0) + v end
-  end
-  for k, v in pairs(total) do io.write(string.format("status %s %d\n", k, v)) end
-  io.write(string.format("requests %d\n", summary.requests))
 end
 "#;
 
@@ -1395,7 +1387,9 @@ fn routes_beyond_the_cap_go_to_the_overflow_route_and_every_request_is_counted()
     let obs = start_observer(&["--http-route-cap", &cap]);
 
     // wrk gets a generous -d: its threads stop by count and then end its wait (WRK_WORDS).
-    let lua = dir.write("words.lua", WRK_WORDS).unwrap();
+    let lua = dir
+        .write("words.lua", [WRK_WORDS, nginx::WRK_DONE].concat())
+        .unwrap();
     let marks = dir.join("marks");
     let ceiling = format!("{}s", scaled(Duration::from_secs(120)).as_secs());
     let threads = format!("-t{THREADS}");

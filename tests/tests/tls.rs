@@ -688,7 +688,11 @@ fn renegotiation_refused_and_a_key_update_leave_the_counts_exact() {
         "nginx's log: {log}"
     );
     assert_eq!(observed(&samples, "server", &web, &[]), want, "server side");
-    assert_eq!(observed(&samples, "client", &client, &[]), want, "client side");
+    assert_eq!(
+        observed(&samples, "client", &client, &[]),
+        want,
+        "client side"
+    );
     // The handshakes inside the connections (a refused one, a key update) were never read as
     // HTTP.
     let unparsed = sum(
