@@ -584,7 +584,8 @@ mod tests {
         assert!(new.contains(
             "tls-0123abcd --test-threads=1 --exact \
              https_to_nginx_is_counted_exactly_per_status_on_both_sides_for_every_client \
-             python_and_node_servers_over_tls_are_counted_exactly_on_both_sides ||"
+             python_and_node_servers_over_tls_are_counted_exactly_on_both_sides \
+             renegotiation_refused_and_a_key_update_leave_the_counts_exact ||"
         ));
         assert_eq!(series("6.12.118+deb12-amd64"), (6, 12));
         assert_eq!(series("5.10.0-46-amd64"), (5, 10));
