@@ -122,72 +122,59 @@ const MAX_STRINGS: usize = 4096;
 const MAX_CODED: usize = 96;
 
 impl Strings {
-    /// Appends the HPACK string at `at` in `b` (its length's prefix and its bytes, which end
-    /// at `end`) to `out`: a Huffman-coded one as a plain string of its decoded bytes (looked
-    /// up, else decoded and kept), any other as it is.
-    fn put(&mut self, b: &[u8], at: usize, end: usize, out: &mut Vec<u8>) {
-        let whole = &b[at..end];
+    /// Hands `f` the plain bytes of the HPACK string at `at` in `b` (its length's prefix and
+    /// its bytes, which end at `end`): a plain string's own, a Huffman-coded one's decoded
+    /// (looked up, else decoded with `httlib-huffman` and kept); `None` for a coded string
+    /// longer than [`MAX_CODED`] or one that does not decode (the decoder finds the same
+    /// fault).
+    fn with_plain<R>(
+        &mut self,
+        b: &[u8],
+        at: usize,
+        end: usize,
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> R {
         let Some((len, start)) = integer(b, at, 7) else {
-            out.extend_from_slice(whole);
-            return;
-        };
-        let coded = &b[start..end];
-        if b[at] & 0x80 == 0 || len > MAX_CODED {
-            out.extend_from_slice(whole);
-            return;
-        }
-        if let Some(plain) = self.0.get(coded) {
-            put_plain(plain, out);
-            return;
-        }
-        let mut plain = Vec::with_capacity(coded.len() * 8 / 5);
-        if httlib_huffman::decode(coded, &mut plain, httlib_huffman::DecoderSpeed::FiveBits)
-            .is_err()
-        {
-            // The decoder finds the same fault.
-            out.extend_from_slice(whole);
-            return;
-        }
-        put_plain(&plain, out);
-        self.keep(coded, plain);
-    }
-}
-
-impl Strings {
-    /// Whether the HPACK string at `at` in `b` (ending at `end`), a literal's new name, is
-    /// one the tracker reads ([`READ_NAMES`]). A Huffman-coded name longer than the coded
-    /// strings kept is none of them (each is shorter than 16 bytes, at most 60 coded).
-    fn read(&mut self, b: &[u8], at: usize, end: usize) -> bool {
-        let Some((len, start)) = integer(b, at, 7) else {
-            return true;
+            return f(None);
         };
         let bytes = &b[start..end];
         if b[at] & 0x80 == 0 {
-            return READ_NAMES.contains(&bytes);
+            return f(Some(bytes));
         }
         if len > MAX_CODED {
-            return false;
+            return f(None);
         }
-        if !self.0.contains_key(bytes) {
-            let mut plain = Vec::new();
-            if httlib_huffman::decode(bytes, &mut plain, httlib_huffman::DecoderSpeed::FiveBits)
-                .is_err()
-            {
-                // Kept: the decoder finds the same fault.
-                return true;
-            }
-            self.keep(bytes, plain);
+        if let Some(plain) = self.0.get(bytes) {
+            return f(Some(plain));
         }
-        self.0
-            .get(bytes)
-            .is_some_and(|p| READ_NAMES.contains(&&p[..]))
-    }
-
-    fn keep(&mut self, coded: &[u8], plain: Vec<u8>) {
+        let mut plain = Vec::with_capacity(bytes.len() * 8 / 5);
+        if httlib_huffman::decode(bytes, &mut plain, httlib_huffman::DecoderSpeed::FiveBits)
+            .is_err()
+        {
+            return f(None);
+        }
+        let r = f(Some(&plain));
         if self.0.len() >= MAX_STRINGS {
             self.0.clear();
         }
-        self.0.insert(coded.into(), plain.into());
+        self.0.insert(bytes.into(), plain.into());
+        r
+    }
+
+    /// Appends the HPACK string at `at` in `b` (ending at `end`) to `out` as a plain string,
+    /// or as it is where [`Strings::with_plain`] has no plain bytes for it.
+    fn put(&mut self, b: &[u8], at: usize, end: usize, out: &mut Vec<u8>) {
+        self.with_plain(b, at, end, |p| match p {
+            Some(p) => put_plain(p, out),
+            None => out.extend_from_slice(&b[at..end]),
+        })
+    }
+
+    /// Whether the HPACK string at `at` in `b` (ending at `end`), a literal's new name, may
+    /// be one the tracker reads ([`READ_NAMES`]): a name without plain bytes here is kept
+    /// for the decoder.
+    fn read(&mut self, b: &[u8], at: usize, end: usize) -> bool {
+        self.with_plain(b, at, end, |p| p.is_none_or(|p| READ_NAMES.contains(&p)))
     }
 }
 
