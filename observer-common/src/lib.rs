@@ -99,6 +99,9 @@ pub const L7_NONE: u8 = 255;
 pub const L7_REQ_MAX: usize = 256;
 /// Bytes of a response's first call sent with its exchange.
 pub const L7_RESP_MAX: usize = 256;
+/// Most bytes of a short request-direction call kept to be joined with the next
+/// ([`L7Conn::carry`]).
+pub const L7_CARRY_MAX: usize = 6;
 
 /// Which end of an exchange the observed process is.
 pub const L7_SIDE_UNKNOWN: u8 = 0;
@@ -185,10 +188,13 @@ pub struct L7Conn {
     pub side: u8,
     /// `L7_F_*` bits the protocol's framer keeps.
     pub flags: u8,
-    pub _pad: u8,
+    /// Bytes in `carry`.
+    pub carry_len: u8,
     /// Bytes of `req` holding the pending request's first bytes.
     pub req_snip: u16,
-    pub _pad2: [u16; 3],
+    /// HTTP/1.x: a request-direction call too short to show a request line (Go's server reads
+    /// one byte ahead while a handler runs), kept to be joined with the next call.
+    pub carry: [u8; L7_CARRY_MAX],
     pub req: [u8; L7_REQ_MAX],
 }
 const _: () = assert!(core::mem::size_of::<L7Conn>() == 32 + 24 + 24 + 24 + L7_REQ_MAX);
@@ -369,6 +375,12 @@ pub const LOST_TLS_SLOT_COLLISION: u32 = 13;
 pub const LOST_TLS_NO_SOCKET: u32 = 14;
 /// A TLS connection found the TLS connection table full.
 pub const LOST_TLS_CONN_MAP_FULL: u32 = 15;
+/// A Go `crypto/tls` call's connection was not found to sit on a TCP socket (a `net.Conn`
+/// other than a `*net.TCPConn`, or a descriptor that is no TCP socket): not followed.
+pub const LOST_TLS_GO_NO_SOCKET: u32 = 16;
+/// A Go `crypto/tls` call in flight found the table of such calls full (an LRU table: the
+/// call heard of longest ago gave way).
+pub const LOST_TLS_GO_CALL_MAP_FULL: u32 = 17;
 pub const LOST_COUNTERS: u32 = 24;
 
 /// Bits of the `WORK` global: what the shared hooks do.
@@ -443,6 +455,46 @@ pub struct TlsConn {
     pub _pad: [u8; 6],
 }
 const _: () = assert!(core::mem::size_of::<TlsConn>() == 16);
+
+/// A Go `crypto/tls` call in flight (`(*Conn).Read` / `(*Conn).Write`), by goroutine: a
+/// goroutine parked in a read resumes on any thread, so the thread cannot key it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GoTlsCall {
+    /// The `*tls.Conn`.
+    pub conn: u64,
+    /// The plaintext buffer.
+    pub buf: u64,
+    pub start_ns: u64,
+    /// The TCP socket under the connection (from its descriptor, at entry).
+    pub sk: u64,
+    /// 1 for a write.
+    pub send: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<GoTlsCall>() == 40);
+
+/// Kernel layout the TLS probe reads to find the socket behind one of the current process's
+/// file descriptors (Go's `crypto/tls` connections name theirs), located from BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileOffsets {
+    /// `task_struct` -> `files`.
+    pub task_files: u32,
+    /// `files_struct` -> `fdt`.
+    pub files_fdt: u32,
+    /// `fdtable` -> `max_fds` / `fd`.
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    /// `file` -> `private_data` (the `struct socket` of a socket's file).
+    pub file_private_data: u32,
+    /// `socket` -> `file` (back to the file: proves the private data is a socket) / `sk`.
+    pub socket_file: u32,
+    pub socket_sk: u32,
+    /// 1 when located (the Go programs are attached only then).
+    pub valid: u32,
+}
+const _: () = assert!(core::mem::size_of::<FileOffsets>() == 32);
 
 /// Kernel struct offsets located at start from BTF and handed to the programs.
 #[repr(C)]
@@ -560,6 +612,8 @@ mod pod {
     unsafe impl aya::Pod for TcpStats {}
     unsafe impl aya::Pod for ConnInfo {}
     unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for FileOffsets {}
+    unsafe impl aya::Pod for GoTlsCall {}
     unsafe impl aya::Pod for SetStateOffsets {}
     unsafe impl aya::Pod for L7Conn {}
     unsafe impl aya::Pod for L7Dir {}

@@ -66,6 +66,20 @@ pub static LIFECYCLE: Global<LifecycleOffsets> = Global::new(LifecycleOffsets {
     _pad: 0,
 });
 
+/// Kernel layout from a file descriptor to its socket, for the TLS probe's Go programs.
+#[unsafe(no_mangle)]
+pub static FILES: Global<observer_common::FileOffsets> =
+    Global::new(observer_common::FileOffsets {
+        task_files: 0,
+        files_fdt: 0,
+        fdtable_max_fds: 0,
+        fdtable_fd: 0,
+        file_private_data: 0,
+        socket_file: 0,
+        socket_sk: 0,
+        valid: 0,
+    });
+
 /// Number of used entries in [`CGROUP_FILTERS`]; 0 means "trace every cgroup".
 #[unsafe(no_mangle)]
 pub static CGROUP_FILTER_COUNT: Global<u32> = Global::new(0);
@@ -158,6 +172,12 @@ pub static TLS_THREADS: Array<observer_common::TlsThread> =
 /// decision.
 #[map]
 pub static TLS_CONNS: LruHashMap<[u64; 2], observer_common::TlsConn> =
+    LruHashMap::with_max_entries(16384, 0);
+
+/// Go `crypto/tls` calls in flight, by (goroutine, process): an LRU table, so a call whose
+/// return was never seen (a panic unwinding through it) costs nothing.
+#[map]
+pub static GO_TLS_CALLS: LruHashMap<[u64; 2], observer_common::GoTlsCall> =
     LruHashMap::with_max_entries(16384, 0);
 
 /// Pids of processes that exec'd a new program, for user space to probe their TLS libraries.

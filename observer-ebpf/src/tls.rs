@@ -17,22 +17,36 @@
 //! data) came from just before. (The write's buffer cannot wait for the next send: Node frees
 //! it as soon as `SSL_write` returns.)
 //!
+//! Go's `crypto/tls` has no library to hook and Go programs make no socket call on the thread
+//! that entered a read: a goroutine parked for its data resumes on any thread. Its
+//! `(*Conn).Read` and `(*Conn).Write` are probed at entry and at each of their `RET`
+//! instructions (a return uprobe would break Go's moving stacks), the call kept by goroutine
+//! (`g`, register R14 in Go's register ABI). The socket comes from the connection itself: its
+//! `net.Conn`'s descriptor (`*net.TCPConn` -> `netFD` -> `poll.FD.Sysfd`, a layout Go has
+//! kept since 1.9) and the process's descriptor table (layout from BTF), checked to be a TCP
+//! socket.
+//!
 //! `sched_process_exec` tells user space of every new program, whose TLS libraries it then
 //! looks for and probes (once per library file).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::{btf_tracepoint, raw_tracepoint, uprobe, uretprobe},
     programs::{BtfTracePointContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use observer_common::{
-    TlsCall, TlsConn, L7_NONE, L7_UNDECIDED, LOST_TLS_CONN_MAP_FULL, LOST_TLS_NO_SOCKET,
-    LOST_TLS_SLOT_COLLISION, TLS_SLOTS,
+    GoTlsCall, TlsCall, TlsConn, L7_NONE, L7_UNDECIDED, LOST_TLS_CONN_MAP_FULL,
+    LOST_TLS_GO_CALL_MAP_FULL, LOST_TLS_GO_NO_SOCKET, LOST_TLS_NO_SOCKET, LOST_TLS_SLOT_COLLISION,
+    TLS_SLOTS,
 };
 
 use crate::{
     l7::{self, read_user},
-    maps::{count_lost, CONNS, EXEC_EVENTS, TLS_CALLS, TLS_CONNS, TLS_THREADS},
+    maps::{
+        count_lost, CONNS, EXEC_EVENTS, FILES, GO_TLS_CALLS, TLS_CALLS, TLS_CONNS, TLS_THREADS,
+    },
 };
 
 #[uprobe]
@@ -73,6 +87,28 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
     if let Some(ssl) = ctx.arg::<u64>(0) {
         let _ = TLS_CONNS.remove(&conn_key(ssl));
     }
+    0
+}
+
+/// `crypto/tls.(*Conn).Write(c, b)`: `c` in RAX, `b`'s pointer and length in RBX and RCX
+/// (its plaintext goes at entry; its returns are not needed).
+#[uprobe]
+pub fn go_tls_write(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, true);
+    0
+}
+
+/// `crypto/tls.(*Conn).Read(c, b)`.
+#[uprobe]
+pub fn go_tls_read(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, false);
+    0
+}
+
+/// A `RET` of `Read`: the count in RAX, the goroutine still in R14.
+#[uprobe]
+pub fn go_tls_ret(ctx: ProbeContext) -> u32 {
+    go_return(&ctx);
     0
 }
 
@@ -261,6 +297,159 @@ fn on_return(rc: i32) {
     };
     let next = l7::on_tls_io(t, c.buf, u64::from(n) | (c.send as u64) << 32, c.start_ns);
     l7::run_next(next);
+}
+
+/// Registers of a probed Go function (register ABI): RAX, RBX, RCX and the goroutine (R14).
+#[inline(always)]
+fn go_regs(ctx: &ProbeContext) -> (u64, u64, u64, u64) {
+    let r = ctx.regs;
+    // SAFETY: the context of a uprobe is its pt_regs, readable by the program.
+    unsafe { ((*r).rax, (*r).rbx, (*r).rcx, (*r).r14) }
+}
+
+#[inline(always)]
+fn go_enter(ctx: &ProbeContext, send: bool) {
+    let (conn, buf, len, g) = go_regs(ctx);
+    if conn == 0 || g == 0 {
+        return;
+    }
+    let sk = match go_socket(conn) {
+        GoSocket::Tcp(sk) => sk,
+        // A call on a closed connection fails at once: nothing to follow.
+        GoSocket::Closed => return,
+        GoSocket::Unknown => {
+            count_lost(LOST_TLS_GO_NO_SOCKET);
+            return;
+        }
+    };
+    // The connection is known from its first call on: a handshake inside it (a server's
+    // first read) leaves the socket's ciphertext to no protocol.
+    let Some(t) = tls_conn(conn, sk) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if send {
+        // A write's plaintext goes now, whole: Go writes all of it or fails the connection,
+        // and another goroutine may read the answer before this one returns (an HTTP/2
+        // client's reader): the request must come first.
+        if len == 0 {
+            return;
+        }
+        let n = if len > u64::from(u32::MAX) {
+            u32::MAX
+        } else {
+            len as u32
+        };
+        let next = l7::on_tls_io(t, buf, u64::from(n) | 1 << 32, now);
+        l7::run_next(next);
+        return;
+    }
+    let call = GoTlsCall {
+        conn,
+        buf,
+        start_ns: now,
+        sk,
+        send: 0,
+        _pad: 0,
+    };
+    // An entry again for the same goroutine is the same call (its stack grew and the
+    // function started over) or one whose return was lost: the last one holds.
+    if GO_TLS_CALLS.insert(&go_key(g), &call, 0).is_err() {
+        count_lost(LOST_TLS_GO_CALL_MAP_FULL);
+    }
+}
+
+#[inline(always)]
+fn go_return(ctx: &ProbeContext) {
+    let (n, _, _, g) = go_regs(ctx);
+    let key = go_key(g);
+    // SAFETY: map value pointer checked by the verifier; copied before the removal.
+    let Some(c) = (unsafe { GO_TLS_CALLS.get(&key) }).copied() else {
+        return;
+    };
+    let _ = GO_TLS_CALLS.remove(&key);
+    let n = n as i64;
+    if n <= 0 {
+        return;
+    }
+    let n = if n > u32::MAX as i64 {
+        u32::MAX
+    } else {
+        n as u32
+    };
+    let Some(t) = tls_conn(c.conn, c.sk) else {
+        count_lost(LOST_TLS_NO_SOCKET);
+        return;
+    };
+    let next = l7::on_tls_io(t, c.buf, u64::from(n) | (c.send as u64) << 32, c.start_ns);
+    l7::run_next(next);
+}
+
+#[inline(always)]
+fn go_key(g: u64) -> [u64; 2] {
+    [g, bpf_get_current_pid_tgid() >> 32]
+}
+
+enum GoSocket {
+    Tcp(u64),
+    /// The descriptor is gone (`-1`: the connection was closed).
+    Closed,
+    /// Not a TCP socket, or not readable.
+    Unknown,
+}
+
+/// The TCP socket under Go connection `conn` (a `*tls.Conn`): its `net.Conn`'s data word
+/// (offset 8 of the interface, the first field of `tls.Conn`) is a `*net.TCPConn`, whose
+/// first word is its `*netFD`, whose `poll.FD` holds the descriptor after its 16-byte mutex.
+#[inline(always)]
+fn go_socket(conn: u64) -> GoSocket {
+    let Some(fd) = read_user::<u64>(conn + 8)
+        .and_then(read_user::<u64>)
+        .and_then(|netfd| read_user::<i64>(netfd + 16))
+    else {
+        return GoSocket::Unknown;
+    };
+    if fd == -1 {
+        return GoSocket::Closed;
+    }
+    match fd_socket(fd) {
+        Some(sk) if crate::sock::is_tcp(sk) => GoSocket::Tcp(sk),
+        _ => GoSocket::Unknown,
+    }
+}
+
+/// The socket (`struct sock`) behind descriptor `fd` of the current process, if it is one: the
+/// file's private data is a `struct socket` whose `file` points back at the file.
+#[inline(always)]
+fn fd_socket(fd: i64) -> Option<u64> {
+    let o = FILES.load();
+    if o.valid == 0 || fd < 0 {
+        return None;
+    }
+    let task = unsafe { bpf_get_current_task() };
+    let files = kernel_at::<u64>(task, o.task_files)?;
+    let fdt = kernel_at::<u64>(files, o.files_fdt)?;
+    let max = kernel_at::<u32>(fdt, o.fdtable_max_fds)?;
+    if fd as u64 >= u64::from(max) {
+        return None;
+    }
+    let fds = kernel_at::<u64>(fdt, o.fdtable_fd)?;
+    let file = kernel_at::<u64>(fds + fd as u64 * 8, 0)?;
+    let socket = kernel_at::<u64>(file, o.file_private_data)?;
+    if kernel_at::<u64>(socket, o.socket_file)? != file {
+        return None;
+    }
+    let sk = kernel_at::<u64>(socket, o.socket_sk)?;
+    (sk != 0).then_some(sk)
+}
+
+#[inline(always)]
+fn kernel_at<T: Copy>(base: u64, off: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel tolerates bad addresses (returns an error).
+    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.ok()
 }
 
 #[inline(always)]

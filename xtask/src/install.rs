@@ -156,6 +156,11 @@ const PACKAGES: &[(Scope, &str, &str)] = &[
     ),
     (
         Scope::Test,
+        "golang-go",
+        "Go, which builds the Go HTTPS server and client of the TLS tests (Go's own crypto/tls)",
+    ),
+    (
+        Scope::Test,
         "dnsmasq-base",
         "dnsmasq, the DNS server of the DNS tests",
     ),

@@ -11,8 +11,8 @@
 //! (`100 Continue`) are records too: user space skips them and pairs the final one.
 
 use observer_common::{
-    L7Conn, L7Dir, L7Event, L7_EVENT_HEADER, L7_EVF_ANSWERED, L7_EV_EXCHANGE, L7_EV_REQUEST,
-    L7_F_OPEN_AT_USER, L7_REQ_MAX, L7_RESP_MAX, L7_SIDE_CLIENT, LOST_L7_STALE_STATE,
+    L7Conn, L7Dir, L7Event, L7_CARRY_MAX, L7_EVENT_HEADER, L7_EVF_ANSWERED, L7_EV_EXCHANGE,
+    L7_EV_REQUEST, L7_F_OPEN_AT_USER, L7_REQ_MAX, L7_RESP_MAX, L7_SIDE_CLIENT, LOST_L7_STALE_STATE,
 };
 
 use super::{attach_request, continue_dir, emit_with_request, output, tgid, Call, Detected};
@@ -113,7 +113,15 @@ fn on_call(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
     let request_dir = call.send == (s.side == L7_SIDE_CLIENT);
     if request_dir {
         if is_request(head, n) {
+            s.carry_len = 0;
             request_start(st, call, head, n);
+        } else if s.carry_len != 0 {
+            joined(st, call, head, n);
+        } else if call.ret as usize <= L7_CARRY_MAX
+            && n == call.ret
+            && byte(head, 0).is_ascii_uppercase()
+        {
+            keep(s, head, n);
         }
         return;
     }
@@ -165,6 +173,73 @@ fn on_call(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
         tail: [0; 8],
     };
     super::push_tail(&mut s.resp.tail, t, tn);
+}
+
+/// A request-direction call of `n` (at most [`L7_CARRY_MAX`]) bytes that may be a request
+/// line's start: kept for the next call (added to what was kept, or instead of it when both
+/// would not fit).
+#[inline(always)]
+fn keep(s: &mut L7Conn, head: *const L7Event, n: u32) {
+    let mut at = s.carry_len as usize;
+    if at + n as usize > L7_CARRY_MAX {
+        at = 0;
+    }
+    let mut i = 0usize;
+    while i < L7_CARRY_MAX {
+        if i < n as usize && at + i < L7_CARRY_MAX {
+            s.carry[(at + i) % L7_CARRY_MAX] = byte(head, i);
+        }
+        i += 1;
+    }
+    let total = at + n as usize;
+    s.carry_len = if total > L7_CARRY_MAX { 0 } else { total as u8 };
+}
+
+/// The call after kept bytes: if both together start a request, it starts with the kept
+/// bytes' call (the call's first `n` bytes move behind them in `head`). The kept bytes are
+/// used up either way.
+#[inline(always)]
+fn joined(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
+    // SAFETY: map value pointer checked by the verifier.
+    let s = unsafe { &mut *st };
+    let k = (s.carry_len as usize).min(L7_CARRY_MAX);
+    s.carry_len = 0;
+    // The request area of the scratch record is free while a request-direction call is
+    // framed: the joined bytes are built there, then copied to the front.
+    // SAFETY: `head` is this CPU's scratch record: its data holds L7_RESP_MAX + L7_REQ_MAX
+    // bytes; the copy's length is below L7_REQ_MAX - L7_CARRY_MAX.
+    unsafe {
+        let data = (*head).data.as_mut_ptr();
+        let mut i = 0usize;
+        while i < L7_CARRY_MAX {
+            if i < k {
+                *data.add(L7_RESP_MAX + i) = s.carry[i];
+            }
+            i += 1;
+        }
+        let len = n.min((L7_REQ_MAX - L7_CARRY_MAX - 1) as u32) & super::HEAD_MASK;
+        let dst = data.add(L7_RESP_MAX + (k & 7));
+        if aya_ebpf::helpers::bpf_probe_read_kernel_buf(
+            data as *const u8,
+            core::slice::from_raw_parts_mut(dst, len as usize),
+        )
+        .is_err()
+        {
+            return;
+        }
+        core::ptr::copy_nonoverlapping(
+            data.add(L7_RESP_MAX) as *const u64,
+            data as *mut u64,
+            L7_REQ_MAX / 8,
+        );
+    }
+    let total = (n + k as u32).min(super::HEAD_MASK);
+    if !is_request(head, total) {
+        return;
+    }
+    let mut c = *call;
+    c.ret = call.ret.saturating_add(k as u32);
+    request_start(st, &c, head, total);
 }
 
 /// A request starts with this call: the socket's own cgroup is checked (a state that does not

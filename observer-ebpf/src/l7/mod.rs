@@ -759,9 +759,9 @@ fn claim(key: u64, sk: u64, proto: u8, d: Detected, send: bool) -> Option<*mut L
         } else {
             0
         };
-        (*st)._pad = 0;
+        (*st).carry_len = 0;
         (*st).req_snip = 0;
-        (*st)._pad2 = [0; 3];
+        (*st).carry = [0; observer_common::L7_CARRY_MAX];
         if L7_CONNS.insert(&key, &*st, BPF_NOEXIST as u64).is_err() {
             count_lost(LOST_L7_CONN_MAP_FULL);
             return None;

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use observer_common::{KernelOffsets, LifecycleOffsets};
+use observer_common::{FileOffsets, KernelOffsets, LifecycleOffsets};
 
 use crate::error::ProbeError;
 
@@ -287,6 +287,20 @@ pub fn lifecycle_offsets(btf: &KernelBtf) -> Result<LifecycleOffsets, ProbeError
         kernfs_node_id: btf.member_offset("kernfs_node", "id")?,
         mark_victim_task: u32::from(btf.tracepoint_arg_is_pointer("mark_victim", 0)?),
         _pad: 0,
+    })
+}
+
+/// Layout from a task's file descriptor to its socket, for the TLS probe's Go programs.
+pub fn file_offsets(btf: &KernelBtf) -> Result<FileOffsets, ProbeError> {
+    Ok(FileOffsets {
+        task_files: btf.member_offset("task_struct", "files")?,
+        files_fdt: btf.member_offset("files_struct", "fdt")?,
+        fdtable_max_fds: btf.member_offset("fdtable", "max_fds")?,
+        fdtable_fd: btf.member_offset("fdtable", "fd")?,
+        file_private_data: btf.member_offset("file", "private_data")?,
+        socket_file: btf.member_offset("socket", "file")?,
+        socket_sk: btf.member_offset("socket", "sk")?,
+        valid: 1,
     })
 }
 

@@ -9,8 +9,8 @@ use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
 };
 use observer_common::{
-    KernelOffsets, LifecycleOffsets, WORK_ENTRY_SLOTS, WORK_L7, WORK_SYSCALLS, WORK_TASK_REGS,
-    WORK_TCP, WORK_TLS,
+    FileOffsets, KernelOffsets, LifecycleOffsets, WORK_ENTRY_SLOTS, WORK_L7, WORK_SYSCALLS,
+    WORK_TASK_REGS, WORK_TCP, WORK_TLS,
 };
 
 use super::btf;
@@ -77,6 +77,8 @@ fn program_error(program: &str, e: ProgramError) -> ProbeError {
 struct Kernel {
     offsets: Result<KernelOffsets, ProbeError>,
     lifecycle: Result<LifecycleOffsets, ProbeError>,
+    /// From a descriptor to its socket (the TLS probe's Go programs).
+    files: Result<FileOffsets, ProbeError>,
     /// Parameters of `tcp_recvmsg` (6 before 5.19, 5 since), for the fexit fallback.
     recvmsg_params: Result<usize, ProbeError>,
     /// The same of `udp_recvmsg` (DNS's fexit fallback; `udpv6_recvmsg` lost its `noblock` in
@@ -101,6 +103,10 @@ impl Kernel {
             .as_ref()
             .map_err(clone_err)
             .and_then(btf::lifecycle_offsets);
+        let files = kernel_btf
+            .as_ref()
+            .map_err(clone_err)
+            .and_then(btf::file_offsets);
         let btf = match Btf::parse_file(&cfg.btf, Endianness::default()) {
             Ok(b) => Some(b),
             Err(e) => {
@@ -126,6 +132,7 @@ impl Kernel {
         Kernel {
             offsets,
             lifecycle,
+            files,
             recvmsg_params,
             udp_recvmsg_params,
             task_regs,
@@ -188,7 +195,7 @@ pub fn load(cfg: &Config, cgroups: &CgroupFs, object: &[u8]) -> Result<Loaded, S
             .iter()
             .any(|p| p.up && cfg.l7.iter().any(|s| s.name == p.probe));
         let r = if l7_up {
-            load_tls(&mut ebpf, hooks, btf).map(|libs| {
+            load_tls(&mut ebpf, hooks, btf, k.files.as_ref().err()).map(|libs| {
                 tls = Some(libs);
                 "uprobe"
             })
@@ -236,6 +243,7 @@ fn load_object(
 ) -> Result<Ebpf, aya::EbpfError> {
     let offsets = k.offsets.as_ref().copied().unwrap_or_default();
     let lifecycle = k.lifecycle.as_ref().copied().unwrap_or_default();
+    let files = k.files.as_ref().copied().unwrap_or_default();
     let l7 = !cfg.l7.is_empty();
     let entry_slots = cfg.syscalls || (l7 && !k.task_regs);
     let work = (u32::from(cfg.syscalls) * WORK_SYSCALLS)
@@ -249,6 +257,7 @@ fn load_object(
     loader
         .override_global("OFFSETS", &offsets, true)
         .override_global("LIFECYCLE", &lifecycle, true)
+        .override_global("FILES", &files, true)
         .override_global("CGROUP_FILTER_COUNT", &filter_count, true)
         .override_global("WORK", &work, true)
         .override_global("L7_PROTOCOLS", &protocols, true)
@@ -265,6 +274,7 @@ fn load_tls(
     ebpf: &mut Ebpf,
     hooks: HookPreference,
     btf: Option<&Btf>,
+    no_files: Option<&ProbeError>,
 ) -> Result<super::tls::Libraries, ProbeError> {
     if let Err(errno) = super::privileges::try_perf_event_open() {
         let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
@@ -280,9 +290,21 @@ fn load_tls(
         let p: &mut aya::programs::UProbe = program(ebpf, prog)?;
         p.load().map_err(|e| program_error(prog, e))?;
     }
+    // Go programs need the descriptor table's layout; without it (or should their programs
+    // not load) the OpenSSL side runs alone and says so.
+    let go = match no_files {
+        Some(e) => Err(e.to_string()),
+        None => super::tls::GO_PROGRAMS.iter().try_for_each(|prog| {
+            let p: &mut aya::programs::UProbe = program(ebpf, prog).map_err(|e| e.to_string())?;
+            p.load().map_err(|e| program_error(prog, e).to_string())
+        }),
+    };
+    if let Err(e) = &go {
+        tracing::warn!("Go crypto/tls not probed: {e}");
+    }
     attach_one(ebpf, hooks, btf, "process_exec", "sched_process_exec")
         .map_err(|e| ProbeError::Other(format!("exec hook: {e}")))?;
-    let mut libs = super::tls::Libraries::default();
+    let mut libs = super::tls::Libraries::new(go.is_ok());
     libs.scan_all(ebpf)?;
     Ok(libs)
 }

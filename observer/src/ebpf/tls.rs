@@ -109,9 +109,10 @@ pub fn figures() -> Figures {
     }
 }
 
-#[derive(Default)]
 pub struct Libraries {
     files: HashMap<FileId, FileState>,
+    /// The Go programs are loaded: Go programs' `crypto/tls` is probed too.
+    go: bool,
     /// What processes' maps call a node library probed by its path at start, where the file
     /// system's `stat` names it otherwise (overlayfs and the like: maps give the underlying
     /// file's device and inode). Node libraries stay probed, so these stay too.
@@ -119,6 +120,14 @@ pub struct Libraries {
 }
 
 impl Libraries {
+    pub fn new(go: bool) -> Self {
+        Libraries {
+            files: HashMap::new(),
+            go,
+            aliases: HashSet::new(),
+        }
+    }
+
     /// Looks at every running process once. Returns the failure to attach, if every library
     /// found failed (a permission, most likely: then the probe is down).
     pub fn scan_all(&mut self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
@@ -177,7 +186,7 @@ impl Libraries {
         pid: Option<u32>,
     ) -> Result<usize, ProbeError> {
         let started = Instant::now();
-        let Some(offsets) = tls_functions(target) else {
+        let Some(points) = tls_functions(target, self.go) else {
             // Not a TLS library after all (a program without one, a stub), or gone.
             tracing::debug!(?pid, file = %path.display(), "no TLS functions");
             if target.exists() {
@@ -185,11 +194,13 @@ impl Libraries {
             }
             return Ok(0);
         };
-        match attach(ebpf, target, &offsets) {
+        match attach(ebpf, target, &points) {
             Ok(links) => {
+                let go = points.iter().any(|p| p.prog == GO_RETURN);
                 tracing::info!(
                     pid,
                     library = %path.display(),
+                    kind = if go { "go crypto/tls" } else { "openssl" },
                     uprobes = links.len(),
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "TLS library probed"
@@ -338,35 +349,34 @@ impl Libraries {
     }
 }
 
-/// Attaches every program to the library at `target`, at the functions' file `offsets`; on a
-/// failure, what was attached is detached again.
+/// Attaches the programs to the file at `target`, at their `points`; on a failure, what was
+/// attached is detached again.
 fn attach(
     ebpf: &mut Ebpf,
     target: &Path,
-    offsets: &HashMap<&'static str, u64>,
+    points: &[Point],
 ) -> Result<Vec<(&'static str, UProbeLinkId)>, ProbeError> {
     let mut links = Vec::new();
-    let mut points: Vec<(&'static str, &'static str)> =
-        ENTRIES.iter().map(|(p, s, _)| (*p, *s)).collect();
-    points.extend(RETURNS.iter().map(|s| (RETURN, *s)));
-    for (prog, symbol) in points {
-        // Optional functions a library lacks (`_ex` before OpenSSL 1.1.1) are left out.
-        let Some(&offset) = offsets.get(symbol) else {
-            continue;
-        };
-        let r = uprobe(ebpf, prog).and_then(|p| {
-            p.attach(
-                UProbeAttachLocation::AbsoluteOffset(offset),
+    for p in points {
+        let r = uprobe(ebpf, p.prog).and_then(|u| {
+            u.attach(
+                UProbeAttachLocation::AbsoluteOffset(p.offset),
                 target,
                 UProbeScope::AllProcesses,
             )
         });
         match r {
-            Ok(id) => links.push((prog, id)),
+            Ok(id) => links.push((p.prog, id)),
             Err(e) => {
                 detach(ebpf, links);
                 return Err(ProbeError::Program {
-                    program: format!("{prog} on {symbol} of {}", target.display()),
+                    program: format!(
+                        "{} on {} (+{:#x}) of {}",
+                        p.prog,
+                        p.function,
+                        p.offset,
+                        target.display()
+                    ),
                     source: Box::new(e),
                     verifier_log: None,
                 });
@@ -420,26 +430,57 @@ fn is_libssl(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with("libssl.so"))
 }
 
-/// The file offsets of the TLS functions a file defines (its dynamic symbols, else its symbol
-/// table), or `None` when it lacks `SSL_read` or `SSL_write`: a shared library, or a program
-/// with its own copy (Node.js, static OpenSSL or BoringSSL builds that keep their symbols).
-/// The file is read lazily, only its headers and symbol tables (a program may be 100 MB).
-fn tls_functions(path: &Path) -> Option<HashMap<&'static str, u64>> {
+/// Where a program goes: which program, on which function (for messages), at which offset
+/// of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Point {
+    prog: &'static str,
+    function: &'static str,
+    offset: u64,
+}
+
+/// Go's TLS functions: (entry program, symbol).
+const GO_FUNCTIONS: [(&str, &str); 2] = [
+    ("go_tls_write", "crypto/tls.(*Conn).Write"),
+    (GO_READ, "crypto/tls.(*Conn).Read"),
+];
+const GO_READ: &str = "go_tls_read";
+/// The program on every `RET` of Go's read.
+const GO_RETURN: &str = "go_tls_ret";
+/// The Go programs (loaded only where the kernel's descriptor table could be located).
+pub const GO_PROGRAMS: [&str; 3] = ["go_tls_write", "go_tls_read", GO_RETURN];
+/// The oldest Go whose register ABI the Go programs read (1.17 brought it to amd64; 1.18 is
+/// the first whose build information names its version inline).
+const GO_MIN_MINOR: u32 = 18;
+
+/// The probe points of the TLS functions a file defines, or `None` when it has none:
+/// - OpenSSL's (its dynamic symbols, else its symbol table) when it has `SSL_read` and
+///   `SSL_write`: a shared library, or a program with its own copy (Node.js, static OpenSSL or
+///   BoringSSL builds that keep their symbols);
+/// - with `go`, Go's `crypto/tls` in a Go program (symbol table) built by Go 1.18 or later:
+///   each function's entry and every `RET` in the read's code.
+///
+/// The file is read lazily, only its headers, symbol tables and the Go functions' code (a
+/// program may be 100 MB).
+fn tls_functions(path: &Path, go: bool) -> Option<Vec<Point>> {
     use object::{Object, ObjectKind, ObjectSection, ObjectSymbol};
     let file = std::fs::File::open(path).ok()?;
     let cache = object::ReadCache::new(file);
     let obj = object::File::parse(&cache).ok()?;
-    let wanted: Vec<&'static str> = ENTRIES.iter().map(|(_, s, _)| *s).collect();
+    let openssl: Vec<&'static str> = ENTRIES.iter().map(|(_, s, _)| *s).collect();
     let translate = matches!(obj.kind(), ObjectKind::Dynamic | ObjectKind::Executable);
-    let mut found = HashMap::new();
+    // Symbol -> (file offset, size).
+    let mut found: HashMap<&'static str, (u64, u64)> = HashMap::new();
     for symbols in [obj.dynamic_symbols(), obj.symbols()] {
         for s in symbols {
             if !s.is_definition() {
                 continue;
             }
-            let Some(name) = s.name().ok().and_then(|n| wanted.iter().find(|w| **w == n)) else {
-                continue;
-            };
+            let Ok(name) = s.name() else { continue };
+            let wanted = (openssl.iter().copied())
+                .chain(GO_FUNCTIONS.iter().map(|(_, f)| *f))
+                .find(|w| *w == name);
+            let Some(name) = wanted else { continue };
             let offset = if translate {
                 let section = s
                     .section_index()
@@ -449,17 +490,123 @@ fn tls_functions(path: &Path) -> Option<HashMap<&'static str, u64>> {
             } else {
                 s.address()
             };
-            found.entry(*name).or_insert(offset);
+            found.entry(name).or_insert((offset, s.size()));
         }
-        if found.len() == wanted.len() {
+        if openssl.iter().all(|w| found.contains_key(w)) {
             break;
         }
     }
     let required = ENTRIES.iter().filter(|(_, _, r)| *r);
-    required
-        .clone()
-        .all(|(_, s, _)| found.contains_key(s))
-        .then_some(found)
+    if required.clone().all(|(_, s, _)| found.contains_key(s)) {
+        let mut points: Vec<Point> = ENTRIES
+            .iter()
+            .filter_map(|(prog, function, _)| {
+                let (offset, _) = *found.get(function)?;
+                Some(Point {
+                    prog,
+                    function,
+                    offset,
+                })
+            })
+            .collect();
+        points.extend(RETURNS.iter().filter_map(|function| {
+            let (offset, _) = *found.get(function)?;
+            Some(Point {
+                prog: RETURN,
+                function,
+                offset,
+            })
+        }));
+        return Some(points);
+    }
+    if !go || !GO_FUNCTIONS.iter().all(|(_, f)| found.contains_key(f)) {
+        return None;
+    }
+    if obj.architecture() != object::Architecture::X86_64 {
+        tracing::debug!(file = %path.display(), "Go program not on x86-64: not probed");
+        return None;
+    }
+    let version = obj
+        .section_by_name(".go.buildinfo")
+        .and_then(|s| s.data().ok())
+        .and_then(go_version);
+    match version {
+        Some((1, minor)) if minor >= GO_MIN_MINOR => {}
+        v => {
+            tracing::info!(file = %path.display(), version = ?v, "Go program older than 1.18 (or of unknown version): its crypto/tls is not probed");
+            return None;
+        }
+    }
+    use object::ReadRef;
+    let mut points = Vec::new();
+    for (prog, function) in GO_FUNCTIONS {
+        let (offset, size) = found[function];
+        points.push(Point {
+            prog,
+            function,
+            offset,
+        });
+        // A write's plaintext goes at its entry; a read's at each return.
+        if prog != GO_READ {
+            continue;
+        }
+        let code = (&cache).read_bytes_at(offset, size).ok()?;
+        let rets = returns(code);
+        if rets.is_empty() {
+            return None;
+        }
+        points.extend(rets.into_iter().map(|r| Point {
+            prog: GO_RETURN,
+            function,
+            offset: offset + r,
+        }));
+    }
+    Some(points)
+}
+
+/// The offsets of the `RET` instructions in a function's machine code (x86-64), decoded from
+/// its start: Go places no data among its instructions.
+fn returns(code: &[u8]) -> Vec<u64> {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    while decoder.can_decode() {
+        let i = decoder.decode();
+        if i.mnemonic() == Mnemonic::Ret {
+            out.push(i.ip());
+        }
+    }
+    out
+}
+
+/// Go's version (major, minor) from a program's `.go.buildinfo` section: a 16-byte magic and
+/// flags, and since Go 1.18 (flag 2) the version inline at 32 as a length-prefixed string
+/// (`go1.19.8`). Older layouts point into the data instead: `None`.
+fn go_version(info: &[u8]) -> Option<(u32, u32)> {
+    const MAGIC: &[u8] = b"\xff Go buildinf:";
+    if info.len() < 33 || &info[..14] != MAGIC || info[15] & 2 == 0 {
+        return None;
+    }
+    let (len, used) = uvarint(&info[32..])?;
+    let start = 32 + used;
+    let text = info.get(start..start.checked_add(len as usize)?)?;
+    let text = std::str::from_utf8(text).ok()?.strip_prefix("go")?;
+    let mut parts = text.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// A Go `uvarint`: the value and how many bytes it took.
+fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, byte) in b.iter().take(10).enumerate() {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
 }
 
 /// Directories where the node's shared libraries are.
@@ -576,13 +723,66 @@ mod tests {
             if !p.exists() {
                 continue;
             }
-            let f = tls_functions(p).unwrap_or_else(|| panic!("{path}"));
+            let f = tls_functions(p, true).unwrap_or_else(|| panic!("{path}"));
             for (_, s, required) in ENTRIES {
-                assert!(!required || f.contains_key(s), "{path}: {s}");
+                let entry = f.iter().any(|x| x.function == s && x.prog != RETURN);
+                assert!(!required || entry, "{path}: {s}");
+            }
+            // Each read and write function has its entry and its return at the same place.
+            for s in RETURNS {
+                let at = |ret: bool| {
+                    f.iter()
+                        .find(|x| x.function == s && (x.prog == RETURN) == ret)
+                        .map(|x| x.offset)
+                };
+                assert_eq!(at(false), at(true), "{path}: {s}");
             }
             println!("{path}: {f:?}");
         }
         // A program without a TLS library of its own.
-        assert!(tls_functions(Path::new("/bin/sh")).is_none());
+        assert!(tls_functions(Path::new("/bin/sh"), true).is_none());
+    }
+
+    /// `RET` (near, and near with an immediate) found among instructions of every length,
+    /// including a `0xc3` byte inside another instruction's immediate (not a return).
+    #[test]
+    fn finds_the_returns_in_machine_code() {
+        let code = [
+            0x48, 0x89, 0xd8, // mov rax, rbx
+            0xc3, // ret
+            0xb8, 0xc3, 0x00, 0x00, 0x00, // mov eax, 0xc3
+            0x49, 0x3b, 0x66, 0x10, // cmp rsp, [r14+0x10]
+            0xc2, 0x08, 0x00, // ret 8
+            0x90, // nop
+            0xc3, // ret
+        ];
+        assert_eq!(returns(&code), vec![3, 13, 17]);
+        assert!(returns(&[0x90, 0x90]).is_empty());
+    }
+
+    /// Go 1.18+'s build information: the version inline after the 32-byte header; older
+    /// layouts and other bytes give none.
+    #[test]
+    fn reads_the_go_version_from_build_information() {
+        let mut info = b"\xff Go buildinf:".to_vec();
+        info.extend([8, 2]);
+        info.resize(32, 0);
+        info.push(8);
+        info.extend(b"go1.19.8");
+        info.extend([0x80, 0x01]);
+        assert_eq!(go_version(&info), Some((1, 19)));
+        let mut old = info.clone();
+        old[15] = 0;
+        assert_eq!(
+            go_version(&old),
+            None,
+            "pointer layout (Go 1.17 and before)"
+        );
+        let mut lying = info.clone();
+        lying[32] = 200;
+        assert_eq!(go_version(&lying), None, "a length past the end");
+        assert_eq!(go_version(b"\xff Go buildinf:"), None);
+        assert_eq!(uvarint(&[0x80, 0x01]), Some((128, 2)));
+        assert_eq!(uvarint(&[0x80; 11]), None);
     }
 }

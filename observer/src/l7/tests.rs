@@ -147,9 +147,9 @@ fn conn(proto: u8) -> L7Conn {
         proto,
         side: 1,
         flags: 0,
-        _pad: 0,
+        carry_len: 0,
         req_snip: 0,
-        _pad2: [0; 3],
+        carry: [0; observer_common::L7_CARRY_MAX],
         req: [0; observer_common::L7_REQ_MAX],
     }
 }

@@ -7,8 +7,8 @@ use observer_common::{
     LOST_CONN_MAP_FULL, LOST_L7_CONN_MAP_FULL, LOST_L7_RINGBUF_FULL, LOST_L7_STALE_STATE,
     LOST_L7_USER_READ, LOST_LIFECYCLE_RINGBUF_FULL, LOST_OOM_VICTIM_MAP_FULL, LOST_SOCK_READ,
     LOST_SYSCALL_ERRNO_MAP_FULL, LOST_SYSCALL_MAP_FULL, LOST_SYSCALL_SLOT_COLLISION,
-    LOST_TCP_EDGE_MAP_FULL, LOST_TCP_MAP_FULL, LOST_TLS_CONN_MAP_FULL, LOST_TLS_NO_SOCKET,
-    LOST_TLS_SLOT_COLLISION,
+    LOST_TCP_EDGE_MAP_FULL, LOST_TCP_MAP_FULL, LOST_TLS_CONN_MAP_FULL, LOST_TLS_GO_CALL_MAP_FULL,
+    LOST_TLS_GO_NO_SOCKET, LOST_TLS_NO_SOCKET, LOST_TLS_SLOT_COLLISION,
 };
 use prometheus_client::{
     encoding::{DescriptorEncoder, NoLabelSet},
@@ -22,7 +22,7 @@ use crate::{ebpf::load::ProbeStatus, pipeline::aggregate::KernelHealth};
 const HEADER_TABLE: &str = "header_table_";
 
 /// Names of the `LOST_*` counters, as the `source` label of `observer_events_lost_total`.
-pub const LOST_SOURCES: [(u32, &str); 16] = [
+pub const LOST_SOURCES: [(u32, &str); 18] = [
     (LOST_SYSCALL_MAP_FULL, "syscall_table_full"),
     (LOST_SYSCALL_ERRNO_MAP_FULL, "syscall_errno_table_full"),
     (LOST_SYSCALL_SLOT_COLLISION, "syscall_entry_unmatched"),
@@ -39,6 +39,8 @@ pub const LOST_SOURCES: [(u32, &str); 16] = [
     (LOST_TLS_SLOT_COLLISION, "tls_call_slot_taken"),
     (LOST_TLS_NO_SOCKET, "tls_call_without_socket"),
     (LOST_TLS_CONN_MAP_FULL, "tls_connection_table_full"),
+    (LOST_TLS_GO_NO_SOCKET, "tls_go_no_socket"),
+    (LOST_TLS_GO_CALL_MAP_FULL, "tls_go_call_table_full"),
 ];
 
 pub fn encode(

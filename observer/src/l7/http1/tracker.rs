@@ -750,9 +750,9 @@ mod tests {
             proto: L7_HTTP1,
             side: L7_SIDE_SERVER,
             flags: 0,
-            _pad: 0,
+            carry_len: 0,
             req_snip: 0,
-            _pad2: [0; 3],
+            carry: [0; observer_common::L7_CARRY_MAX],
             req: [0; L7_REQ_MAX],
         }
     }

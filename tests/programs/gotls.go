@@ -1,0 +1,89 @@
+// An HTTPS server and client on Go's own crypto/tls (no OpenSSL), for the TLS tests.
+//
+//	gotls serve ADDR CERT KEY LOG    answers /s/<code> with <code>; one line per answer in LOG
+//	gotls get URL h1|h2 WORKERS ROUNDS CODES
+//	                                 WORKERS goroutines each ask for every code of the
+//	                                 comma-separated CODES, ROUNDS times, on one shared client
+//	                                 (HTTP/1.1 keep-alive connections, or HTTP/2 by ALPN);
+//	                                 prints the answers' count per status as JSON
+package main
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+func main() {
+	switch os.Args[1] {
+	case "serve":
+		serve(os.Args[2], os.Args[3], os.Args[4], os.Args[5])
+	case "get":
+		workers, _ := strconv.Atoi(os.Args[4])
+		rounds, _ := strconv.Atoi(os.Args[5])
+		get(os.Args[2], os.Args[3] == "h2", workers, rounds, strings.Split(os.Args[6], ","))
+	}
+}
+
+func serve(addr, cert, key, logPath string) {
+	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		panic(err)
+	}
+	var mu sync.Mutex
+	http.HandleFunc("/s/", func(w http.ResponseWriter, r *http.Request) {
+		code, err := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/s/"))
+		if err != nil {
+			code = 400
+		}
+		w.WriteHeader(code)
+		io.WriteString(w, "go says "+strconv.Itoa(code)+"\n")
+		mu.Lock()
+		fmt.Fprintf(log, "%d\n", code)
+		mu.Unlock()
+	})
+	panic(http.ListenAndServeTLS(addr, cert, key, nil))
+}
+
+func get(base string, h2 bool, workers, rounds int, codes []string) {
+	tr := &http.Transport{
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true},
+		ForceAttemptHTTP2: h2,
+	}
+	if !h2 {
+		// An empty map turns HTTP/2 off: ALPN offers http/1.1 only.
+		tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	}
+	client := &http.Client{Transport: tr}
+	var mu sync.Mutex
+	counts := map[string]int{}
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < rounds; i++ {
+				for _, code := range codes {
+					r, err := client.Get(base + "/s/" + code)
+					if err != nil {
+						panic(err)
+					}
+					io.Copy(io.Discard, r.Body)
+					r.Body.Close()
+					mu.Lock()
+					counts[strconv.Itoa(r.StatusCode)]++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	out, _ := json.Marshal(counts)
+	fmt.Println(string(out))
+}
