@@ -115,13 +115,13 @@ fn on_call(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
         if is_request(head, n) {
             s.carry_len = 0;
             request_start(st, call, head, n);
+        } else if call.ret as usize <= L7_CARRY_MAX && n == call.ret {
+            // Short: kept, or added to what was kept (`G`, then `E`, ...).
+            if s.carry_len != 0 || byte(head, 0).is_ascii_uppercase() {
+                keep(s, head, n);
+            }
         } else if s.carry_len != 0 {
             joined(st, call, head, n);
-        } else if call.ret as usize <= L7_CARRY_MAX
-            && n == call.ret
-            && byte(head, 0).is_ascii_uppercase()
-        {
-            keep(s, head, n);
         }
         return;
     }
