@@ -39,7 +39,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     // Raised first (it may succeed without CAP_SYS_RESOURCE, under a generous hard limit), so
     // that the check sees the limit the maps will meet.
     ebpf::privileges::raise_memlock();
-    ebpf::privileges::check()?;
+    ebpf::privileges::check(cfg.tls)?;
     let cgroups = CgroupFs::discover()?;
     tracing::info!(mount = %cgroups.root().display(), "cgroup v2 hierarchy");
     let listener = export::admin::bind(cfg.metrics_addr).await?;

@@ -4,6 +4,7 @@
 //! panics.
 
 pub mod db;
+pub mod gotls;
 pub mod grpc;
 pub mod kubeapi;
 pub mod manifest;

@@ -417,6 +417,39 @@ fn the_variant_for_kernels_before_5_11_adds_only_sys_resource() {
     assert!(privileges.contains("deploy/overlays/kernel-before-5.11"));
 }
 
+/// The variant for TLS is the base plus CAP_SYS_ADMIN and CAP_SYS_PTRACE, each with its reason,
+/// and the observer's start-up lines name it.
+#[test]
+fn the_variant_for_tls_adds_only_sys_admin_and_sys_ptrace() {
+    let base = render("base");
+    let tls = render("overlays/tls");
+    let mut want = added_caps(&container(&daemonset(&base)));
+    want.extend(["SYS_ADMIN".to_string(), "SYS_PTRACE".to_string()]);
+    assert_eq!(added_caps(&container(&daemonset(&tls))), want);
+    assert_eq!(base.len(), tls.len());
+    let strip = |docs: &[Value]| -> Vec<Value> {
+        docs.iter()
+            .map(|d| {
+                let mut d = d.clone();
+                if d["kind"] == "DaemonSet" {
+                    d["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+                        ["capabilities"]["add"] = Value::Null;
+                }
+                d
+            })
+            .collect()
+    };
+    assert_eq!(strip(&base), strip(&tls));
+    let raw = read("deploy/overlays/tls/kustomization.yaml");
+    assert!(
+        raw.contains("uprobes") && raw.contains("/proc/<pid>/maps"),
+        "{raw}"
+    );
+    let sources = read("observer/src/ebpf/load.rs") + &read("observer/src/ebpf/privileges.rs");
+    assert!(sources.contains("deploy/overlays/tls"));
+    assert!(sources.contains("CAP_SYS_PTRACE not held: the tls probe"));
+}
+
 /// Every `.rs` file under `dir`, concatenated.
 fn sources(dir: &Path, out: &mut String) {
     for e in std::fs::read_dir(dir).unwrap() {

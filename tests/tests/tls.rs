@@ -18,6 +18,7 @@ use std::{
 };
 
 use observer_tests::{
+    gotls::{self, wait_probed},
     metrics::{matching, sum, Sample},
     net::Bridge,
     nginx,
@@ -250,23 +251,6 @@ fn assert_nothing_lost(s: &[Sample]) {
         if src.starts_with("tls") || src.starts_with("l7") {
             assert_eq!(x.value, 0.0, "lost: {:?}", x.labels);
         }
-    }
-}
-
-/// Waits until the observer says it probed a TLS library file whose path contains `file`.
-fn wait_probed(obs: &Observer, file: &str) {
-    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(30));
-    loop {
-        let probed = (obs.stderr.lock().unwrap().lines())
-            .any(|l| l.contains("TLS library probed") && l.contains(file));
-        if probed {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no TLS library file like {file} probed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -711,24 +695,6 @@ fn renegotiation_refused_and_a_key_update_leave_the_counts_exact() {
     obs.stop().unwrap();
 }
 
-/// The Go HTTPS server and client (`tests/programs/gotls.go`), built into `dir` with Debian's
-/// Go as a static program (no cgo: no C library, no OpenSSL; the usual build of a cluster's
-/// Go services). Returns its path.
-fn go_program(dir: &TempDir) -> String {
-    let src = dir.path().join("gotls-src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("main.go"), include_str!("../programs/gotls.go")).unwrap();
-    fs::write(src.join("go.mod"), "module gotls\n\ngo 1.19\n").unwrap();
-    let out = dir.join("gotls");
-    // The build cache outlives the test (the standard library is built once per machine).
-    observer_tests::sh(&format!(
-        "cd {} && CGO_ENABLED=0 GOCACHE=/var/tmp/observer-test-go-cache GOPATH=/var/tmp/observer-test-gopath GOFLAGS=-buildvcs=false go build -o {out} .",
-        src.display()
-    ))
-    .unwrap();
-    out
-}
-
 /// Go's own TLS (`crypto/tls`, no OpenSSL anywhere): a Go HTTPS server started after the
 /// observer, asked by a Go client over HTTP/1.1 keep-alive connections, by another over HTTP/2
 /// (ALPN), each with 4 goroutines sharing its connections. Every
@@ -740,24 +706,15 @@ fn go_https_server_and_clients_are_counted_exactly_on_both_sides() {
     let bridge = Bridge::new().unwrap();
     let dir = TempDir::new("observer-tls-go").unwrap();
     certificates(&dir);
-    let go = go_program(&dir);
-    let d = dir.path().display().to_string();
+    let go = gotls::build(&dir);
     let obs = start_observer();
     let mut srv = Pod::new(&bridge).unwrap();
     let h1 = Pod::new(&bridge).unwrap();
     let h2 = Pod::new(&bridge).unwrap();
     let log = dir.join("go.log");
-    srv.spawn(
-        &go,
-        &[
-            "serve",
-            &format!(":{PORT}"),
-            &format!("{d}/cert.pem"),
-            &format!("{d}/key.pem"),
-            &log,
-        ],
-    )
-    .unwrap();
+    let args = gotls::serve_args(&dir, PORT, &log);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    srv.spawn(&go, &args).unwrap();
     srv.wait_listening(PORT).unwrap();
     // The program is probed a moment after its exec (the clients run the same file).
     wait_probed(&obs, "gotls");

@@ -286,6 +286,14 @@ fn load_tls(
             super::privileges::errno_name(errno)
         )));
     }
+    if let Err(errno) = super::privileges::try_uprobe() {
+        return Err(ProbeError::Refused(format!(
+            "{UPROBES_REFUSED} for uprobes ({}): this kernel creates uprobes only for \
+             CAP_SYS_ADMIN (CAP_PERFMON is not enough); the DaemonSet variant deploy/overlays/tls \
+             grants it, with CAP_SYS_PTRACE to find other processes' libraries",
+            super::privileges::errno_name(errno)
+        )));
+    }
     for prog in super::tls::PROGRAMS {
         let p: &mut aya::programs::UProbe = program(ebpf, prog)?;
         p.load().map_err(|e| program_error(prog, e))?;

@@ -10,7 +10,6 @@
 use crate::error::StartError;
 
 /// Capability numbers of linux/capability.h.
-#[cfg(test)]
 const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_SYS_RESOURCE: u32 = 24;
@@ -40,6 +39,10 @@ pub struct Host {
     /// container runtime's default profile may refuse bpf(2) to all but CAP_SYS_ADMIN.
     pub bpf: Result<(), i32>,
     pub seccomp_filter: bool,
+    /// The tls probe is asked for: it reads other processes' memory maps and files.
+    pub tls: bool,
+    /// Whether uprobes may be created (see [`try_uprobe`]).
+    pub uprobe: Result<(), i32>,
 }
 
 /// A missing optional capability: what degrades, or a note that nothing does here.
@@ -53,7 +56,7 @@ pub enum Finding {
 
 impl Host {
     /// This process on this kernel.
-    pub fn current() -> Host {
+    pub fn current(tls: bool) -> Host {
         let status = procfs::process::Process::myself().and_then(|p| p.status());
         let effective = status.as_ref().map_or(0, |s| s.capeff);
         let seccomp_filter = status.as_ref().is_ok_and(|s| s.seccomp == Some(2));
@@ -87,6 +90,8 @@ impl Host {
                 .and_then(|s| s.trim().parse().ok()),
             bpf: try_bpf(),
             seccomp_filter,
+            tls,
+            uprobe: try_uprobe(),
         }
     }
 
@@ -121,6 +126,48 @@ pub(crate) fn try_perf_event_open() -> Result<(), i32> {
     // SAFETY: closing the descriptor just opened.
     unsafe { libc::close(fd as libc::c_int) };
     Ok(())
+}
+
+/// Whether this process may create uprobes through perf_event_open, as the tls probe does: a
+/// uprobe event on `/` is asked for, which the kernel refuses with `EACCES` before anything else
+/// when the caller lacks the capability it wants for uprobes (CAP_SYS_ADMIN on current kernels;
+/// CAP_PERFMON was enough on some), and otherwise with `EINVAL` (not a regular file): nothing is
+/// ever registered. `Ok` also where the kernel has no uprobe PMU (the attach itself tells).
+pub(crate) fn try_uprobe() -> Result<(), i32> {
+    let Some(pmu) = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    else {
+        return Ok(());
+    };
+    let path = c"/";
+    // struct perf_event_attr, PERF_ATTR_SIZE_VER1 (72 bytes): type and size, config 0 (an entry
+    // probe), flags `disabled`, uprobe_path (config1) and probe_offset (config2) 0.
+    let mut attr = [0u64; 9];
+    attr[0] = pmu | (72u64 << 32);
+    attr[5] = 1; // disabled
+    attr[7] = path.as_ptr() as u64;
+    // SAFETY: perf_event_open with a valid, fully initialised attr of the size it states, whose
+    // path points at a NUL-terminated string that outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            attr.as_ptr(),
+            -1 as libc::pid_t,
+            0 as libc::c_int,
+            -1 as libc::c_int,
+            libc::c_ulong::from(8u32), // PERF_FLAG_FD_CLOEXEC
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: closing the descriptor just opened.
+        unsafe { libc::close(fd as libc::c_int) };
+        return Ok(());
+    }
+    match std::io::Error::last_os_error().raw_os_error().unwrap_or(0) {
+        e @ (libc::EACCES | libc::EPERM) => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Creates and closes a one-entry array map: whether this process may call bpf(2) at all.
@@ -219,6 +266,18 @@ pub fn assess(host: &Host) -> Result<Vec<Finding>, String> {
     if !missing.is_empty() {
         return Err(missing.join(" and "));
     }
+    // Where uprobes cannot be created the tls probe is down and says why; else it needs to read
+    // the other processes' maps.
+    let uprobes = host.perf_event_open.is_ok() && host.uprobe.is_ok();
+    if host.tls && uprobes && !host.has(CAP_SYS_PTRACE) {
+        findings.push(Finding::Degraded(
+            "CAP_SYS_PTRACE not held: the tls probe cannot read the memory maps and files \
+             (/proc/<pid>/maps, /proc/<pid>/root) of processes holding a capability the \
+             observer lacks, which is nearly every process: their TLS libraries and Go programs \
+             are not found, and their TLS traffic is counted as TCP only"
+                .into(),
+        ));
+    }
     if let Err(errno) = host.perf_event_open {
         let paranoid = host
             .perf_event_paranoid
@@ -245,8 +304,8 @@ pub(crate) fn errno_name(errno: i32) -> String {
 
 /// Fails with one clear line naming what is missing to load programs; logs what each missing
 /// optional capability costs.
-pub fn check() -> Result<(), StartError> {
-    let host = Host::current();
+pub fn check(tls: bool) -> Result<(), StartError> {
+    let host = Host::current(tls);
     let findings = assess(&host).map_err(|missing| StartError::Privileges { missing })?;
     if let Some(line) = seccomp_refusal(&host) {
         return Err(StartError::Seccomp(line));
@@ -294,6 +353,8 @@ mod tests {
             perf_event_paranoid: Some(2),
             bpf: Ok(()),
             seccomp_filter: true,
+            tls: true,
+            uprobe: Err(libc::EACCES),
         }
     }
 
@@ -372,6 +433,20 @@ mod tests {
         );
         h.effective = caps(&[CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE]);
         h.memlock = u64::MAX;
+        assert_eq!(assess(&h).unwrap(), vec![]);
+
+        // Where uprobes can be created (CAP_SYS_ADMIN, deploy/overlays/tls), the tls probe
+        // without CAP_SYS_PTRACE finds almost nothing: a warning says so; with the tls probe
+        // off, or uprobes refused (the tls probe is down then, and says why), nothing is said.
+        let mut h = manifest_host();
+        assert_eq!(assess(&h).unwrap(), vec![]);
+        h.uprobe = Ok(());
+        let f = assess(&h).unwrap();
+        assert!(
+            matches!(&f[..], [Finding::Degraded(m)] if m.starts_with("CAP_SYS_PTRACE not held: the tls probe")),
+            "{f:?}"
+        );
+        h.tls = false;
         assert_eq!(assess(&h).unwrap(), vec![]);
 
         // Debian's kernels at perf_event_paranoid 3: CAP_PERFMON is not enough for
