@@ -15,14 +15,16 @@ pub fn every_default_probe_is_up(s: &[Sample]) {
     every_default_probe_is_up_but(s, &[]);
 }
 
+/// The observer's log says its uprobes are refused (`kernel.perf_event_paranoid`, or a kernel
+/// that creates uprobes only for CAP_SYS_ADMIN): the tls probe is down then.
+pub fn uprobes_refused(log: &str) -> bool {
+    log.contains("uprobes attach through perf_event_open, which is refused")
+}
+
 /// Every probe a default start attaches is up, but the tls probe where the observer's log
-/// says `perf_event_open` is refused (then it is down: uprobes need it).
+/// says its uprobes are refused.
 pub fn every_default_probe_is_up_unless_refused(s: &[Sample], log: &str) {
-    let down: &[&str] = if log.contains("perf_event_open is refused") {
-        &["tls"]
-    } else {
-        &[]
-    };
+    let down: &[&str] = if uprobes_refused(log) { &["tls"] } else { &[] };
     every_default_probe_is_up_but(s, down);
 }
 

@@ -25,7 +25,7 @@ use observer_tests::{
     observer::{binary, Observer},
     pod::Pod,
     require_root,
-    workload::{every_default_probe_is_up_but, pods_are_counted_exactly},
+    workload::{every_default_probe_is_up_but, pods_are_counted_exactly, uprobes_refused},
     TempDir,
 };
 
@@ -132,7 +132,7 @@ fn exact_with_manifest_caps() -> String {
     // `perf_event_paranoid` above 2 refuse here, and current kernels create them only for
     // CAP_SYS_ADMIN, which the base does not grant (deploy/overlays/tls does).
     let log = obs.stderr.lock().unwrap().clone();
-    let refused = log.contains("uprobes attach through perf_event_open, which is refused");
+    let refused = uprobes_refused(&log);
     let down: &[&str] = if refused { &["tls"] } else { &[] };
     every_default_probe_is_up_but(&obs.scrape().unwrap(), down);
     pods_are_counted_exactly(&|cond| obs.scrape_until(WAIT, cond).unwrap());

@@ -385,8 +385,13 @@ fn the_daemonsets_container_counts_pods_exactly() {
     pods_are_counted_exactly(&|cond| c.scrape_until(cond));
 
     let log = c.log.lock().unwrap().clone();
-    assert!(!log.contains("WARN"), "{log}");
-    if !log.contains("perf_event_open is refused") {
+    // No feature named degraded but, on a kernel that creates uprobes for CAP_PERFMON, the tls
+    // probe's discovery without CAP_SYS_PTRACE (which only deploy/overlays/tls grants).
+    let warnings: Vec<&str> = (log.lines())
+        .filter(|l| l.contains("WARN") && !l.contains("CAP_SYS_PTRACE not held: the tls probe"))
+        .collect();
+    assert!(warnings.is_empty(), "{log}");
+    if !observer_tests::workload::uprobes_refused(&log) {
         assert!(!log.contains("probe down"), "{log}");
     }
     // SIGTERM from the runtime: a clean stop.
