@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::{observer::Observer, scaled, TempDir};
 
-/// Builds `gotls.go` into `dir` as a static program (no cgo: no C library, no OpenSSL; the
+/// Builds `gotls.go` into `dir` (`gotls`, and `gotls-stripped` without symbol table) as a static program (no cgo: no C library, no OpenSSL; the
 /// usual build of a cluster's Go services) and makes a self-signed server certificate there
 /// (`cert.pem`, `key.pem`) unless one is there. Returns the program's path.
 pub fn build(dir: &TempDir) -> String {
@@ -14,10 +14,13 @@ pub fn build(dir: &TempDir) -> String {
     std::fs::write(src.join("main.go"), include_str!("gotls.go")).unwrap();
     std::fs::write(src.join("go.mod"), "module gotls\n\ngo 1.19\n").unwrap();
     let out = dir.join("gotls");
-    // The build cache outlives the test: the standard library is built once per machine.
+    // The build cache outlives the test: the standard library is built once per machine. The
+    // stripped copy (`gotls-stripped`, no symbol table, as container images often ship Go
+    // programs) is linked from the same cache.
     crate::sh(&format!(
-        "cd {} && CGO_ENABLED=0 GOCACHE=/var/tmp/observer-test-go-cache \
-         GOPATH=/var/tmp/observer-test-gopath GOFLAGS=-buildvcs=false go build -o {out} .",
+        "cd {} && export CGO_ENABLED=0 GOCACHE=/var/tmp/observer-test-go-cache \
+         GOPATH=/var/tmp/observer-test-gopath GOFLAGS=-buildvcs=false && go build -o {out} . \
+         && go build -ldflags='-s -w' -o {out}-stripped .",
         src.display()
     ))
     .unwrap();

@@ -696,8 +696,9 @@ fn renegotiation_refused_and_a_key_update_leave_the_counts_exact() {
 }
 
 /// Go's own TLS (`crypto/tls`, no OpenSSL anywhere): a Go HTTPS server started after the
-/// observer, asked by a Go client over HTTP/1.1 keep-alive connections, by another over HTTP/2
-/// (ALPN), each with 4 goroutines sharing its connections. Every
+/// observer, stripped (no symbol table: its functions come from Go's own function table), asked
+/// by a Go client over HTTP/1.1 keep-alive connections, by another over HTTP/2 (ALPN), each
+/// with 4 goroutines sharing its connections. Every
 /// request is counted exactly on both sides against the server's log and each client's own
 /// tally, with its HTTP version; nothing lost, nothing unparsed.
 #[test]
@@ -714,10 +715,19 @@ fn go_https_server_and_clients_are_counted_exactly_on_both_sides() {
     let log = dir.join("go.log");
     let args = gotls::serve_args(&dir, PORT, &log);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    srv.spawn(&go, &args).unwrap();
+    // The server stripped (its functions found in Go's own function table), the clients not
+    // (in the symbol table).
+    srv.spawn(&format!("{go}-stripped"), &args).unwrap();
     srv.wait_listening(PORT).unwrap();
-    // The program is probed a moment after its exec (the clients run the same file).
-    wait_probed(&obs, "gotls");
+    // A program is probed a moment after its exec: the clients' file is made known by a
+    // server of its own first (unused), as a long-running client would be.
+    let mut h1 = h1;
+    let idle_log = dir.join("idle.log");
+    let idle = gotls::serve_args(&dir, PORT + 1, &idle_log);
+    let idle: Vec<&str> = idle.iter().map(String::as_str).collect();
+    h1.spawn(&go, &idle).unwrap();
+    wait_probed(&obs, "gotls-stripped");
+    wait_probed(&obs, "/gotls kind");
 
     let codes = ["200", "201", "404", "200", "500", "503"];
     let (workers, rounds) = (4, if slowdown() > 1 { 2 } else { 25 });

@@ -519,7 +519,10 @@ fn tls_functions(path: &Path, go: bool) -> Option<Vec<Point>> {
         }));
         return Some(points);
     }
-    if !go || !GO_FUNCTIONS.iter().all(|(_, f)| found.contains_key(f)) {
+    // A Go program names its functions in the runtime's own table (`.gopclntab`) too, which
+    // stripping (`-ldflags=-s`, common for container images) leaves in place.
+    let pclntab = obj.section_by_name(".gopclntab");
+    if !go || pclntab.is_none() {
         return None;
     }
     if obj.architecture() != object::Architecture::X86_64 {
@@ -534,6 +537,20 @@ fn tls_functions(path: &Path, go: bool) -> Option<Vec<Point>> {
         Some((1, minor)) if minor >= GO_MIN_MINOR => {}
         v => {
             tracing::info!(file = %path.display(), version = ?v, "Go program older than 1.18 (or of unknown version): its crypto/tls is not probed");
+            return None;
+        }
+    }
+    if !GO_FUNCTIONS.iter().all(|(_, f)| found.contains_key(f)) {
+        let names: Vec<&'static str> = GO_FUNCTIONS.iter().map(|(_, f)| *f).collect();
+        let table = pclntab.and_then(|s| s.data().ok())?;
+        for (name, (address, size)) in go_table_functions(table, &names)? {
+            let section = obj
+                .sections()
+                .find(|s| (s.address()..s.address() + s.size()).contains(&address))?;
+            let (file_offset, _) = section.file_range()?;
+            found.insert(name, (address - section.address() + file_offset, size));
+        }
+        if !GO_FUNCTIONS.iter().all(|(_, f)| found.contains_key(f)) {
             return None;
         }
     }
@@ -562,6 +579,58 @@ fn tls_functions(path: &Path, go: bool) -> Option<Vec<Point>> {
         }));
     }
     Some(points)
+}
+
+/// The functions of `names` in a Go 1.18+ function table (`.gopclntab`, 64-bit): (address,
+/// size) each. The table's header (magic `0xfffffff0`/`0xfffffff1`, pointer size, then eight
+/// words: function count, file count, text start, and the offsets of the name table, ...,
+/// and of the function table) leads to `nfunc + 1` pairs (entry offset from the text start,
+/// record offset), each record starting with its entry offset and its name's offset. `None`
+/// when the table is not one of these; names not there are left out.
+fn go_table_functions(
+    tab: &[u8],
+    names: &[&'static str],
+) -> Option<HashMap<&'static str, (u64, u64)>> {
+    let u32_at = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(
+            tab.get(at..at.checked_add(4)?)?.try_into().ok()?,
+        ))
+    };
+    let word = |i: usize| -> Option<u64> {
+        let at = 8 + i * 8;
+        Some(u64::from_le_bytes(tab.get(at..at + 8)?.try_into().ok()?))
+    };
+    let magic = u32_at(0)?;
+    if !(magic == 0xffff_fff0 || magic == 0xffff_fff1) || tab.get(4..8)? != [0, 0, 1, 8] {
+        return None;
+    }
+    let nfunc = usize::try_from(word(0)?).ok()?;
+    let text_start = word(2)?;
+    let funcnames = usize::try_from(word(3)?).ok()?;
+    let functab = usize::try_from(word(7)?).ok()?;
+    let mut out = HashMap::new();
+    for i in 0..nfunc {
+        let pair = functab.checked_add(i.checked_mul(8)?)?;
+        let entry = u32_at(pair)?;
+        let record = functab.checked_add(u32_at(pair + 4)? as usize)?;
+        let name_at = funcnames.checked_add(u32_at(record.checked_add(4)?)? as usize)?;
+        let rest = tab.get(name_at..)?;
+        let name = &rest[..rest.iter().position(|&b| b == 0)?];
+        if let Some(n) = names.iter().find(|n| n.as_bytes() == name) {
+            let next = u32_at(pair + 8)?;
+            out.insert(
+                *n,
+                (
+                    text_start + u64::from(entry),
+                    u64::from(next.checked_sub(entry)?),
+                ),
+            );
+            if out.len() == names.len() {
+                break;
+            }
+        }
+    }
+    Some(out)
 }
 
 /// The offsets of the `RET` instructions in a function's machine code (x86-64), decoded from
@@ -758,6 +827,63 @@ mod tests {
         ];
         assert_eq!(returns(&code), vec![3, 13, 17]);
         assert!(returns(&[0x90, 0x90]).is_empty());
+    }
+
+    /// A Go 1.18+ function table: the named functions' addresses (text start plus entry
+    /// offset) and sizes (to the next entry); a table with another magic or pointer size, or
+    /// offsets past its end, gives none.
+    #[test]
+    fn finds_functions_in_a_go_function_table() {
+        let names = ["main.main", "crypto/tls.(*Conn).Read"];
+        let mut tab = Vec::new();
+        tab.extend(0xffff_fff1u32.to_le_bytes());
+        tab.extend([0, 0, 1, 8]);
+        // nfunc, nfiles, text start, funcnames, cu, files, pctab, functab.
+        let funcnames = 8 + 8 * 8;
+        let names_blob = b"main.main\0crypto/tls.(*Conn).Read\0runtime.x\0";
+        let functab = funcnames + names_blob.len();
+        for w in [
+            3u64,
+            0,
+            0x40_1000,
+            funcnames as u64,
+            0,
+            0,
+            0,
+            functab as u64,
+        ] {
+            tab.extend(w.to_le_bytes());
+        }
+        tab.extend(names_blob);
+        // Pairs (entry, record offset from the function table), 3 functions and the end.
+        let records = 4 * 8;
+        let pairs = [
+            (0x0u32, records),
+            (0x100, records + 8),
+            (0x180, records + 16),
+            (0x200, 0),
+        ];
+        for (e, r) in pairs {
+            tab.extend(e.to_le_bytes());
+            tab.extend((r as u32).to_le_bytes());
+        }
+        // Records: entry offset, name offset.
+        for (e, n) in [(0u32, 0u32), (0x100, 10), (0x180, 34)] {
+            tab.extend(e.to_le_bytes());
+            tab.extend(n.to_le_bytes());
+        }
+        let f = go_table_functions(&tab, &names).unwrap();
+        assert_eq!(f["main.main"], (0x40_1000, 0x100));
+        assert_eq!(f["crypto/tls.(*Conn).Read"], (0x40_1100, 0x80));
+        let mut other = tab.clone();
+        other[7] = 4;
+        assert!(go_table_functions(&other, &names).is_none(), "32-bit");
+        let mut lying = tab.clone();
+        lying[64..72].copy_from_slice(&10_000u64.to_le_bytes());
+        assert!(
+            go_table_functions(&lying, &names).is_none(),
+            "a function table past the end"
+        );
     }
 
     /// Go 1.18+'s build information: the version inline after the 32-byte header; older
