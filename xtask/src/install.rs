@@ -155,9 +155,9 @@ const PACKAGES: &[(Scope, &str, &str)] = &[
         "Node.js, whose http2 module is the second HTTP/2 server and client of the HTTP/2 tests",
     ),
     (
-        Scope::Test,
+        Scope::Bench,
         "golang-go",
-        "Go, which builds the Go HTTPS server and client of the TLS tests (Go's own crypto/tls)",
+        "Go, which builds the Go HTTPS server and client of the TLS tests and benchmark (Go's own crypto/tls)",
     ),
     (
         Scope::Test,

@@ -11,6 +11,8 @@
 //! a ~600-byte page) to `h2load -c 8 -m 10` (ten concurrent streams per connection), and the
 //! `https` setting nginx serving the same page over TLS (a certificate made by `openssl req`)
 //! to `wrk -c 8` over HTTPS with keep-alive: the TLS probe's uprobes on both sides' libssl.
+//! The `go-https` setting puts a Go HTTPS server (`tests/src/gotls.go`: Go's own `crypto/tls`,
+//! built with Debian's Go) in nginx's place: Go's uprobes on the server, libssl's on wrk.
 
 use std::{
     collections::BTreeMap,
@@ -36,6 +38,7 @@ const SERVER_IP: &str = "10.233.0.2";
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const H2_PORT: u16 = 8080;
 const HTTPS_PORT: u16 = 8443;
+const GO_PORT: u16 = 9443;
 
 /// One load run: operations per second and how many operations it made.
 struct Run {
@@ -52,6 +55,8 @@ pub enum Load {
     H2,
     /// nginx over HTTPS (HTTP/1.1 on TLS) under wrk.
     Https,
+    /// A Go HTTPS server (Go's `crypto/tls`) under wrk.
+    GoHttps,
 }
 
 impl Load {
@@ -61,12 +66,13 @@ impl Load {
             Load::Postgres => "postgresql",
             Load::H2 => "h2load",
             Load::Https => "https",
+            Load::GoHttps => "go-https",
         }
     }
 
     fn target(self) -> f64 {
         match self {
-            Load::Https => TARGET_HTTPS,
+            Load::Https | Load::GoHttps => TARGET_HTTPS,
             _ => TARGET,
         }
     }
@@ -85,6 +91,9 @@ impl Load {
             Load::Https => format!(
                 "nginx (1 worker, TLS 1.3, RSA 2048) at {SERVER_IP}:{HTTPS_PORT}, wrk -t1 -c8 -d{secs}s over HTTPS (keep-alive)"
             ),
+            Load::GoHttps => format!(
+                "a Go HTTPS server (crypto/tls, TLS 1.3, RSA 2048) at {SERVER_IP}:{GO_PORT}, wrk -t1 -c8 -d{secs}s over HTTPS (keep-alive)"
+            ),
         }
     }
 
@@ -99,6 +108,43 @@ impl Load {
                 ),
                 H2_PORT,
             ),
+            Load::GoHttps => {
+                let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+                sh(&format!(
+                    "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench -keyout {} -out {} 2>/dev/null",
+                    key.display(),
+                    cert.display()
+                ))
+                .context("making the certificate (is openssl installed?)")?;
+                let src = dir.join("gotls-src");
+                fs::create_dir_all(&src)?;
+                fs::copy(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/src/gotls.go"),
+                    src.join("main.go"),
+                )?;
+                fs::write(src.join("go.mod"), "module gotls\n\ngo 1.19\n")?;
+                let program = dir.join("gotls");
+                sh(&format!(
+                    "cd {} && CGO_ENABLED=0 GOCACHE=/var/tmp/observer-test-go-cache GOPATH=/var/tmp/observer-test-gopath GOFLAGS=-buildvcs=false go build -o {} .",
+                    src.display(),
+                    program.display()
+                ))
+                .context("building the Go server (is golang-go installed?)")?;
+                let (program, cert, key) = (
+                    program.display().to_string(),
+                    cert.display().to_string(),
+                    key.display().to_string(),
+                );
+                let log = dir.join("go.log").display().to_string();
+                let addr = format!("{SERVER_IP}:{GO_PORT}");
+                pods.command(0, &[&program, "serve", &addr, &cert, &key, &log])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting the Go server")?;
+                wait_port(pods, GO_PORT)
+            }
             Load::Https => {
                 let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
                 sh(&format!(
@@ -222,8 +268,11 @@ impl Load {
                     ops: ok,
                 })
             }
-            Load::Https => {
-                let url = format!("https://{SERVER_IP}:{HTTPS_PORT}/");
+            Load::Https | Load::GoHttps => {
+                let url = match self {
+                    Load::GoHttps => format!("https://{SERVER_IP}:{GO_PORT}/s/200"),
+                    _ => format!("https://{SERVER_IP}:{HTTPS_PORT}/"),
+                };
                 let d = format!("-d{secs}s");
                 let text = client(pods, &["wrk", "-t1", "-c8", &d, &url])?;
                 let (rps, requests) = super::parse_wrk(&text)?;

@@ -55,8 +55,9 @@ pub struct BenchArgs {
     pub high_rate: u32,
     /// Settings: pinned (loopback, one CPU each), pods (pod to pod), both of these, db (Redis
     /// and PostgreSQL, pod to pod), h2 (nginx over HTTP/2 under h2load, pod to pod), https
-    /// (nginx over TLS under wrk, pod to pod), or all.
-    #[arg(long, default_value = "all", value_parser = ["pinned", "pods", "both", "db", "h2", "https", "all"])]
+    /// (nginx over TLS under wrk, pod to pod), go-https (a Go HTTPS server under wrk, pod to
+    /// pod), or all.
+    #[arg(long, default_value = "all", value_parser = ["pinned", "pods", "both", "db", "h2", "https", "go-https", "all"])]
     pub setting: String,
     /// Rounds of each database and h2 setting (each setup of the round once).
     #[arg(long, default_value_t = 5)]
@@ -206,7 +207,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let places: Vec<fn() -> Result<Place>> = match args.setting.as_str() {
         "pinned" => vec![pinned],
         "pods" => vec![pods],
-        "db" | "h2" | "https" => vec![],
+        "db" | "h2" | "https" | "go-https" => vec![],
         _ => vec![pinned, pods],
     };
     for make in places {
@@ -252,11 +253,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "db" => &[db::Load::Redis, db::Load::Postgres],
         "h2" => &[db::Load::H2],
         "https" => &[db::Load::Https],
+        "go-https" => &[db::Load::GoHttps],
         "all" => &[
             db::Load::Redis,
             db::Load::Postgres,
             db::Load::H2,
             db::Load::Https,
+            db::Load::GoHttps,
         ],
         _ => &[],
     };
