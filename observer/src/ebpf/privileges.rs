@@ -109,7 +109,15 @@ pub(crate) fn try_perf_event_open() -> Result<(), i32> {
     let mut attr = [0u64; 8];
     attr[0] = 1 | (64u64 << 32); // type PERF_TYPE_SOFTWARE, size 64
     attr[1] = 9; // config PERF_COUNT_SW_DUMMY
-                 // SAFETY: perf_event_open with a valid, fully initialised attr of the size it states.
+    open_and_close(&attr)
+}
+
+/// perf_event_open of `attr` (a `struct perf_event_attr` whose size field matches its length)
+/// system-wide on CPU 0, the descriptor closed at once: `Ok`, or the errno.
+fn open_and_close(attr: &[u64]) -> Result<(), i32> {
+    debug_assert_eq!((attr[0] >> 32) as usize, attr.len() * 8);
+    // SAFETY: perf_event_open with a valid, fully initialised attr of the size it states
+    // (pointers in it are the caller's, alive for the call).
     let fd = unsafe {
         libc::syscall(
             libc::SYS_perf_event_open,
@@ -147,25 +155,8 @@ pub(crate) fn try_uprobe() -> Result<(), i32> {
     attr[0] = pmu | (72u64 << 32);
     attr[5] = 1; // disabled
     attr[7] = path.as_ptr() as u64;
-    // SAFETY: perf_event_open with a valid, fully initialised attr of the size it states, whose
-    // path points at a NUL-terminated string that outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_perf_event_open,
-            attr.as_ptr(),
-            -1 as libc::pid_t,
-            0 as libc::c_int,
-            -1 as libc::c_int,
-            libc::c_ulong::from(8u32), // PERF_FLAG_FD_CLOEXEC
-        )
-    };
-    if fd >= 0 {
-        // SAFETY: closing the descriptor just opened.
-        unsafe { libc::close(fd as libc::c_int) };
-        return Ok(());
-    }
-    match std::io::Error::last_os_error().raw_os_error().unwrap_or(0) {
-        e @ (libc::EACCES | libc::EPERM) => Err(e),
+    match open_and_close(&attr) {
+        Err(e @ (libc::EACCES | libc::EPERM)) => Err(e),
         _ => Ok(()),
     }
 }
