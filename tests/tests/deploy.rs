@@ -386,17 +386,15 @@ fn each_capability_has_its_reason() {
     );
 }
 
-/// The variant for kernels before 5.11 is the base plus CAP_SYS_RESOURCE, with its reason, and
-/// the observer's start-up check names it where the capability is missing there.
-#[test]
-fn the_variant_for_kernels_before_5_11_adds_only_sys_resource() {
+/// The DaemonSet variant `overlay` is the base plus exactly the capabilities `added`: the same
+/// objects, and the same DaemonSet but for its capability list.
+fn assert_variant_adds_only(overlay: &str, added: &[&str]) {
     let base = render("base");
-    let old = render("overlays/kernel-before-5.11");
+    let variant = render(overlay);
     let mut want = added_caps(&container(&daemonset(&base)));
-    want.insert("SYS_RESOURCE".to_string());
-    assert_eq!(added_caps(&container(&daemonset(&old))), want);
-    // Nothing else differs: the same objects, and the same DaemonSet but for that one entry.
-    assert_eq!(base.len(), old.len());
+    want.extend(added.iter().map(|c| c.to_string()));
+    assert_eq!(added_caps(&container(&daemonset(&variant))), want);
+    assert_eq!(base.len(), variant.len());
     let strip = |docs: &[Value]| -> Vec<Value> {
         docs.iter()
             .map(|d| {
@@ -409,7 +407,14 @@ fn the_variant_for_kernels_before_5_11_adds_only_sys_resource() {
             })
             .collect()
     };
-    assert_eq!(strip(&base), strip(&old));
+    assert_eq!(strip(&base), strip(&variant));
+}
+
+/// The variant for kernels before 5.11 is the base plus CAP_SYS_RESOURCE, with its reason, and
+/// the observer's start-up check names it where the capability is missing there.
+#[test]
+fn the_variant_for_kernels_before_5_11_adds_only_sys_resource() {
+    assert_variant_adds_only("overlays/kernel-before-5.11", &["SYS_RESOURCE"]);
     let raw = read("deploy/overlays/kernel-before-5.11/kustomization.yaml");
     assert!(raw.contains("RLIMIT_MEMLOCK"), "{raw}");
     let privileges = read("observer/src/ebpf/privileges.rs");
@@ -421,25 +426,7 @@ fn the_variant_for_kernels_before_5_11_adds_only_sys_resource() {
 /// and the observer's start-up lines name it.
 #[test]
 fn the_variant_for_tls_adds_only_sys_admin_and_sys_ptrace() {
-    let base = render("base");
-    let tls = render("overlays/tls");
-    let mut want = added_caps(&container(&daemonset(&base)));
-    want.extend(["SYS_ADMIN".to_string(), "SYS_PTRACE".to_string()]);
-    assert_eq!(added_caps(&container(&daemonset(&tls))), want);
-    assert_eq!(base.len(), tls.len());
-    let strip = |docs: &[Value]| -> Vec<Value> {
-        docs.iter()
-            .map(|d| {
-                let mut d = d.clone();
-                if d["kind"] == "DaemonSet" {
-                    d["spec"]["template"]["spec"]["containers"][0]["securityContext"]
-                        ["capabilities"]["add"] = Value::Null;
-                }
-                d
-            })
-            .collect()
-    };
-    assert_eq!(strip(&base), strip(&tls));
+    assert_variant_adds_only("overlays/tls", &["SYS_ADMIN", "SYS_PTRACE"]);
     let raw = read("deploy/overlays/tls/kustomization.yaml");
     assert!(
         raw.contains("uprobes") && raw.contains("/proc/<pid>/maps"),
