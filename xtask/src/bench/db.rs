@@ -109,13 +109,7 @@ impl Load {
                 H2_PORT,
             ),
             Load::GoHttps => {
-                let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
-                sh(&format!(
-                    "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench -keyout {} -out {} 2>/dev/null",
-                    key.display(),
-                    cert.display()
-                ))
-                .context("making the certificate (is openssl installed?)")?;
+                let (key, cert) = certificate(dir)?;
                 let src = dir.join("gotls-src");
                 fs::create_dir_all(&src)?;
                 fs::copy(
@@ -146,13 +140,7 @@ impl Load {
                 wait_port(pods, GO_PORT)
             }
             Load::Https => {
-                let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
-                sh(&format!(
-                    "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench -keyout {} -out {} 2>/dev/null",
-                    key.display(),
-                    cert.display()
-                ))
-                .context("making the certificate (is openssl installed?)")?;
+                let (key, cert) = certificate(dir)?;
                 nginx(
                     pods,
                     dir,
@@ -573,6 +561,18 @@ fn nginx(pods: &Pods, dir: &std::path::Path, listen: &str, port: u16) -> Result<
         .spawn()
         .context("starting nginx (is it installed?)")?;
     wait_port(pods, port)
+}
+
+/// A self-signed RSA 2048 certificate in `dir`, made by `openssl req`: (key, certificate).
+fn certificate(dir: &std::path::Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+    sh(&format!(
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench -keyout {} -out {} 2>/dev/null",
+        key.display(),
+        cert.display()
+    ))
+    .context("making the certificate (is openssl installed?)")?;
+    Ok((key, cert))
 }
 
 /// Waits, 30 s at most, until the server's port answers from the client pod.
