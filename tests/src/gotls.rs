@@ -1,29 +1,19 @@
-//! The Go HTTPS server and client of the TLS tests (`gotls.go`: Go's own `crypto/tls`, no
-//! OpenSSL), built with Debian's Go, and what the tests wait for around it.
+//! The Go programs of the tests, built with Debian's Go: the HTTPS server and client of the
+//! TLS tests (`gotls.go`: Go's own `crypto/tls`, no OpenSSL) and what the tests wait for
+//! around it, and any other program of the standard library ([`build_go`]).
 
 use std::time::{Duration, Instant};
 
 use crate::{observer::Observer, scaled, TempDir};
 
-/// Builds `gotls.go` into `dir` (`gotls`, and `gotls-stripped` without symbol table) as a static program (no cgo: no C library, no OpenSSL; the
-/// usual build of a cluster's Go services) and makes a self-signed server certificate there
-/// (`cert.pem`, `key.pem`) unless one is there. Returns the program's path.
+/// Builds `gotls.go` into `dir` (`gotls`, and `gotls-stripped` without symbol table) as a
+/// static program (no cgo: no C library, no OpenSSL; the usual build of a cluster's Go
+/// services) and makes a self-signed server certificate there (`cert.pem`, `key.pem`) unless
+/// one is there. Returns the program's path.
 pub fn build(dir: &TempDir) -> String {
-    let src = dir.path().join("gotls-src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("main.go"), include_str!("gotls.go")).unwrap();
-    std::fs::write(src.join("go.mod"), "module gotls\n\ngo 1.19\n").unwrap();
-    let out = dir.join("gotls");
-    // The build cache outlives the test: the standard library is built once per machine. The
-    // stripped copy (`gotls-stripped`, no symbol table, as container images often ship Go
-    // programs) is linked from the same cache.
-    crate::sh(&format!(
-        "cd {} && export CGO_ENABLED=0 GOCACHE=/var/tmp/observer-test-go-cache \
-         GOPATH=/var/tmp/observer-test-gopath GOFLAGS=-buildvcs=false && go build -o {out} . \
-         && go build -ldflags='-s -w' -o {out}-stripped .",
-        src.display()
-    ))
-    .unwrap();
+    // The stripped copy (no symbol table, as container images often ship Go programs) is
+    // linked from the same cache.
+    let out = build_go(dir, "gotls", include_str!("gotls.go"), true);
     let d = dir.path().display();
     if !dir.path().join("cert.pem").exists() {
         crate::sh(&format!(
@@ -32,6 +22,30 @@ pub fn build(dir: &TempDir) -> String {
         ))
         .unwrap();
     }
+    out
+}
+
+/// Builds the Go program `source` (package main, standard library only) into `dir` as `name`,
+/// static (`CGO_ENABLED=0`), and `{name}-stripped` without symbol table when `stripped`.
+/// Returns the program's path.
+pub fn build_go(dir: &TempDir, name: &str, source: &str, stripped: bool) -> String {
+    let src = dir.path().join(format!("{name}-src"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("main.go"), source).unwrap();
+    std::fs::write(src.join("go.mod"), format!("module {name}\n\ngo 1.19\n")).unwrap();
+    let out = dir.join(name);
+    let strip = if stripped {
+        format!(" && go build -ldflags='-s -w' -o {out}-stripped .")
+    } else {
+        String::new()
+    };
+    // The build cache outlives the test: the standard library is built once per machine.
+    crate::sh(&format!(
+        "cd {} && export CGO_ENABLED=0 GOCACHE=/var/tmp/observer-test-go-cache \
+         GOPATH=/var/tmp/observer-test-gopath GOFLAGS=-buildvcs=false && go build -o {out} .{strip}",
+        src.display()
+    ))
+    .unwrap();
     out
 }
 

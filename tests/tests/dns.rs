@@ -16,6 +16,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use observer_tests::{
+    gotls::build_go,
     metrics::{matching, Sample},
     net::Bridge,
     observer::Observer,
@@ -181,6 +182,56 @@ fn by_type(m: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     t
 }
 
+/// Looks up `$1` `$2` times with Go's own resolver, then `$3`, which must not resolve.
+const GO_RESOLVER: &str = r#"
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+)
+
+func main() {
+	n, _ := strconv.Atoi(os.Args[2])
+	r := &net.Resolver{PreferGo: true}
+	for i := 0; i < n; i++ {
+		if _, err := r.LookupHost(context.Background(), os.Args[1]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
+	if _, err := r.LookupHost(context.Background(), os.Args[3]); err == nil {
+		fmt.Fprintln(os.Stderr, "resolved?")
+		os.Exit(1)
+	}
+}
+"#;
+
+/// Asks server `$1` for `$2`'s A and AAAA records `$3` times with Node's c-ares resolver, then
+/// for the A record of a name under zone `$4` that is not there.
+const NODE_RESOLVER: &str = r#"
+const { Resolver } = require("dns").promises;
+const [server, name, n, zone] = process.argv.slice(2);
+const r = new Resolver({ timeout: 2000, tries: 1 });
+r.setServers([server]);
+(async () => {
+  for (let i = 0; i < Number(n); i++) {
+    await r.resolve4(name);
+    await r.resolve6(name);
+  }
+  try {
+    await r.resolve4("missing." + zone);
+    console.error("resolved?");
+    process.exit(1);
+  } catch (e) {
+    if (e.code !== "ENOTFOUND") throw e;
+  }
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+
 const GAI_PY: &str = r#"
 import socket, sys
 name, n = sys.argv[1], int(sys.argv[2])
@@ -266,6 +317,70 @@ fn dig_and_glibc_lookups_equal_the_servers_query_log() {
                 ("dns_question_name", &format!("api.{ZONE}")),
                 ("server_address", &host)
             ]
+        ),
+        BTreeMap::from([
+            ("A NOERROR".to_string(), 2 * n),
+            ("AAAA NOERROR".to_string(), 2 * n)
+        ])
+    );
+    assert_eq!(unparsed(&samples, &[]), 0.0, "unparsed DNS records");
+    s.obs.stop().unwrap();
+}
+
+/// Go's own resolver (`PreferGo`, as every static Go program resolves: one connected UDP
+/// socket per question, A and AAAA at once from two goroutines, `write` and `read`) and
+/// Node's `dns.Resolver` (c-ares: a connected socket, `sendto` without address and
+/// `recvfrom`): resolvers whose system calls neither dig nor glibc make.
+#[test]
+fn go_and_node_resolvers_equal_the_servers_query_log() {
+    let s = setup();
+    let host = s.server.ip.clone();
+    let n: u64 = if slowdown() > 1 { 3 } else { 40 };
+    let go = build_go(&s.dir, "godns", GO_RESOLVER, false);
+    let api = format!("api.{ZONE}.");
+    let missing = format!("missing.{ZONE}.");
+    s.client
+        .run(&go, &[&api, &n.to_string(), &missing])
+        .unwrap();
+    let script = s.dir.write("resolve.js", NODE_RESOLVER).unwrap();
+    s.client
+        .run(
+            "node",
+            &[&script, &host, &format!("api.{ZONE}"), &n.to_string(), ZONE],
+        )
+        .unwrap();
+    // Go: n pairs and an NXDOMAIN pair; Node: n A, n AAAA and one NXDOMAIN A.
+    let want = BTreeMap::from([
+        ("A NOERROR".to_string(), 2 * n),
+        ("AAAA NOERROR".to_string(), 2 * n),
+        ("A NXDOMAIN".to_string(), 2),
+        ("AAAA NXDOMAIN".to_string(), 1),
+    ]);
+    let log = logged(&s.dir, &s.client.ip);
+    assert_eq!(log, by_type(&want), "dnsmasq's query log");
+    let samples = s
+        .obs
+        .scrape_until(Duration::from_secs(20), |x| {
+            per_type(x, CLIENT, &s.client, &[]) == want
+                && per_type(x, SERVER, &s.server, &[]) == want
+        })
+        .unwrap();
+    assert_eq!(
+        per_type(&samples, CLIENT, &s.client, &[]),
+        want,
+        "client pod"
+    );
+    assert_eq!(
+        per_type(&samples, SERVER, &s.server, &[]),
+        want,
+        "server pod"
+    );
+    assert_eq!(
+        per_type(
+            &samples,
+            CLIENT,
+            &s.client,
+            &[("dns_question_name", &format!("api.{ZONE}"))]
         ),
         BTreeMap::from([
             ("A NOERROR".to_string(), 2 * n),
