@@ -461,7 +461,7 @@ fn nginx_conf(dir: &TempDir, port: u16) -> String {
     nginx::conf(
         dir,
         2,
-        "$status $request_method $uri",
+        "$status $request_method $uri $server_protocol",
         &format!(
             r#"  sendfile on;
   server {{
@@ -628,10 +628,22 @@ fn nginx_log(dir: &TempDir) -> Tally {
     let mut t = Tally::new();
     for l in text.lines() {
         let f: Vec<&str> = l.split(' ').collect();
-        assert_eq!(f.len(), 3, "access log line {l:?}");
+        assert_eq!(f.len(), 4, "access log line {l:?}");
         assert_eq!(f[1], "GET");
         *t.entry(vec![f[2].to_string(), f[0].to_string()])
             .or_default() += 1;
+    }
+    t
+}
+
+/// nginx's access log per HTTP version (`1.0`, `1.1`).
+fn nginx_versions(dir: &TempDir) -> Tally {
+    let text = fs::read_to_string(dir.join("access.log")).unwrap_or_default();
+    let mut t = Tally::new();
+    for l in text.lines() {
+        let v = l.rsplit(' ').next().unwrap_or_default();
+        let v = v.strip_prefix("HTTP/").unwrap_or(v);
+        *t.entry(vec![v.to_string()]).or_default() += 1;
     }
     t
 }
@@ -908,6 +920,27 @@ fn nginx_under_wrk_and_hey_is_counted_exactly_per_status_on_both_sides() {
         assert!(!out.contains("Error distribution"), "{out}");
         hey_truth = merge(&hey_truth, &t);
     }
+    // HTTP/1.0 requests (curl, one connection each) from the same pod: their series say so.
+    let old_ones = if slowdown() > 1 { 3 } else { 10 };
+    let ok = format!("{url}/ok");
+    for _ in 0..old_ones {
+        let code = hey
+            .run(
+                "curl",
+                &[
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--http1.0",
+                    &ok,
+                ],
+            )
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&code.stdout), "200");
+    }
+    hey_truth = merge(&hey_truth, &status_tally([("200", old_ones)]));
     let server_truth = nginx_log(&dir);
     assert_eq!(
         project(&server_truth, |k| vec![k[1].clone()]),
@@ -936,6 +969,26 @@ fn nginx_under_wrk_and_hey_is_counted_exactly_per_status_on_both_sides() {
     );
     assert_eq!(per_status(&s, Side::Client, &wrk), wrk_truth, "wrk pod");
     assert_eq!(per_status(&s, Side::Client, &hey), hey_truth, "hey pod");
+    // Per HTTP version: nginx's log on the server side, what each client sent on its own.
+    let versions = &["network_protocol_version"];
+    assert_eq!(
+        observed(&s, Side::Server, &web, &[], versions),
+        nginx_versions(&dir),
+        "nginx pod: per version"
+    );
+    assert_eq!(
+        observed(&s, Side::Client, &hey, &[], versions),
+        Tally::from([
+            (vec!["1.0".to_string()], old_ones),
+            (vec!["1.1".to_string()], total(&hey_truth) - old_ones)
+        ]),
+        "hey pod: per version"
+    );
+    assert_eq!(
+        observed(&s, Side::Client, &wrk, &[], versions),
+        Tally::from([(vec!["1.1".to_string()], total(&wrk_truth))]),
+        "wrk pod: per version"
+    );
     assert_eq!(
         label_values(&s, Side::Server, &web, "http_request_method"),
         BTreeSet::from(["GET".to_string()])

@@ -776,12 +776,12 @@ fn go_https_server_and_clients_are_counted_exactly_on_both_sides() {
     );
     assert_eq!(observed(&s, "client", &h2, &[]), want, "Go client, HTTP/2");
     let versions = |pod: &Pod, side: &str| label_values(&s, side, pod, "network_protocol_version");
-    // HTTP/1.x series carry no version label; HTTP/2's say "2".
-    assert_eq!(versions(&h1, "client"), BTreeSet::from([String::new()]));
+    // The request line's version, and HTTP/2's "2".
+    assert_eq!(versions(&h1, "client"), BTreeSet::from(["1.1".to_string()]));
     assert_eq!(versions(&h2, "client"), BTreeSet::from(["2".to_string()]));
     assert_eq!(
         versions(&srv, "server"),
-        BTreeSet::from([String::new(), "2".to_string()])
+        BTreeSet::from(["1.1".to_string(), "2".to_string()])
     );
     assert_eq!(
         label_values(&s, "server", &srv, "url_scheme"),

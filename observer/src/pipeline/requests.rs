@@ -234,8 +234,9 @@ impl RequestSettings {
 pub struct RequestAgg {
     pub settings: RequestSettings,
     pub cgroups: HashMap<u64, CgroupRequests, Fast>,
-    /// Distinct targets per (protocol, service).
-    pub targets: HashMap<&'static Spec, TargetCap, Fast>,
+    /// Distinct targets per (protocol, service), by the protocol's name: the variants one
+    /// probe's series are told apart by (HTTP/1.0 and 1.1, MySQL and MariaDB) share one cap.
+    pub targets: HashMap<&'static str, TargetCap, Fast>,
     bounds: HashMap<u64, Arc<Vec<f64>>, Fast>,
 }
 
@@ -273,10 +274,10 @@ impl RequestAgg {
         let mut v: Vec<_> = self
             .targets
             .iter()
-            .flat_map(|(spec, cap)| {
+            .flat_map(|(&name, cap)| {
                 cap.overflow_counts()
                     .into_iter()
-                    .map(move |(s, n)| (spec.name, s, n))
+                    .map(move |(s, n)| (name, s, n))
             })
             .collect();
         v.sort();
@@ -288,7 +289,7 @@ impl RequestAgg {
     fn admit(&mut self, spec: &'static Spec, service: &str, target: &Arc<str>) -> Arc<str> {
         let cap_per = self.settings.target_cap;
         self.targets
-            .entry(spec)
+            .entry(spec.name)
             .or_insert_with(|| TargetCap::new(cap_per))
             .admit(service, target)
     }

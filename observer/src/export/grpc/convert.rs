@@ -1,7 +1,7 @@
 //! From the pipeline's types to the generated `observer.v1` messages: identities, histograms
 //! and their quantiles, TCP figures, live requests. The domain types never see prost.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
 use observer_common::{
     TcpStats, DIR_INBOUND, DIR_OUTBOUND, FAIL_OTHER, FAIL_REFUSED, FAIL_RESET, FAIL_TIMEOUT,
@@ -11,7 +11,7 @@ use observer_common::{
 use super::pb;
 use crate::{
     identity::Identity,
-    l7::Side,
+    l7::{Side, Spec},
     model::Hist,
     pipeline::{live::LiveRequest, requests::APDEX_LEVELS, topology::Node},
 };
@@ -246,7 +246,15 @@ pub fn request(r: &LiveRequest) -> pb::Request {
         duration_seconds: q.duration_ns as f64 / 1e9,
         protocol: q.protocol.name.to_string(),
         status_code,
+        attributes: attributes(q.protocol),
     }
+}
+
+/// A protocol's constant labels, which tell its variants apart (`LatencySeries.attributes`).
+pub fn attributes(spec: &Spec) -> HashMap<String, String> {
+    (spec.constant_labels.iter())
+        .map(|&(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// Whether an identity is selected by a pod UID (dashes or underscores, any case).

@@ -249,6 +249,7 @@ pub fn latency(cur: &Current, win: &Win, sel: &Selector) -> Result<pb::Latency, 
                 (k.protocol.failed)(k.status.as_ref(), k.error_type),
             );
             s.protocol = k.protocol.name.to_string();
+            s.attributes = convert::attributes(k.protocol);
             s.method = k.operation.to_string();
             (s.status, s.status_code) = status_fields(k.status.as_ref());
             s.route = k.target.to_string();
@@ -268,6 +269,7 @@ pub fn latency(cur: &Current, win: &Win, sel: &Selector) -> Result<pb::Latency, 
                 (k.protocol.failed)(k.status.as_ref(), k.error_type),
             );
             s.protocol = k.protocol.name.to_string();
+            s.attributes = convert::attributes(k.protocol);
             s.method = k.operation.to_string();
             (s.status, s.status_code) = status_fields(k.status.as_ref());
             s.route = k.target.as_deref().unwrap_or_default().to_string();

@@ -11,10 +11,21 @@ use observer_common::L7_HTTP1;
 
 use super::{ConnTable, Event, Protocol, Request, Settings, Spec, Status};
 
-/// HTTP/1.x as the exporters see it.
-pub static SPEC: Spec = BASE;
+/// HTTP/1.1 as the exporters see it (the request line's version; OpenTelemetry's
+/// `network.protocol.version`).
+pub static SPEC: Spec = Spec {
+    constant_labels: &[("network_protocol_version", "1.1")],
+    ..BASE
+};
 
-/// The HTTP families and labels, which HTTP/2 shares (with its own id and version label).
+/// HTTP/1.0 requests. Not a probe of its own: its id only tells its series apart.
+pub static SPEC_10: Spec = Spec {
+    id: L7_HTTP1 | 0x80,
+    constant_labels: &[("network_protocol_version", "1.0")],
+    ..BASE
+};
+
+/// The HTTP families and labels, which every version shares (each with its version label).
 pub const BASE: Spec = Spec {
     id: L7_HTTP1,
     name: "http",

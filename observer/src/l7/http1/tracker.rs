@@ -30,7 +30,7 @@ use super::{
         parse_request, parse_response, parse_status_line, quick_request_line, quick_response,
         request_line, Method, Parsed, ResponseHead,
     },
-    Routes, SPEC,
+    Routes, SPEC, SPEC_10,
 };
 use crate::l7::{
     event::{Kind, Part},
@@ -69,6 +69,8 @@ struct Req {
     route: Arc<str>,
     start_ns: u64,
     tgid: u32,
+    /// The request line's minor version (HTTP/1.0 or 1.1).
+    minor: u8,
 }
 
 /// How the body of a response in flight ends.
@@ -459,18 +461,20 @@ fn requests(c: &mut Conn, routes: &mut Routes, bytes: &[u8], ts: u64, tgid: u32)
                         route,
                         start_ns: ts,
                         tgid,
+                        minor: head.minor_version,
                     },
                     next,
                 )
             }
             Parsed::Partial | Parsed::Invalid => {
                 match quick_request_line(rest).or_else(|| request_line(rest)) {
-                    Some((method, target, _)) => (
+                    Some((method, target, minor)) => (
                         Req {
                             method,
                             route: routes.of(target),
                             start_ns: ts,
                             tgid,
+                            minor,
                         },
                         None,
                     ),
@@ -628,7 +632,7 @@ fn request(
 ) -> Request {
     let (peer, peer_port) = c.peer.unwrap_or((IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
     Request {
-        protocol: &SPEC,
+        protocol: if req.minor == 0 { &SPEC_10 } else { &SPEC },
         side: c.side.unwrap_or(Side::Server),
         cgroup_id: c.cgroup_id,
         tgid: req.tgid,
@@ -785,6 +789,33 @@ mod tests {
             assert_eq!(out[0].duration_ns, 50, "{change}");
             assert_eq!(out[0].cgroup_id, 7, "{change}");
         }
+    }
+
+    /// The request line's version is the series' `network_protocol_version`: HTTP/1.0 and 1.1
+    /// requests are told apart, whatever version the answer's status line says (nginx answers
+    /// 1.0 requests with `HTTP/1.1`), the whole head or only its request line read.
+    #[test]
+    fn the_request_lines_version_names_the_series() {
+        let mut t = Tracker::new(T);
+        let mut out = Vec::new();
+        let heads: [&[u8]; 4] = [
+            b"GET /a HTTP/1.0\r\nHost: x\r\n\r\n",
+            GET,
+            b"GET /b HTTP/1.0\r\nHost: x\r\nX-Cut: ",
+            b"GET /c HTTP/1.1\r\nHost: x\r\nX-Cut: ",
+        ];
+        for (i, req) in heads.into_iter().enumerate() {
+            let at = 1000 + i as u64 * 100;
+            t.on_event(&exchange(Side::Server, at, req, at + 50, OK), &mut out);
+        }
+        let versions: Vec<_> = (out.iter()).map(|r| r.protocol.constant_labels).collect();
+        let (v10, v11) = (
+            &[("network_protocol_version", "1.0")],
+            &[("network_protocol_version", "1.1")],
+        );
+        assert_eq!(versions, [v10, v11, v10, v11]);
+        assert!(out[0].protocol != out[1].protocol, "apart in the totals");
+        assert_eq!(out[0].protocol.name, "http");
     }
 
     #[test]
