@@ -1,6 +1,7 @@
 // An HTTPS server and client on Go's own crypto/tls (no OpenSSL), for the TLS tests.
 //
 //	gotls serve ADDR CERT KEY LOG    answers /s/<code> with <code>; one line per answer in LOG
+//	gotls serve-http ADDR LOG        the same in cleartext (HTTP/1.1)
 //	gotls get URL h1|h2 WORKERS ROUNDS CODES
 //	                                 WORKERS goroutines each ask for every code of the
 //	                                 comma-separated CODES, ROUNDS times, on one shared client
@@ -23,7 +24,11 @@ import (
 func main() {
 	switch os.Args[1] {
 	case "serve":
-		serve(os.Args[2], os.Args[3], os.Args[4], os.Args[5])
+		handle(os.Args[5])
+		panic(http.ListenAndServeTLS(os.Args[2], os.Args[3], os.Args[4], nil))
+	case "serve-http":
+		handle(os.Args[3])
+		panic(http.ListenAndServe(os.Args[2], nil))
 	case "get":
 		workers, _ := strconv.Atoi(os.Args[4])
 		rounds, _ := strconv.Atoi(os.Args[5])
@@ -31,7 +36,7 @@ func main() {
 	}
 }
 
-func serve(addr, cert, key, logPath string) {
+func handle(logPath string) {
 	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		panic(err)
@@ -48,7 +53,6 @@ func serve(addr, cert, key, logPath string) {
 		fmt.Fprintf(log, "%d\n", code)
 		mu.Unlock()
 	})
-	panic(http.ListenAndServeTLS(addr, cert, key, nil))
 }
 
 func get(base string, h2 bool, workers, rounds int, codes []string) {

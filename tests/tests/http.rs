@@ -31,6 +31,7 @@ use std::{
 };
 
 use observer_tests::{
+    gotls::build_go,
     metrics::{matching, sum, Sample},
     net::Bridge,
     nginx,
@@ -257,9 +258,10 @@ s.close()
 print(" ".join(codes))
 "#;
 
-/// One keep-alive connection: a request, then two whose heads go out in pieces, each its own
-/// segment (`TCP_NODELAY`, a pause between): `G`, `E`, then the rest; `GET` and the rest. Each
-/// response is read before the next request. Prints the statuses.
+/// One keep-alive connection: a request, then three whose heads go out in pieces, each its own
+/// segment (`TCP_NODELAY`, a pause between): `G`, `E`, then the rest; `GET` and the rest; `D`
+/// and `ELETE …` (which alone reads as a request of method `ELETE`). Each response is read
+/// before the next request. Prints the statuses.
 const SPLIT_HEAD_CLIENT: &str = r#"
 import socket, sys, time
 
@@ -269,7 +271,8 @@ s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 f = s.makefile("rb")
 codes = []
 head = b"GET %s HTTP/1.1\r\nHost: pod\r\n\r\n" % path.encode()
-for pieces in ([head], [head[:1], head[1:2], head[2:]], [head[:3], head[3:]]):
+delete = b"DELETE %s HTTP/1.1\r\nHost: pod\r\n\r\n" % path.encode()
+for pieces in ([head], [head[:1], head[1:2], head[2:]], [head[:3], head[3:]], [delete[:1], delete[1:]]):
     for p in pieces:
         s.sendall(p)
         time.sleep(0.1)
@@ -1023,6 +1026,210 @@ fn nginx_under_wrk_and_hey_is_counted_exactly_per_status_on_both_sides() {
     obs.stop().unwrap();
 }
 
+/// Go's `net/http` and Node's `http`, servers and clients, neither written for the observer:
+/// a Node client (a keep-alive agent, 4 requests at a time; GETs, and POSTs whose body the
+/// client writes after the head) asks a Go server (which reads one byte ahead between
+/// keep-alive requests), a Go client (4 goroutines, 2 idle connections kept: the others are
+/// opened and closed) asks a Node server (chunked answers written in two pieces, others
+/// whole). Per method and status, exact on both sides against each server's log and each
+/// client's own tally; nothing unparsed.
+#[test]
+fn go_and_node_servers_and_clients_are_counted_exactly_per_status_on_both_sides() {
+    require_root();
+    let bridge = Bridge::new().unwrap();
+    let dir = TempDir::new("observer-http-go-node").unwrap();
+    let go = build_go(&dir, "gotls", include_str!("../src/gotls.go"), false);
+    let node_server = dir.write("server.js", NODE_SERVER).unwrap();
+    let node_client = dir.write("client.js", NODE_CLIENT).unwrap();
+    let mut go_srv = Pod::new(&bridge).unwrap();
+    let mut node_srv = Pod::new(&bridge).unwrap();
+    let go_cli = Pod::new(&bridge).unwrap();
+    let node_cli = Pod::new(&bridge).unwrap();
+    let (go_log, node_log) = (dir.join("go.log"), dir.join("node.log"));
+    let obs = start_observer(&[]);
+    go_srv
+        .spawn(&go, &["serve-http", &format!(":{PORT}"), &go_log])
+        .unwrap();
+    node_srv
+        .spawn("node", &[&node_server, &PORT.to_string(), &node_log])
+        .unwrap();
+    go_srv.wait_listening(PORT).unwrap();
+    node_srv.wait_listening(PORT).unwrap();
+
+    let rounds = if slowdown() > 1 { 2 } else { 25 };
+    let codes = ["200", "201", "404", "200", "500", "503"];
+    let tally = |out: &std::process::Output| -> BTreeMap<String, u64> {
+        let v: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+        (v.as_object().unwrap().iter())
+            .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+            .collect()
+    };
+    let go_said = tally(
+        &go_cli
+            .run(
+                &go,
+                &[
+                    "get",
+                    &format!("http://{}:{PORT}", node_srv.ip),
+                    "h1",
+                    "4",
+                    &rounds.to_string(),
+                    &codes.join(","),
+                ],
+            )
+            .unwrap(),
+    );
+    let node_said = tally(
+        &node_cli
+            .run(
+                "node",
+                &[
+                    &node_client,
+                    &format!("http://{}:{PORT}", go_srv.ip),
+                    "4",
+                    &rounds.to_string(),
+                    &codes.join(","),
+                ],
+            )
+            .unwrap(),
+    );
+    // Go's client GETs every code; Node's POSTs the 201s and GETs the rest.
+    let mut go_want = Tally::new();
+    let mut node_want = Tally::new();
+    for c in codes {
+        let n = 4 * rounds;
+        *go_want.entry(vec!["GET".into(), c.into()]).or_default() += n;
+        let m = if c == "201" { "POST" } else { "GET" };
+        *node_want.entry(vec![m.into(), c.into()]).or_default() += n;
+    }
+    let statuses = |t: &Tally| project(t, |k| vec![k[1].clone()]);
+    let as_tally =
+        |m: BTreeMap<String, u64>| -> Tally { m.into_iter().map(|(k, v)| (vec![k], v)).collect() };
+    assert_eq!(
+        as_tally(go_said),
+        statuses(&go_want),
+        "the Go client's own count"
+    );
+    assert_eq!(
+        as_tally(node_said),
+        statuses(&node_want),
+        "the Node client's own count"
+    );
+    let logged = |path: &str| -> Tally {
+        let mut t = Tally::new();
+        for l in fs::read_to_string(path).unwrap_or_default().lines() {
+            *t.entry(vec![l.trim().to_string()]).or_default() += 1;
+        }
+        t
+    };
+    assert_eq!(
+        logged(&node_log),
+        statuses(&go_want),
+        "the Node server's log"
+    );
+    assert_eq!(logged(&go_log), statuses(&node_want), "the Go server's log");
+
+    let s = wait_for(
+        &obs,
+        &[
+            (Side::Server, &go_srv, total(&node_want)),
+            (Side::Server, &node_srv, total(&go_want)),
+            (Side::Client, &go_cli, total(&go_want)),
+            (Side::Client, &node_cli, total(&node_want)),
+        ],
+    );
+    for (pod, side, want, what) in [
+        (&go_srv, Side::Server, &node_want, "Go server"),
+        (&node_cli, Side::Client, &node_want, "Node client"),
+        (&node_srv, Side::Server, &go_want, "Node server"),
+        (&go_cli, Side::Client, &go_want, "Go client"),
+    ] {
+        assert_eq!(per_method_status(&s, side, pod), *want, "{what}");
+        assert_eq!(
+            label_values(&s, side, pod, "network_protocol_version"),
+            BTreeSet::from(["1.1".to_string()]),
+            "{what}"
+        );
+    }
+    assert_eq!(
+        label_values(&s, Side::Server, &go_srv, "http_route"),
+        BTreeSet::from(["/s/{id}".to_string()])
+    );
+    assert_no_http_loss(&s);
+    assert_eq!(unparsed(&s), 0.0, "unparsed HTTP");
+    obs.stop().unwrap();
+}
+
+/// Answers `/s/<code>` with `<code>` once the request's body is read (200 chunked, in two
+/// writes; the others whole), one line per answer in the log `$2`; listens on port `$1`.
+const NODE_SERVER: &str = r#"
+const http = require("http");
+const fs = require("fs");
+const [port, log] = process.argv.slice(2);
+http
+  .createServer((req, res) => {
+    req.resume();
+    req.on("end", () => {
+      const code = Number(req.url.split("/").pop()) || 400;
+      res.statusCode = code;
+      fs.appendFileSync(log, code + "\n");
+      if (code === 200) {
+        res.write("node says ");
+        setImmediate(() => res.end("200\n"));
+      } else {
+        res.end("node says " + code + "\n");
+      }
+    });
+  })
+  .listen(Number(port));
+"#;
+
+/// `$2` loops of one keep-alive agent (at most `$2` sockets), each asking `$3` rounds of
+/// `/s/<code>` for every code of `$4` (201 as a POST with a 3,000-byte body written after the
+/// head, the others GET) of `$1`; prints the answers' count per status as JSON.
+const NODE_CLIENT: &str = r#"
+const http = require("http");
+const [base, workers, rounds, codes] = process.argv.slice(2);
+const agent = new http.Agent({ keepAlive: true, maxSockets: Number(workers) });
+const ask = (code) =>
+  new Promise((ok, fail) => {
+    const post = code === "201";
+    const req = http.request(
+      base + "/s/" + code,
+      { agent, method: post ? "POST" : "GET", headers: post ? { "content-length": 3000 } : {} },
+      (res) => {
+        res.resume();
+        res.on("end", () => ok(res.statusCode));
+      }
+    );
+    req.on("error", fail);
+    if (post) {
+      req.flushHeaders();
+      setImmediate(() => req.end("x".repeat(3000)));
+    } else {
+      req.end();
+    }
+  });
+(async () => {
+  const counts = {};
+  const loop = async () => {
+    for (let i = 0; i < Number(rounds); i++) {
+      for (const c of codes.split(",")) {
+        const s = await ask(c);
+        counts[s] = (counts[s] || 0) + 1;
+      }
+    }
+  };
+  await Promise.all([...Array(Number(workers))].map(loop));
+  console.log(JSON.stringify(counts));
+  agent.destroy();
+})().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
+"#;
+
 #[test]
 fn python_keep_alive_requests_are_counted_exactly_per_method_and_status() {
     require_root();
@@ -1290,10 +1497,10 @@ fn edge_cases_of_framing_are_each_counted_once_with_their_status() {
             &[&server.ip, &PORT.to_string(), "/status/209"],
         )
         .unwrap();
-    assert_eq!(split.trim(), "209 209 209");
-    for _ in 0..3 {
+    assert_eq!(split.trim(), "209 209 209 209");
+    for method in ["GET", "GET", "GET", "DELETE"] {
         got.push(Req {
-            method: "GET".into(),
+            method: method.into(),
             path: "/status/209".into(),
             status: "209".into(),
             seconds: 0.0,
@@ -1343,6 +1550,7 @@ fn edge_cases_of_framing_are_each_counted_once_with_their_status() {
         (["GET", "207"], 1),
         (["GET", "208"], 2),
         (["GET", "209"], 3),
+        (["DELETE", "209"], 1),
         (["GET", "304"], 1),
         (["HEAD", "200"], 1),
         (["POST", "201"], 2),

@@ -112,16 +112,19 @@ fn on_call(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
     let s = unsafe { &mut *st };
     let request_dir = call.send == (s.side == L7_SIDE_CLIENT);
     if request_dir {
-        if is_request(head, n) {
+        let short = call.ret as usize <= L7_CARRY_MAX && n == call.ret;
+        if s.carry_len != 0 && !short {
+            // Kept bytes first: `P` then `OST /…` is a POST, though `OST /…` alone would
+            // read as a request of method `OST`.
+            joined(st, call, head, n);
+        } else if is_request(head, n) {
             s.carry_len = 0;
             request_start(st, call, head, n);
-        } else if call.ret as usize <= L7_CARRY_MAX && n == call.ret {
+        } else if short {
             // Short: kept, or added to what was kept (`G`, then `E`, ...).
             if s.carry_len != 0 || byte(head, 0).is_ascii_uppercase() {
                 keep(s, head, n);
             }
-        } else if s.carry_len != 0 {
-            joined(st, call, head, n);
         }
         return;
     }
@@ -196,8 +199,8 @@ fn keep(s: &mut L7Conn, head: *const L7Event, n: u32) {
 }
 
 /// The call after kept bytes: if both together start a request, it starts with the kept
-/// bytes' call (the call's first `n` bytes move behind them in `head`). The kept bytes are
-/// used up either way.
+/// bytes' call (the call's first `n` bytes move behind them in `head`); else the call alone
+/// may start one. The kept bytes are used up either way.
 #[inline(always)]
 fn joined(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
     // SAFETY: map value pointer checked by the verifier.
@@ -234,12 +237,30 @@ fn joined(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
         );
     }
     let total = (n + k as u32).min(super::HEAD_MASK);
-    if !is_request(head, total) {
+    if is_request(head, total) {
+        let mut c = *call;
+        c.ret = call.ret.saturating_add(k as u32);
+        request_start(st, &c, head, total);
         return;
     }
-    let mut c = *call;
-    c.ret = call.ret.saturating_add(k as u32);
-    request_start(st, &c, head, total);
+    // Not with the kept bytes (they were no request's start): the call alone, its bytes
+    // copied back to the front from where they were put behind the kept ones.
+    let len = n.min((L7_REQ_MAX - L7_CARRY_MAX - 1) as u32) & super::HEAD_MASK;
+    // SAFETY: as above; source and destination hold `len` bytes.
+    unsafe {
+        let data = (*head).data.as_mut_ptr();
+        if aya_ebpf::helpers::bpf_probe_read_kernel_buf(
+            data.add(L7_RESP_MAX + (k & 7)) as *const u8,
+            core::slice::from_raw_parts_mut(data, len as usize),
+        )
+        .is_err()
+        {
+            return;
+        }
+    }
+    if is_request(head, len) {
+        request_start(st, call, head, len);
+    }
 }
 
 /// A request starts with this call: the socket's own cgroup is checked (a state that does not
