@@ -199,16 +199,21 @@ fn keep(s: &mut L7Conn, head: *const L7Event, n: u32) {
 }
 
 /// The call after kept bytes: if both together start a request, it starts with the kept
-/// bytes' call (the call's first `n` bytes move behind them in `head`); else the call alone
-/// may start one. The kept bytes are used up either way.
+/// bytes' call (the call's first `n` bytes join them, then move to the front of `head`); else
+/// the call alone may start one. The kept bytes are used up either way.
 #[inline(always)]
 fn joined(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
     // SAFETY: map value pointer checked by the verifier.
     let s = unsafe { &mut *st };
     let k = (s.carry_len as usize).min(L7_CARRY_MAX);
+    // Where the call's bytes go behind them, from a load of its own: the loop's comparisons
+    // below leave `k` with bounds that 5.10's verifier, on paths it cannot tell are dead,
+    // refuses to add to a pointer.
+    // SAFETY: as above.
+    let off = unsafe { core::ptr::read_volatile(&(*st).carry_len) } as usize & 7;
     s.carry_len = 0;
     // The request area of the scratch record is free while a request-direction call is
-    // framed: the joined bytes are built there, then copied to the front.
+    // framed: the joined bytes are built there, the call's own stay at the front.
     // SAFETY: `head` is this CPU's scratch record: its data holds L7_RESP_MAX + L7_REQ_MAX
     // bytes; the copy's length is below L7_REQ_MAX - L7_CARRY_MAX.
     unsafe {
@@ -221,7 +226,7 @@ fn joined(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
             i += 1;
         }
         let len = n.min((L7_REQ_MAX - L7_CARRY_MAX - 1) as u32) & super::HEAD_MASK;
-        let dst = data.add(L7_RESP_MAX + (k & 7));
+        let dst = data.add(L7_RESP_MAX + off);
         if aya_ebpf::helpers::bpf_probe_read_kernel_buf(
             data as *const u8,
             core::slice::from_raw_parts_mut(dst, len as usize),
@@ -230,36 +235,27 @@ fn joined(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
         {
             return;
         }
-        core::ptr::copy_nonoverlapping(
-            data.add(L7_RESP_MAX) as *const u64,
-            data as *mut u64,
-            L7_REQ_MAX / 8,
-        );
     }
+    // The joined bytes read as a record whose data starts at the request area (the detector
+    // reads a record's first 16 bytes of data).
+    let behind = (head as *const u8).wrapping_add(L7_RESP_MAX) as *const L7Event;
     let total = (n + k as u32).min(super::HEAD_MASK);
-    if is_request(head, total) {
+    if is_request(behind, total) {
+        // SAFETY: as above: both areas hold L7_REQ_MAX bytes.
+        unsafe {
+            let data = (*head).data.as_mut_ptr();
+            core::ptr::copy_nonoverlapping(
+                data.add(L7_RESP_MAX) as *const u64,
+                data as *mut u64,
+                L7_REQ_MAX / 8,
+            );
+        }
         let mut c = *call;
         c.ret = call.ret.saturating_add(k as u32);
         request_start(st, &c, head, total);
-        return;
-    }
-    // Not with the kept bytes (they were no request's start): the call alone, its bytes
-    // copied back to the front from where they were put behind the kept ones.
-    let len = n.min((L7_REQ_MAX - L7_CARRY_MAX - 1) as u32) & super::HEAD_MASK;
-    // SAFETY: as above; source and destination hold `len` bytes.
-    unsafe {
-        let data = (*head).data.as_mut_ptr();
-        if aya_ebpf::helpers::bpf_probe_read_kernel_buf(
-            data.add(L7_RESP_MAX + (k & 7)) as *const u8,
-            core::slice::from_raw_parts_mut(data, len as usize),
-        )
-        .is_err()
-        {
-            return;
-        }
-    }
-    if is_request(head, len) {
-        request_start(st, call, head, len);
+    } else if is_request(head, n) {
+        // Not with the kept bytes (they were no request's start): the call alone.
+        request_start(st, call, head, n);
     }
 }
 
