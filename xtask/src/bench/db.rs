@@ -344,8 +344,8 @@ struct Sample {
     cpu_pct: Option<f64>,
     /// eBPF nanoseconds per operation, all the observer's programs together.
     bpf_ns_per_op: Option<f64>,
-    /// The same per program name.
-    bpf_per_prog: BTreeMap<String, f64>,
+    /// The same per program name, with its runs per operation.
+    bpf_per_prog: BTreeMap<String, (f64, f64)>,
 }
 
 /// What each round runs: a name and the observer's `--probes` (none: no observer).
@@ -439,17 +439,25 @@ pub fn run(
             parts.join("; "),
             db.target()
         );
-        let mut per_prog: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        let mut per_prog: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
         for s in &samples[DEFAULT] {
-            for (p, ns) in &s.bpf_per_prog {
-                per_prog.entry(p).or_default().push(*ns);
+            for (p, &(ns, runs)) in &s.bpf_per_prog {
+                let e = per_prog.entry(p).or_default();
+                e.0.push(ns);
+                e.1.push(runs);
             }
         }
         let progs: Vec<String> = (per_prog.into_iter())
-            .map(|(p, v)| format!("{p} {}", show(median(v), 0)))
+            .map(|(p, (ns, runs))| {
+                format!(
+                    "{p} {} ({} runs)",
+                    show(median(ns), 0),
+                    show(median(runs), 1)
+                )
+            })
             .collect();
         println!(
-            "bench [{}]: eBPF ns per operation with the default probes, per program: {}",
+            "bench [{}]: eBPF ns per operation with the default probes, per program (runs per operation): {}",
             db.name(),
             progs.join(", ")
         );
@@ -477,10 +485,12 @@ fn observed_run(
     let cpu = (cpu_ticks(pid)? - cpu_before) as f64 / super::CLOCK_TICKS;
 
     let own = observer_programs(pid)?;
-    let by_name = |v: &[super::Prog]| -> BTreeMap<String, u64> {
-        let mut m = BTreeMap::new();
+    let by_name = |v: &[super::Prog]| -> BTreeMap<String, (u64, u64)> {
+        let mut m: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for p in v.iter().filter(|p| own.contains(&p.id)) {
-            *m.entry(p.name.clone()).or_default() += p.run_time_ns;
+            let e = m.entry(p.name.clone()).or_default();
+            e.0 += p.run_time_ns;
+            e.1 += p.run_cnt;
         }
         m
     };
@@ -499,17 +509,18 @@ fn observed_run(
         tail(&text)
     );
     let ops = stats_run.ops.max(1) as f64;
-    let bpf_per_prog: BTreeMap<String, f64> = (after.iter())
-        .map(|(p, a)| {
-            let b = before.get(p).copied().unwrap_or(0);
-            (p.clone(), a.saturating_sub(b) as f64 / ops)
+    let bpf_per_prog: BTreeMap<String, (f64, f64)> = (after.iter())
+        .map(|(p, &(ns, n))| {
+            let (b_ns, b_n) = before.get(p).copied().unwrap_or((0, 0));
+            let ops_ns = ns.saturating_sub(b_ns) as f64 / ops;
+            (p.clone(), (ops_ns, n.saturating_sub(b_n) as f64 / ops))
         })
-        .filter(|(_, ns)| *ns > 0.0)
+        .filter(|(_, (ns, _))| *ns > 0.0)
         .collect();
     Ok(Sample {
         ops_per_sec: run.ops_per_sec,
         cpu_pct: Some(100.0 * cpu / wall),
-        bpf_ns_per_op: Some(bpf_per_prog.values().sum()),
+        bpf_ns_per_op: Some(bpf_per_prog.values().map(|v| v.0).sum()),
         bpf_per_prog,
     })
 }
