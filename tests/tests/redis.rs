@@ -88,6 +88,110 @@ for p in sorted(errors):
     print("error", p, errors[p])
 "#;
 
+/// A RESP3 client (`HELLO 3`, as Lettuce and redis-py's `protocol=3` speak): maps, sets,
+/// doubles and nulls as replies; a pipeline; an error; a connection that subscribes (confirmed
+/// by pushes), gets a message (a push), and goes on with commands while subscribed; client-side
+/// caching's invalidation (a push) between a command and its reply. Prints each command's
+/// count and each error prefix's.
+const RESP3_PY: &str = r##"
+import socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+
+def enc(*a):
+    out = b"*%d\r\n" % len(a)
+    for x in a:
+        x = x if isinstance(x, bytes) else str(x).encode()
+        out += b"$%d\r\n%s\r\n" % (len(x), x)
+    return out
+
+class Conn:
+    def __init__(self):
+        self.s = socket.create_connection((host, port), timeout=20)
+        self.f = self.s.makefile("rb")
+        self.pushes = []
+    def value(self):
+        line = self.f.readline()
+        t, rest = line[:1], line[1:-2]
+        if t in (b"+", b"-", b":", b"_", b",", b"#", b"("):
+            return t, rest
+        if t in (b"$", b"!", b"="):
+            n = int(rest)
+            return t, (self.f.read(n + 2)[:-2] if n >= 0 else None)
+        if t in (b"*", b"~", b">"):
+            return t, [self.value() for _ in range(max(int(rest), 0))]
+        if t == b"%":
+            return t, [(self.value(), self.value()) for _ in range(int(rest))]
+        if t == b"|":
+            [(self.value(), self.value()) for _ in range(int(rest))]
+            return self.value()
+        raise RuntimeError("bad value %r" % line)
+    def reply(self):
+        while True:
+            t, v = self.value()
+            if t != b">":
+                return t, v
+            self.pushes.append(v)
+    def push(self):
+        if self.pushes:
+            return self.pushes.pop(0)
+        t, v = self.value()
+        assert t == b">", (t, v)
+        return v
+
+tally, errors = {}, {}
+def run(c, cmds):
+    c.s.sendall(b"".join(enc(*x) for x in cmds))
+    got = []
+    for x in cmds:
+        tally[x[0]] = tally.get(x[0], 0) + 1
+        if x[0] in ("SUBSCRIBE", "UNSUBSCRIBE"):
+            # Confirmed by a push per channel.
+            for ch in x[1:]:
+                v = c.push()
+                assert v[0][1].decode() == x[0].lower(), v
+            got.append(None)
+            continue
+        t, v = c.reply()
+        if t in (b"-", b"!"):
+            p = v.split()[0].decode()
+            errors[p] = errors.get(p, 0) + 1
+        got.append((t, v))
+    return got
+
+c = Conn()
+assert run(c, [("HELLO", "3")])[0][0] == b"%"
+run(c, [("HSET", "h", "a", "1", "b", "2")])
+assert run(c, [("HGETALL", "h")])[0][0] == b"%"
+run(c, [("SADD", "s", "x", "y")])
+assert run(c, [("SMEMBERS", "s")])[0][0] == b"~"
+run(c, [("ZADD", "z", "1.5", "m")])
+assert run(c, [("ZSCORE", "z", "m")])[0][0] == b","
+assert run(c, [("GET", "missing")])[0][0] == b"_"
+run(c, [("SET", "str", "v")])
+run(c, [("LPUSH", "str", "x")])
+run(c, [("INCR", "n") for _ in range(50)])
+sub = Conn()
+run(sub, [("HELLO", "3")])
+run(sub, [("SUBSCRIBE", "a", "b")])
+run(c, [("PUBLISH", "a", "hello")])
+v = sub.push()
+assert v[0] == (b"$", b"message"), v
+assert run(sub, [("PING",)])[0] == (b"+", b"PONG")
+assert run(sub, [("GET", "str")])[0] == (b"$", b"v")
+run(sub, [("UNSUBSCRIBE", "a", "b")])
+run(c, [("CLIENT", "TRACKING", "ON")])
+run(c, [("GET", "t")])
+other = Conn()
+run(other, [("SET", "t", "1")])
+time.sleep(0.2)
+assert run(c, [("PING",)])[0] == (b"+", b"PONG")
+assert c.pushes and c.pushes[0][0] == (b"$", b"invalidate"), c.pushes
+for op in sorted(tally):
+    print(op, tally[op])
+for p in sorted(errors):
+    print("error", p, errors[p])
+"##;
+
 /// `INFO <section>` of the server: `name -> value` of each `key:calls=N,...` or `key:count=N`.
 fn info(host: &str, section: &str, field: &str) -> BTreeMap<String, u64> {
     let out = sh(&format!("redis-cli -h {host} -p {PORT} INFO {section}")).unwrap();
@@ -307,6 +411,72 @@ fn redis_benchmark_pipelined_counts_equal_the_servers_commandstats() {
         want_edges,
         "service graph edges; the client pod is named {names:?}; every database edge: {all:?}"
     );
+    s.obs.stop().unwrap();
+}
+
+/// RESP3 from a raw client ([`RESP3_PY`]): per command, the client's tally, the server's
+/// `commandstats` and the client pod's operations agree, the error counted once by its prefix;
+/// nothing left unanswered (RESP3 confirms subscriptions with pushes).
+#[test]
+fn a_resp3_client_with_pushes_is_counted_exactly() {
+    let s = setup(|_, _, _| {});
+    let host = s.server.ip.clone();
+    let before = commandstats(&host);
+    let errors_before = errorstats(&host);
+    let out = s
+        .client
+        .python(RESP3_PY, &[&host, &PORT.to_string()])
+        .unwrap();
+    let after = commandstats(&host);
+    let errors = db::delta(&errorstats(&host), &errors_before);
+    let mut tally = BTreeMap::new();
+    let mut tally_errors = BTreeMap::new();
+    for line in out.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["error", p, n] => {
+                tally_errors.insert(p.to_string(), n.parse::<u64>().unwrap());
+            }
+            [op, n] => {
+                tally.insert(op.to_string(), n.parse::<u64>().unwrap());
+            }
+            _ => panic!("unexpected client output {line:?}"),
+        }
+    }
+    let mut server = db::delta(&after, &before);
+    server.remove("INFO");
+    assert_eq!(server, tally, "the client's tally against commandstats");
+    assert_eq!(
+        errors, tally_errors,
+        "errors: the client's against errorstats"
+    );
+    assert_eq!(tally_errors, BTreeMap::from([("WRONGTYPE".to_string(), 1)]));
+    let samples = until_ops(&s.obs, CLIENT, &s.client, &tally, "client side");
+    assert_eq!(
+        per_op(
+            &samples,
+            CLIENT,
+            &s.client,
+            &[("db_response_status_code", "WRONGTYPE")]
+        ),
+        BTreeMap::from([("LPUSH".to_string(), 1)]),
+        "the error, by prefix"
+    );
+    // Every command had its own reply: none ended without one (a confirmation push not taken
+    // for a reply leaves a command waiting, ended by its connection's close).
+    assert_eq!(
+        per_op(&samples, CLIENT, &s.client, &[("error_type", "")]),
+        tally,
+        "answered"
+    );
+    let unparsed: f64 = matching(
+        &samples,
+        "observer_l7_messages_unparsed_total",
+        &[("protocol", "redis")],
+    )
+    .map(|x| x.value)
+    .sum();
+    assert_eq!(unparsed, 0.0, "unparsed Redis messages");
     s.obs.stop().unwrap();
 }
 

@@ -6,7 +6,8 @@
 //! hundred commands is a hundred operations: each starts when its call did and ends when the
 //! call that completed its reply did. Pub/sub messages (RESP2 arrays `message`, `pmessage`,
 //! `smessage` on a subscribed connection, RESP3 pushes) are not replies and not operations; a
-//! `SUBSCRIBE` of several channels is one operation, its further confirmations are not.
+//! `SUBSCRIBE` of several channels is one operation, its further confirmations are not (RESP2
+//! confirms with arrays, RESP3 with pushes: either ends the command).
 
 pub mod commands;
 pub mod resp;
@@ -206,7 +207,22 @@ impl Redis {
                         tgid: call.tgid,
                     });
                 }
-                Message::Push => {}
+                Message::Push { kind } => {
+                    // RESP3 confirms a (un)subscription with a push: the first is the reply of
+                    // the command that asked (a command of several channels gets one each).
+                    let confirms = kind.as_deref().and_then(commands::pubsub_kind)
+                        == Some(commands::PubSub::Confirmation);
+                    let asked = c
+                        .pending
+                        .front()
+                        .is_some_and(|p| commands::subscribes(p.op));
+                    if confirms && asked {
+                        if let Some(p) = c.pending.pop_front() {
+                            let status = self.status(None);
+                            self.finish(c, p, call.end_ns, Some(status), out);
+                        }
+                    }
+                }
                 Message::Reply { error, first } => {
                     if c.subscribed {
                         if let Some(kind) = first.as_deref().and_then(commands::pubsub_kind) {

@@ -27,8 +27,9 @@ pub enum Message {
         error: Option<Vec<u8>>,
         first: Option<Vec<u8>>,
     },
-    /// A RESP3 push (`>`): out of band, never a reply.
-    Push,
+    /// A RESP3 push (`>`): out of band, with its kind (`message`, `invalidate`, ...); never a
+    /// reply but for the confirmation of a (un)subscription, which RESP3 sends as a push.
+    Push { kind: Option<Vec<u8>> },
 }
 
 /// Why a direction's framing was lost.
@@ -272,7 +273,9 @@ impl Stream {
         match top {
             // An attribute annotates the value after it, which is the message.
             b'|' => {}
-            b'>' => out(Message::Push),
+            b'>' => out(Message::Push {
+                kind: self.first.take(),
+            }),
             b'!' => {
                 let error = self.first.take().map(|f| prefix(&f));
                 out(Message::Reply { error, first: None })
@@ -425,7 +428,9 @@ mod tests {
                 error: Some(b"ERR".to_vec()),
                 first: None,
             },
-            Message::Push,
+            Message::Push {
+                kind: Some(b"message".to_vec()),
+            },
             ok(Some("after-attribute")),
         ];
         assert_eq!(m, want);

@@ -142,6 +142,61 @@ fn transactions_and_pub_sub() {
     assert_eq!(t.unparsed.response_without_request, 0);
 }
 
+/// RESP3 (after `HELLO 3`): a (un)subscription is confirmed by pushes, the first of which
+/// ends the command; messages and invalidations are pushes too, never replies, and commands
+/// go on on the subscribed connection, each with its own reply.
+#[test]
+fn resp3_pushes_confirm_subscriptions_and_are_never_replies() {
+    let mut t = tracker();
+    let c = Side::Client;
+    whole(&mut t, c, true, 0, 0, &command(&["HELLO", "3"]));
+    let r = whole(&mut t, c, false, 1, 1, b"%1\r\n$5\r\nproto\r\n:3\r\n");
+    assert_eq!(ops(&r), vec![("HELLO", String::new(), 1)]);
+    let mut w = command(&["SUBSCRIBE", "a", "b"]);
+    w.extend(command(&["PING"]));
+    w.extend(command(&["GET", "k"]));
+    whole(&mut t, c, true, 10, 10, &w);
+    let r = whole(
+        &mut t,
+        c,
+        false,
+        11,
+        12,
+        b">3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n>3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n",
+    );
+    assert_eq!(ops(&r), vec![("SUBSCRIBE", String::new(), 2)]);
+    let r = whole(
+        &mut t,
+        c,
+        false,
+        14,
+        14,
+        b">3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n+PONG\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n_\r\n",
+    );
+    assert_eq!(
+        ops(&r),
+        vec![("PING", String::new(), 4), ("GET", String::new(), 4)]
+    );
+    whole(
+        &mut t,
+        c,
+        true,
+        20,
+        20,
+        &command(&["UNSUBSCRIBE", "a", "b"]),
+    );
+    let r = whole(
+        &mut t,
+        c,
+        false,
+        23,
+        23,
+        b">3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n>3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:0\r\n",
+    );
+    assert_eq!(ops(&r), vec![("UNSUBSCRIBE", String::new(), 3)]);
+    assert_eq!(t.unparsed.response_without_request, 0);
+}
+
 #[test]
 fn a_long_call_in_pieces_and_beyond_what_was_read() {
     let mut t = tracker();
