@@ -324,14 +324,30 @@ pub fn sock_send_raw(ctx: RawTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_btf(ctx: BtfTracePointContext) -> i32 {
-    on_io(ctx.arg::<u64>(0), ctx.arg::<i32>(1), false);
+    // sock_recv_length(struct sock *sk, int ret, int flags)
+    if !peek(ctx.arg::<i32>(2) as i64) {
+        on_io(ctx.arg::<u64>(0), ctx.arg::<i32>(1), false);
+    }
     0
 }
 
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn sock_recv_raw(ctx: RawTracePointContext) -> i32 {
-    on_io(ctx.arg::<u64>(0), ctx.arg::<i64>(1) as i32, false);
+    if !peek(ctx.arg::<i64>(2)) {
+        on_io(ctx.arg::<u64>(0), ctx.arg::<i64>(1) as i32, false);
+    }
     0
+}
+
+/// `MSG_PEEK`: a receive that leaves its bytes in the socket for the next one (Envoy's
+/// listener filters look at a connection's first bytes so, nginx checks a client that way);
+/// the bytes count, and are parsed, when they are read.
+const MSG_PEEK: i64 = 2;
+
+/// Whether a receive's `flags` make it a peek.
+#[inline(always)]
+pub fn peek(flags: i64) -> bool {
+    flags & MSG_PEEK != 0
 }
 
 /// One send or receive call. Known connections are found in `CONNS` (one lookup, shared by
@@ -475,7 +491,9 @@ pub fn tcp_sendpage_fexit(ctx: FExitContext) -> i32 {
 /// (5.19 and later).
 #[fexit(function = "tcp_recvmsg")]
 pub fn tcp_recvmsg_fexit5(ctx: FExitContext) -> i32 {
-    on_io(ctx.arg::<u64>(0), ctx.arg::<i64>(5) as i32, false);
+    if !peek(ctx.arg::<i64>(3)) {
+        on_io(ctx.arg::<u64>(0), ctx.arg::<i64>(5) as i32, false);
+    }
     0
 }
 
@@ -483,6 +501,8 @@ pub fn tcp_recvmsg_fexit5(ctx: FExitContext) -> i32 {
 /// int *addr_len)` (before 5.19).
 #[fexit(function = "tcp_recvmsg")]
 pub fn tcp_recvmsg_fexit6(ctx: FExitContext) -> i32 {
-    on_io(ctx.arg::<u64>(0), ctx.arg::<i64>(6) as i32, false);
+    if !peek(ctx.arg::<i64>(4)) {
+        on_io(ctx.arg::<u64>(0), ctx.arg::<i64>(6) as i32, false);
+    }
     0
 }

@@ -52,7 +52,8 @@ const PORT6: u16 = 8086;
 /// Args: port, log file, [IPv6-only port]. Logs `METHOD PATH STATUS SECONDS` per request after
 /// its response is written (`-` for a request it never answers). A request line that is not
 /// strictly `METHOD /target HTTP/1.x` CRLF is dropped: the connection closes without any answer
-/// (so junk never gets a response). TCP_NODELAY, as most servers. Paths:
+/// (so junk never gets a response). TCP_NODELAY, as most servers. A connection's first bytes
+/// are peeked (`MSG_PEEK`) before they are read, as protocol-sniffing servers do. Paths:
 /// /status/<code> (204 and 304 without body), /delay/<ms> (200 after sleeping), /split (203,
 /// 1000-byte body in 100 writes), /big (200, 1 MiB), /upload and /expect (201 and 226; read a
 /// Content-Length or chunked body), /chunked (207, chunked in 5 chunks), /hang (no answer: waits
@@ -74,6 +75,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+    def setup(self):
+        # A connection's first bytes peeked before they are read, as servers that sniff the
+        # protocol do (Envoy's listener filters; a TLS or HTTP/2 detector).
+        try:
+            self.request.recv(64, socket.MSG_PEEK)
+        except OSError:
+            pass
+        super().setup()
 
     def parse_request(self):
         self.t0 = time.perf_counter()

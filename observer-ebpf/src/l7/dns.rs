@@ -102,23 +102,27 @@ pub fn udpv6_sendmsg_fexit(ctx: FExitContext) -> i32 {
 /// (5.19 and later; `udpv6_recvmsg` alike).
 #[fexit(function = "udp_recvmsg")]
 pub fn udp_recvmsg_fexit5(ctx: FExitContext) -> i32 {
-    udp_call(
-        ctx.arg::<u64>(0),
-        ctx.arg::<u64>(1),
-        ctx.arg::<i64>(5),
-        false,
-    );
+    if !crate::tcp::peek(ctx.arg::<i64>(3)) {
+        udp_call(
+            ctx.arg::<u64>(0),
+            ctx.arg::<u64>(1),
+            ctx.arg::<i64>(5),
+            false,
+        );
+    }
     0
 }
 
 #[fexit(function = "udpv6_recvmsg")]
 pub fn udpv6_recvmsg_fexit5(ctx: FExitContext) -> i32 {
-    udp_call(
-        ctx.arg::<u64>(0),
-        ctx.arg::<u64>(1),
-        ctx.arg::<i64>(5),
-        false,
-    );
+    if !crate::tcp::peek(ctx.arg::<i64>(3)) {
+        udp_call(
+            ctx.arg::<u64>(0),
+            ctx.arg::<u64>(1),
+            ctx.arg::<i64>(5),
+            false,
+        );
+    }
     0
 }
 
@@ -126,23 +130,27 @@ pub fn udpv6_recvmsg_fexit5(ctx: FExitContext) -> i32 {
 /// int *addr_len)` (before 5.19; `udpv6_recvmsg` alike).
 #[fexit(function = "udp_recvmsg")]
 pub fn udp_recvmsg_fexit6(ctx: FExitContext) -> i32 {
-    udp_call(
-        ctx.arg::<u64>(0),
-        ctx.arg::<u64>(1),
-        ctx.arg::<i64>(6),
-        false,
-    );
+    if !crate::tcp::peek(ctx.arg::<i64>(4)) {
+        udp_call(
+            ctx.arg::<u64>(0),
+            ctx.arg::<u64>(1),
+            ctx.arg::<i64>(6),
+            false,
+        );
+    }
     0
 }
 
 #[fexit(function = "udpv6_recvmsg")]
 pub fn udpv6_recvmsg_fexit6(ctx: FExitContext) -> i32 {
-    udp_call(
-        ctx.arg::<u64>(0),
-        ctx.arg::<u64>(1),
-        ctx.arg::<i64>(6),
-        false,
-    );
+    if !crate::tcp::peek(ctx.arg::<i64>(4)) {
+        udp_call(
+            ctx.arg::<u64>(0),
+            ctx.arg::<u64>(1),
+            ctx.arg::<i64>(6),
+            false,
+        );
+    }
     0
 }
 
