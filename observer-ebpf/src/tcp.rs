@@ -340,14 +340,17 @@ pub fn sock_recv_raw(ctx: RawTracePointContext) -> i32 {
 }
 
 /// `MSG_PEEK`: a receive that leaves its bytes in the socket for the next one (Envoy's
-/// listener filters look at a connection's first bytes so, nginx checks a client that way);
-/// the bytes count, and are parsed, when they are read.
-const MSG_PEEK: i64 = 2;
+/// listener filters look at a connection's first bytes so, nginx checks a client and its idle
+/// upstream connections that way); the bytes count, and are parsed, when they are read.
+const MSG_PEEK: i64 = 0x2;
+/// `MSG_ERRQUEUE`: a receive of the socket's error queue (zero-copy completions, timestamps),
+/// not of its stream.
+const MSG_ERRQUEUE: i64 = 0x2000;
 
-/// Whether a receive's `flags` make it a peek.
+/// Whether a receive's `flags` make it no read of the connection's bytes.
 #[inline(always)]
 pub fn peek(flags: i64) -> bool {
-    flags & MSG_PEEK != 0
+    flags & (MSG_PEEK | MSG_ERRQUEUE) != 0
 }
 
 /// One send or receive call. Known connections are found in `CONNS` (one lookup, shared by
