@@ -1240,6 +1240,126 @@ const ask = (code) =>
 });
 "#;
 
+/// nginx as a reverse proxy, an ingress controller's shape: wrk asks nginx, which passes every
+/// request to a Python upstream over kept-alive HTTP/1.1 connections (`keepalive 4`; nginx
+/// checks waiting clients and idle upstream connections with `MSG_PEEK`, and the upstream peeks
+/// each connection's first bytes). Exact per status on every hop: wrk's own count, nginx's
+/// access log (its server side), the upstream's log (nginx's client side, the upstream's server
+/// side), with the upstream's address on nginx's client series.
+#[test]
+fn nginx_as_a_reverse_proxy_is_counted_exactly_on_every_hop() {
+    require_root();
+    let bridge = Bridge::new().unwrap();
+    let dir = TempDir::new("observer-http-proxy").unwrap();
+    let mut upstream = Pod::new(&bridge).unwrap();
+    let mut proxy = Pod::new(&bridge).unwrap();
+    let client = Pod::new(&bridge).unwrap();
+    let upstream_log = start_server(&mut upstream, &dir, None);
+    let conf = nginx::conf(
+        &dir,
+        1,
+        "$status $request_method $uri $server_protocol",
+        &format!(
+            r#"  upstream backend {{
+    server {}:{PORT};
+    keepalive 4;
+  }}
+  server {{
+    listen {PORT};
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}"#,
+            upstream.ip
+        ),
+    );
+    nginx::start(&mut proxy, &dir, &conf, PORT).unwrap();
+    let obs = start_observer(&[]);
+
+    let paths = [
+        "/status/200",
+        "/item/abcde",
+        "/status/404",
+        "/status/503",
+        "/status/201",
+    ];
+    let lua = dir.write("mix.lua", nginx::wrk_mix(&paths)).unwrap();
+    let per_thread = if slowdown() > 1 { 25 } else { 300 };
+    let duration = format!("{}s", 5 * slowdown());
+    let out = client
+        .run(
+            "wrk",
+            &[
+                "-t2",
+                "-c2",
+                "-d",
+                &duration,
+                "-s",
+                &lua,
+                &format!("http://{}:{PORT}", proxy.ip),
+                "--",
+                &per_thread.to_string(),
+            ],
+        )
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let wrk_truth = parse_wrk(&out);
+    assert_eq!(
+        total(&wrk_truth),
+        2 * per_thread,
+        "wrk stopped by count: {out}"
+    );
+    assert!(!out.contains("Socket errors"), "{out}");
+    let proxied = project(&nginx_log(&dir), |k| vec![k[1].clone()]);
+    assert_eq!(proxied, wrk_truth, "nginx logged what wrk counted");
+    let upstream_truth = tally(&server_log(&upstream_log), by_status);
+    assert_eq!(
+        upstream_truth, wrk_truth,
+        "the upstream answered every request once"
+    );
+
+    let n = total(&wrk_truth);
+    let s = wait_for(
+        &obs,
+        &[
+            (Side::Client, &client, n),
+            (Side::Server, &proxy, n),
+            (Side::Client, &proxy, n),
+            (Side::Server, &upstream, n),
+        ],
+    );
+    assert_eq!(per_status(&s, Side::Client, &client), wrk_truth, "wrk pod");
+    assert_eq!(
+        per_status(&s, Side::Server, &proxy),
+        proxied,
+        "nginx pod, server side"
+    );
+    assert_eq!(
+        per_status(&s, Side::Client, &proxy),
+        upstream_truth,
+        "nginx pod, client side"
+    );
+    assert_eq!(
+        per_status(&s, Side::Server, &upstream),
+        upstream_truth,
+        "upstream pod"
+    );
+    assert_eq!(
+        label_values(&s, Side::Client, &proxy, "server_address"),
+        BTreeSet::from([upstream.ip.clone()])
+    );
+    assert_eq!(
+        requests(&s, Side::Client, &upstream),
+        0,
+        "the upstream asked nothing"
+    );
+    assert_no_http_loss(&s);
+    assert_eq!(unparsed(&s), 0.0, "unparsed HTTP");
+    obs.stop().unwrap();
+}
+
 #[test]
 fn python_keep_alive_requests_are_counted_exactly_per_method_and_status() {
     require_root();
