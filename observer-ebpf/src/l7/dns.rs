@@ -60,6 +60,10 @@ const ANSWER_NS: u64 = 30_000_000_000;
 /// the kernel's `struct msghdr`).
 #[inline(always)]
 fn udp_call(sk: u64, msg: u64, ret: i64, send: bool) {
+    // The functions return an `int`: the context's 64-bit slot holds it zero-extended, so an
+    // error (`-EAGAIN` of a non-blocking read, as Go's and c-ares's resolvers make before they
+    // wait) would read as a length of about 4 GiB; its low 32 bits are the value.
+    let ret = ret as i32;
     if ret <= 0 || WORK.load() & WORK_L7 == 0 {
         return;
     }
