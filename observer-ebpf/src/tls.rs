@@ -412,16 +412,22 @@ fn go_socket(conn: u64) -> GoSocket {
     if fd == -1 {
         return GoSocket::Closed;
     }
-    match fd_socket(fd) {
-        Some(sk) if crate::sock::is_tcp(sk) => GoSocket::Tcp(sk),
-        _ => GoSocket::Unknown,
+    match fd_file(fd) {
+        // Not open: closed by another goroutine under this call (Go closes the descriptor
+        // before it marks it -1); the call fails at once.
+        Some(0) => GoSocket::Closed,
+        Some(file) => match file_socket(file) {
+            Some(sk) if crate::sock::is_tcp(sk) => GoSocket::Tcp(sk),
+            _ => GoSocket::Unknown,
+        },
+        None => GoSocket::Unknown,
     }
 }
 
-/// The socket (`struct sock`) behind descriptor `fd` of the current process, if it is one: the
-/// file's private data is a `struct socket` whose `file` points back at the file.
+/// The file behind descriptor `fd` of the current process (0: the descriptor is not open);
+/// `None` where the table could not be read.
 #[inline(always)]
-fn fd_socket(fd: i64) -> Option<u64> {
+fn fd_file(fd: i64) -> Option<u64> {
     let o = FILES.load();
     if o.valid == 0 || fd < 0 {
         return None;
@@ -431,10 +437,17 @@ fn fd_socket(fd: i64) -> Option<u64> {
     let fdt = kernel_at::<u64>(files, o.files_fdt)?;
     let max = kernel_at::<u32>(fdt, o.fdtable_max_fds)?;
     if fd as u64 >= u64::from(max) {
-        return None;
+        return Some(0);
     }
     let fds = kernel_at::<u64>(fdt, o.fdtable_fd)?;
-    let file = kernel_at::<u64>(fds + fd as u64 * 8, 0)?;
+    kernel_at::<u64>(fds + fd as u64 * 8, 0)
+}
+
+/// The socket (`struct sock`) of `file`, if it is one: the file's private data is a
+/// `struct socket` whose `file` points back at the file.
+#[inline(always)]
+fn file_socket(file: u64) -> Option<u64> {
+    let o = FILES.load();
     let socket = kernel_at::<u64>(file, o.file_private_data)?;
     if kernel_at::<u64>(socket, o.socket_file)? != file {
         return None;
