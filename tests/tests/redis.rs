@@ -192,6 +192,25 @@ for p in sorted(errors):
     print("error", p, errors[p])
 "##;
 
+/// A raw client's printed tally: its count per command, and per error prefix.
+fn client_tally(out: &str) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    let mut tally = BTreeMap::new();
+    let mut errors = BTreeMap::new();
+    for line in out.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["error", p, n] => {
+                errors.insert(p.to_string(), n.parse::<u64>().unwrap());
+            }
+            [op, n] => {
+                tally.insert(op.to_string(), n.parse::<u64>().unwrap());
+            }
+            _ => panic!("unexpected client output {line:?}"),
+        }
+    }
+    (tally, errors)
+}
+
 /// `INFO <section>` of the server: `name -> value` of each `key:calls=N,...` or `key:count=N`.
 fn info(host: &str, section: &str, field: &str) -> BTreeMap<String, u64> {
     let out = sh(&format!("redis-cli -h {host} -p {PORT} INFO {section}")).unwrap();
@@ -429,20 +448,7 @@ fn a_resp3_client_with_pushes_is_counted_exactly() {
         .unwrap();
     let after = commandstats(&host);
     let errors = db::delta(&errorstats(&host), &errors_before);
-    let mut tally = BTreeMap::new();
-    let mut tally_errors = BTreeMap::new();
-    for line in out.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        match f.as_slice() {
-            ["error", p, n] => {
-                tally_errors.insert(p.to_string(), n.parse::<u64>().unwrap());
-            }
-            [op, n] => {
-                tally.insert(op.to_string(), n.parse::<u64>().unwrap());
-            }
-            _ => panic!("unexpected client output {line:?}"),
-        }
-    }
+    let (tally, tally_errors) = client_tally(&out);
     let mut server = db::delta(&after, &before);
     server.remove("INFO");
     assert_eq!(server, tally, "the client's tally against commandstats");
@@ -492,20 +498,7 @@ fn a_raw_client_pipelines_transactions_errors_and_pub_sub() {
         .unwrap();
     let after = commandstats(&host);
     let errors = db::delta(&errorstats(&host), &errors_before);
-    let mut tally = BTreeMap::new();
-    let mut tally_errors = BTreeMap::new();
-    for line in out.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        match f.as_slice() {
-            ["error", p, n] => {
-                tally_errors.insert(p.to_string(), n.parse::<u64>().unwrap());
-            }
-            [op, n] => {
-                tally.insert(op.to_string(), n.parse::<u64>().unwrap());
-            }
-            _ => panic!("unexpected client output {line:?}"),
-        }
-    }
+    let (tally, tally_errors) = client_tally(&out);
     // The client's tally and the server's record agree (the test's first INFO aside).
     let mut server = db::delta(&after, &before);
     server.remove("INFO");
