@@ -97,6 +97,9 @@ pub const L7_NONE: u8 = 255;
 
 /// Bytes of a request's first call kept per connection (and sent with its exchange).
 pub const L7_REQ_MAX: usize = 256;
+/// The most bytes of a message's start the kernel sends (a call's head is read under a mask
+/// of 255): a request this long may go on past what user space sees.
+pub const L7_SNIP_MAX: usize = 255;
 /// Bytes of a response's first call sent with its exchange.
 pub const L7_RESP_MAX: usize = 256;
 /// Most bytes of a short request-direction call kept to be joined with the next
@@ -203,6 +206,13 @@ const _: () = assert!(core::mem::size_of::<L7Conn>() == 32 + 24 + 24 + 24 + L7_R
 /// socket's end can finish (e.g. an interim HTTP response whose final one never came), so its
 /// destruction sends a `CLOSE` record even with nothing pending here.
 pub const L7_F_OPEN_AT_USER: u8 = 1;
+/// [`L7Conn::flags`], HTTP/1.x: the pending request's head may go on in the next
+/// request-direction calls (its calls so far were read whole and did not end it): they are
+/// added to [`L7Conn::req`] until it ends or [`L7_HEAD_JOIN_MAX`] bytes are held.
+pub const L7_F_HEAD_OPEN: u8 = 2;
+/// How many of a request head's first bytes are joined from calls (a request line cut by a
+/// client that writes it in pieces, or by a read that came too early).
+pub const L7_HEAD_JOIN_MAX: usize = 128;
 
 /// A record of the L7 ring: the exchange (or request, or close) of one connection, cut after
 /// `L7_EVENT_HEADER + L7_RESP_MAX + req_snip` bytes. `data` holds the response's first bytes

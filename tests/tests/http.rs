@@ -276,27 +276,45 @@ const SPLIT_HEAD_CLIENT: &str = r#"
 import socket, sys, time
 
 host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-s = socket.create_connection((host, port), timeout=30)
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-f = s.makefile("rb")
-codes = []
 head = b"GET %s HTTP/1.1\r\nHost: pod\r\n\r\n" % path.encode()
 delete = b"DELETE %s HTTP/1.1\r\nHost: pod\r\n\r\n" % path.encode()
-for pieces in ([head], [head[:1], head[1:2], head[2:]], [head[:3], head[3:]], [delete[:1], delete[1:]]):
-    for p in pieces:
-        s.sendall(p)
-        time.sleep(0.1)
-    codes.append(f.readline().split()[1].decode())
-    length = 0
-    while True:
-        line = f.readline()
-        if line in (b"\r\n", b""):
-            break
-        k, _, v = line.decode().partition(":")
-        if k.strip().lower() == "content-length":
-            length = int(v)
-    f.read(length)
-s.close()
+line = head.index(b"\r\n")
+codes = []
+
+def connection(requests):
+    s = socket.create_connection((host, port), timeout=30)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    f = s.makefile("rb")
+    for pieces in requests:
+        for p in pieces:
+            s.sendall(p)
+            time.sleep(0.1)
+        codes.append(f.readline().split()[1].decode())
+        length = 0
+        while True:
+            l = f.readline()
+            if l in (b"\r\n", b""):
+                break
+            k, _, v = l.decode().partition(":")
+            if k.strip().lower() == "content-length":
+                length = int(v)
+        f.read(length)
+    s.close()
+
+connection([
+    [head],
+    # A next request's first bytes alone.
+    [head[:1], head[1:2], head[2:]],
+    [head[:3], head[3:]],
+    [delete[:1], delete[1:]],
+    # A head whose request line is cut: inside the target, before the version, and a head
+    # in four pieces, its last one the empty line alone.
+    [head[:10], head[10:]],
+    [head[:line - 9], head[line - 9:]],
+    [head[:line - 9], head[line - 9:line + 2], head[line + 2:-2], head[-2:]],
+])
+# A connection's first request cut inside its target.
+connection([[head[:10], head[10:]]])
 print(" ".join(codes))
 "#;
 
@@ -1583,6 +1601,9 @@ fn edge_cases_of_framing_are_each_counted_once_with_their_status() {
     let plan = vec![
         ("GET", "/split".to_string(), 0), // 203, body in 100 writes
         ("GET", "/status/200".to_string(), 0),
+        // Request lines longer than the kernel's snippet: a long query, a long path.
+        ("GET", format!("/status/200?q={}", "x".repeat(400)), 0),
+        ("GET", format!("/item/{}", "y".repeat(400)), 0),
         ("GET", "/big".to_string(), 0), // 200, 1 MiB body
         ("GET", "/status/200".to_string(), 0),
         ("POST", "/upload".to_string(), mib), // 201, 1 MiB request body
@@ -1618,17 +1639,18 @@ fn edge_cases_of_framing_are_each_counted_once_with_their_status() {
             error: String::new(),
         });
     }
-    // Request heads whose first bytes come in calls of their own on a connection that
-    // carried a request (Go's HTTP server reads one byte ahead between requests; a client may
-    // write a head in pieces): joined with what follows, on both sides.
+    // Request heads in pieces, joined on both sides: first bytes in calls of their own on a
+    // connection that carried a request (Go's HTTP server reads one byte ahead between
+    // requests), and heads whose request line is cut (a client that writes a head in pieces,
+    // as Rust's `write!` on a socket does, read by a server as they come).
     let split = client
         .python(
             SPLIT_HEAD_CLIENT,
             &[&server.ip, &PORT.to_string(), "/status/209"],
         )
         .unwrap();
-    assert_eq!(split.trim(), "209 209 209 209");
-    for method in ["GET", "GET", "GET", "DELETE"] {
+    assert_eq!(split.trim(), ["209"; 8].join(" "));
+    for method in ["GET", "GET", "GET", "DELETE", "GET", "GET", "GET", "GET"] {
         got.push(Req {
             method: method.into(),
             path: "/status/209".into(),
@@ -1673,13 +1695,13 @@ fn edge_cases_of_framing_are_each_counted_once_with_their_status() {
     assert!(got.iter().all(|r| r.error.is_empty()), "{got:?}");
     let client_truth = tally(&got, by_method_status);
     let expected: Tally = [
-        (["GET", "200"], 5),
+        (["GET", "200"], 7),
         (["GET", "202"], 3),
         (["GET", "203"], 1),
         (["GET", "204"], 1),
         (["GET", "207"], 1),
         (["GET", "208"], 2),
-        (["GET", "209"], 3),
+        (["GET", "209"], 7),
         (["DELETE", "209"], 1),
         (["GET", "304"], 1),
         (["HEAD", "200"], 1),
@@ -1721,6 +1743,19 @@ fn edge_cases_of_framing_are_each_counted_once_with_their_status() {
         ),
         [(vec![PORT6.to_string(), "208".to_string()], 2)].into(),
         "the IPv6 requests, by the server's canonical IPv6 address"
+    );
+    // The long path's route ends where the kernel's snippet did.
+    assert_eq!(
+        observed(
+            &s,
+            Side::Server,
+            &server,
+            &[("http_route", "/item/...")],
+            &["http_request_method"]
+        ),
+        [(vec!["GET".to_string()], 1)].into(),
+        "the long path: {:?}",
+        label_values(&s, Side::Server, &server, "http_route")
     );
     for side in [Side::Server, Side::Client] {
         let pod = if matches!(side, Side::Server) {

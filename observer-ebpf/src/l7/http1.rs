@@ -12,7 +12,8 @@
 
 use observer_common::{
     L7Conn, L7Dir, L7Event, L7_CARRY_MAX, L7_EVENT_HEADER, L7_EVF_ANSWERED, L7_EV_EXCHANGE,
-    L7_EV_REQUEST, L7_F_OPEN_AT_USER, L7_REQ_MAX, L7_RESP_MAX, L7_SIDE_CLIENT, LOST_L7_STALE_STATE,
+    L7_EV_REQUEST, L7_F_HEAD_OPEN, L7_F_OPEN_AT_USER, L7_HEAD_JOIN_MAX, L7_REQ_MAX, L7_RESP_MAX,
+    L7_SIDE_CLIENT, LOST_L7_STALE_STATE,
 };
 
 use super::{attach_request, continue_dir, emit_with_request, output, tgid, Call, Detected};
@@ -113,18 +114,24 @@ fn on_call(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
     let request_dir = call.send == (s.side == L7_SIDE_CLIENT);
     if request_dir {
         let short = call.ret as usize <= L7_CARRY_MAX && n == call.ret;
-        if s.carry_len != 0 && !short {
-            // Kept bytes first: `P` then `OST /…` is a POST, though `OST /…` alone would
-            // read as a request of method `OST`.
-            joined(st, call, head, n);
-        } else if is_request(head, n) {
+        // Kept bytes first: `P` then `OST /…` is a POST, though `OST /…` alone would read as
+        // a request of method `OST`.
+        if s.carry_len != 0 && !short && joined(st, call, head, n) {
+            return;
+        }
+        if is_request(head, n) {
             s.carry_len = 0;
             request_start(st, call, head, n);
-        } else if short {
-            // Short: kept, or added to what was kept (`G`, then `E`, ...).
-            if s.carry_len != 0 || byte(head, 0).is_ascii_uppercase() {
-                keep(s, head, n);
-            }
+            return;
+        }
+        // The rest of a head cut into calls (`GET /metrics`, then ` HTTP/1.1\r\n…`).
+        if s.flags & L7_F_HEAD_OPEN != 0 {
+            append_head(s, call, head, n);
+        }
+        // Short: kept, or added to what was kept (`G`, then `E`, ...): a next request's start
+        // read alone (the request pending then is whole: it stays as it is).
+        if short && (s.carry_len != 0 || byte(head, 0).is_ascii_uppercase()) {
+            keep(s, head, n);
         }
         return;
     }
@@ -198,11 +205,66 @@ fn keep(s: &mut L7Conn, head: *const L7Event, n: u32) {
     s.carry_len = if total > L7_CARRY_MAX { 0 } else { total as u8 };
 }
 
+/// Whether a request's head whose last call is the first `n` bytes in `head` may go on in the
+/// next calls: that call was read whole, did not end in `\r\n\r\n`, and fewer than
+/// [`L7_HEAD_JOIN_MAX`] bytes are held. (A head with its body in one call counts as open: the
+/// body's next calls, if any before the response, are added, and never read as a request.)
+#[inline(always)]
+fn head_open(head: *const L7Event, n: u32, whole: bool, held: usize) -> bool {
+    if !whole || held >= L7_HEAD_JOIN_MAX {
+        return false;
+    }
+    if n < 4 {
+        return true;
+    }
+    let at = |i: u32| -> u8 {
+        // SAFETY: `head` is the scratch record; the index is masked to its response area.
+        unsafe { (*head).data[((n - 4 + i) & super::HEAD_MASK) as usize] }
+    };
+    !(at(0) == b'\r' && at(1) == b'\n' && at(2) == b'\r' && at(3) == b'\n')
+}
+
+/// Adds a request-direction call (its first `n` bytes in `head`) to the pending request's
+/// first bytes, while its head is open (see [`head_open`]).
+#[inline(always)]
+fn append_head(s: &mut L7Conn, call: &Call, head: *const L7Event, n: u32) {
+    let held = s.req_snip as usize;
+    if s.req_ts == 0 || held >= L7_HEAD_JOIN_MAX || n == 0 {
+        s.flags &= !L7_F_HEAD_OPEN;
+        return;
+    }
+    // Offset and length bounded apart (below 128 each, 255 together) for the verifier, from
+    // a load of their own.
+    // SAFETY: a field of the map value.
+    let off = unsafe { core::ptr::read_volatile(&s.req_snip) } as usize & (L7_HEAD_JOIN_MAX - 1);
+    let len = (n as usize).min(L7_HEAD_JOIN_MAX) & (2 * L7_HEAD_JOIN_MAX - 1);
+    if len == 0 || len > L7_HEAD_JOIN_MAX {
+        return;
+    }
+    // SAFETY: `head` is this CPU's scratch record (`n` bytes read at its start); the state's
+    // request buffer holds L7_REQ_MAX (256) bytes, `off + len` is at most 255.
+    let copied = unsafe {
+        aya_ebpf::helpers::bpf_probe_read_kernel_buf(
+            (*head).data.as_ptr(),
+            core::slice::from_raw_parts_mut(s.req.as_mut_ptr().add(off), len),
+        )
+    };
+    if copied.is_err() {
+        s.flags &= !L7_F_HEAD_OPEN;
+        return;
+    }
+    s.req_snip = (off + len) as u16;
+    if !head_open(head, n, n == call.ret, off + len) {
+        s.flags &= !L7_F_HEAD_OPEN;
+    }
+}
+
 /// The call after kept bytes: if both together start a request, it starts with the kept
 /// bytes' call (the call's first `n` bytes join them, then move to the front of `head`); else
-/// the call alone may start one. The kept bytes are used up either way.
+/// the call alone may start one. The kept bytes are used up either way. Whether a request
+/// started.
 #[inline(always)]
-fn joined(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
+fn joined(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) -> bool {
     // SAFETY: map value pointer checked by the verifier.
     let s = unsafe { &mut *st };
     let k = (s.carry_len as usize).min(L7_CARRY_MAX);
@@ -233,7 +295,7 @@ fn joined(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
         )
         .is_err()
         {
-            return;
+            return false;
         }
     }
     // The joined bytes read as a record whose data starts at the request area (the detector
@@ -253,9 +315,13 @@ fn joined(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
         let mut c = *call;
         c.ret = call.ret.saturating_add(k as u32);
         request_start(st, &c, head, total);
+        true
     } else if is_request(head, n) {
         // Not with the kept bytes (they were no request's start): the call alone.
         request_start(st, call, head, n);
+        true
+    } else {
+        false
     }
 }
 
@@ -306,6 +372,11 @@ fn request_start(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
         );
     }
     s.req_snip = (n & super::HEAD_MASK) as u16;
+    if head_open(head, n, n == call.ret, n as usize) {
+        s.flags |= L7_F_HEAD_OPEN;
+    } else {
+        s.flags &= !L7_F_HEAD_OPEN;
+    }
     s.req_ts = start;
     s.req_len = call.ret;
     s.tgid = tgid();

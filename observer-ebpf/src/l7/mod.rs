@@ -77,7 +77,7 @@ const TRIES_OLD: u8 = 16;
 
 /// Largest number of bytes read from a call (and mask of that length: every verifier version
 /// tracks a mask, also through stack spills).
-pub const HEAD_MASK: u32 = 255;
+pub const HEAD_MASK: u32 = observer_common::L7_SNIP_MAX as u32;
 
 /// How the current syscall hands its data over.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -204,6 +204,33 @@ pub fn request_line(buf: &[u8]) -> Option<(Method, &str, u8)> {
     after_start_line(&r).then(|| (Method::from_token(method.as_bytes()), path, version))
 }
 
+/// A request line cut by the end of `buf` before its version (a target longer than the
+/// kernel's snippet): the method and the target, its path ended with [`TRUNCATED`] where the
+/// cut fell inside it (the query or fragment started: the path is whole). Minor version 1.
+pub fn cut_request_line(buf: &[u8]) -> Option<(Method, Cow<'_, str>, u8)> {
+    let sp = buf.iter().take(21).position(|&b| b == b' ')?;
+    let method = &buf[..sp];
+    if method.is_empty() || !method.iter().all(u8::is_ascii_uppercase) {
+        return None;
+    }
+    let rest = &buf[sp + 1..];
+    let (target, whole) = match rest.iter().position(|&b| b == b' ') {
+        // The version cut: the target is whole.
+        Some(i) => (&rest[..i], true),
+        None => (rest, false),
+    };
+    if target.is_empty() || !target.iter().all(|b| (0x21..0x7f).contains(b)) {
+        return None;
+    }
+    let target = std::str::from_utf8(target).ok()?;
+    let method = Method::from_token(method);
+    if whole || target.contains(['?', '#']) || !target.starts_with('/') {
+        return Some((method, Cow::Borrowed(target), 1));
+    }
+    let kept = &target[..target.rfind('/').unwrap_or(0)];
+    Some((method, Cow::Owned(format!("{kept}{TRUNCATED}")), 1))
+}
+
 /// The tracker's common case, without httparse: method, raw target and minor version of a
 /// request line of visible ASCII. `None` for anything unusual (the caller then asks httparse,
 /// which knows every rule).

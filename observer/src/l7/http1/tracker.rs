@@ -23,12 +23,12 @@ use std::{
     sync::Arc,
 };
 
-use observer_common::{L7Conn, L7Dir, L7_HTTP1};
+use observer_common::{L7Conn, L7Dir, L7_HTTP1, L7_SNIP_MAX};
 
 use super::{
     parse::{
-        parse_request, parse_response, parse_status_line, quick_request_line, quick_response,
-        request_line, Method, Parsed, ResponseHead,
+        cut_request_line, parse_request, parse_response, parse_status_line, quick_request_line,
+        quick_response, request_line, Method, Parsed, ResponseHead,
     },
     Routes, SPEC, SPEC_10,
 };
@@ -467,11 +467,21 @@ fn requests(c: &mut Conn, routes: &mut Routes, bytes: &[u8], ts: u64, tgid: u32)
                 )
             }
             Parsed::Partial | Parsed::Invalid => {
-                match quick_request_line(rest).or_else(|| request_line(rest)) {
-                    Some((method, target, minor)) => (
+                let line = quick_request_line(rest)
+                    .or_else(|| request_line(rest))
+                    .map(|(method, target, minor)| (method, routes.of(target), minor))
+                    // A request line longer than the kernel's snippet.
+                    .or_else(|| {
+                        (bytes.len() >= L7_SNIP_MAX)
+                            .then(|| cut_request_line(rest))
+                            .flatten()
+                            .map(|(method, target, minor)| (method, routes.of(&target), minor))
+                    });
+                match line {
+                    Some((method, route, minor)) => (
                         Req {
                             method,
-                            route: routes.of(target),
+                            route,
                             start_ns: ts,
                             tgid,
                             minor,
@@ -816,6 +826,44 @@ mod tests {
         assert_eq!(versions, [v10, v11, v10, v11]);
         assert!(out[0].protocol != out[1].protocol, "apart in the totals");
         assert_eq!(out[0].protocol.name, "http");
+    }
+
+    /// A request line longer than the kernel keeps (a long query string: search forms, OAuth
+    /// redirects, tracking parameters) is still a request: its method and the route of its
+    /// path. A line cut short anywhere else is not.
+    #[test]
+    fn a_request_line_longer_than_the_snippet_is_a_request() {
+        let mut t = Tracker::new(T);
+        let mut out = Vec::new();
+        let long = format!(
+            "GET /search?q={} HTTP/1.1\r\nHost: x\r\n\r\n",
+            "a".repeat(400)
+        );
+        let snip = &long.as_bytes()[..L7_SNIP_MAX];
+        t.on_event(&exchange(Side::Server, 1000, snip, 1050, OK), &mut out);
+        let long_path = format!("POST /{} HTTP/1.1\r\n\r\n", "b".repeat(300));
+        let snip = &long_path.as_bytes()[..L7_SNIP_MAX];
+        t.on_event(&exchange(Side::Server, 2000, snip, 2050, OK), &mut out);
+        let got: Vec<_> = (out.iter())
+            .map(|r| {
+                (
+                    r.operation,
+                    &*r.target,
+                    r.status.as_ref().and_then(Status::code),
+                )
+            })
+            .collect();
+        assert_eq!(got[0], ("GET", "/search", Some(200)));
+        assert_eq!(got[1], ("POST", "/...", Some(200)));
+        assert_eq!(out.len(), 2);
+        assert_eq!(t.unparsed, Unparsed::default());
+        // Cut before the snippet's end: no request line.
+        t.on_event(
+            &exchange(Side::Server, 3000, b"GET /metrics", 3050, OK),
+            &mut out,
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(t.unparsed.invalid, 1);
     }
 
     #[test]
