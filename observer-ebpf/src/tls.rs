@@ -30,6 +30,7 @@
 //! looks for and probes (once per library file).
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
@@ -222,7 +223,14 @@ fn tls_conn(ssl: u64, sk: u64) -> Option<*mut TlsConn> {
     if sk == 0 {
         return None;
     }
-    if TLS_CONNS.insert(&key, &fresh(sk), 0).is_err() {
+    // Only if still absent: a call of the same connection on another CPU (Go's reader and
+    // writer goroutines start together) may have entered it, and decided it, since the
+    // lookup; replacing its entry would undo that decision.
+    if TLS_CONNS
+        .insert(&key, &fresh(sk), BPF_NOEXIST as u64)
+        .is_err()
+        && TLS_CONNS.get_ptr(&key).is_none()
+    {
         count_lost(LOST_TLS_CONN_MAP_FULL);
         return None;
     }

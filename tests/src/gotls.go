@@ -2,11 +2,12 @@
 //
 //	gotls serve ADDR CERT KEY LOG    answers /s/<code> with <code>; one line per answer in LOG
 //	gotls serve-http ADDR LOG        the same in cleartext (HTTP/1.1)
-//	gotls get URL h1|h2 WORKERS ROUNDS CODES
+//	gotls get URL h1|h1close|h2 WORKERS ROUNDS CODES
 //	                                 WORKERS goroutines each ask for every code of the
 //	                                 comma-separated CODES, ROUNDS times, on one shared client
-//	                                 (HTTP/1.1 keep-alive connections, or HTTP/2 by ALPN);
-//	                                 prints the answers' count per status as JSON
+//	                                 (HTTP/1.1 keep-alive connections, HTTP/1.1 with a new
+//	                                 connection per request, or HTTP/2 by ALPN); prints the
+//	                                 answers' count per status as JSON
 package main
 
 import (
@@ -32,7 +33,7 @@ func main() {
 	case "get":
 		workers, _ := strconv.Atoi(os.Args[4])
 		rounds, _ := strconv.Atoi(os.Args[5])
-		get(os.Args[2], os.Args[3] == "h2", workers, rounds, strings.Split(os.Args[6], ","))
+		get(os.Args[2], os.Args[3], workers, rounds, strings.Split(os.Args[6], ","))
 	}
 }
 
@@ -55,10 +56,13 @@ func handle(logPath string) {
 	})
 }
 
-func get(base string, h2 bool, workers, rounds int, codes []string) {
+func get(base string, version string, workers, rounds int, codes []string) {
+	h2 := version == "h2"
 	tr := &http.Transport{
 		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true},
 		ForceAttemptHTTP2: h2,
+		// Each connection's reader and writer goroutines start together on it.
+		DisableKeepAlives: version == "h1close",
 	}
 	if !h2 {
 		// An empty map turns HTTP/2 off: ALPN offers http/1.1 only.

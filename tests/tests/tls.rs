@@ -698,9 +698,9 @@ fn renegotiation_refused_and_a_key_update_leave_the_counts_exact() {
 /// Go's own TLS (`crypto/tls`, no OpenSSL anywhere): a Go HTTPS server started after the
 /// observer, stripped (no symbol table: its functions come from Go's own function table), asked
 /// by a Go client over HTTP/1.1 keep-alive connections, by another over HTTP/2 (ALPN), each
-/// with 4 goroutines sharing its connections. Every
-/// request is counted exactly on both sides against the server's log and each client's own
-/// tally, with its HTTP version; nothing lost, nothing unparsed.
+/// with 4 goroutines sharing its connections, and by a third with a new connection per request.
+/// Every request is counted exactly on both sides against the server's log and each client's
+/// own tally, with its HTTP version; nothing lost, nothing unparsed.
 #[test]
 fn go_https_server_and_clients_are_counted_exactly_on_both_sides() {
     require_root();
@@ -712,6 +712,7 @@ fn go_https_server_and_clients_are_counted_exactly_on_both_sides() {
     let mut srv = Pod::new(&bridge).unwrap();
     let h1 = Pod::new(&bridge).unwrap();
     let h2 = Pod::new(&bridge).unwrap();
+    let h1c = Pod::new(&bridge).unwrap();
     let log = dir.join("go.log");
     let args = gotls::serve_args(&dir, PORT, &log);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -754,9 +755,15 @@ fn go_https_server_and_clients_are_counted_exactly_on_both_sides() {
     };
     let h1_t = get(&h1, "h1");
     let h2_t = get(&h2, "h2");
+    let h1c_t = get(&h1c, "h1close");
     assert_eq!(h1_t, want, "the HTTP/1.1 Go client's own count");
     assert_eq!(h2_t, want, "the HTTP/2 Go client's own count");
+    assert_eq!(
+        h1c_t, want,
+        "the HTTP/1.1 Go client without keep-alive's own count"
+    );
     let mut served = want.clone();
+    add(&mut served, &want);
     add(&mut served, &want);
     assert_eq!(code_log(&log), served, "the Go server's log");
 
@@ -766,6 +773,7 @@ fn go_https_server_and_clients_are_counted_exactly_on_both_sides() {
             ("server", &srv, total(&served)),
             ("client", &h1, total(&want)),
             ("client", &h2, total(&want)),
+            ("client", &h1c, total(&want)),
         ],
     );
     // Losses first: they would explain a count below.
@@ -777,9 +785,20 @@ fn go_https_server_and_clients_are_counted_exactly_on_both_sides() {
         "Go client, HTTP/1.1"
     );
     assert_eq!(observed(&s, "client", &h2, &[]), want, "Go client, HTTP/2");
+    // A new connection per request: its reader and writer goroutines enter it on two CPUs at
+    // once, and must not undo each other's decision that it carries HTTP.
+    assert_eq!(
+        observed(&s, "client", &h1c, &[]),
+        want,
+        "Go client, HTTP/1.1 without keep-alive"
+    );
     let versions = |pod: &Pod, side: &str| label_values(&s, side, pod, "network_protocol_version");
     // The request line's version, and HTTP/2's "2".
     assert_eq!(versions(&h1, "client"), BTreeSet::from(["1.1".to_string()]));
+    assert_eq!(
+        versions(&h1c, "client"),
+        BTreeSet::from(["1.1".to_string()])
+    );
     assert_eq!(versions(&h2, "client"), BTreeSet::from(["2".to_string()]));
     assert_eq!(
         versions(&srv, "server"),

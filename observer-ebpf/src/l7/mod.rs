@@ -618,9 +618,11 @@ fn on_tcp_io(sk: u64, c: *mut ConnInfo, packed: u64, now: u64) -> u32 {
         }
         return NEXT_NONE;
     }
-    if claim(sk, sk, proto, d, send).is_none() {
+    let Some(st) = claim(sk, sk, proto, d, send) else {
         return NEXT_NONE;
-    }
+    };
+    // SAFETY: map value pointer checked by the verifier.
+    let proto = unsafe { (*st).proto };
     if let Some(c) = conn {
         // SAFETY: map value pointer checked by the verifier.
         unsafe { (*c).l7 = proto };
@@ -671,19 +673,23 @@ pub fn on_tls_io(t: *mut TlsConn, buf: u64, packed: u64, start: u64) -> u32 {
     if decided == L7_NONE {
         return NEXT_NONE;
     }
-    if decided != L7_UNDECIDED {
-        if let Some(st) = L7_CONNS.get_ptr_mut(&key) {
-            // SAFETY: map value pointer checked by the verifier.
-            let proto = unsafe { (*st).proto };
-            let n = if is_stream(proto) {
-                0
-            } else {
-                call.read_head(head)
-            };
-            return frame(proto, &call, n);
+    // Decided; or undecided here while a call of the same connection on another CPU claimed
+    // it (a reader and a writer goroutine start together), or the TLS table forgot this
+    // connection (LRU): the state says.
+    if let Some(st) = L7_CONNS.get_ptr_mut(&key) {
+        // SAFETY: map value pointers checked by the verifier.
+        let proto = unsafe { (*st).proto };
+        if decided == L7_UNDECIDED {
+            unsafe { (*t).l7 = proto };
         }
-        // Its state was lost: decide again.
+        let n = if is_stream(proto) {
+            0
+        } else {
+            call.read_head(head)
+        };
+        return frame(proto, &call, n);
     }
+    // Undecided, or its state was lost: decide (again).
     let n = call.read_head(head);
     let (proto, d) = verdict(l7_detect(n, ret, 0, 0));
     if d == Detected::No {
@@ -696,10 +702,11 @@ pub fn on_tls_io(t: *mut TlsConn, buf: u64, packed: u64, start: u64) -> u32 {
         }
         return NEXT_NONE;
     }
-    if claim(key, sk, proto, d, send).is_none() {
+    let Some(st) = claim(key, sk, proto, d, send) else {
         return NEXT_NONE;
-    }
-    // SAFETY: as above.
+    };
+    // SAFETY: map value pointers checked by the verifier.
+    let proto = unsafe { (*st).proto };
     unsafe { (*t).l7 = proto };
     frame(proto, &call, n)
 }
@@ -763,6 +770,11 @@ fn claim(key: u64, sk: u64, proto: u8, d: Detected, send: bool) -> Option<*mut L
         (*st).req_snip = 0;
         (*st).carry = [0; observer_common::L7_CARRY_MAX];
         if L7_CONNS.insert(&key, &*st, BPF_NOEXIST as u64).is_err() {
+            // There already: another CPU's call of this connection claimed it a moment ago
+            // (its state holds, whatever this call detected). Else the table is full.
+            if let Some(p) = L7_CONNS.get_ptr_mut(&key) {
+                return Some(p);
+            }
             count_lost(LOST_L7_CONN_MAP_FULL);
             return None;
         }

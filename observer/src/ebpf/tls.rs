@@ -458,7 +458,7 @@ const GO_MIN_MINOR: u32 = 18;
 ///   `SSL_write`: a shared library, or a program with its own copy (Node.js, static OpenSSL or
 ///   BoringSSL builds that keep their symbols);
 /// - with `go`, Go's `crypto/tls` in a Go program (symbol table) built by Go 1.18 or later:
-///   each function's entry and every `RET` in the read's code.
+///   each function's body start (after its stack check) and every `RET` in the read's code.
 ///
 /// The file is read lazily, only its headers, symbol tables and the Go functions' code (a
 /// program may be 100 MB).
@@ -558,16 +558,19 @@ fn tls_functions(path: &Path, go: bool) -> Option<Vec<Point>> {
     let mut points = Vec::new();
     for (prog, function) in GO_FUNCTIONS {
         let (offset, size) = found[function];
+        let code = (&cache).read_bytes_at(offset, size).ok()?;
+        // Past the stack check: a goroutine whose stack must grow, or that the scheduler
+        // asked to yield, leaves there and starts the function over, and a probe at the
+        // entry would see one call twice (a write's plaintext sent twice).
         points.push(Point {
             prog,
             function,
-            offset,
+            offset: offset + after_stack_check(code),
         });
-        // A write's plaintext goes at its entry; a read's at each return.
+        // A write's plaintext goes at its start; a read's at each return.
         if prog != GO_READ {
             continue;
         }
-        let code = (&cache).read_bytes_at(offset, size).ok()?;
         let rets = returns(code);
         if rets.is_empty() {
             return None;
@@ -631,6 +634,31 @@ fn go_table_functions(
         }
     }
     Some(out)
+}
+
+/// Where a Go function's body starts (x86-64): after its prologue's stack check, a compare of
+/// the stack pointer (or of `R12`, the pointer less the frame) with the goroutine's stack guard
+/// (`0x10(R14)`) and the conditional jump to the code that grows the stack (or yields) and then
+/// jumps back to the entry. The argument registers are untouched until there. 0 (the entry)
+/// where the first instructions hold no such check (a function that never grows its stack).
+fn after_stack_check(code: &[u8]) -> u64 {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut guard = false;
+    for _ in 0..6 {
+        if !decoder.can_decode() {
+            break;
+        }
+        let i = decoder.decode();
+        if guard && i.mnemonic() == Mnemonic::Jbe {
+            return i.next_ip();
+        }
+        guard = i.mnemonic() == Mnemonic::Cmp
+            && (0..i.op_count()).any(|k| i.op_kind(k) == OpKind::Memory)
+            && i.memory_base() == Register::R14
+            && i.memory_displacement64() == 0x10;
+    }
+    0
 }
 
 /// The offsets of the `RET` instructions in a function's machine code (x86-64), decoded from
@@ -827,6 +855,32 @@ mod tests {
         ];
         assert_eq!(returns(&code), vec![3, 13, 17]);
         assert!(returns(&[0x90, 0x90]).is_empty());
+    }
+
+    /// A Go function's body starts after its stack check, small frame or large (Go 1.19's
+    /// `(*Conn).Read` and `(*Conn).Write`); a function without one is probed at its entry.
+    #[test]
+    fn finds_where_a_go_functions_body_starts() {
+        let small = [
+            0x49, 0x3b, 0x66, 0x10, // cmp rsp, [r14+0x10]
+            0x0f, 0x86, 0xc2, 0x03, 0x00, 0x00, // jbe morestack
+            0x48, 0x83, 0xec, 0x68, // sub rsp, 0x68
+        ];
+        assert_eq!(after_stack_check(&small), 10);
+        let large = [
+            0x4c, 0x8d, 0x64, 0x24, 0x98, // lea r12, [rsp-0x68]
+            0x4d, 0x3b, 0x66, 0x10, // cmp r12, [r14+0x10]
+            0x76, 0x40, // jbe morestack (short)
+            0x48, 0x81, 0xec, 0xe8, 0x00, 0x00, 0x00, // sub rsp, 0xe8
+        ];
+        assert_eq!(after_stack_check(&large), 11);
+        let nosplit = [
+            0x48, 0x89, 0xd8, // mov rax, rbx
+            0x48, 0x39, 0xc3, // cmp rbx, rax
+            0x76, 0x02, // jbe
+            0xc3, // ret
+        ];
+        assert_eq!(after_stack_check(&nosplit), 0);
     }
 
     /// A Go 1.18+ function table: the named functions' addresses (text start plus entry
