@@ -91,15 +91,15 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// `crypto/tls.(*Conn).Write(c, b)`: `c` in RAX, `b`'s pointer and length in RBX and RCX
-/// (its plaintext goes at entry; its returns are not needed).
+/// `crypto/tls.(*Conn).Write(c, b)`, past its stack check: `c` in RAX, `b`'s pointer and length
+/// in RBX and RCX (its plaintext goes there; its returns are not needed).
 #[uprobe]
 pub fn go_tls_write(ctx: ProbeContext) -> u32 {
     go_enter(&ctx, true);
     0
 }
 
-/// `crypto/tls.(*Conn).Read(c, b)`.
+/// `crypto/tls.(*Conn).Read(c, b)`, past its stack check.
 #[uprobe]
 pub fn go_tls_read(ctx: ProbeContext) -> u32 {
     go_enter(&ctx, false);
@@ -360,8 +360,9 @@ fn go_enter(ctx: &ProbeContext, send: bool) {
         send: 0,
         _pad: 0,
     };
-    // An entry again for the same goroutine is the same call (its stack grew and the
-    // function started over) or one whose return was lost: the last one holds.
+    // The probe is past the stack check (a function started over for a larger stack passes
+    // it once): an entry again for the same goroutine is a call whose return was lost, and
+    // the last one holds.
     if GO_TLS_CALLS.insert(&go_key(g), &call, 0).is_err() {
         count_lost(LOST_TLS_GO_CALL_MAP_FULL);
     }

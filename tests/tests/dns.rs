@@ -291,26 +291,7 @@ fn dig_and_glibc_lookups_equal_the_servers_query_log() {
         ("TXT NXDOMAIN".to_string(), 1),
         ("MX REFUSED".to_string(), 1),
     ]);
-    // The server's log says the same per type.
-    let log = logged(&s.dir, &s.client.ip);
-    assert_eq!(log, by_type(&want), "dnsmasq's query log");
-    let samples = s
-        .obs
-        .scrape_until(Duration::from_secs(20), |x| {
-            per_type(x, CLIENT, &s.client, &[]) == want
-                && per_type(x, SERVER, &s.server, &[]) == want
-        })
-        .unwrap();
-    assert_eq!(
-        per_type(&samples, CLIENT, &s.client, &[]),
-        want,
-        "client pod"
-    );
-    assert_eq!(
-        per_type(&samples, SERVER, &s.server, &[]),
-        want,
-        "server pod"
-    );
+    let samples = exact_on_both_sides(&s, &want, &[]);
     // The question names and the server's address.
     assert_eq!(
         per_type(
@@ -327,7 +308,6 @@ fn dig_and_glibc_lookups_equal_the_servers_query_log() {
             ("AAAA NOERROR".to_string(), 2 * n)
         ])
     );
-    assert_eq!(unparsed(&samples, &[]), 0.0, "unparsed DNS records");
     s.obs.stop().unwrap();
 }
 
@@ -360,25 +340,7 @@ fn go_and_node_resolvers_equal_the_servers_query_log() {
         ("A NXDOMAIN".to_string(), 2),
         ("AAAA NXDOMAIN".to_string(), 1),
     ]);
-    let log = logged(&s.dir, &s.client.ip);
-    assert_eq!(log, by_type(&want), "dnsmasq's query log");
-    let samples = s
-        .obs
-        .scrape_until(Duration::from_secs(20), |x| {
-            per_type(x, CLIENT, &s.client, &[]) == want
-                && per_type(x, SERVER, &s.server, &[]) == want
-        })
-        .unwrap();
-    assert_eq!(
-        per_type(&samples, CLIENT, &s.client, &[]),
-        want,
-        "client pod"
-    );
-    assert_eq!(
-        per_type(&samples, SERVER, &s.server, &[]),
-        want,
-        "server pod"
-    );
+    let samples = exact_on_both_sides(&s, &want, &[]);
     assert_eq!(
         per_type(
             &samples,
@@ -391,7 +353,6 @@ fn go_and_node_resolvers_equal_the_servers_query_log() {
             ("AAAA NOERROR".to_string(), 2 * n)
         ])
     );
-    assert_eq!(unparsed(&samples, &[]), 0.0, "unparsed DNS records");
     s.obs.stop().unwrap();
 }
 
@@ -534,6 +495,34 @@ fn settle(s: &Setup, want: &BTreeMap<String, u64>, client_extra: &[(&str, &str)]
         .unwrap()
 }
 
+/// The client's lookups answered `want` (per type and code): dnsmasq's query log says the
+/// same per type, and both sides count exactly that (the client's series with
+/// `client_extra`), with nothing unparsed. Returns the samples.
+fn exact_on_both_sides(
+    s: &Setup,
+    want: &BTreeMap<String, u64>,
+    client_extra: &[(&str, &str)],
+) -> Vec<Sample> {
+    assert_eq!(
+        logged(&s.dir, &s.client.ip),
+        by_type(want),
+        "dnsmasq's query log"
+    );
+    let samples = settle(s, want, client_extra);
+    assert_eq!(
+        per_type(&samples, CLIENT, &s.client, client_extra),
+        *want,
+        "client pod"
+    );
+    assert_eq!(
+        per_type(&samples, SERVER, &s.server, &[]),
+        *want,
+        "server pod"
+    );
+    assert_eq!(unparsed(&samples, &[]), 0.0, "unparsed DNS records");
+    samples
+}
+
 #[test]
 fn tcp_lookups_pipelined_or_one_per_connection_equal_the_servers_query_log() {
     let s = setup();
@@ -567,23 +556,7 @@ fn tcp_lookups_pipelined_or_one_per_connection_equal_the_servers_query_log() {
         ("A NOERROR".to_string(), n),
         ("AAAA NXDOMAIN".to_string(), n),
     ]);
-    assert_eq!(
-        logged(&s.dir, &s.client.ip),
-        by_type(&want),
-        "dnsmasq's query log"
-    );
-    let samples = settle(&s, &want, &[("server_address", &host)]);
-    assert_eq!(
-        per_type(&samples, CLIENT, &s.client, &[("server_address", &host)]),
-        want,
-        "client pod"
-    );
-    assert_eq!(
-        per_type(&samples, SERVER, &s.server, &[]),
-        want,
-        "server pod"
-    );
-    assert_eq!(unparsed(&samples, &[]), 0.0, "unparsed DNS records");
+    exact_on_both_sides(&s, &want, &[("server_address", &host)]);
     s.obs.stop().unwrap();
 }
 
@@ -612,23 +585,7 @@ fn answers_read_several_at_once_with_recvmmsg_are_each_counted() {
         ("AAAA NOERROR".to_string(), n),
         ("A NXDOMAIN".to_string(), n),
     ]);
-    assert_eq!(
-        logged(&s.dir, &s.client.ip),
-        by_type(&want),
-        "dnsmasq's query log"
-    );
-    let samples = settle(&s, &want, &[("server_address", &host)]);
-    assert_eq!(
-        per_type(&samples, CLIENT, &s.client, &[("server_address", &host)]),
-        want,
-        "client pod"
-    );
-    assert_eq!(
-        per_type(&samples, SERVER, &s.server, &[]),
-        want,
-        "server pod"
-    );
-    assert_eq!(unparsed(&samples, &[]), 0.0, "unparsed DNS records");
+    exact_on_both_sides(&s, &want, &[("server_address", &host)]);
     s.obs.stop().unwrap();
 }
 

@@ -102,31 +102,31 @@ pub fn udpv6_sendmsg_fexit(ctx: FExitContext) -> i32 {
     0
 }
 
+/// A receive's fexit: its `flags` parameter at `flags` (a peek is no read), its return value
+/// two slots later (after `addr_len`).
+#[inline(always)]
+fn udp_recv(ctx: &FExitContext, flags: usize) {
+    if !crate::tcp::peek(ctx.arg::<i64>(flags)) {
+        udp_call(
+            ctx.arg::<u64>(0),
+            ctx.arg::<u64>(1),
+            ctx.arg::<i64>(flags + 2),
+            false,
+        );
+    }
+}
+
 /// `int udp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int flags, int *addr_len)`
 /// (5.19 and later; `udpv6_recvmsg` alike).
 #[fexit(function = "udp_recvmsg")]
 pub fn udp_recvmsg_fexit5(ctx: FExitContext) -> i32 {
-    if !crate::tcp::peek(ctx.arg::<i64>(3)) {
-        udp_call(
-            ctx.arg::<u64>(0),
-            ctx.arg::<u64>(1),
-            ctx.arg::<i64>(5),
-            false,
-        );
-    }
+    udp_recv(&ctx, 3);
     0
 }
 
 #[fexit(function = "udpv6_recvmsg")]
 pub fn udpv6_recvmsg_fexit5(ctx: FExitContext) -> i32 {
-    if !crate::tcp::peek(ctx.arg::<i64>(3)) {
-        udp_call(
-            ctx.arg::<u64>(0),
-            ctx.arg::<u64>(1),
-            ctx.arg::<i64>(5),
-            false,
-        );
-    }
+    udp_recv(&ctx, 3);
     0
 }
 
@@ -134,27 +134,13 @@ pub fn udpv6_recvmsg_fexit5(ctx: FExitContext) -> i32 {
 /// int *addr_len)` (before 5.19; `udpv6_recvmsg` alike).
 #[fexit(function = "udp_recvmsg")]
 pub fn udp_recvmsg_fexit6(ctx: FExitContext) -> i32 {
-    if !crate::tcp::peek(ctx.arg::<i64>(4)) {
-        udp_call(
-            ctx.arg::<u64>(0),
-            ctx.arg::<u64>(1),
-            ctx.arg::<i64>(6),
-            false,
-        );
-    }
+    udp_recv(&ctx, 4);
     0
 }
 
 #[fexit(function = "udpv6_recvmsg")]
 pub fn udpv6_recvmsg_fexit6(ctx: FExitContext) -> i32 {
-    if !crate::tcp::peek(ctx.arg::<i64>(4)) {
-        udp_call(
-            ctx.arg::<u64>(0),
-            ctx.arg::<u64>(1),
-            ctx.arg::<i64>(6),
-            false,
-        );
-    }
+    udp_recv(&ctx, 4);
     0
 }
 
