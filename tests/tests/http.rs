@@ -243,18 +243,13 @@ for t in threads:
 print(json.dumps(out))
 "#;
 
-/// Sends GET requests for every path argument in ONE write on one connection (pipelining), then
-/// reads the responses in order; prints their statuses.
-const PIPELINING_CLIENT: &str = r#"
-import socket, sys
-
-host, port, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-s = socket.create_connection((host, port), timeout=30)
-s.sendall(b"".join(b"GET %s HTTP/1.1\r\nHost: pod\r\n\r\n" % p.encode() for p in paths))
-f = s.makefile("rb")
-codes = []
-for _ in paths:
-    codes.append(f.readline().split()[1].decode())
+/// Python shared by the raw clients below: `response(f)` reads one response from the socket's
+/// file `f` (its status line, its head, a `Content-Length` body) and returns its status.
+macro_rules! read_response_py {
+    () => {
+        r#"
+def response(f):
+    code = f.readline().split()[1].decode()
     length = 0
     while True:
         line = f.readline()
@@ -264,15 +259,35 @@ for _ in paths:
         if k.strip().lower() == "content-length":
             length = int(v)
     f.read(length)
+    return code
+"#
+    };
+}
+
+/// Sends GET requests for every path argument in ONE write on one connection (pipelining), then
+/// reads the responses in order; prints their statuses.
+const PIPELINING_CLIENT: &str = concat!(
+    read_response_py!(),
+    r#"
+import socket, sys
+
+host, port, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+s = socket.create_connection((host, port), timeout=30)
+s.sendall(b"".join(b"GET %s HTTP/1.1\r\nHost: pod\r\n\r\n" % p.encode() for p in paths))
+f = s.makefile("rb")
+codes = [response(f) for _ in paths]
 s.close()
 print(" ".join(codes))
-"#;
+"#
+);
 
 /// One keep-alive connection: a request, then three whose heads go out in pieces, each its own
 /// segment (`TCP_NODELAY`, a pause between): `G`, `E`, then the rest; `GET` and the rest; `D`
 /// and `ELETE …` (which alone reads as a request of method `ELETE`). Each response is read
 /// before the next request. Prints the statuses.
-const SPLIT_HEAD_CLIENT: &str = r#"
+const SPLIT_HEAD_CLIENT: &str = concat!(
+    read_response_py!(),
+    r#"
 import socket, sys, time
 
 host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -289,16 +304,7 @@ def connection(requests):
         for p in pieces:
             s.sendall(p)
             time.sleep(0.1)
-        codes.append(f.readline().split()[1].decode())
-        length = 0
-        while True:
-            l = f.readline()
-            if l in (b"\r\n", b""):
-                break
-            k, _, v = l.decode().partition(":")
-            if k.strip().lower() == "content-length":
-                length = int(v)
-        f.read(length)
+        codes.append(response(f))
     s.close()
 
 connection([
@@ -316,14 +322,17 @@ connection([
 # A connection's first request cut inside its target.
 connection([[head[:10], head[10:]]])
 print(" ".join(codes))
-"#;
+"#
+);
 
 /// Sends junk to an HTTP port, each on its own connection, half-closes and reads what comes back:
 /// binary bytes, a real TLS ClientHello (made by Python's ssl without a network), a request line
 /// cut short ("GET /trunc", no CRLF), and a request line with a control byte in its target. Then
 /// a valid GET followed by junk on the same connection, and a valid GET on a fresh one. Prints the
 /// number of bytes each junk case got back, then the two statuses.
-const JUNK_CLIENT: &str = r#"
+const JUNK_CLIENT: &str = concat!(
+    read_response_py!(),
+    r#"
 import socket, ssl, sys
 
 host, port = sys.argv[1], int(sys.argv[2])
@@ -354,18 +363,7 @@ def drain(s):
 
 
 def status(s):
-    f = s.makefile("rb")
-    code = f.readline().split()[1].decode()
-    length = 0
-    while True:
-        line = f.readline()
-        if line in (b"\r\n", b""):
-            break
-        k, _, v = line.decode().partition(":")
-        if k.strip().lower() == "content-length":
-            length = int(v)
-    f.read(length)
-    return code
+    return response(s.makefile("rb"))
 
 
 out = []
@@ -387,7 +385,8 @@ s.sendall(GET)
 out += [first, status(s)]
 s.close()
 print(" ".join(out))
-"#;
+"#
+);
 
 /// Requests that never get an answer: H connections each send `GET /hang` and are held open until
 /// the file `go` appears; D requests to /drop, which the server closes without answering. Writes
