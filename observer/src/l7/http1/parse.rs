@@ -204,16 +204,21 @@ pub fn request_line(buf: &[u8]) -> Option<(Method, &str, u8)> {
     after_start_line(&r).then(|| (Method::from_token(method.as_bytes()), path, version))
 }
 
-/// A request line cut by the end of `buf` before its version (a target longer than the
-/// kernel's snippet): the method and the target, its path ended with [`TRUNCATED`] where the
-/// cut fell inside it (the query or fragment started: the path is whole). Minor version 1.
-pub fn cut_request_line(buf: &[u8]) -> Option<(Method, Cow<'_, str>, u8)> {
+/// A request line's method (1 to 20 upper-case letters) and what follows its space.
+fn method_token(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     let sp = buf.iter().take(21).position(|&b| b == b' ')?;
     let method = &buf[..sp];
     if method.is_empty() || !method.iter().all(u8::is_ascii_uppercase) {
         return None;
     }
-    let rest = &buf[sp + 1..];
+    Some((method, &buf[sp + 1..]))
+}
+
+/// A request line cut by the end of `buf` before its version (a target longer than the
+/// kernel's snippet): the method and the target, its path ended with [`TRUNCATED`] where the
+/// cut fell inside it (the query or fragment started: the path is whole). Minor version 1.
+pub fn cut_request_line(buf: &[u8]) -> Option<(Method, Cow<'_, str>, u8)> {
+    let (method, rest) = method_token(buf)?;
     let (target, whole) = match rest.iter().position(|&b| b == b' ') {
         // The version cut: the target is whole.
         Some(i) => (&rest[..i], true),
@@ -235,12 +240,7 @@ pub fn cut_request_line(buf: &[u8]) -> Option<(Method, Cow<'_, str>, u8)> {
 /// request line of visible ASCII. `None` for anything unusual (the caller then asks httparse,
 /// which knows every rule).
 pub fn quick_request_line(buf: &[u8]) -> Option<(Method, &str, u8)> {
-    let sp = buf.iter().take(21).position(|&b| b == b' ')?;
-    let method = &buf[..sp];
-    if method.is_empty() || !method.iter().all(|b| b.is_ascii_uppercase()) {
-        return None;
-    }
-    let rest = &buf[sp + 1..];
+    let (method, rest) = method_token(buf)?;
     let sp2 = rest.iter().position(|&b| b == b' ')?;
     let target = &rest[..sp2];
     if target.is_empty() || !target.iter().all(|b| (0x21..0x7f).contains(b)) {
