@@ -115,7 +115,7 @@ fn on_call(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) {
     if request_dir {
         let short = call.ret as usize <= L7_CARRY_MAX && n == call.ret;
         // Kept bytes first: `P` then `OST /…` is a POST, though `OST /…` alone would read as
-        // a request of method `OST`.
+        // a request of method `OST`. Else the call alone.
         if s.carry_len != 0 && !short && joined(st, call, head, n) {
             return;
         }
@@ -260,9 +260,9 @@ fn append_head(s: &mut L7Conn, call: &Call, head: *const L7Event, n: u32) {
 }
 
 /// The call after kept bytes: if both together start a request, it starts with the kept
-/// bytes' call (the call's first `n` bytes join them, then move to the front of `head`); else
-/// the call alone may start one. The kept bytes are used up either way. Whether a request
-/// started.
+/// bytes' call (the call's first `n` bytes join them, then move to the front of `head`).
+/// Whether it did; the kept bytes are used up either way, and `head` still starts with the
+/// call's own bytes when it did not (the caller then tries the call alone).
 #[inline(always)]
 fn joined(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) -> bool {
     // SAFETY: map value pointer checked by the verifier.
@@ -315,10 +315,6 @@ fn joined(st: *mut L7Conn, call: &Call, head: *mut L7Event, n: u32) -> bool {
         let mut c = *call;
         c.ret = call.ret.saturating_add(k as u32);
         request_start(st, &c, head, total);
-        true
-    } else if is_request(head, n) {
-        // Not with the kept bytes (they were no request's start): the call alone.
-        request_start(st, call, head, n);
         true
     } else {
         false
